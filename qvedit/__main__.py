@@ -1,0 +1,3 @@
+from qvedit.main import main
+
+main()

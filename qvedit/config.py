@@ -1,0 +1,88 @@
+"""Structured-config schemas: every YAML file in ``conf/`` is checked against these at compose time.
+
+A misspelt key (``ttlg.edge_scal=1``) or a wrong type (``seed=abc``) fails before anything runs,
+with Hydra's message naming the key. Each group's ``_target_`` names the function in the module
+that owns it (``conf/ttlg/*.yaml`` -> ``qvedit.guidance``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
+
+
+@dataclass
+class ModelConfig:
+    """``model/``: how the pipeline is obtained (``qvedit.pipeline``)."""
+
+    _target_: str = "qvedit.pipeline.load_pipeline"
+    model_id: str = "Qwen/Qwen-Image-Edit-2509"
+
+
+@dataclass
+class IOConfig:
+    """``io/``: where frames come from and go to (``qvedit.frames``)."""
+
+    _target_: str = "qvedit.frames.FrameFolders"
+    init_frame: Optional[str] = None
+    edge_frames_dir: Optional[str] = None
+    out_frames_dir: Optional[str] = None
+    resize: str = "area"
+
+
+@dataclass
+class TTLGConfig:
+    """``ttlg/``: test-time loss guidance settings (``qvedit.guidance``)."""
+
+    _target_: str = "qvedit.guidance.TTLGSettings"
+    edge_scale: float = 0.0
+    gram_scale: float = 0.0
+    temporal_scale: float = 0.0
+    lr: float = 0.05
+    every: int = 1
+    start_step: Optional[int] = None
+    end_step: Optional[int] = None
+    last_steps: Optional[int] = None
+    edge_size: Optional[int] = 256
+    gram_size: Optional[int] = 256
+    temporal_size: int = 64
+    edge_op: str = "sobel"
+    vgg_weights: str = "imagenet"
+    decode_checkpointing: bool = False
+
+
+@dataclass
+class MetricsConfig:
+    """``metrics/``: what is written to ``metrics.csv``."""
+
+    path: Optional[str] = None
+
+
+@dataclass
+class QveditConfig:
+    """The whole run. Top-level keys mirror the specification's command-line flags."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    io: IOConfig = field(default_factory=IOConfig)
+    ttlg: TTLGConfig = field(default_factory=TTLGConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = " "
+    num_inference_steps: int = 50
+    true_cfg_scale: float = 4.0
+    seed: int = 0
+    device: str = "cuda"
+    dtype: str = "bf16"
+    max_frames: Optional[int] = None
+    condition_area: Any = 1048576
+    max_area: Optional[int] = None
+    debug_dir: Optional[str] = None
+
+
+def register_schemas() -> None:
+    """Make ``qvedit_schema`` available to ``conf/config.yaml``'s defaults list."""
+    ConfigStore.instance().store(name="qvedit_schema", node=QveditConfig)

@@ -1,0 +1,66 @@
+"""A synthetic demo clip, made in code so the demo needs no files: a red ball rolling past a blue box.
+
+``demo_clip(...)`` writes ``init.png`` and ``edges/00001.png ...`` (the project's own Sobel edges
+of frames 1..T-1) the first time, then serves them like any frame folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qvedit.edges import edges_to_uint8, sobel_edges
+from qvedit.frames import FrameFolders
+
+DEMO_SIZE = (64, 64)  # (W, H)
+DEMO_FRAMES = 9  # frame 0 + 8 edge frames
+
+
+def demo_frame(t: int, size: tuple[int, int] = DEMO_SIZE) -> np.ndarray:
+    """Frame t of the scene as (H, W, 3) uint8."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    sky = np.stack([0.45 + 0.3 * y / height, 0.65 + 0.2 * y / height, np.full_like(y, 0.95)], axis=-1)
+    ground = np.stack([0.25 + 0.1 * x / width, np.full_like(x, 0.55), np.full_like(x, 0.2)], axis=-1)
+    image = np.where((y > 0.62 * height)[..., None], ground, sky)
+    box_x = 0.62 * width - 1.0 * t
+    box = (abs(x - box_x) < 0.12 * width) & (abs(y - 0.5 * height) < 0.14 * height)
+    image[box] = (0.2, 0.3, 0.85)
+    ball_x, ball_y = 0.2 * width + 3.0 * t, 0.55 * height
+    ball = (x - ball_x) ** 2 + (y - ball_y) ** 2 < (0.15 * width) ** 2
+    image[ball] = (0.9, 0.15, 0.1)
+    return (image * 255).round().astype(np.uint8)
+
+
+def write_demo_clip(folder: Path) -> None:
+    """Write the clip into ``folder`` atomically (a half-written clip never appears)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=folder.parent))
+    try:
+        (staging / "edges").mkdir()
+        Image.fromarray(demo_frame(0)).save(staging / "init.png")
+        for t in range(1, DEMO_FRAMES):
+            frame = torch.from_numpy(demo_frame(t)).permute(2, 0, 1)[None].float() / 255
+            Image.fromarray(edges_to_uint8(sobel_edges(frame)[0, 0])).save(staging / "edges" / f"{t:05d}.png")
+        try:
+            staging.rename(folder)
+        except OSError:
+            if not (folder / "init.png").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def demo_clip(init_frame: str, edge_frames_dir: str, out_frames_dir: str | None = None,
+              resize: str = "area") -> FrameFolders:
+    """The ``io=demo`` source: the demo clip under ``init_frame``'s folder, made there if missing."""
+    folder = Path(init_frame).expanduser().parent
+    if not Path(init_frame).expanduser().is_file():
+        write_demo_clip(folder)
+    return FrameFolders(str(Path(init_frame).expanduser()), str(Path(edge_frames_dir).expanduser()),
+                        out_frames_dir, resize)

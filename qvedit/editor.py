@@ -1,0 +1,150 @@
+"""The rolling frame loop (spec §3.2): frame k+1 = pipe(image=[edge_k, frame k]), one at a time."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from qvedit.edges import image_to_edge_target
+from qvedit.errors import QveditError
+from qvedit.frames import FrameFolders, FrameWriter
+from qvedit.guidance import Guide, TTLGSettings, record_velocity, refuse_inference_mode
+from qvedit.pipeline import condition_area, vae_area
+
+log = logging.getLogger(__name__)
+
+METRICS_COLUMNS = ["frame", "seconds"]
+
+
+@dataclass
+class GenerationSettings:
+    """What every frame's pipeline call shares (the top-level config keys)."""
+
+    prompt: str
+    negative_prompt: str = " "
+    num_inference_steps: int = 50
+    true_cfg_scale: float = 4.0
+    seed: int = 0
+    condition_area: object = 1048576
+    max_area: Optional[int] = None
+
+
+def generation_size(width: int, height: int, max_area: Optional[int] = None) -> tuple[int, int]:
+    """(W, H) to generate at: the init size, scaled down to ``max_area`` if given, in multiples of 16."""
+    if max_area is not None:
+        if max_area < 16 * 16:
+            raise QveditError(f"max_area={max_area} is too small: use at least 256 pixels (or null for no cap)")
+        scale = min(1.0, math.sqrt(max_area / (width * height)))
+        width, height = width * scale, height * scale
+    return max(16, round(width / 16) * 16), max(16, round(height / 16) * 16)
+
+
+def frame_seed(seed: int, frame_index: int) -> int:
+    """The seed of one frame's generator, from (run seed, frame index): any frame can be remade alone."""
+    return int(np.random.SeedSequence([seed, frame_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> (1, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+def tensor_to_pil(image: torch.Tensor, frame_index: int) -> Image.Image:
+    """(3, H, W) in [0, 1] -> 8-bit RGB, rounded as diffusers does; NaN fails instead of writing black."""
+    if not torch.isfinite(image).all():
+        raise QveditError(
+            f"frame {frame_index}: the pipeline produced NaN/inf values (nothing written for this frame); "
+            "try dtype=fp32 or bf16 instead of fp16, or a lower ttlg.lr"
+        )
+    array = (image.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def output_frame_count(edge_count: int, max_frames: Optional[int]) -> int:
+    """T, the number of output frames including frame 0 (spec §3.1, capped by max_frames)."""
+    if max_frames is None:
+        return edge_count + 1
+    if max_frames < 1:
+        raise QveditError(f"max_frames={max_frames} must be >= 1 (it counts frame 0)")
+    if max_frames > edge_count + 1:
+        raise QveditError(
+            f"max_frames={max_frames} but the {edge_count} edge frames allow at most {edge_count + 1} output frames: "
+            f"lower max_frames or add edge frames"
+        )
+    return max_frames
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per generated frame, flushed as soon as the frame is written."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path = path
+        self.columns = columns
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerow(columns)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as handle:
+            csv.writer(handle).writerow([row[c] for c in self.columns])
+
+
+def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: GenerationSettings,
+              ttlg: TTLGSettings, max_frames: Optional[int] = None, metrics_path: Optional[Path] = None,
+              debug_dir: Optional[str] = None) -> list[Path]:
+    """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order. Returns the paths."""
+    if ttlg.enabled:
+        refuse_inference_mode()
+    total = output_frame_count(len(source), max_frames)
+    init = source.init_image()
+    width, height = init.size
+    gen_width, gen_height = generation_size(width, height, settings.max_area)
+    area = vae_area(settings.condition_area, gen_width, gen_height)
+    guide = Guide(ttlg, pipe, pil_to_tensor(init), debug_dir) if ttlg.enabled else None
+    metrics = MetricsLog(metrics_path, METRICS_COLUMNS) if metrics_path else None
+
+    written = [writer.write(0, init)]
+    previous = init
+    device = pipe._execution_device
+    for index in tqdm(range(1, total), desc="frames", unit="frame", initial=1, total=total):
+        started = time.perf_counter()
+        edge = source.edge_frame(index - 1, (width, height))
+        generator = torch.Generator(device=device).manual_seed(frame_seed(settings.seed, index))
+        with condition_area(area), record_velocity(pipe.scheduler) as velocity:
+            callback = None
+            if guide is not None:
+                callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,
+                                          settings.num_inference_steps, velocity)
+            result = pipe(
+                image=[edge, previous],
+                prompt=settings.prompt,
+                negative_prompt=settings.negative_prompt,
+                true_cfg_scale=settings.true_cfg_scale,
+                num_inference_steps=settings.num_inference_steps,
+                height=gen_height,
+                width=gen_width,
+                generator=generator,
+                output_type="pt",
+                callback_on_step_end=callback,
+            )
+        frame = tensor_to_pil(result.images[0], index)
+        if frame.size != (width, height):
+            frame = frame.resize((width, height), Image.Resampling.BICUBIC)
+        written.append(writer.write(index, frame))
+        if guide is not None:
+            guide.frame_done(pil_to_tensor(frame))
+        if metrics is not None:
+            metrics.append({"frame": index, "seconds": round(time.perf_counter() - started, 4)})
+        previous = frame
+    return written
+

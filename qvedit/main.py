@@ -1,0 +1,61 @@
+"""``python -m qvedit``: the Hydra entry point. Compose, instantiate, run; nothing clever."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from qvedit.config import register_schemas
+from qvedit.editor import GenerationSettings, edit_clip
+from qvedit.errors import QveditError
+from qvedit.frames import FrameWriter
+
+log = logging.getLogger("qvedit")
+register_schemas()
+
+# conf/ sits beside the package (the repository layout); install with `pip install -e .`.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def run(cfg: DictConfig) -> Path:
+    """Edit the clip ``cfg`` describes; returns the folder the frames went to."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ttlg = instantiate(cfg.ttlg)
+    source = instantiate(cfg.io)  # inputs are checked before the (slow) model load
+    generation = GenerationSettings(
+        prompt=cfg.prompt,
+        negative_prompt=cfg.negative_prompt,
+        num_inference_steps=cfg.num_inference_steps,
+        true_cfg_scale=cfg.true_cfg_scale,
+        seed=cfg.seed,
+        condition_area=cfg.condition_area,
+        max_area=cfg.max_area,
+    )
+    writer = FrameWriter(cfg.io.out_frames_dir or run_dir / "frames")
+    pipe = instantiate(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    edit_clip(
+        pipe, source, writer, generation, ttlg,
+        max_frames=cfg.max_frames,
+        metrics_path=Path(cfg.metrics.path) if cfg.metrics.path else run_dir / "metrics.csv",
+        debug_dir=cfg.debug_dir,
+    )
+    log.info("wrote %d frames to %s", len(list(writer.folder.glob("*.png"))), writer.folder)
+    return writer.folder
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except QveditError as err:
+        print(f"qvedit: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("qvedit: interrupted; the frames written so far are kept", file=sys.stderr)
+        sys.exit(130)

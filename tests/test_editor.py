@@ -1,0 +1,148 @@
+"""The rolling frame loop on the tiny model: counts, frame 0, seeding, sizes, caps, errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qvedit.editor import GenerationSettings, edit_clip, frame_seed, generation_size, output_frame_count
+from qvedit.errors import QveditError
+from qvedit.frames import FrameFolders, FrameWriter
+from qvedit.guidance import TTLGSettings
+from qvedit.pipeline import condition_area, load_tiny_pipeline, vae_area
+from tests.conftest import TINY_MODEL, write_clip
+
+
+def settings(**overrides) -> GenerationSettings:
+    values = dict(prompt="p", num_inference_steps=2, true_cfg_scale=4.0, seed=0, condition_area="output")
+    values.update(overrides)
+    return GenerationSettings(**values)
+
+
+def run(pipe, init, edges, out, gen=None, ttlg=None, **kwargs):
+    return edit_clip(pipe, FrameFolders(str(init), str(edges)), FrameWriter(out), gen or settings(),
+                     ttlg or TTLGSettings(), **kwargs)
+
+
+def pixels(path):
+    return np.asarray(Image.open(path))
+
+
+def test_writes_t_frames_and_copies_frame_0_exactly(tiny_pipe, clip, tmp_path):
+    init, edges = clip
+    paths = run(tiny_pipe, init, edges, tmp_path / "out", metrics_path=tmp_path / "metrics.csv")
+    assert [p.name for p in paths] == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    assert np.array_equal(pixels(paths[0]), pixels(init))
+    for path in paths[1:]:
+        assert Image.open(path).size == (64, 48) and Image.open(path).mode == "RGB"
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "frame,seconds" and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+def test_same_seed_same_frames_other_seed_other_frames(tiny_pipe, clip, tmp_path):
+    init, edges = clip
+    a = run(tiny_pipe, init, edges, tmp_path / "a")
+    b = run(tiny_pipe, init, edges, tmp_path / "b")
+    c = run(tiny_pipe, init, edges, tmp_path / "c", gen=settings(seed=1))
+    assert all(np.array_equal(pixels(x), pixels(y)) for x, y in zip(a, b))
+    assert not np.array_equal(pixels(a[2]), pixels(c[2]))
+
+
+def test_a_frame_can_be_regenerated_alone(tiny_pipe, clip, tmp_path):
+    """Frame 2 depends only on (seed, 2), edge 2 and frame 1: remaking it from those gives the same bytes."""
+    init, edges = clip
+    full = run(tiny_pipe, init, edges, tmp_path / "full")
+    alone = tmp_path / "alone"
+    (alone / "edges").mkdir(parents=True)
+    Image.open(sorted(edges.iterdir())[1]).save(alone / "edges" / "2.png")
+    source = FrameFolders(str(full[1]), str(alone / "edges"))
+    edge = source.edge_frame(0, (64, 48))
+    with condition_area(64 * 48):
+        image = tiny_pipe(image=[edge, Image.open(full[1])], prompt="p", negative_prompt=" ", true_cfg_scale=4.0,
+                          num_inference_steps=2, height=48, width=64, output_type="np",
+                          generator=torch.Generator().manual_seed(frame_seed(0, 2))).images[0]
+    assert np.array_equal((image * 255).round().astype(np.uint8), pixels(full[2]))
+
+
+def test_frames_follow_natural_order(tiny_pipe, tmp_path):
+    init, edges = write_clip(tmp_path / "clip", edges=2)
+    (edges / "1.png").rename(edges / "10.png")  # now 2.png must come before 10.png
+    source = FrameFolders(str(init), str(edges))
+    assert [p.name for p in source.edge_paths] == ["2.png", "10.png"]
+
+
+def test_odd_size_generates_at_multiple_of_16_and_returns_init_size(tiny_pipe, tmp_path):
+    init, edges = write_clip(tmp_path / "clip", size=(70, 37), edges=1)
+    paths = run(tiny_pipe, init, edges, tmp_path / "out")
+    assert Image.open(paths[1]).size == (70, 37)
+    assert np.array_equal(pixels(paths[0]), pixels(init))
+
+
+def test_max_frames_caps_the_clip(tiny_pipe, clip, tmp_path):
+    init, edges = clip
+    assert len(run(tiny_pipe, init, edges, tmp_path / "two", max_frames=2)) == 2
+    assert len(run(tiny_pipe, init, edges, tmp_path / "one", max_frames=1)) == 1
+
+
+@pytest.mark.parametrize("max_frames, message", [(0, "must be >= 1"), (-3, "must be >= 1"), (5, "at most 4")])
+def test_bad_max_frames_is_a_clear_error(max_frames, message):
+    with pytest.raises(QveditError, match=message):
+        output_frame_count(3, max_frames)
+
+
+def test_generation_size():
+    assert generation_size(64, 48) == (64, 48)
+    assert generation_size(70, 37) == (64, 32)
+    assert generation_size(5, 5) == (16, 16)
+    w, h = generation_size(2000, 1000, max_area=1024 * 1024)
+    assert w % 16 == 0 and h % 16 == 0 and w * h <= 1024 * 1024 * 1.02 and abs(w / h - 2) < 0.05
+
+
+def test_frame_seed_depends_on_seed_and_frame():
+    seeds = {frame_seed(s, i) for s in range(3) for i in range(50)}
+    assert len(seeds) == 150 and all(0 <= s < 2**63 for s in seeds)
+    assert frame_seed(0, 1) == frame_seed(0, 1)
+
+
+def test_condition_area_is_scoped_to_the_call():
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as module
+
+    before = module.VAE_IMAGE_SIZE
+    with condition_area(4096):
+        assert module.VAE_IMAGE_SIZE == 4096
+    assert module.VAE_IMAGE_SIZE == before == 1024 * 1024
+    assert vae_area("output", 64, 48) == 64 * 48
+    assert vae_area(1048576, 64, 48) == 1048576
+    with pytest.raises(QveditError, match="condition_area"):
+        vae_area("big", 64, 48)
+
+
+def test_condition_area_output_encodes_conditions_at_generation_size(tiny_pipe, tmp_path):
+    """The VAE sees condition images at the output size, not diffusers' 1 MP."""
+    seen = []
+    hook = tiny_pipe.vae.encoder.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        run(tiny_pipe, *write_clip(tmp_path / "clip", size=(64, 64), edges=1), tmp_path / "out")
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {(64, 64)}
+
+
+def test_pipeline_is_loaded_once_per_process(tiny_pipe):
+    assert load_tiny_pipeline(TINY_MODEL, device="cpu", dtype="fp32") is tiny_pipe
+    assert not any(p.requires_grad for p in tiny_pipe.transformer.parameters())
+
+
+def test_inference_mode_is_refused_when_guidance_is_on(tiny_pipe, clip, tmp_path):
+    with torch.inference_mode(), pytest.raises(QveditError, match="inference_mode"):
+        run(tiny_pipe, *clip, tmp_path / "out", ttlg=TTLGSettings(edge_scale=1.0, vgg_weights="random"))
+    assert not (tmp_path / "out" / "00001.png").exists()
+
+
+def test_a_bad_frame_midway_keeps_the_frames_before(tiny_pipe, clip, tmp_path):
+    init, edges = clip
+    data = (edges / "2.png").read_bytes()
+    (edges / "2.png").write_bytes(data[: len(data) // 2])  # truncated PNG: header fine, pixels missing
+    with pytest.raises(QveditError, match="2.png"):
+        run(tiny_pipe, init, edges, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.png", "00001.png"]
