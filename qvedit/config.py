@@ -46,7 +46,7 @@ class TTLGConfig:
     every: int = 1
     start_step: Optional[int] = None
     end_step: Optional[int] = None
-    last_steps: Optional[int] = None
+    last_steps: Optional[int] = 10
     edge_size: Optional[int] = 256
     gram_size: Optional[int] = 256
     temporal_size: int = 64

@@ -36,7 +36,7 @@ class TTLGSettings:
     every: int = 1
     start_step: Optional[int] = None
     end_step: Optional[int] = None
-    last_steps: Optional[int] = None
+    last_steps: Optional[int] = 10
     edge_size: Optional[int] = 256
     gram_size: Optional[int] = 256
     temporal_size: int = 64
@@ -223,6 +223,11 @@ class Guide:
         decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing)
         edge_target = edge_target.to(self.device)
         debug = self.debug_dir / f"frame_{frame_index:05d}" if self.debug_dir else None
+        if debug is not None:
+            from PIL import Image
+
+            debug.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(edges_to_uint8(edge_target[0, 0].cpu())).save(debug / "target_edges.png")
 
         def on_step_end(pipe, i: int, t, callback_kwargs: dict) -> dict:
             if not self.settings.guides_step(i, num_steps):
@@ -251,7 +256,6 @@ class Guide:
     def _save_debug(self, folder: Path, step: int, image: torch.Tensor) -> None:
         from PIL import Image
 
-        folder.mkdir(parents=True, exist_ok=True)
         rgb = (image[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8")
         Image.fromarray(rgb).save(folder / f"step_{step:03d}_x0.png")
         edges = edges_to_uint8(edge_map(image.float(), self.settings.edge_op)[0, 0].cpu())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -23,11 +24,21 @@ register_schemas()
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def build(node: DictConfig, **kwargs):
+    """``instantiate`` that lets a QveditError through as itself, not wrapped by Hydra."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, QveditError):
+            raise err.__cause__ from None
+        raise
+
+
 def run(cfg: DictConfig) -> Path:
     """Edit the clip ``cfg`` describes; returns the folder the frames went to."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    ttlg = instantiate(cfg.ttlg)
-    source = instantiate(cfg.io)  # inputs are checked before the (slow) model load
+    ttlg = build(cfg.ttlg)
+    source = build(cfg.io)  # inputs are checked before the (slow) model load
     generation = GenerationSettings(
         prompt=cfg.prompt,
         negative_prompt=cfg.negative_prompt,
@@ -38,7 +49,7 @@ def run(cfg: DictConfig) -> Path:
         max_area=cfg.max_area,
     )
     writer = FrameWriter(cfg.io.out_frames_dir or run_dir / "frames")
-    pipe = instantiate(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    pipe = build(cfg.model, device=cfg.device, dtype=cfg.dtype)
     edit_clip(
         pipe, source, writer, generation, ttlg,
         max_frames=cfg.max_frames,
