@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from qvedit.guidance import TTLGSettings
+
 DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
 
 
@@ -35,24 +37,10 @@ class IOConfig:
 
 
 @dataclass
-class TTLGConfig:
-    """``ttlg/``: test-time loss guidance settings (``qvedit.guidance``)."""
+class TTLGConfig(TTLGSettings):
+    """``ttlg/``: test-time loss guidance settings; the fields are ``TTLGSettings``'s."""
 
     _target_: str = "qvedit.guidance.TTLGSettings"
-    edge_scale: float = 0.0
-    gram_scale: float = 0.0
-    temporal_scale: float = 0.0
-    lr: float = 0.05
-    every: int = 1
-    start_step: Optional[int] = None
-    end_step: Optional[int] = None
-    last_steps: Optional[int] = 10
-    edge_size: Optional[int] = 256
-    gram_size: Optional[int] = 256
-    temporal_size: int = 64
-    edge_op: str = "sobel"
-    vgg_weights: str = "imagenet"
-    decode_checkpointing: bool = False
 
 
 @dataclass

@@ -42,7 +42,7 @@ class TTLGSettings:
     temporal_size: int = 64
     edge_op: str = "sobel"
     vgg_weights: str = "imagenet"
-    decode_checkpointing: bool = False
+    decode_checkpointing: bool = True
 
     def __post_init__(self):
         for key in ("edge_scale", "gram_scale", "temporal_scale", "lr"):

@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = str(Path(os.environ["QVEDIT_CACHE"]) / "tiny-qwen-image-edit-2509")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def tiny_pipe():
+    """The process-wide tiny pipeline (qvedit's own loader cache keeps one; built once per machine)."""
     from qvedit.pipeline import load_tiny_pipeline
 
     return load_tiny_pipeline(TINY_MODEL, device="cpu", dtype="fp32")

@@ -61,7 +61,7 @@ def test_every_experiment_composes(name):
 
 
 def test_every_model_config_instantiates_or_says_why(tiny_pipe):
-    for name in options("model"):
+    for name in sorted(options("model"), key=lambda n: n != "tiny"):  # a failed load frees the loaded model
         cfg = make([f"model={name}"])
         if name == "tiny":
             assert instantiate(cfg.model, device="cpu", dtype="fp32") is tiny_pipe

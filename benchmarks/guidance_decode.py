@@ -1,0 +1,93 @@
+"""Cost of one guided step's decode + losses + backward on the full-size Qwen-Image VAE.
+
+The VAE (``AutoencoderKLQwenImage()`` with default arguments = the 2509 architecture) is built
+with random weights straight on the GPU; timing and memory do not depend on weight values.
+Compares ``ttlg.decode_checkpointing`` off and on at 512² and 1024²::
+
+    python benchmarks/guidance_decode.py --sizes 512 1024 --out bench_decode.json
+
+Prints a markdown table (random weights, timing only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+
+
+def build_vae(device: str, dtype: torch.dtype):
+    from diffusers import AutoencoderKLQwenImage
+
+    with torch.device(device):
+        vae = AutoencoderKLQwenImage().to(dtype)
+    return vae.requires_grad_(False).eval()
+
+
+def measure(vae, vgg, size: int, checkpointing: bool, repeats: int) -> dict:
+    from diffusers import QwenImageEditPlusPipeline
+
+    from qvedit import losses
+    from qvedit.guidance import LatentDecoder
+
+    device = next(vae.parameters()).device
+    pipe = SimpleNamespace(vae=vae, vae_scale_factor=8, _unpack_latents=QwenImageEditPlusPipeline._unpack_latents)
+    decoder = LatentDecoder(pipe, size, size, checkpointing)
+    tokens = (size // 16) ** 2
+    target = torch.rand(1, 1, size, size, device=device)
+    reference = vgg.grams(torch.rand(1, 3, size, size, device=device), 256)
+    seconds = []
+    peak_extra = 0
+    for _ in range(repeats + 1):
+        leaf = torch.randn(1, tokens, 64, device=device).requires_grad_(True)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        with torch.enable_grad():
+            image = decoder.decode(leaf)
+            loss = losses.edge_loss(image.float(), target, "sobel", 256) + 0.2 * losses.gram_loss(
+                vgg.grams(image, 256), reference)
+            (grad,) = torch.autograd.grad(loss, leaf)
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - started)
+        peak_extra = max(peak_extra, torch.cuda.max_memory_allocated() - base)
+        del image, loss, grad, leaf
+    return {
+        "size": size,
+        "decode_checkpointing": checkpointing,
+        "seconds_per_guided_step": statistics.median(seconds[1:]),
+        "peak_extra_gib": peak_extra / 2**30,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    from qvedit.losses import VGGStyle
+
+    vae = build_vae("cuda", torch.bfloat16)
+    vgg = VGGStyle("random", device="cuda")
+    weights_gib = torch.cuda.memory_allocated() / 2**30
+    rows = [measure(vae, vgg, size, ckpt, args.repeats) for size in args.sizes for ckpt in (False, True)]
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "vae_and_vgg_weights_gib": weights_gib,
+              "note": "random weights, timing only", "rows": rows}
+    print(f"{report['device']}, torch {report['torch']}, random weights, timing only")
+    print("| size | decode_checkpointing | s per guided step | peak extra GiB |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['size']}² | {r['decode_checkpointing']} | {r['seconds_per_guided_step']:.3f} | {r['peak_extra_gib']:.2f} |")
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(report, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
