@@ -1,0 +1,32 @@
+"""The tiny offline model: built without a network, byte-identical on every build, loaded like the real one."""
+
+from pathlib import Path
+
+from diffusers import QwenImageEditPlusPipeline
+
+from qvedit.tiny_model import SPECIAL_TOKENS, build_tiny_model
+from tests.conftest import TINY_MODEL
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_code_same_bytes(tiny_pipe, tmp_path):
+    again = build_tiny_model(tmp_path / "tiny")
+    first, second = files(Path(TINY_MODEL)), files(again)
+    assert sorted(first) == sorted(second)
+    assert {"model_index.json", "transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
+            "text_encoder/model.safetensors", "tokenizer/tokenizer.json"} <= set(first)
+    assert [name for name in first if first[name] != second[name]] == []
+    assert not list(tmp_path.glob(".building-*"))  # no staging folder left behind
+
+
+def test_loads_through_from_pretrained_with_every_component(tiny_pipe):
+    assert isinstance(tiny_pipe, QwenImageEditPlusPipeline)
+    assert set(tiny_pipe.components) == {"transformer", "vae", "scheduler", "text_encoder", "tokenizer", "processor"}
+    vocab = tiny_pipe.tokenizer.get_vocab()
+    assert all(token in vocab for token in SPECIAL_TOKENS)
+    config = tiny_pipe.text_encoder.config
+    assert config.image_token_id == vocab["<|image_pad|>"]
+    assert config.vision_start_token_id == vocab["<|vision_start|>"]
