@@ -1,0 +1,247 @@
+"""Video-file mode: frame 0 and edge frames from video files, streaming, mp4 output, previews, errors."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import qvedit.video as video
+from qvedit.edges import edges_to_uint8, sobel_edges
+from qvedit.errors import QveditError
+from qvedit.frames import read_rgb8
+from qvedit.preview import contact_sheet, side_by_side_gif
+from qvedit.video import VideoClip, encode_video
+
+FPS = 8.0
+
+
+def square_frames(count, width=36, height=20, step=3, grey=False):
+    """(count, H, W, 3) uint8: a square moving right on a dark gradient."""
+    frames = np.zeros((count, height, width, 3), dtype=np.uint8)
+    frames[..., 2] = np.linspace(0, 80, width, dtype=np.uint8)
+    for i in range(count):
+        frames[i, 4:12, 2 + step * i:10 + step * i] = (255, 255, 255) if grey else (230, 60, 20)
+    return frames
+
+
+def write_video(path, frames, fps=FPS):
+    iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, macro_block_size=1, ffmpeg_log_level="error")
+    return path
+
+
+def decode(path):
+    return list(iio.imiter(path, plugin="FFMPEG"))
+
+
+def to_tensor(frame):
+    return torch.from_numpy(frame.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+@pytest.fixture
+def rgb_video(tmp_path):
+    return write_video(tmp_path / "clip.mp4", square_frames(6))
+
+
+def assert_one_line_error(call, *fragments):
+    with pytest.raises(QveditError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+def test_init_frame_count_and_fps(rgb_video):
+    clip = VideoClip(str(rgb_video))
+    first = decode(rgb_video)[0]
+    init = clip.init_image()
+    assert init.mode == "RGB" and init.size == (36, 20)
+    assert np.array_equal(np.asarray(init), first)
+    assert len(clip) == 5 and clip.fps == pytest.approx(FPS)
+
+
+def test_edges_made_from_rgb_frames_match_sobel_and_are_saved(rgb_video, tmp_path):
+    edges_dir = tmp_path / "made_edges"
+    clip = VideoClip(str(rgb_video), edges_dir=str(edges_dir))
+    decoded = decode(rgb_video)
+    for k in range(len(clip)):
+        expected = edges_to_uint8(sobel_edges(to_tensor(decoded[k + 1])))
+        edge = np.asarray(clip.edge_frame(k, clip.size))
+        assert np.array_equal(edge[..., 0], expected) and np.array_equal(edge[..., 2], expected)
+        assert np.array_equal(np.asarray(read_rgb8(edges_dir / f"{k + 1:05d}.png"))[..., 1], expected)
+    assert sorted(p.name for p in edges_dir.iterdir()) == [f"{i:05d}.png" for i in range(1, 6)]
+
+
+def test_edge_video_of_another_size_is_resized(rgb_video, tmp_path):
+    edge_frames = square_frames(4, width=18, height=10, step=1, grey=True)
+    edge_video = write_video(tmp_path / "edges.mp4", edge_frames)
+    clip = VideoClip(str(rgb_video), edge_video=str(edge_video), resize="nearest")
+    assert len(clip) == 4
+    decoded = decode(edge_video)
+    for k in range(4):
+        edge = clip.edge_frame(k, clip.size)
+        assert edge.size == (36, 20)
+        expected = Image.fromarray(decoded[k]).resize((36, 20), Image.Resampling.NEAREST)
+        assert np.array_equal(np.asarray(edge), np.asarray(expected))
+
+
+def test_edge_frames_are_streamed_and_may_start_late(rgb_video, monkeypatch):
+    pulled = []
+    real_read_frames = video.imageio_ffmpeg.read_frames
+
+    def counting_read_frames(*args, **kwargs):
+        for item in real_read_frames(*args, **kwargs):
+            pulled.append(item)
+            yield item
+
+    expected = [edges_to_uint8(sobel_edges(to_tensor(frame))) for frame in decode(rgb_video)[1:]]
+    clip = VideoClip(str(rgb_video))
+    monkeypatch.setattr(video.imageio_ffmpeg, "read_frames", counting_read_frames)
+    assert np.array_equal(np.asarray(clip.edge_frame(2, clip.size))[..., 0], expected[2])
+    assert len(pulled) == 1 + 4  # metadata, then video frames 0..3 only: nothing decoded ahead
+    assert np.array_equal(np.asarray(clip.edge_frame(3, clip.size))[..., 0], expected[3])
+    assert len(pulled) == 1 + 5
+    assert np.array_equal(np.asarray(clip.edge_frame(0, clip.size))[..., 0], expected[0])  # restarts
+    with pytest.raises(IndexError):
+        clip.edge_frame(5, clip.size)
+    clip.close()
+
+
+def test_failure_midway_names_file_and_frame(rgb_video, monkeypatch):
+    clip = VideoClip(str(rgb_video))
+    real_read_frames = video.imageio_ffmpeg.read_frames
+
+    def failing_read_frames(*args, **kwargs):
+        frames = real_read_frames(*args, **kwargs)
+        yield next(frames)
+        yield next(frames)
+        yield next(frames)
+        raise RuntimeError("Could not read frame 3:\nEnd of file reached before full frame could be read.")
+
+    monkeypatch.setattr(video.imageio_ffmpeg, "read_frames", failing_read_frames)
+    clip.edge_frame(0, clip.size)
+    message = assert_one_line_error(lambda: clip.edge_frame(2, clip.size), str(rgb_video), "frame 2")
+    assert "End of file" in message
+
+
+def test_stream_ending_early_is_an_error(rgb_video, monkeypatch):
+    clip = VideoClip(str(rgb_video))
+    real_read_frames = video.imageio_ffmpeg.read_frames
+
+    def short_read_frames(*args, **kwargs):
+        frames = real_read_frames(*args, **kwargs)
+        for _ in range(3):
+            yield next(frames)
+        frames.close()
+
+    monkeypatch.setattr(video.imageio_ffmpeg, "read_frames", short_read_frames)
+    assert_one_line_error(lambda: clip.edge_frame(4, clip.size), str(rgb_video), "ended after 2 frames")
+
+
+@pytest.mark.parametrize("size", [(36, 20), (35, 21)])
+def test_encode_video_round_trip(tmp_path, size):
+    width, height = size
+    frames = square_frames(7, width=width, height=height)
+    paths = []
+    for i, frame in enumerate(frames):
+        paths.append(tmp_path / f"{i:05d}.png")
+        Image.fromarray(frame).save(paths[-1])
+    out = encode_video(paths, tmp_path / "out" / "clip.mp4", fps=12.0)
+    assert out == tmp_path / "out" / "clip.mp4" and out.is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["clip.mp4"]  # no partial file left
+    decoded = decode(out)
+    assert len(decoded) == 7
+    assert decoded[0].shape == (height + height % 2, width + width % 2, 3)  # odd sizes are padded to even
+    assert iio.immeta(out, plugin="FFMPEG")["fps"] == pytest.approx(12.0, abs=0.01)
+    error = np.abs(decoded[3][:height, :width].astype(int) - frames[3].astype(int)).mean()
+    assert error < 8  # CRF 18: close to the input
+    clip = VideoClip(str(out))
+    assert len(clip) == 6 and clip.fps == pytest.approx(12.0, abs=0.01)
+
+
+def test_encode_video_rejects_mixed_sizes(tmp_path):
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.png")
+    Image.new("RGB", (6, 6)).save(tmp_path / "b.png")
+    assert_one_line_error(lambda: encode_video([tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "o.mp4", 8),
+                          "b.png")
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_input_errors_are_one_line(tmp_path, rgb_video):
+    assert_one_line_error(lambda: VideoClip(None), "io.rgb_video=clip.mp4")
+    assert_one_line_error(lambda: VideoClip(str(tmp_path / "nope.mp4")), "not found", "nope.mp4")
+    assert_one_line_error(lambda: VideoClip(str(rgb_video), edge_video=str(tmp_path / "e.mp4")), "e.mp4")
+    assert_one_line_error(lambda: VideoClip(str(tmp_path)), "not a file")
+
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    assert_one_line_error(lambda: VideoClip(str(text)), "cannot decode", "notes.mp4")
+
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    assert_one_line_error(lambda: VideoClip(str(empty)), "empty.mp4")
+
+    data = rgb_video.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(lambda: VideoClip(str(truncated)), "truncated.mp4")
+
+    assert_one_line_error(lambda: VideoClip(str(rgb_video), resize="bicubic"), "io.resize")
+    assert_one_line_error(lambda: VideoClip(str(rgb_video), edge_op="canny"), "canny", "sobel")
+
+
+def test_truncated_video_with_index_up_front_is_damaged(tmp_path):
+    # moov first (faststart): ffmpeg opens the cut file and decodes a few frames before the data ends.
+    source = write_video(tmp_path / "full.mp4", square_frames(6))
+    frames = [tmp_path / f"{i}.png" for i in range(12)]
+    for i, path in enumerate(frames):
+        Image.fromarray(square_frames(12, width=64, height=48, step=4)[i]).save(path)
+    full = encode_video(frames, tmp_path / "fast.mp4", fps=FPS)
+    data = full.read_bytes()
+    for fraction in (0.5, 0.67, 0.9):
+        cut = tmp_path / f"cut{fraction}.mp4"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        message = assert_one_line_error(lambda: VideoClip(str(cut)), cut.name)
+        assert "truncated or damaged" in message or "incomplete" in message
+    assert len(VideoClip(str(source))) == 5
+
+
+def test_zero_frame_and_single_frame_videos(tmp_path):
+    zero = tmp_path / "zero.mp4"
+    writer = video.imageio_ffmpeg.write_frames(str(zero), (16, 16), fps=FPS, macro_block_size=1,
+                                               ffmpeg_log_level="quiet")
+    writer.send(None)
+    writer.close()  # no frames: ffmpeg leaves an mp4 without a video stream
+    assert zero.stat().st_size > 0
+    assert_one_line_error(lambda: VideoClip(str(zero)), "zero.mp4", "no video frames")
+
+    one = write_video(tmp_path / "one.mp4", square_frames(1))
+    assert_one_line_error(lambda: VideoClip(str(one)), "only 1 frame", "io.edge_video")
+    edges = write_video(tmp_path / "edges.mp4", square_frames(3, grey=True))
+    clip = VideoClip(str(one), edge_video=str(edges))
+    assert len(clip) == 3 and np.array_equal(np.asarray(clip.init_image()), decode(one)[0])
+
+
+def test_contact_sheet_and_gif(tmp_path):
+    frames = [Image.fromarray(f) for f in square_frames(11, width=30, height=20, step=2)]
+    edges = [Image.fromarray(edges_to_uint8(sobel_edges(to_tensor(np.asarray(f))))) for f in frames[1:]]
+
+    sheet = contact_sheet(edges, frames, tmp_path / "sheet.png", max_rows=4)
+    with Image.open(sheet) as image:
+        assert image.size == (60, 80)
+        pixels = np.asarray(image.convert("RGB"))
+    assert not pixels[:20, :30].any()  # the init frame's edge cell is blank
+    assert np.array_equal(pixels[:20, 30:], np.asarray(frames[0]))
+    assert np.array_equal(pixels[60:, 30:], np.asarray(frames[10]))  # last frame is the last row
+
+    big = [frame.resize((600, 400)) for frame in frames[:3]]
+    with Image.open(contact_sheet(edges[:2], big, tmp_path / "big.png")) as image:
+        assert image.size == (512, 3 * 171)
+
+    gif = side_by_side_gif(edges, frames, tmp_path / "pairs.gif", fps=10)
+    with Image.open(gif) as image:
+        assert image.size == (60, 20) and image.n_frames == 11
+        assert image.info["duration"] == 100 and image.info["loop"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "pairs.gif", "sheet.png"]
