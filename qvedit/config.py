@@ -45,9 +45,27 @@ class TTLGConfig(TTLGSettings):
 
 @dataclass
 class MetricsConfig:
-    """``metrics/``: what is written to ``metrics.csv``."""
+    """``metrics/``: what is measured per frame and written to ``metrics.csv`` (``qvedit.metrics``)."""
 
+    _target_: str = "qvedit.metrics.FrameMetrics"
+    quality: bool = True
     path: Optional[str] = None
+    size: int = 256
+    gram_size: int = 256
+    vgg_weights: str = "imagenet"
+
+
+@dataclass
+class AcceptanceConfig:
+    """``acceptance/``: the spec §6.3 thresholds the sweep report judges by (``qvedit.acceptance``)."""
+
+    _target_: str = "qvedit.acceptance.Thresholds"
+    frames: int = 8
+    edge_ratio: float = 0.95
+    edge_frames_fraction: float = 0.6
+    gram_ratio: float = 0.98
+    lpips_prev_min: float = 0.005
+    lpips_init_min: float = 0.01
 
 
 @dataclass
@@ -58,6 +76,7 @@ class QveditConfig:
     io: IOConfig = field(default_factory=IOConfig)
     ttlg: TTLGConfig = field(default_factory=TTLGConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = " "
     num_inference_steps: int = 50

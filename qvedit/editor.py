@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -17,14 +16,12 @@ from tqdm.auto import tqdm
 
 from qvedit.edges import image_to_edge_target
 from qvedit.errors import QveditError
-from qvedit.frames import FrameFolders, FrameWriter
+from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor
 from qvedit.guidance import Guide, TTLGSettings, record_velocity, refuse_inference_mode
+from qvedit.metrics import FrameMetrics, MetricsLog, peak_memory_mib
 from qvedit.pipeline import condition_area, vae_area
 
 log = logging.getLogger(__name__)
-
-METRICS_COLUMNS = ["frame", "seconds"]
-
 
 @dataclass
 class GenerationSettings:
@@ -54,11 +51,6 @@ def frame_seed(seed: int, frame_index: int) -> int:
     return int(np.random.SeedSequence([seed, frame_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB PIL image -> (1, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-
-
 def tensor_to_pil(image: torch.Tensor, frame_index: int) -> Image.Image:
     """(3, H, W) in [0, 1] -> 8-bit RGB, rounded as diffusers does; NaN fails instead of writing black."""
     if not torch.isfinite(image).all():
@@ -84,25 +76,14 @@ def output_frame_count(edge_count: int, max_frames: Optional[int]) -> int:
     return max_frames
 
 
-class MetricsLog:
-    """``metrics.csv``: one row per generated frame, flushed as soon as the frame is written."""
-
-    def __init__(self, path: Path, columns: list[str]):
-        self.path = path
-        self.columns = columns
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as handle:
-            csv.writer(handle).writerow(columns)
-
-    def append(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([row[c] for c in self.columns])
-
-
 def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: GenerationSettings,
               ttlg: TTLGSettings, max_frames: Optional[int] = None, metrics_path: Optional[Path] = None,
-              debug_dir: Optional[str] = None) -> list[Path]:
-    """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order. Returns the paths."""
+              metrics: Optional[FrameMetrics] = None, debug_dir: Optional[str] = None) -> list[Path]:
+    """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order. Returns the paths.
+
+    With ``metrics_path`` a row per frame goes to that CSV as soon as the frame is written
+    (timing columns only unless ``metrics`` says what else to measure).
+    """
     if ttlg.enabled:
         refuse_inference_mode()
     total = output_frame_count(len(source), max_frames)
@@ -111,13 +92,17 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
     gen_width, gen_height = generation_size(width, height, settings.max_area)
     area = vae_area(settings.condition_area, gen_width, gen_height)
     guide = Guide(ttlg, pipe, pil_to_tensor(init), debug_dir) if ttlg.enabled else None
-    metrics = MetricsLog(metrics_path, METRICS_COLUMNS) if metrics_path else None
+    metrics = metrics or FrameMetrics(quality=False)
+    log_rows = MetricsLog(metrics_path, metrics.columns) if metrics_path else None
+    metrics.start(init)
 
     written = [writer.write(0, init)]
     previous = init
     device = pipe._execution_device
     for index in tqdm(range(1, total), desc="frames", unit="frame", initial=1, total=total):
         started = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         edge = source.edge_frame(index - 1, (width, height))
         generator = torch.Generator(device=device).manual_seed(frame_seed(settings.seed, index))
         with condition_area(area), record_velocity(pipe.scheduler) as velocity:
@@ -141,10 +126,13 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
         if frame.size != (width, height):
             frame = frame.resize((width, height), Image.Resampling.BICUBIC)
         written.append(writer.write(index, frame))
+        seconds = time.perf_counter() - started
         if guide is not None:
             guide.frame_done(pil_to_tensor(frame))
-        if metrics is not None:
-            metrics.append({"frame": index, "seconds": round(time.perf_counter() - started, 4)})
+        if log_rows is not None:
+            log_rows.append({"frame": index, **metrics.score(frame, edge, previous), "seconds": round(seconds, 4),
+                             "guided_steps": guide.guided_steps if guide else 0,
+                             "peak_mem_mib": round(peak_memory_mib(device), 1)})
         previous = frame
     return written
 

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from qvedit.errors import QveditError
@@ -32,6 +33,11 @@ def to_rgb8(image: Image.Image) -> Image.Image:
         grey = np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
     return image.convert("RGB")
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    """8-bit RGB PIL image -> (1, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
 
 
 def read_rgb8(path: Path) -> Image.Image:

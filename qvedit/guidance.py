@@ -200,27 +200,42 @@ class Guide:
             with torch.no_grad():
                 self.reference_grams = self.vgg.grams(init_image.to(self.device), settings.gram_size)
         self.previous = init_image.to(self.device)
+        self.guided_steps = 0  # in the frame being made
         self.x0_estimate = supports_x0_estimate(pipe.scheduler)
         if not self.x0_estimate:
             log.warning("%s has no x0 estimate here: guidance decodes the latents themselves",
                         type(pipe.scheduler).__name__)
 
-    def loss(self, image: torch.Tensor, edge_target: torch.Tensor) -> torch.Tensor:
-        """image (1, 3, H, W) in [0, 1], edge_target (1, 1, H, W) in [0, 1] -> weighted loss (0-dim)."""
+    def losses(self, image: torch.Tensor, edge_target: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+        """(scale, loss) of each enabled term; image (1, 3, H, W) in [0, 1], edge_target (1, 1, H, W)."""
         s = self.settings
-        total = image.new_zeros((), dtype=torch.float32)
+        terms = []
         if s.edge_scale > 0:
-            total = total + s.edge_scale * losses.edge_loss(image.float(), edge_target, s.edge_op, s.edge_size)
+            terms.append((s.edge_scale, losses.edge_loss(image.float(), edge_target, s.edge_op, s.edge_size)))
         if s.gram_scale > 0:
-            total = total + s.gram_scale * losses.gram_loss(self.vgg.grams(image, s.gram_size), self.reference_grams)
+            terms.append((s.gram_scale, losses.gram_loss(self.vgg.grams(image, s.gram_size), self.reference_grams)))
         if s.temporal_scale > 0:
-            total = total + s.temporal_scale * losses.temporal_loss(image.float(), self.previous, s.temporal_size)
-        return total
+            terms.append((s.temporal_scale, losses.temporal_loss(image.float(), self.previous, s.temporal_size)))
+        return terms
+
+    def image_gradient(self, image: torch.Tensor, edge_target: torch.Tensor) -> torch.Tensor:
+        """The descent direction in image space: sum of scale * (term gradient / its RMS).
+
+        Each term's gradient is normalised before weighting, so the scales are relative weights
+        whatever the losses' magnitudes (here edge ~5e-2 and Gram ~4e-4: summed as plain losses,
+        ``gram_scale=0.2`` would not move the Gram loss at all). One decoder backward follows.
+        """
+        gradient = torch.zeros_like(image)
+        for scale, loss in self.losses(image, edge_target):
+            (term,) = torch.autograd.grad(loss, image, retain_graph=True)
+            gradient = gradient + scale * normalised_step(term, 1.0)
+        return gradient
 
     def callback(self, frame_index: int, edge_target: torch.Tensor, height: int, width: int,
                  num_steps: int, velocity: VelocityRecorder) -> Callable:
         """The ``callback_on_step_end`` for one frame; edge_target (1, 1, H, W) in [0, 1]."""
         decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing)
+        self.guided_steps = 0
         edge_target = edge_target.to(self.device)
         debug = self.debug_dir / f"frame_{frame_index:05d}" if self.debug_dir else None
         if debug is not None:
@@ -233,13 +248,13 @@ class Guide:
             if not self.settings.guides_step(i, num_steps):
                 return {}
             latents = callback_kwargs["latents"]
+            self.guided_steps += 1
             sigma = float(pipe.scheduler.sigmas[pipe.scheduler.step_index]) if self.x0_estimate else 0.0
             with torch.enable_grad():
                 leaf = latents.detach().float().requires_grad_(True)
                 x0 = leaf - sigma * velocity.velocity.detach().float() if sigma else leaf
                 image = decoder.decode(x0)
-                loss = self.loss(image, edge_target)
-                (grad,) = torch.autograd.grad(loss, leaf)
+                (grad,) = torch.autograd.grad(image, leaf, grad_outputs=self.image_gradient(image, edge_target))
             if debug is not None:
                 self._save_debug(debug, i, image.detach())
             if not torch.isfinite(grad).all():

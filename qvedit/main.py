@@ -8,14 +8,17 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from qvedit.acceptance import record_job_error
 from qvedit.config import register_schemas
 from qvedit.editor import GenerationSettings, edit_clip
 from qvedit.errors import QveditError
 from qvedit.frames import FrameWriter
+from qvedit.pipeline import check_device
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -49,11 +52,14 @@ def run(cfg: DictConfig) -> Path:
         max_area=cfg.max_area,
     )
     writer = FrameWriter(cfg.io.out_frames_dir or run_dir / "frames")
+    check_device(cfg.device)
+    metrics = build(cfg.metrics, device=cfg.device)
     pipe = build(cfg.model, device=cfg.device, dtype=cfg.dtype)
     edit_clip(
         pipe, source, writer, generation, ttlg,
         max_frames=cfg.max_frames,
         metrics_path=Path(cfg.metrics.path) if cfg.metrics.path else run_dir / "metrics.csv",
+        metrics=metrics,
         debug_dir=cfg.debug_dir,
     )
     log.info("wrote %d frames to %s", len(list(writer.folder.glob("*.png"))), writer.folder)
@@ -66,6 +72,10 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except QveditError as err:
         print(f"qvedit: error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # One bad job must not end the sweep: the report lists it with this message.
+            record_job_error(Path(HydraConfig.get().runtime.output_dir), str(err))
+            return
         sys.exit(2)
     except KeyboardInterrupt:
         print("qvedit: interrupted; the frames written so far are kept", file=sys.stderr)

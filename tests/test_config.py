@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig
 from omegaconf.errors import ValidationError
 
 from qvedit.config import register_schemas
@@ -70,9 +71,16 @@ def test_every_model_config_instantiates_or_says_why(tiny_pipe):
                 instantiate(cfg.model, device="cpu", dtype="fp32")
 
 
-def test_metrics_and_hydra_groups_compose():
-    cfg = make(["metrics=default"])
-    assert cfg.metrics.path is None
+@pytest.mark.parametrize("name", options("metrics"))
+def test_every_metrics_config_instantiates(name):
+    metrics = instantiate(make([f"metrics={name}", "metrics.vgg_weights=random"]).metrics, device="cpu")
+    assert metrics.columns[0] == "frame" and ("edge_loss" in metrics.columns) == (name != "none")
+
+
+def test_acceptance_thresholds_default_to_the_spec():
+    thresholds = instantiate(make().acceptance)
+    assert (thresholds.frames, thresholds.edge_ratio, thresholds.edge_frames_fraction, thresholds.gram_ratio,
+            thresholds.lpips_prev_min, thresholds.lpips_init_min) == (8, 0.95, 0.6, 0.98, 0.005, 0.01)
 
 
 @pytest.mark.parametrize("override", ["ttlg.edge_scal=1", "io.init=x.png", "promt=hi"])
@@ -108,7 +116,8 @@ def test_bad_ttlg_values_are_clear_errors(key, value, message):
 def test_readme_documents_every_config_key():
     readme = (REPO / "README.md").read_text()
     cfg = make()
-    keys = [k for k in cfg if k not in ("model", "io", "ttlg", "metrics")]
-    keys += [f"{group}.{k}" for group in ("model", "io", "ttlg", "metrics") for k in cfg[group] if k != "_target_"]
+    groups = [k for k in cfg if isinstance(cfg[k], DictConfig)]
+    keys = [k for k in cfg if k not in groups]
+    keys += [f"{group}.{k}" for group in groups for k in cfg[group] if k != "_target_"]
     missing = [k for k in keys if f"`{k}`" not in readme]
     assert not missing, f"README lacks {missing}"

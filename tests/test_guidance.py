@@ -11,7 +11,8 @@ from PIL import Image
 from qvedit import losses
 from qvedit.demo import demo_clip
 from qvedit.edges import image_to_edge_target
-from qvedit.editor import GenerationSettings, edit_clip, pil_to_tensor
+from qvedit.editor import GenerationSettings, edit_clip
+from qvedit.frames import pil_to_tensor
 from qvedit.errors import QveditError
 from qvedit.frames import FrameWriter
 from qvedit.guidance import Guide, LatentDecoder, TTLGSettings, normalised_step, record_velocity

@@ -1,0 +1,322 @@
+"""The median-of-seeds acceptance report (spec §6.3) of a sweep: ``python -m qvedit.accept SWEEP_DIR``.
+
+Every job folder of the sweep holds ``.hydra/config.yaml`` and ``metrics.csv``. Guided jobs are
+paired with their ``ttlg=off`` twins (same config but ``ttlg`` and ``seed``), frames 1..N are
+compared with N = min(frames, T-1), and each criterion is judged on the median over seeds.
+Writes ``acceptance.md``, ``acceptance.csv`` and per-frame loss plots into the sweep folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+
+from qvedit.confdiff import diff_configs, load_run
+from qvedit.errors import QveditError
+from qvedit.frames import natural_key
+
+log = logging.getLogger(__name__)
+
+JOB_ERROR_FILE = "error.txt"
+SCALES = ("ttlg.edge_scale", "ttlg.gram_scale", "ttlg.temporal_scale")
+# Keys that may differ between a guided job and its off twin, besides ttlg.*.
+UNPAIRED_KEYS = ("seed", "io.out_frames_dir", "metrics.path", "debug_dir")
+
+
+@dataclass
+class Thresholds:
+    """The ``acceptance/`` config group; defaults are the specification's."""
+
+    frames: int = 8
+    edge_ratio: float = 0.95
+    edge_frames_fraction: float = 0.6
+    gram_ratio: float = 0.98
+    lpips_prev_min: float = 0.005
+    lpips_init_min: float = 0.01
+
+
+@dataclass
+class Job:
+    path: Path
+    config: dict
+    metrics: Optional[pd.DataFrame]
+    error: Optional[str]
+
+    @property
+    def guided(self) -> bool:
+        return any(float(self.config.get(key) or 0) > 0 for key in SCALES)
+
+    @property
+    def ttlg(self) -> str:
+        scales = [f"{key.split('.')[1]}={self.config[key]}" for key in SCALES if float(self.config.get(key) or 0) > 0]
+        return ",".join(scales) or "off"
+
+
+@dataclass
+class Criterion:
+    name: str
+    value: Optional[float]
+    threshold: str
+    passed: Optional[bool]  # None: could not be judged; ``note`` says why
+    note: str = ""
+
+
+@dataclass
+class Comparison:
+    label: str
+    seeds: list
+    on: dict  # seed -> Job
+    off: dict  # seed -> Job
+    frames: int = 0
+    criteria: list = field(default_factory=list)
+
+
+def record_job_error(job_dir: Path, message: str) -> None:
+    """Leave a job's failure where the report finds it."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / JOB_ERROR_FILE).write_text(message.strip() + "\n")
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    jobs = []
+    for config_file in sorted(sweep_dir.glob("*/.hydra/config.yaml"), key=lambda p: natural_key(p.parent.parent)):
+        path = config_file.parent.parent
+        config, _ = load_run(path)
+        metrics_file = Path(config["metrics.path"]) if config.get("metrics.path") else path / "metrics.csv"
+        metrics = pd.read_csv(metrics_file) if metrics_file.is_file() else None
+        error = (path / JOB_ERROR_FILE).read_text().strip() if (path / JOB_ERROR_FILE).is_file() else None
+        if error is None and (metrics is None or metrics.empty):
+            error = "no metrics rows: the job did not finish (still running, killed, or crashed)"
+        jobs.append(Job(path, config, metrics if error is None else None, error))
+    return jobs
+
+
+def pair_jobs(jobs: list[Job]) -> tuple[list[Comparison], list[str]]:
+    """Group finished jobs into guided-vs-off comparisons; messages say what could not be paired."""
+    def setting(job: Job) -> tuple:
+        return tuple(sorted((k, repr(v)) for k, v in job.config.items()
+                            if not k.startswith("ttlg.") and k not in UNPAIRED_KEYS))
+
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.error is None:
+            groups.setdefault(setting(job), []).append(job)
+    comparisons, messages = [], []
+    for members in groups.values():
+        off = {job.config["seed"]: job for job in members if not job.guided}
+        variants: dict[str, dict] = {}
+        for job in members:
+            if job.guided:
+                variants.setdefault(job.ttlg, {})[job.config["seed"]] = job
+        for label, on in variants.items():
+            seeds = sorted(set(on) & set(off))
+            if not seeds:
+                messages.append(f"ttlg {label} (seeds {sorted(on)}) has no ttlg=off twin with the same seed and "
+                                "settings: add ttlg=off to the sweep, e.g. ttlg=off,edge_gram")
+                continue
+            if len(seeds) == 1:
+                messages.append(f"ttlg {label}: only seed {seeds[0]} has both runs; the spec judges on the median "
+                                "of 3 seeds (seed=0,1,2)")
+            comparisons.append(Comparison(label, seeds, {s: on[s] for s in seeds}, {s: off[s] for s in seeds}))
+        if not variants and off:
+            messages.append(f"{len(off)} ttlg=off job(s) without a guided twin: nothing to compare them with")
+    return comparisons, messages
+
+
+def frame_table(jobs: dict, column: str, frames: int) -> Optional[pd.DataFrame]:
+    """(frames x seeds) table of one metric over frames 1..frames, or None if the column is missing."""
+    if any(column not in job.metrics.columns for job in jobs.values()):
+        return None
+    return pd.DataFrame({seed: job.metrics.set_index("frame")[column].loc[1:frames] for seed, job in jobs.items()})
+
+
+def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
+    runs = list(comparison.on.values()) + list(comparison.off.values())
+    n = min([limits.frames] + [int(job.metrics["frame"].max()) for job in runs])
+    comparison.frames = n
+    criteria = comparison.criteria
+
+    def ratio_criterion(column: str, name: str, limit: float, extra_fraction: Optional[float] = None):
+        on, off = frame_table(comparison.on, column, n), frame_table(comparison.off, column, n)
+        if on is None or off is None:
+            criteria.append(Criterion(name, None, f"<= {limit}", None, f"no {column} column (metrics=none?)"))
+            return
+        ratio = on.mean().median() / off.mean().median()
+        criteria.append(Criterion(name, ratio, f"<= {limit}", bool(ratio <= limit),
+                                  f"median over seeds of mean {column}: {on.mean().median():.5g} vs {off.mean().median():.5g}"))
+        if extra_fraction is not None:
+            share = float((on.median(axis=1) <= off.median(axis=1)).mean())
+            criteria.append(Criterion(f"{column} not worse, share of frames", share, f">= {extra_fraction}",
+                                      share >= extra_fraction, "per-frame medians over seeds, guided <= off"))
+
+    guided = next(iter(comparison.on.values())).config
+    if float(guided.get("ttlg.edge_scale") or 0) > 0:
+        ratio_criterion("edge_loss", "edge_loss ratio guided/off", limits.edge_ratio, limits.edge_frames_fraction)
+    if float(guided.get("ttlg.gram_scale") or 0) > 0:
+        ratio_criterion("gram_loss", "gram_loss ratio guided/off", limits.gram_ratio)
+    prev, init = frame_table(comparison.on, "lpips_to_prev", n), frame_table(comparison.on, "lpips_to_init", n)
+    if prev is None or init is None:
+        criteria.append(Criterion("lpips", None, "-", None, "no LPIPS columns (lpips not installed or metrics=none)"))
+    else:
+        prev_mean, init_mean = prev.mean().median(), init.mean().median()
+        criteria.append(Criterion("lpips_to_prev < lpips_to_init", prev_mean - init_mean, "< 0",
+                                  bool(prev_mean < init_mean), f"{prev_mean:.4g} vs {init_mean:.4g}"))
+        criteria.append(Criterion("lpips_to_prev", prev_mean, f"> {limits.lpips_prev_min}",
+                                  bool(prev_mean > limits.lpips_prev_min)))
+        criteria.append(Criterion("lpips_to_init", init_mean, f"> {limits.lpips_init_min}",
+                                  bool(init_mean > limits.lpips_init_min)))
+    return comparison
+
+
+def plot(comparison: Comparison, column: str, out: Path) -> Optional[Path]:
+    """Per-frame ``column``, off vs guided: median over seeds with a min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = {"ttlg=off": frame_table(comparison.off, column, comparison.frames),
+              f"ttlg {comparison.label}": frame_table(comparison.on, column, comparison.frames)}
+    if any(t is None for t in tables.values()):
+        return None
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for name, table in tables.items():
+        axes.plot(table.index, table.median(axis=1), marker="o", label=f"{name} (median)")
+        axes.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.25)
+    axes.set_xlabel("frame")
+    axes.set_ylabel(column)
+    axes.set_title(f"{column}: seeds {comparison.seeds}, min-max band")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def thresholds_of(jobs: list[Job]) -> Thresholds:
+    """The thresholds the sweep was configured with (acceptance/ group), else the spec's."""
+    for job in jobs:
+        values = {k.split(".", 1)[1]: v for k, v in job.config.items() if k.startswith("acceptance.")}
+        values.pop("_target_", None)
+        if values:
+            return Thresholds(**values)
+    return Thresholds()
+
+
+def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> tuple[bool, Path]:
+    """Judge the sweep and write acceptance.md / .csv / plots into it. Returns (all passed, md path)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise QveditError(f"sweep folder not found: {sweep_dir}")
+    jobs = load_jobs(sweep_dir)
+    if not jobs:
+        raise QveditError(f"{sweep_dir} holds no job folders with .hydra/config.yaml: is it a multirun sweep folder?")
+    limits = limits or thresholds_of(jobs)
+    comparisons, messages = pair_jobs(jobs)
+    comparisons = [judge(c, limits) for c in comparisons]
+    failed_jobs = [job for job in jobs if job.error]
+    judged = [c for comparison in comparisons for c in comparison.criteria if c.passed is not None]
+    passed = bool(judged) and all(c.passed for c in judged) and not failed_jobs
+
+    lines = [f"# Acceptance report: {sweep_dir}", "",
+             f"**Verdict: {'PASS' if passed else 'FAIL'}** ({sum(bool(c.passed) for c in judged)} of {len(judged)} "
+             f"criteria passed, {len(failed_jobs)} failed job(s), {len(jobs)} job(s))", ""]
+    lines += ["## Jobs", "", "| job | ttlg | seed | frames | status |", "| --- | --- | --- | --- | --- |"]
+    for job in jobs:
+        rows = "-" if job.metrics is None else str(len(job.metrics))
+        lines.append(f"| {job.path.name} | {job.ttlg} | {job.config.get('seed')} | {rows} | "
+                     f"{'FAILED: ' + job.error if job.error else 'ok'} |")
+    if messages:
+        lines += ["", "## Notes", ""] + [f"- {m}" for m in messages]
+    csv_rows = []
+    for comparison in comparisons:
+        lines += ["", f"## ttlg {comparison.label} vs ttlg=off", "",
+                  f"Seeds {comparison.seeds}, frames 1..{comparison.frames}, median over seeds. "
+                  f"Thresholds: {asdict(limits)}.", "",
+                  "| criterion | value | threshold | verdict | detail |", "| --- | --- | --- | --- | --- |"]
+        for c in comparison.criteria:
+            verdict = "skipped" if c.passed is None else ("pass" if c.passed else "FAIL")
+            value = "-" if c.value is None else f"{c.value:.4g}"
+            lines.append(f"| {c.name} | {value} | {c.threshold} | {verdict} | {c.note} |")
+            csv_rows.append({"comparison": comparison.label, "seeds": " ".join(map(str, comparison.seeds)),
+                             "frames": comparison.frames, "criterion": c.name, "value": c.value,
+                             "threshold": c.threshold, "passed": c.passed})
+        seed = comparison.seeds[0]
+        on, off = comparison.on[seed], comparison.off[seed]
+        lines += ["", "Runs compared: " + ", ".join(
+            f"{comparison.on[s].path.name} vs {comparison.off[s].path.name}" for s in comparison.seeds), ""]
+        differing = diff_configs(off.config, on.config)
+        lines += [f"Config keys that differ ({off.path.name} -> {on.path.name}):", ""]
+        lines += [f"- `{key}`: {a!r} -> {b!r}" for key, a, b in differing]
+        for column in ("edge_loss", "gram_loss"):
+            name = f"acceptance_{comparison.label.replace(',', '_').replace('=', '')}_{column}.png"
+            if plot(comparison, column, sweep_dir / name):
+                lines += ["", f"![{column}]({name})"]
+    report = sweep_dir / "acceptance.md"
+    report.write_text("\n".join(lines) + "\n")
+    pd.DataFrame(csv_rows, columns=["comparison", "seeds", "frames", "criterion", "value", "threshold",
+                                    "passed"]).to_csv(sweep_dir / "acceptance.csv", index=False)
+    return passed, report
+
+
+class SweepReport(Callback):
+    """Hydra callback: rewrites the report after every job, so a failed job still gets one.
+
+    Hydra skips ``on_multirun_end`` when a job raised; ``on_job_end`` runs for every job, failed
+    or not, and records the failure before the report is rewritten.
+    """
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        hydra = HydraConfig.get()
+        if hydra.mode != RunMode.MULTIRUN:
+            return
+        if job_return.status.name == "FAILED":
+            error = job_return._return_value
+            record_job_error(Path(hydra.runtime.output_dir), f"{type(error).__name__}: {error}")
+        self._report(Path(hydra.sweep.dir), final=False)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self._report(sweep_dir, final=True)
+        failed = sorted(p.parent.name for p in sweep_dir.glob(f"*/{JOB_ERROR_FILE}"))
+        if failed:
+            print(f"qvedit: error: {len(failed)} job(s) failed ({', '.join(failed)}): see {sweep_dir / 'acceptance.md'}",
+                  file=sys.stderr)
+            sys.exit(1)
+
+    @staticmethod
+    def _report(sweep_dir: Path, final: bool) -> None:
+        try:
+            passed, report = write_report(sweep_dir)
+        except Exception as err:  # the report must never take the sweep down
+            log.warning("acceptance report not written: %s", err)
+            return
+        if final:
+            log.info("acceptance %s: %s", "PASS" if passed else "FAIL", report)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qvedit.accept", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a multirun folder, e.g. runs/multirun/2026-11-26/12-00-00")
+    for name, default in asdict(Thresholds()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None,
+                            help=f"override the sweep's acceptance.{name} (spec default {default})")
+    args = parser.parse_args(argv)
+    try:
+        jobs_limits = thresholds_of(load_jobs(Path(args.sweep_dir))) if Path(args.sweep_dir).is_dir() else Thresholds()
+        overrides = {k: v for k, v in vars(args).items() if k != "sweep_dir" and v is not None}
+        passed, report = write_report(args.sweep_dir, Thresholds(**{**asdict(jobs_limits), **overrides}))
+    except QveditError as err:
+        print(f"qvedit: error: {err}", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    return 0 if passed else 1

@@ -1,0 +1,81 @@
+"""Which config keys differ between two runs: ``python -m qvedit.diff RUN_A RUN_B``.
+
+Reads each run's ``.hydra/config.yaml`` (the composed config) and ``.hydra/overrides.yaml``
+(what was typed on the command line). Exit code 0 when the configs are equal, 1 when they differ,
+2 when a folder is not a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from qvedit.errors import QveditError
+
+MISSING = "<absent>"
+
+
+def flatten(node, prefix: str = "") -> dict[str, object]:
+    """Nested dicts -> {"a.b.c": value}; lists stay values."""
+    flat = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, object], list[str]]:
+    """(flat composed config, overrides) of a run folder; interpolations are kept as written."""
+    hydra_dir = Path(run_dir) / ".hydra"
+    config_file = hydra_dir / "config.yaml"
+    if not config_file.is_file():
+        raise QveditError(f"{run_dir} is not a qvedit run folder: {config_file} is missing")
+    config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+    overrides_file = hydra_dir / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    return flatten(config), [str(o) for o in overrides]
+
+
+def diff_configs(a: dict[str, object], b: dict[str, object]) -> list[tuple[str, object, object]]:
+    """(key, value in a, value in b) for every key whose value differs, sorted by key."""
+    return [(key, a.get(key, MISSING), b.get(key, MISSING)) for key in sorted(set(a) | set(b))
+            if a.get(key, MISSING) != b.get(key, MISSING)]
+
+
+def format_diff(run_a: str | Path, run_b: str | Path) -> tuple[str, bool]:
+    """A readable report of the differences and whether there are any."""
+    (config_a, overrides_a), (config_b, overrides_b) = load_run(run_a), load_run(run_b)
+    differences = diff_configs(config_a, config_b)
+    lines = [f"A: {run_a}", f"B: {run_b}"]
+    if not differences:
+        lines.append("configs are identical")
+    else:
+        width = max(len(key) for key, _, _ in differences)
+        lines.append(f"{len(differences)} key(s) differ:")
+        lines += [f"  {key:<{width}}  {value_a!r} -> {value_b!r}" for key, value_a, value_b in differences]
+    only_a = [o for o in overrides_a if o not in overrides_b]
+    only_b = [o for o in overrides_b if o not in overrides_a]
+    if only_a or only_b:
+        lines.append("overrides only in A: " + (" ".join(only_a) or "-"))
+        lines.append("overrides only in B: " + (" ".join(only_b) or "-"))
+    return "\n".join(lines), bool(differences)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qvedit.diff", description="Config keys that differ between two runs.")
+    parser.add_argument("run_a")
+    parser.add_argument("run_b")
+    args = parser.parse_args(argv)
+    try:
+        text, differ = format_diff(args.run_a, args.run_b)
+    except QveditError as err:
+        print(f"qvedit: error: {err}", file=sys.stderr)
+        return 2
+    print(text)
+    return 1 if differ else 0

@@ -1,0 +1,142 @@
+"""Per-frame quality metrics (spec §2.2, §6.3) and ``metrics.csv``.
+
+Metrics are computed from the frames as written, after generation: they never feed back into it.
+Columns: ``frame, edge_loss, gram_loss, lpips_to_init, lpips_to_prev, seconds, guided_steps,
+peak_mem_mib``; the quality columns are left out with ``metrics=none``, the LPIPS ones when the
+``lpips`` package is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import resource
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from qvedit import losses
+from qvedit.edges import image_to_edge_target
+from qvedit.errors import QveditError
+from qvedit.frames import pil_to_tensor
+
+log = logging.getLogger(__name__)
+
+TIMING_COLUMNS = ["seconds", "guided_steps", "peak_mem_mib"]
+QUALITY_COLUMNS = ["edge_loss", "gram_loss"]
+LPIPS_COLUMNS = ["lpips_to_init", "lpips_to_prev"]
+
+# (backbone, device) -> model; VGG / LPIPS are built once per process, like the pipeline.
+_models: dict[tuple, torch.nn.Module] = {}
+
+
+def load_lpips(backbone: str, device: str):
+    """``lpips.LPIPS(net="vgg")``, or None (with one warning) when the package is not installed."""
+    key = ("lpips", backbone, device)
+    if key in _models:
+        return _models[key]
+    try:
+        import lpips
+    except ImportError:
+        log.warning("lpips is not installed: lpips_to_init / lpips_to_prev are skipped (pip install lpips)")
+        _models[key] = None
+        return None
+    if backbone not in ("imagenet", "random"):
+        raise QveditError(f"metrics.vgg_weights={backbone!r}: use imagenet or random (tests only)")
+    if backbone == "imagenet" and not losses.vgg16_weights_path().is_file():
+        # lpips asks torchvision for the same VGG16 checkpoint the Gram loss uses; fail before it tries.
+        try:
+            losses.VGGStyle("imagenet")
+        except QveditError as err:
+            raise QveditError(f"{err} (LPIPS needs them too; metrics=none skips the metrics)") from None
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # lpips uses torchvision's deprecated pretrained=
+        torch.manual_seed(0)
+        model = lpips.LPIPS(net="vgg", pnet_rand=backbone == "random", verbose=False)
+    _models[key] = model.to(device).eval().requires_grad_(False)
+    return _models[key]
+
+
+def load_vgg(backbone: str, device: str) -> losses.VGGStyle:
+    key = ("vgg", backbone, device)
+    if key not in _models:
+        _models[key] = losses.VGGStyle(backbone, device=device)
+    return _models[key]
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """GPU: peak allocated since the last reset (per frame). CPU: the process's peak RSS so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class FrameMetrics:
+    """The ``metrics/`` group: what is measured per frame and where ``metrics.csv`` goes.
+
+    ``score(frame, edge, previous)`` -> the quality columns for one frame; all images 8-bit RGB
+    PIL at the init size. ``columns`` lists what ``metrics.csv`` holds.
+    """
+
+    def __init__(self, quality: bool = True, path: Optional[str] = None, size: int = 256, gram_size: int = 256,
+                 vgg_weights: str = "imagenet", device: str = "cpu"):
+        self.quality = quality
+        self.path = path
+        self.size = size
+        self.gram_size = gram_size
+        self.device = device
+        self.vgg = self.lpips = None
+        self.init = self.init_grams = None
+        if quality:
+            self.vgg = load_vgg(vgg_weights, device)
+            self.lpips = load_lpips(vgg_weights, device)
+        quality_columns = (QUALITY_COLUMNS + (LPIPS_COLUMNS if self.lpips is not None else [])) if quality else []
+        self.columns = ["frame"] + quality_columns + TIMING_COLUMNS
+
+    def start(self, init: Image.Image) -> None:
+        """Remember frame 0 (the Gram and LPIPS reference)."""
+        if self.quality:
+            self.init = pil_to_tensor(init).to(self.device)
+            with torch.no_grad():
+                self.init_grams = self.vgg.grams(self.init, self.gram_size)
+
+    @torch.no_grad()
+    def score(self, frame: Image.Image, edge: Image.Image, previous: Image.Image) -> dict:
+        if not self.quality:
+            return {}
+        image = pil_to_tensor(frame).to(self.device)
+        row = {
+            "edge_loss": float(losses.edge_loss(image, image_to_edge_target(edge).to(self.device), "sobel", None)),
+            "gram_loss": float(losses.gram_loss(self.vgg.grams(image, self.gram_size), self.init_grams)),
+        }
+        if self.lpips is not None:
+            row["lpips_to_init"] = self._lpips(image, self.init)
+            row["lpips_to_prev"] = self._lpips(image, pil_to_tensor(previous).to(self.device))
+        return {k: round(v, 6) for k, v in row.items()}
+
+    def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """Both (1, 3, H, W) in [0, 1], resized to long side ``size``, compared in [-1, 1]."""
+        a = losses.resize_long_side(a, self.size)
+        b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
+        return float(self.lpips(a * 2 - 1, b * 2 - 1).mean())
+
+
+class MetricsLog:
+    """``metrics.csv``: one row per generated frame, appended and flushed as each frame finishes."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path = path
+        self.columns = columns
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerow(columns)
+
+    def append(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as handle:
+            csv.writer(handle).writerow([row.get(c, "") for c in self.columns])

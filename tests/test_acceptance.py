@@ -1,0 +1,123 @@
+"""The acceptance checker on hand-made sweeps: pass, fail, missing twin, one seed, failed job."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from qvedit.acceptance import JOB_ERROR_FILE, main, write_report
+from qvedit.errors import QveditError
+
+
+def make_job(sweep: Path, name: str, seed: int, ttlg: dict, edge, gram, lpips=(0.05, 0.2), extra=None):
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    config = {"seed": seed, "prompt": "p", "num_inference_steps": 8,
+              "ttlg": {"edge_scale": 0.0, "gram_scale": 0.0, "temporal_scale": 0.0, "lr": 0.05, **ttlg},
+              "metrics": {"path": None}, **(extra or {})}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}"]))
+    if edge is not None:
+        frames = len(edge)
+        pd.DataFrame({"frame": range(1, frames + 1), "edge_loss": edge, "gram_loss": gram,
+                      "lpips_to_init": [lpips[1]] * frames, "lpips_to_prev": [lpips[0]] * frames,
+                      "seconds": 1.0, "guided_steps": 0, "peak_mem_mib": 10.0}).to_csv(job / "metrics.csv", index=False)
+    return job
+
+
+def sweep_with(tmp_path, on_factor=0.9, gram_factor=0.9, seeds=(0, 1, 2), frames=10, off=True):
+    sweep = tmp_path / "sweep"
+    rng = np.random.default_rng(0)
+    for seed in seeds:
+        base_edge = 0.06 + 0.01 * rng.random(frames)
+        base_gram = 0.001 + 0.0001 * rng.random(frames)
+        if off:
+            make_job(sweep, f"{seed}_seed={seed},ttlg=off", seed, {}, base_edge, base_gram)
+        make_job(sweep, f"{3 + seed}_seed={seed},ttlg=edge_gram", seed, {"edge_scale": 1.0, "gram_scale": 0.2},
+                 base_edge * on_factor, base_gram * gram_factor)
+    return sweep
+
+
+def test_passing_sweep(tmp_path):
+    sweep = sweep_with(tmp_path)
+    passed, report = write_report(sweep)
+    text = report.read_text()
+    assert passed and "**Verdict: PASS**" in text
+    assert "frames 1..8" in text  # N = min(8, T-1)
+    assert "`ttlg.edge_scale`: 0.0 -> 1.0" in text and "`ttlg.gram_scale`: 0.0 -> 0.2" in text
+    table = pd.read_csv(sweep / "acceptance.csv")
+    assert set(table["criterion"]) >= {"edge_loss ratio guided/off", "gram_loss ratio guided/off",
+                                       "lpips_to_prev < lpips_to_init"}
+    assert table["passed"].all()
+    assert abs(table.set_index("criterion").loc["edge_loss ratio guided/off", "value"] - 0.9) < 1e-9
+    assert sorted(p.name for p in sweep.glob("*.png")) == [
+        "acceptance_edge_scale1.0_gram_scale0.2_edge_loss.png", "acceptance_edge_scale1.0_gram_scale0.2_gram_loss.png"]
+    assert main([str(sweep)]) == 0
+
+
+@pytest.mark.parametrize("on_factor, gram_factor, failing", [
+    (0.97, 0.9, "edge_loss ratio guided/off"),  # only 3% better: the spec wants 5%
+    (0.9, 0.99, "gram_loss ratio guided/off"),  # only 1% better: the spec wants 2%
+])
+def test_failing_sweep_names_the_criterion(tmp_path, on_factor, gram_factor, failing):
+    sweep = sweep_with(tmp_path, on_factor, gram_factor)
+    passed, report = write_report(sweep)
+    assert not passed and "**Verdict: FAIL**" in report.read_text()
+    table = pd.read_csv(sweep / "acceptance.csv").set_index("criterion")
+    assert not table.loc[failing, "passed"]
+    assert main([str(sweep)]) == 1
+
+
+def test_thresholds_come_from_the_sweep_config_and_the_command_line(tmp_path):
+    sweep = sweep_with(tmp_path, on_factor=0.97)
+    assert main([str(sweep)]) == 1
+    assert main([str(sweep), "--edge-ratio", "0.98"]) == 0
+
+
+def test_median_over_seeds_ignores_one_bad_seed(tmp_path):
+    sweep = sweep_with(tmp_path)
+    metrics = pd.read_csv(sweep / "3_seed=0,ttlg=edge_gram" / "metrics.csv")
+    metrics["edge_loss"] *= 3  # seed 0 is an outlier
+    metrics.to_csv(sweep / "3_seed=0,ttlg=edge_gram" / "metrics.csv", index=False)
+    assert write_report(sweep)[0]
+
+
+def test_missing_off_twin_is_a_message_not_a_crash(tmp_path):
+    sweep = sweep_with(tmp_path, off=False)
+    passed, report = write_report(sweep)
+    assert not passed and "has no ttlg=off twin" in report.read_text()
+    assert main([str(sweep)]) == 1
+
+
+def test_one_seed_is_judged_with_a_warning(tmp_path):
+    passed, report = write_report(sweep_with(tmp_path, seeds=(0,)))
+    assert passed and "only seed 0 has both runs" in report.read_text()
+
+
+def test_a_failed_job_is_reported_with_its_reason(tmp_path):
+    sweep = sweep_with(tmp_path)
+    job = make_job(sweep, "6_seed=3,ttlg=off", 3, {}, None, None)
+    (job / JOB_ERROR_FILE).write_text("max_frames=99 but the 8 edge frames allow at most 9 output frames\n")
+    make_job(sweep, "7_seed=4,ttlg=off", 4, {}, None, None)  # killed before its first frame
+    passed, report = write_report(sweep)
+    text = report.read_text()
+    assert not passed
+    assert "| 6_seed=3,ttlg=off | off | 3 | - | FAILED: max_frames=99" in text
+    assert "7_seed=4,ttlg=off" in text and "did not finish" in text
+
+
+def test_settings_that_differ_beyond_ttlg_are_not_paired(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, "0", 0, {}, [0.06] * 8, [0.001] * 8, extra={"num_inference_steps": 20})
+    make_job(sweep, "1", 0, {"edge_scale": 1.0}, [0.05] * 8, [0.001] * 8)
+    passed, report = write_report(sweep)
+    assert not passed and "no ttlg=off twin" in report.read_text()
+
+
+def test_not_a_sweep_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(QveditError, match="no job folders"):
+        write_report(tmp_path)
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "sweep folder not found" in capsys.readouterr().err

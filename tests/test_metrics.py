@@ -1,0 +1,88 @@
+"""Per-frame metrics: known values on known images, column sets, and no effect on the frames."""
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qvedit import metrics as metrics_module
+from qvedit.edges import edges_to_uint8, sobel_edges
+from qvedit.editor import GenerationSettings, edit_clip
+from qvedit.errors import QveditError
+from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor
+from qvedit.guidance import TTLGSettings
+from qvedit.metrics import FrameMetrics
+
+
+def scene(seed=0, size=(48, 40)):
+    rng = np.random.default_rng(seed)
+    image = np.zeros((size[1], size[0], 3), np.uint8) + 40
+    x, y = rng.integers(5, 20, 2)
+    image[y:y + 15, x:x + 20] = rng.integers(100, 255, 3)
+    return Image.fromarray(image)
+
+
+def own_edges(image):
+    return Image.fromarray(edges_to_uint8(sobel_edges(pil_to_tensor(image))[0, 0])).convert("RGB")
+
+
+@pytest.fixture
+def metrics():
+    return FrameMetrics(vgg_weights="random")
+
+
+def test_known_values(metrics):
+    init, frame = scene(0), scene(1)
+    metrics.start(init)
+    same = metrics.score(init, own_edges(init), init)
+    assert same["edge_loss"] < 1 / 255 and same["gram_loss"] == 0
+    assert same["lpips_to_init"] == 0 and same["lpips_to_prev"] == 0
+    other = metrics.score(frame, own_edges(init), init)
+    assert other["edge_loss"] > 0.01 and other["gram_loss"] > 0 and other["lpips_to_init"] > 0.01
+    assert other["lpips_to_prev"] == other["lpips_to_init"]  # previous frame is the init here
+
+
+def test_columns(metrics):
+    assert metrics.columns == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
+                               "guided_steps", "peak_mem_mib"]
+    assert FrameMetrics(quality=False).columns == ["frame", "seconds", "guided_steps", "peak_mem_mib"]
+
+
+def test_without_lpips_the_lpips_columns_are_skipped_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
+    monkeypatch.setattr(metrics_module, "_models", {})
+    with caplog.at_level(logging.WARNING):
+        first = FrameMetrics(vgg_weights="random")
+        FrameMetrics(vgg_weights="random")
+    assert "lpips_to_init" not in first.columns and "edge_loss" in first.columns
+    assert sum("lpips is not installed" in r.message for r in caplog.records) == 1
+
+
+def test_lpips_offline_without_vgg_weights_says_where_they_go(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(metrics_module, "_models", {})
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(QveditError, match="vgg16-397923af.pth") as info:
+        FrameMetrics(vgg_weights="imagenet")
+    assert "metrics=none" in str(info.value) or "vgg_weights=random" in str(info.value)
+
+
+def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
+    init, edges = clip
+    settings = GenerationSettings(prompt="p", num_inference_steps=2, condition_area="output")
+    outputs = []
+    for name, metrics in (("plain", None), ("measured", FrameMetrics(vgg_weights="random"))):
+        outputs.append(edit_clip(tiny_pipe, FrameFolders(str(init), str(edges)), FrameWriter(tmp_path / name),
+                                 settings, TTLGSettings(), metrics_path=tmp_path / f"{name}.csv", metrics=metrics))
+    assert [p.read_bytes() for p in outputs[0]] == [p.read_bytes() for p in outputs[1]]
+    header, *rows = (tmp_path / "measured.csv").read_text().splitlines()
+    assert header.startswith("frame,edge_loss,gram_loss,lpips_to_init,lpips_to_prev,seconds")
+    assert len(rows) == 3 and all(len(r.split(",")) == 8 for r in rows)
+    assert all(float(r.split(",")[-1]) > 0 for r in rows)  # peak memory is measured

@@ -1,0 +1,70 @@
+"""Real multirun sweeps, reproducing a run from its folder, and diffing two runs (tiny model, CPU)."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from qvedit.confdiff import main as diff_main
+from tests.conftest import REPO
+
+FAST = ["max_frames=3", "num_inference_steps=4"]
+
+
+def qvedit(*args, module="qvedit", timeout=600):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def test_acceptance_sweep_writes_the_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = qvedit("experiment=acceptance_demo", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}", "-m")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    common = "max_frames=3,num_inference_steps=4"
+    assert jobs == [f"0_{common},seed=0,ttlg=off", f"1_{common},seed=1,ttlg=off",
+                    f"2_{common},seed=0,ttlg=edge_gram", f"3_{common},seed=1,ttlg=edge_gram"]
+    assert (result.stdout + result.stderr).count("[INFO] - loading ") == 1  # one model load serves every job
+    report = (sweep / "acceptance.md").read_text()
+    assert "## ttlg edge_scale=1.0,gram_scale=0.2 vs ttlg=off" in report and "frames 1..2" in report
+    assert len(list(sweep.glob("acceptance_*.png"))) == 2
+    table = pd.read_csv(sweep / "acceptance.csv")
+    assert "edge_loss ratio guided/off" in set(table["criterion"])
+    columns = pd.read_csv(sweep / jobs[2] / "metrics.csv").columns.tolist()
+    assert columns == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
+                       "guided_steps", "peak_mem_mib"]
+    checker = qvedit(str(sweep), module="qvedit.accept")
+    assert checker.returncode in (0, 1) and "Acceptance report" in checker.stdout
+
+
+def test_a_failing_job_still_gets_a_report_and_fails_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = qvedit("experiment=demo", "num_inference_steps=2", "ttlg=off", "max_frames=2,99",
+                    f"hydra.sweep.dir={sweep}", "-m")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "1 job(s) failed (1_max_frames=99,num_inference_steps=2,ttlg=off)" in result.stderr
+    report = (sweep / "acceptance.md").read_text()
+    assert "| 1_max_frames=99,num_inference_steps=2,ttlg=off | off | 0 | - | FAILED: max_frames=99 but the 8" in report
+    assert (sweep / "0_max_frames=2,num_inference_steps=2,ttlg=off" / "frames" / "00001.png").is_file()
+
+
+def test_rerun_from_the_run_folder_gives_the_same_frames_and_diff_tells_runs_apart(tmp_path, capsys):
+    first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
+    assert qvedit("experiment=demo", *FAST, "ttlg=edge", f"hydra.run.dir={first}").returncode == 0
+    result = qvedit("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={again}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(p.name for p in (first / "frames").iterdir())
+    assert names == ["00000.png", "00001.png", "00002.png"]
+    for name in names:
+        assert (first / "frames" / name).read_bytes() == (again / "frames" / name).read_bytes()
+    assert qvedit("experiment=demo", *FAST, "seed=5", f"hydra.run.dir={other}").returncode == 0
+
+    assert diff_main([str(first), str(again)]) == 0
+    assert "configs are identical" in capsys.readouterr().out
+    assert diff_main([str(first), str(other)]) == 1
+    out = capsys.readouterr().out
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert "seed 0 -> 5" in lines and "ttlg.edge_scale 1.0 -> 0.0" in lines
+    assert "overrides only in B: seed=5" in out
+    assert diff_main([str(first), str(tmp_path / "nope")]) == 2
