@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from qvedit.guidance import TTLGSettings
 
@@ -26,14 +27,29 @@ class ModelConfig:
 
 
 @dataclass
-class IOConfig:
-    """``io/``: where frames come from and go to (``qvedit.frames``)."""
+class FramesIOConfig:
+    """``io=frames`` / ``io=demo``: frame folders in, frame folder out (``qvedit.frames``)."""
 
     _target_: str = "qvedit.frames.FrameFolders"
     init_frame: Optional[str] = None
     edge_frames_dir: Optional[str] = None
     out_frames_dir: Optional[str] = None
     resize: str = "area"
+
+
+@dataclass
+class VideoIOConfig:
+    """``io=video``: video files in, mp4 + frame folder out (``qvedit.video``)."""
+
+    _target_: str = "qvedit.video.VideoClip"
+    rgb_video: Optional[str] = None
+    edge_video: Optional[str] = None
+    out_video: Optional[str] = None
+    out_frames_dir: Optional[str] = None
+    resize: str = "area"
+    edge_op: str = "sobel"
+    edges_dir: Optional[str] = None
+    keep_frames: bool = True
 
 
 @dataclass
@@ -73,7 +89,7 @@ class QveditConfig:
     """The whole run. Top-level keys mirror the specification's command-line flags."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    io: IOConfig = field(default_factory=IOConfig)
+    io: Any = MISSING  # one of the io/ schemas below, chosen by the io/*.yaml file
     ttlg: TTLGConfig = field(default_factory=TTLGConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
@@ -91,5 +107,8 @@ class QveditConfig:
 
 
 def register_schemas() -> None:
-    """Make ``qvedit_schema`` available to ``conf/config.yaml``'s defaults list."""
-    ConfigStore.instance().store(name="qvedit_schema", node=QveditConfig)
+    """Make the schemas available to the defaults lists of ``conf/config.yaml`` and ``conf/io/*.yaml``."""
+    store = ConfigStore.instance()
+    store.store(name="qvedit_schema", node=QveditConfig)
+    store.store(group="io", name="schema_frames", node=FramesIOConfig)
+    store.store(group="io", name="schema_video", node=VideoIOConfig)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from qvedit.edges import image_to_edge_target
 from qvedit.errors import QveditError
-from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor
+from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor, read_rgb8
 from qvedit.guidance import Guide, TTLGSettings, record_velocity, refuse_inference_mode
 from qvedit.metrics import FrameMetrics, MetricsLog, peak_memory_mib
 from qvedit.pipeline import condition_area, vae_area
@@ -81,8 +81,10 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
               metrics: Optional[FrameMetrics] = None, debug_dir: Optional[str] = None) -> list[Path]:
     """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order. Returns the paths.
 
-    With ``metrics_path`` a row per frame goes to that CSV as soon as the frame is written
-    (timing columns only unless ``metrics`` says what else to measure).
+    Frames already in ``writer``'s folder (a resumed run) are kept and the loop goes on from the
+    first missing one, with the last finished frame as the previous frame. With ``metrics_path`` a
+    row per frame goes to that CSV as soon as the frame is written (timing columns only unless
+    ``metrics`` says what else to measure).
     """
     if ttlg.enabled:
         refuse_inference_mode()
@@ -91,15 +93,20 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
     width, height = init.size
     gen_width, gen_height = generation_size(width, height, settings.max_area)
     area = vae_area(settings.condition_area, gen_width, gen_height)
+    done = resume_point(writer, init, total)
+    previous = read_rgb8(writer.path(done - 1)) if done > 1 else init
     guide = Guide(ttlg, pipe, pil_to_tensor(init), debug_dir) if ttlg.enabled else None
+    if guide is not None:
+        guide.frame_done(pil_to_tensor(previous))
     metrics = metrics or FrameMetrics(quality=False)
-    log_rows = MetricsLog(metrics_path, metrics.columns) if metrics_path else None
+    log_rows = MetricsLog(metrics_path, metrics.columns, keep_frames_before=done) if metrics_path else None
     metrics.start(init)
 
-    written = [writer.write(0, init)]
-    previous = init
+    written = [writer.write(0, init)] if done == 0 else [writer.path(i) for i in range(done)]
+    if done > 1:
+        log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, writer.folder)
     device = pipe._execution_device
-    for index in tqdm(range(1, total), desc="frames", unit="frame", initial=1, total=total):
+    for index in tqdm(range(max(done, 1), total), desc="frames", unit="frame", initial=max(done, 1), total=total):
         started = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -135,4 +142,13 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
                              "peak_mem_mib": round(peak_memory_mib(device), 1)})
         previous = frame
     return written
+
+
+def resume_point(writer: FrameWriter, init: Image.Image, total: int) -> int:
+    """How many frames of this clip are already finished in ``writer``'s folder (0 for a new run)."""
+    done = writer.finished()
+    if done and not np.array_equal(np.asarray(read_rgb8(writer.path(0))), np.asarray(init)):
+        raise QveditError(f"{writer.folder} holds frames of another clip (its frame 0 is not this init frame): "
+                          "write to a new folder (another hydra.run.dir or io.out_frames_dir)")
+    return min(done, total)
 

@@ -114,6 +114,10 @@ class FrameFolders:
     def __len__(self) -> int:
         return len(self.edge_paths)
 
+    def finish(self, frame_paths: list[Path], run_dir: Path) -> list[Path]:
+        """Frame folders need nothing after the last frame; returns no extra outputs."""
+        return []
+
 
 class FrameWriter:
     """Writes ``00000.png, 00001.png ...`` into a folder; each file appears whole or not at all."""
@@ -128,6 +132,8 @@ class FrameWriter:
             raise QveditError(f"cannot create output folder {self.folder}: {err.strerror}") from None
         if not os.access(self.folder, os.W_OK):
             raise QveditError(f"output folder {self.folder} is not writable: set io.out_frames_dir elsewhere")
+        for stale in self.folder.glob(".*.partial"):  # left by a killed run
+            stale.unlink()
 
     def path(self, index: int) -> Path:
         return self.folder / f"{index:05d}.png"
@@ -135,6 +141,17 @@ class FrameWriter:
     def write(self, index: int, image: Image.Image) -> Path:
         final = self.path(index)
         partial = final.with_name(f".{final.name}.partial")
-        image.save(partial, format="PNG")
-        os.replace(partial, final)
+        try:
+            image.save(partial, format="PNG")
+            os.replace(partial, final)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         return final
+
+    def finished(self) -> int:
+        """How many frames 00000, 00001, ... are already there without a gap."""
+        count = 0
+        while self.path(count).is_file():
+            count += 1
+        return count

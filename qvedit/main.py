@@ -19,6 +19,8 @@ from qvedit.editor import GenerationSettings, edit_clip
 from qvedit.errors import QveditError
 from qvedit.frames import FrameWriter
 from qvedit.pipeline import check_device
+from qvedit.preview import write_previews
+from qvedit.resume import check_or_record, frame_settings
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -41,7 +43,8 @@ def run(cfg: DictConfig) -> Path:
     """Edit the clip ``cfg`` describes; returns the folder the frames went to."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ttlg = build(cfg.ttlg)
-    source = build(cfg.io)  # inputs are checked before the (slow) model load
+    made_edges = {"edges_dir": str(run_dir / "edges")} if "edges_dir" in cfg.io and not cfg.io.edges_dir else {}
+    source = build(cfg.io, **made_edges)  # inputs are checked before the (slow) model load
     generation = GenerationSettings(
         prompt=cfg.prompt,
         negative_prompt=cfg.negative_prompt,
@@ -52,17 +55,19 @@ def run(cfg: DictConfig) -> Path:
         max_area=cfg.max_area,
     )
     writer = FrameWriter(cfg.io.out_frames_dir or run_dir / "frames")
+    check_or_record(writer.folder, frame_settings(cfg))
     check_device(cfg.device)
     metrics = build(cfg.metrics, device=cfg.device)
     pipe = build(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    edit_clip(
+    frames = edit_clip(
         pipe, source, writer, generation, ttlg,
         max_frames=cfg.max_frames,
         metrics_path=Path(cfg.metrics.path) if cfg.metrics.path else run_dir / "metrics.csv",
         metrics=metrics,
         debug_dir=cfg.debug_dir,
     )
-    log.info("wrote %d frames to %s", len(list(writer.folder.glob("*.png"))), writer.folder)
+    outputs = write_previews(source, frames, run_dir, fps=getattr(source, "fps", 8.0)) + source.finish(frames, run_dir)
+    log.info("wrote %d frames to %s; also %s", len(frames), writer.folder, ", ".join(str(p) for p in outputs))
     return writer.folder
 
 
@@ -78,5 +83,8 @@ def main(cfg: DictConfig) -> None:
             return
         sys.exit(2)
     except KeyboardInterrupt:
-        print("qvedit: interrupted; the frames written so far are kept", file=sys.stderr)
+        hydra = HydraConfig.get()
+        overrides = " ".join(o for o in hydra.overrides.task if not o.startswith("hydra.run.dir="))
+        print(f"qvedit: interrupted; the finished frames are kept. Resume with: python -m qvedit {overrides} "
+              f"hydra.run.dir={hydra.runtime.output_dir}", file=sys.stderr)
         sys.exit(130)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import resource
 import sys
 import warnings
@@ -128,14 +129,31 @@ class FrameMetrics:
 
 
 class MetricsLog:
-    """``metrics.csv``: one row per generated frame, appended and flushed as each frame finishes."""
+    """``metrics.csv``: one row per generated frame, appended and flushed as each frame finishes.
 
-    def __init__(self, path: Path, columns: list[str]):
+    ``keep_frames_before=k`` (a resumed run) keeps the complete rows of frames < k from an existing
+    file with the same columns, so no row is ever duplicated or left half-written.
+    """
+
+    def __init__(self, path: Path, columns: list[str], keep_frames_before: int = 0):
         self.path = path
         self.columns = columns
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as handle:
-            csv.writer(handle).writerow(columns)
+        kept = self._complete_rows(keep_frames_before) if keep_frames_before > 1 else []
+        partial = path.with_name(f".{path.name}.partial")
+        with open(partial, "w", newline="") as handle:
+            csv.writer(handle).writerows([columns] + kept)
+        os.replace(partial, path)
+
+    def _complete_rows(self, before: int) -> list[list[str]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        if not rows or rows[0] != self.columns:
+            return []
+        return [row for row in rows[1:] if len(row) == len(self.columns) and row[0].isdigit()
+                and 1 <= int(row[0]) < before]
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as handle:

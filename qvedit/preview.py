@@ -91,3 +91,23 @@ def side_by_side_gif(edge_images: list, frames: list, out_path, fps: float) -> P
     delay = max(20, int(round(100.0 / fps)) * 10)
     return _save_atomic(rows[0], out_path, "GIF", save_all=True, append_images=rows[1:], duration=delay,
                         loop=0)
+
+
+def write_previews(source, frame_paths: list[Path], folder: Path, fps: float = 8.0) -> list[Path]:
+    """``preview.png`` (contact sheet) and ``preview.gif`` (edge | output) of a finished clip.
+
+    ``source`` gives the edge frames (``edge_frame(k, size)``); frames are read one at a time and
+    shrunk to the preview cell size at once, so memory stays small for long clips.
+    """
+    from qvedit.frames import read_rgb8
+
+    frames, edges = [], []
+    cell = None
+    for index, path in enumerate(frame_paths):
+        frame = read_rgb8(Path(path))
+        cell = cell or cell_size(frame.size)
+        frames.append(frame.resize(cell, Image.Resampling.BOX))
+        if index:
+            edges.append(source.edge_frame(index - 1, frame.size).resize(cell, Image.Resampling.BOX))
+    folder = Path(folder)
+    return [contact_sheet(edges, frames, folder / "preview.png"), side_by_side_gif(edges, frames, folder / "preview.gif", fps)]

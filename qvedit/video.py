@@ -154,7 +154,7 @@ class VideoClip:
 
     def __init__(self, rgb_video: str | None, edge_video: str | None = None, out_video: str | None = None,
                  out_frames_dir: str | None = None, resize: str = "area", edge_op: str = "sobel",
-                 edges_dir: str | None = None):
+                 edges_dir: str | None = None, keep_frames: bool = True):
         if not rgb_video:
             raise QveditError(
                 "io.rgb_video is not set: pass io.rgb_video=clip.mp4 (edges are made from its frames 1.., "
@@ -169,6 +169,7 @@ class VideoClip:
         self.edge_path = _check_file(edge_video, "edge video", "io.edge_video") if edge_video else None
         self.out_video = out_video
         self.out_frames_dir = out_frames_dir
+        self.keep_frames = keep_frames
         self.resize = resize
         self.edge_op = edge_op
         self.edges_writer = FrameWriter(edges_dir) if edges_dir and self.edge_path is None else None
@@ -231,6 +232,19 @@ class VideoClip:
 
     def __len__(self) -> int:
         return self._count
+
+    def finish(self, frame_paths: list[Path], run_dir: Path) -> list[Path]:
+        """Encode the frames as ``out_video`` (default ``<run dir>/output.mp4``) at the RGB video's fps.
+
+        Frame 0 of the mp4 is frame 0 of the input as decoded; mp4 is lossy, so only the PNG frames
+        are pixel-exact. With ``keep_frames=False`` the PNGs are deleted once the mp4 is written.
+        """
+        out = Path(self.out_video) if self.out_video else Path(run_dir) / "output.mp4"
+        encode_video(frame_paths, out, self.fps)
+        if not self.keep_frames:
+            for path in frame_paths:
+                Path(path).unlink(missing_ok=True)
+        return [out]
 
     def close(self) -> None:
         """Stop decoding (the process also stops by itself after the last edge frame)."""
