@@ -18,7 +18,7 @@ from qvedit.edges import image_to_edge_target
 from qvedit.errors import QveditError
 from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor, read_rgb8
 from qvedit.guidance import Guide, TTLGSettings, record_velocity, refuse_inference_mode
-from qvedit.metrics import FrameMetrics, MetricsLog, peak_memory_mib
+from qvedit.metrics import FrameMetrics, MetricsLog, complete_rows, peak_memory_mib
 from qvedit.pipeline import condition_area, vae_area
 
 log = logging.getLogger(__name__)
@@ -94,11 +94,13 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
     gen_width, gen_height = generation_size(width, height, settings.max_area)
     area = vae_area(settings.condition_area, gen_width, gen_height)
     done = resume_point(writer, init, total)
+    metrics = metrics or FrameMetrics(quality=False)
+    if metrics_path and done > 1:  # a frame whose metrics row was lost is made again (same bytes)
+        done = min(done, 1 + len(complete_rows(metrics_path, metrics.columns)))
     previous = read_rgb8(writer.path(done - 1)) if done > 1 else init
     guide = Guide(ttlg, pipe, pil_to_tensor(init), debug_dir) if ttlg.enabled else None
     if guide is not None:
         guide.frame_done(pil_to_tensor(previous))
-    metrics = metrics or FrameMetrics(quality=False)
     log_rows = MetricsLog(metrics_path, metrics.columns, keep_frames_before=done) if metrics_path else None
     metrics.start(init)
 

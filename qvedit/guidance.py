@@ -257,9 +257,9 @@ class Guide:
                 (grad,) = torch.autograd.grad(image, leaf, grad_outputs=self.image_gradient(image, edge_target))
             if debug is not None:
                 self._save_debug(debug, i, image.detach())
-            if not torch.isfinite(grad).all():
-                raise QveditError(f"frame {frame_index}: the guidance gradient is not finite at step {i}; "
-                                  "lower ttlg.lr or the loss scales")
+            if not (torch.isfinite(grad).all() and torch.isfinite(latents).all()):
+                raise QveditError(f"frame {frame_index}: the latents or their guidance gradient became NaN/inf at "
+                                  f"step {i} (nothing written for this frame); lower ttlg.lr or the loss scales")
             return {"latents": (leaf.detach() - normalised_step(grad, self.settings.lr)).to(latents.dtype)}
 
         return on_step_end

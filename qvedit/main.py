@@ -39,9 +39,8 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
-def run(cfg: DictConfig) -> Path:
-    """Edit the clip ``cfg`` describes; returns the folder the frames went to."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    """Edit the clip ``cfg`` describes into ``run_dir``; returns the folder the frames went to."""
     ttlg = build(cfg.ttlg)
     made_edges = {"edges_dir": str(run_dir / "edges")} if "edges_dir" in cfg.io and not cfg.io.edges_dir else {}
     source = build(cfg.io, **made_edges)  # inputs are checked before the (slow) model load
@@ -74,7 +73,7 @@ def run(cfg: DictConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
-        run(cfg)
+        run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except QveditError as err:
         print(f"qvedit: error: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -139,22 +139,28 @@ class MetricsLog:
         self.path = path
         self.columns = columns
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = self._complete_rows(keep_frames_before) if keep_frames_before > 1 else []
+        kept = complete_rows(path, columns)[: max(0, keep_frames_before - 1)]
         partial = path.with_name(f".{path.name}.partial")
         with open(partial, "w", newline="") as handle:
             csv.writer(handle).writerows([columns] + kept)
         os.replace(partial, path)
 
-    def _complete_rows(self, before: int) -> list[list[str]]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, newline="") as handle:
-            rows = list(csv.reader(handle))
-        if not rows or rows[0] != self.columns:
-            return []
-        return [row for row in rows[1:] if len(row) == len(self.columns) and row[0].isdigit()
-                and 1 <= int(row[0]) < before]
-
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as handle:
             csv.writer(handle).writerow([row.get(c, "") for c in self.columns])
+
+
+def complete_rows(path: Path, columns: list[str]) -> list[list[str]]:
+    """The whole rows of frames 1, 2, ... without a gap in an existing ``metrics.csv`` with these columns."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0] != columns:
+        return []
+    kept = []
+    for row in rows[1:]:
+        if len(row) != len(columns) or row[0] != str(len(kept) + 1):
+            break
+        kept.append(row)
+    return kept

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -87,11 +88,16 @@ def load_tiny_pipeline(model_id: str, device: str, dtype: str):
 
 
 def vae_area(condition_area, width: int, height: int) -> int:
-    """The area (pixels) condition images are VAE-encoded at: a number, or ``output`` = W*H."""
+    """The area (pixels) condition images are VAE-encoded at: a number, or ``output`` = W*H.
+
+    Never so small that diffusers' rounding to multiples of 32 makes a side 0: the short side of
+    a W x H condition image stays >= 32 pixels.
+    """
+    floor = 32 * 32 * max(width / height, height / width)
     if condition_area == "output":
-        return width * height
+        return max(width * height, math.ceil(floor))
     if isinstance(condition_area, int) and not isinstance(condition_area, bool) and condition_area >= 32 * 32:
-        return condition_area
+        return max(condition_area, math.ceil(floor))
     raise QveditError(
         f"condition_area={condition_area!r} is not valid: use 'output' (the generation size) or a pixel count "
         f">= 1024 such as {PIPELINE_VAE_AREA} (the pipeline's default)"

@@ -54,7 +54,8 @@ def decodable_frames(path: Path, limit: int | None = None) -> int:
     frames = int(counts[-1]) if counts else 0
     if done.returncode != 0:
         if "matches no streams" in done.stderr:
-            raise QveditError(f"{path} has no video frames (no video stream): use a video file")
+            raise QveditError(f"{path} has no video frames (no decodable video stream: empty, damaged or not a "
+                              "video): export the clip again or use another file")
         raise QveditError(f"cannot decode video {path} (ffmpeg: {_ffmpeg_reason(done.stderr)}): the file is "
                           "incomplete or not a video; export the clip again or use another file")
     if done.stderr.strip():

@@ -8,6 +8,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QVEDIT_CACHE", str(Path(tempfile.gettempdir()) / "qvedit-test-cache"))
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -40,3 +43,9 @@ def write_clip(folder: Path, size=(64, 48), edges=3, seed=0) -> tuple[Path, Path
 @pytest.fixture
 def clip(tmp_path):
     return write_clip(tmp_path / "clip")
+
+
+def run_qvedit(*args, module="qvedit", timeout=600) -> subprocess.CompletedProcess:
+    """``python -m qvedit ARGS`` (or another module) from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -1,20 +1,11 @@
 """``python -m qvedit`` as a user runs it: the demo end to end, and bad input as one-line errors."""
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
-
-
-def qvedit(*args, timeout=300):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "qvedit", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+from tests.conftest import run_qvedit as qvedit
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -1,7 +1,5 @@
 """Every config in conf/ composes against the schema and instantiates; typos fail at compose time."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException

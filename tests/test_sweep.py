@@ -1,20 +1,11 @@
 """Real multirun sweeps, reproducing a run from its folder, and diffing two runs (tiny model, CPU)."""
 
-import os
-import subprocess
-import sys
-
 import pandas as pd
 
 from qvedit.confdiff import main as diff_main
-from tests.conftest import REPO
+from tests.conftest import run_qvedit as qvedit
 
 FAST = ["max_frames=3", "num_inference_steps=4"]
-
-
-def qvedit(*args, module="qvedit", timeout=600):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def test_acceptance_sweep_writes_the_report(tmp_path):

@@ -1,0 +1,45 @@
+"""``io=video`` end to end on the tiny model: mp4 in, mp4 + PNG frames + made edges + previews out."""
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+
+from tests.conftest import run_qvedit
+
+RUN = ["model=tiny", "device=cpu", "dtype=fp32", "num_inference_steps=2", "condition_area=output", "metrics=none",
+       "io=video"]
+
+
+def make_video(path, frames=5, size=(48, 32), fps=12):
+    video = np.zeros((frames, size[1], size[0], 3), np.uint8) + 30
+    for t in range(frames):
+        video[t, 8:20, 4 + 5 * t:16 + 5 * t] = (220, 60, 40)
+    iio.imwrite(path, video, fps=fps, codec="libx264")
+    return path
+
+
+def test_video_in_video_out(tmp_path):
+    clip = make_video(tmp_path / "clip.mp4")
+    run = tmp_path / "run"
+    result = run_qvedit(*RUN, f"io.rgb_video={clip}", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    frames = sorted((run / "frames").glob("*.png"))
+    assert len(frames) == 5
+    first = iio.imread(clip, index=0)
+    assert np.array_equal(np.asarray(Image.open(frames[0])), first)  # frame 0 as decoded, pixel for pixel
+    assert sorted(p.name for p in (run / "edges").glob("*.png")) == [f"{i:05d}.png" for i in range(1, 5)]
+    out = iio.imread(run / "output.mp4")
+    assert out.shape == (5, 32, 48, 3)
+    assert abs(iio.immeta(run / "output.mp4")["fps"] - 12) < 0.01
+    assert (run / "preview.png").is_file() and (run / "preview.gif").is_file()
+
+
+def test_edge_video_of_another_size_and_frames_not_kept(tmp_path):
+    clip = make_video(tmp_path / "clip.mp4", frames=2)
+    edges = make_video(tmp_path / "edges.mp4", frames=3, size=(96, 64))
+    run = tmp_path / "run"
+    result = run_qvedit(*RUN, f"io.rgb_video={clip}", f"io.edge_video={edges}", "io.keep_frames=false",
+                        f"io.out_video={tmp_path / 'edited.mp4'}", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert iio.imread(tmp_path / "edited.mp4").shape == (4, 32, 48, 3)  # T = 3 edge frames + 1
+    assert not list((run / "frames").glob("*.png")) and not (run / "edges").exists()
