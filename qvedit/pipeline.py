@@ -43,37 +43,45 @@ def check_device(device: str) -> str:
     return device
 
 
+def _cached(key: tuple, make):
+    """The pipeline for ``key``: made once per process; a different key frees the previous one first."""
+    if key not in _loaded:
+        _loaded.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        pipe = make()
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
+                component.eval()
+        pipe.set_progress_bar_config(leave=False, desc="denoising")
+        _loaded[key] = pipe
+    return _loaded[key]
+
+
 def load_pipeline(model_id: str, device: str, dtype: str):
     """Load Qwen-Image-Edit-2509 from a hub id or a local folder, frozen, on ``device``.
 
     Reuses the pipeline already loaded by this process when the arguments match.
     """
-    key = ("pretrained", str(model_id), device, dtype)
-    if key in _loaded:
-        return _loaded[key]
-    from diffusers import QwenImageEditPlusPipeline
+    def make():
+        from diffusers import QwenImageEditPlusPipeline
 
-    check_device(device)
-    _loaded.clear()  # free the previous model before loading another
-    log.info("loading %s on %s (%s)", model_id, device, dtype)
-    try:
-        pipe = QwenImageEditPlusPipeline.from_pretrained(str(model_id), dtype=torch_dtype(dtype))
-    except QveditError:
-        raise
-    except (OSError, ValueError, EnvironmentError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise QveditError(
-            f"cannot load model {model_id!r}: it is not a local pipeline folder and could not be fetched from the "
-            f"hub ({first_line}). Pass model.model_id=/path/to/Qwen-Image-Edit-2509, or try model=tiny"
-        ) from None
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.requires_grad_(False)
-            component.eval()
-    pipe.to(device)
-    pipe.set_progress_bar_config(leave=False, desc="denoising")
-    _loaded[key] = pipe
-    return pipe
+        check_device(device)
+        log.info("loading %s on %s (%s)", model_id, device, dtype)
+        try:
+            pipe = QwenImageEditPlusPipeline.from_pretrained(str(model_id), dtype=torch_dtype(dtype))
+        except QveditError:
+            raise
+        except (OSError, ValueError, EnvironmentError) as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise QveditError(
+                f"cannot load model {model_id!r}: it is not a local pipeline folder and could not be fetched from "
+                f"the hub ({first_line}). Pass model.model_id=/path/to/Qwen-Image-Edit-2509, or try model=tiny"
+            ) from None
+        return pipe.to(device)
+
+    return _cached(("pretrained", str(model_id), device, dtype), make)
 
 
 def load_tiny_pipeline(model_id: str, device: str, dtype: str):
@@ -85,6 +93,13 @@ def load_tiny_pipeline(model_id: str, device: str, dtype: str):
         log.info("building the tiny offline model in %s", folder)
         build_tiny_model(folder)
     return load_pipeline(str(folder), device, dtype)
+
+
+def load_random_full_pipeline(model_id: str, device: str, dtype: str):
+    """``model=random_full``: the full 2509 architecture with random weights (``model_id`` is a label)."""
+    from qvedit.random_full import build_random_full_pipeline
+
+    return _cached(("random_full", device, dtype), lambda: build_random_full_pipeline(device, dtype))
 
 
 def vae_area(condition_area, width: int, height: int) -> int:

@@ -16,7 +16,9 @@ def test_demo_runs_end_to_end(tmp_path):
     frames = sorted(p.name for p in (tmp_path / "frames").iterdir())
     assert frames == [f"{i:05d}.png" for i in range(9)]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "frame,seconds" and len(rows) == 9
+    assert rows[0].split(",") == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
+                                  "guided_steps", "peak_mem_mib"] and len(rows) == 9
+    assert (tmp_path / "preview.png").is_file() and (tmp_path / "preview.gif").is_file()
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert saved["model"]["_target_"] == "qvedit.pipeline.load_tiny_pipeline"
     assert "experiment=demo" in (tmp_path / ".hydra" / "overrides.yaml").read_text()

@@ -64,6 +64,9 @@ def test_every_model_config_instantiates_or_says_why(tiny_pipe):
         cfg = make([f"model={name}"])
         if name == "tiny":
             assert instantiate(cfg.model, device="cpu", dtype="fp32") is tiny_pipe
+        elif name == "random_full":  # timing only, on a GPU
+            with pytest.raises(QveditError, match="needs a GPU"):
+                instantiate(cfg.model, device="cpu", dtype="bf16")
         else:  # real weights cannot be fetched here: the error says what to do instead
             with pytest.raises(QveditError, match="model.model_id=/path"):
                 instantiate(cfg.model, device="cpu", dtype="fp32")

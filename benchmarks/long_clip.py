@@ -1,0 +1,75 @@
+"""Memory over a long clip: peak RSS at frame 10 and at the last frame, tiny model on the CPU.
+
+    python benchmarks/long_clip.py --frames 200 --out long_clip.json
+
+Streams a synthetic clip of FRAMES edge frames through the rolling loop (with metrics and edge
+guidance on) and records the process's peak RSS after each frame. Memory must not grow with T.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    from qvedit.demo import demo_frame
+    from qvedit.edges import edges_to_uint8, sobel_edges
+    from qvedit.editor import GenerationSettings, edit_clip
+    from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor
+    from qvedit.guidance import TTLGSettings
+    from qvedit.metrics import FrameMetrics
+    from qvedit.pipeline import load_tiny_pipeline
+
+    cache = os.environ.get("QVEDIT_CACHE", os.path.expanduser("~/.cache/qvedit"))
+    pipe = load_tiny_pipeline(f"{cache}/tiny-qwen-image-edit-2509", "cpu", "fp32")
+    work = Path(tempfile.mkdtemp(prefix="qvedit-long-"))
+    (work / "edges").mkdir()
+    Image.fromarray(demo_frame(0)).save(work / "init.png")
+    for t in range(1, args.frames + 1):
+        edge = edges_to_uint8(sobel_edges(pil_to_tensor(Image.fromarray(demo_frame(t % 40))))[0, 0])
+        Image.fromarray(edge).save(work / "edges" / f"{t:05d}.png")
+
+    samples = {}
+    writer = FrameWriter(work / "frames")
+    original = writer.write
+
+    def write_and_sample(index, image):
+        path = original(index, image)
+        samples[index] = peak_rss_mib()
+        return path
+
+    writer.write = write_and_sample
+    started = time.perf_counter()
+    edit_clip(pipe, FrameFolders(str(work / "init.png"), str(work / "edges")), writer,
+              GenerationSettings(prompt="p", num_inference_steps=4, condition_area="output"),
+              TTLGSettings(edge_scale=1.0, last_steps=2), metrics_path=work / "metrics.csv",
+              metrics=FrameMetrics(vgg_weights="random"))
+    report = {"frames": args.frames, "seconds": round(time.perf_counter() - started, 1),
+              "peak_rss_mib_at_frame_10": round(samples[10], 1),
+              f"peak_rss_mib_at_frame_{args.frames}": round(samples[args.frames], 1),
+              "growth_mib": round(samples[args.frames] - samples[10], 1), "work_dir": str(work)}
+    print(json.dumps(report, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
