@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from qvedit.guidance import TTLGSettings
+from qvedit.perf import PerfSettings
 
 DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
 
@@ -85,6 +86,13 @@ class AcceptanceConfig:
 
 
 @dataclass
+class PerfConfig(PerfSettings):
+    """``perf/``: speed and memory settings (``qvedit.perf``)."""
+
+    _target_: str = "qvedit.perf.PerfSettings"
+
+
+@dataclass
 class QveditConfig:
     """The whole run. Top-level keys mirror the specification's command-line flags."""
 
@@ -93,6 +101,7 @@ class QveditConfig:
     ttlg: TTLGConfig = field(default_factory=TTLGConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = " "
     num_inference_steps: int = 50

@@ -58,6 +58,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     check_device(cfg.device)
     metrics = build(cfg.metrics, device=cfg.device)
     pipe = build(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    build(cfg.perf).apply(pipe)
     frames = edit_clip(
         pipe, source, writer, generation, ttlg,
         max_frames=cfg.max_frames,

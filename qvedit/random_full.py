@@ -33,16 +33,36 @@ def created_as(device: str, dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(saved)
 
 
+def qwen2_5_vl_7b_config():
+    """The text encoder of Qwen-Image-Edit-2509: Qwen2.5-VL-7B (its published config.json values).
+
+    ``Qwen2_5_VLConfig()`` with defaults is not it: in transformers 5 the default text model is the
+    72B one (hidden 8192, 80 layers; 75.8 B parameters), which does not even fit the GPU.
+    """
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        text_config={"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                     "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                     "max_position_embeddings": 128000, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                         "mrope_section": [16, 24, 24]}},
+        vision_config={"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                       "out_hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31]},
+        vocab_size=152064, tie_word_embeddings=False,
+    )
+
+
 def build_random_full_pipeline(device: str = "cuda", dtype: str = "bf16", seed: int = 0):
     """A ``QwenImageEditPlusPipeline`` of full size with random weights, frozen, on ``device``.
 
     Transformer and VAE are the diffusers defaults (the 2509 architectures); the text encoder is
-    ``Qwen2_5_VLConfig()`` (Qwen2.5-VL-7B); tokenizer and processor are the tiny model's offline
+    Qwen2.5-VL-7B (``qwen2_5_vl_7b_config``); tokenizer and processor are the tiny model's offline
     ones, with the special-token ids wired into the text encoder's config.
     """
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline,
-                           QwenImageTransformer2DModel)
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from qvedit.pipeline import check_device, torch_dtype
     from qvedit.tiny_model import SPECIAL_TOKENS, build_tiny_components
@@ -53,7 +73,7 @@ def build_random_full_pipeline(device: str = "cuda", dtype: str = "bf16", seed: 
     tiny = build_tiny_components()
     tokenizer, processor = tiny["tokenizer"], tiny["processor"]
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
-    config = Qwen2_5_VLConfig()
+    config = qwen2_5_vl_7b_config()
     for node in (config, config.text_config):
         for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
                             ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):

@@ -1,0 +1,223 @@
+"""Speed and memory of one frame, side by side with the plain diffusers call, in one process.
+
+    python -m qvedit.bench --model random_full --sizes 1024 --steps 50 --variants plain off edge_gram --out DIR
+
+Variants (each makes frame 1 of a random 2-frame clip on the same inputs and seed):
+
+- ``plain``: ``QwenImageEditPlusPipeline.__call__`` as the spec's example writes it (inference mode);
+- ``off``: qvedit with ``ttlg=off``;  ``edge_gram``: qvedit with ``ttlg=edge_gram``, ``last_steps``;
+- ``off_cond_output`` / ``edge_gram_cond_output``: the same with ``condition_area=output``;
+- ``edge_gram_low_memory``: ``edge_gram`` with ``perf=low_memory`` (text encoder offloaded);
+- ``off_fast`` / ``plain_fast``: ``perf=fast`` (regional compile), after one warm-up frame.
+
+Per variant: seconds per frame, prompt encoding, transformer time per denoising step, VAE decode,
+peak GPU memory; guided variants also the added seconds per guided step. CUDA events time the
+parts without synchronising inside the loop. Writes ``bench.json`` and ``bench.md``. With
+``model=random_full`` every figure is "random weights, timing only".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from qvedit.random_full import RANDOM_WEIGHTS
+
+VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
+            "plain_fast", "off_fast")
+
+
+class PartTimer:
+    """Sums the time spent inside chosen methods of one pipeline call, with CUDA events on a GPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.spans: dict[str, list] = {}
+
+    @contextmanager
+    def wrapping(self, owner, method: str, label: str):
+        original = getattr(owner, method)
+        own = vars(owner).get(method)  # an instance attribute already there (e.g. perf's offload wrapper)
+
+        def timed(*args, **kwargs):
+            start = self._mark()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.spans.setdefault(label, []).append((start, self._mark()))
+
+        setattr(owner, method, timed)
+        try:
+            yield
+        finally:
+            if own is None:
+                delattr(owner, method)
+            else:
+                setattr(owner, method, own)
+
+    def _mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, label: str) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return sum(a.elapsed_time(b) for a, b in self.spans.get(label, [])) / 1000
+        return sum(b - a for a, b in self.spans.get(label, []))
+
+    def count(self, label: str) -> int:
+        return len(self.spans.get(label, []))
+
+
+def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "init.png")
+    (folder / "edges").mkdir(exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(folder / "edges" / "1.png")
+    return folder / "init.png", folder / "edges"
+
+
+def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work: Path) -> dict:
+    from qvedit.editor import GenerationSettings, edit_clip, frame_seed
+    from qvedit.frames import FrameFolders, FrameWriter
+    from qvedit.guidance import TTLGSettings
+    from qvedit.pipeline import PIPELINE_VAE_AREA
+
+    init, edges = make_inputs(size, work)
+    cuda = pipe.device.type == "cuda"
+    timer = PartTimer(cuda)
+    cond_output = variant.endswith("_cond_output")
+    guided = variant.startswith("edge_gram")
+    ttlg = TTLGSettings(edge_scale=1.0, gram_scale=0.2, last_steps=last_steps, vgg_weights="random") if guided \
+        else TTLGSettings()
+    settings = GenerationSettings(prompt="将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出", num_inference_steps=steps,
+                                  condition_area="output" if cond_output else PIPELINE_VAE_AREA)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    with timer.wrapping(pipe, "encode_prompt", "prompt"), timer.wrapping(pipe.transformer, "forward", "transformer"), \
+            timer.wrapping(pipe.vae, "decode", "decode"):
+        if variant.startswith("plain"):
+            edge = Image.open(sorted(edges.iterdir())[0]).convert("RGB")
+            with torch.inference_mode():
+                pipe(image=[edge, Image.open(init)], prompt=settings.prompt, negative_prompt=" ", true_cfg_scale=4.0,
+                     num_inference_steps=steps, height=size, width=size,
+                     generator=torch.Generator(pipe.device).manual_seed(frame_seed(0, 1)))
+        else:
+            out = Path(tempfile.mkdtemp(prefix=f"out-{variant}-", dir=work))  # a new clip, never a resumed one
+            edit_clip(pipe, FrameFolders(str(init), str(edges)), FrameWriter(out), settings, ttlg)
+        if cuda:
+            torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    row = {
+        "variant": variant, "size": size, "steps": steps, "seconds_per_frame": seconds,
+        "prompt_encoding_s": timer.seconds("prompt"),
+        "transformer_s_per_step": timer.seconds("transformer") / steps,
+        "transformer_passes": timer.count("transformer"),
+        "decode_s": timer.seconds("decode"), "decode_calls": timer.count("decode"),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+    }
+    if guided:
+        row["guided_steps"] = min(last_steps, steps)
+    return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Adds ratios to the plain call and the cost of a guided step, per size."""
+    for row in rows:
+        same_size = {r["variant"]: r for r in rows if r["size"] == row["size"]}
+        if "plain" in same_size:
+            row["ratio_to_plain"] = row["seconds_per_frame"] / same_size["plain"]["seconds_per_frame"]
+        base = same_size.get(row["variant"].replace("edge_gram", "off"))
+        if row.get("guided_steps") and base and base is not row:
+            extra = row["seconds_per_frame"] - base["seconds_per_frame"]
+            row["added_s_per_guided_step"] = extra / row["guided_steps"]
+            row["added_fraction"] = extra / base["seconds_per_frame"]
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = [f"{report['device']}, torch {report['torch']}, diffusers {report['diffusers']}, {report['date']}, "
+             f"model={report['model']}" + (f" ({RANDOM_WEIGHTS})" if report["model"] == "random_full" else ""), "",
+             "| size | steps | variant | s/frame | vs plain | prompt s | transformer s/step | decode s | peak GiB "
+             "| s per guided step |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        def f(key, fmt="{:.3f}"):
+            return fmt.format(r[key]) if r.get(key) is not None else "-"
+        lines.append(f"| {r['size']}² | {r['steps']} | {r['variant']} | {f('seconds_per_frame', '{:.2f}')} | "
+                     f"{f('ratio_to_plain')} | {f('prompt_encoding_s')} | {f('transformer_s_per_step')} | "
+                     f"{f('decode_s')} | {f('peak_gib', '{:.1f}')} | {f('added_s_per_guided_step')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("random_full", "tiny"), default="random_full")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--last-steps", type=int, default=10)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "off", "edge_gram"])
+    parser.add_argument("--attention-backend", default=None, help="perf.attention_backend for every variant")
+    parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
+    args = parser.parse_args(argv)
+
+    import diffusers
+
+    from qvedit.perf import PerfSettings
+    from qvedit.pipeline import load_random_full_pipeline, load_tiny_pipeline
+
+    if args.model == "tiny":
+        import os
+
+        cache = os.environ.get("QVEDIT_CACHE", os.path.expanduser("~/.cache/qvedit"))
+        pipe = load_tiny_pipeline(f"{cache}/tiny-qwen-image-edit-2509", args.device, "fp32")
+    else:
+        pipe = load_random_full_pipeline("random-full-2509", args.device, "bf16")
+    pipe.set_progress_bar_config(disable=True)
+    PerfSettings(attention_backend=args.attention_backend).apply(pipe)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        run_variant(pipe, args.variants[0], min(args.sizes), 2, 0, work)  # warm-up: kernels, allocator
+        # Settings that stay with the pipeline once applied (offload, compile) come last.
+        plain = [v for v in args.variants if not v.endswith(("_low_memory", "_fast"))]
+        stages = [(plain, None), ([v for v in args.variants if v.endswith("_low_memory")],
+                                  PerfSettings(offload_text_encoder=True)),
+                  ([v for v in args.variants if v.endswith("_fast")], PerfSettings(compile=True))]
+        for variants, perf in stages:
+            if variants and perf is not None:
+                perf.apply(pipe)
+            for size in args.sizes:
+                for variant in variants:
+                    if variant.endswith("_fast"):
+                        run_variant(pipe, variant, size, 2, 0, work)  # compiles for this size
+                    rows.append(run_variant(pipe, variant, size, args.steps, args.last_steps, work))
+                    print(json.dumps(rows[-1]), flush=True)
+    device = torch.cuda.get_device_name() if pipe.device.type == "cuda" else "CPU"
+    report = {"device": device, "torch": torch.__version__, "diffusers": diffusers.__version__,
+              "date": time.strftime("%Y-%m-%d"), "model": args.model, "rows": summarise(rows)}
+    if args.model == "random_full":
+        report["note"] = RANDOM_WEIGHTS
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    (out / "bench.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
