@@ -174,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
 
-    import diffusers
-
     from qvedit.perf import PerfSettings
     from qvedit.pipeline import load_random_full_pipeline, load_tiny_pipeline
 
@@ -206,17 +204,23 @@ def main(argv: list[str] | None = None) -> int:
                         run_variant(pipe, variant, size, 2, 0, work)  # compiles for this size
                     rows.append(run_variant(pipe, variant, size, args.steps, args.last_steps, work))
                     print(json.dumps(rows[-1]), flush=True)
-    device = torch.cuda.get_device_name() if pipe.device.type == "cuda" else "CPU"
-    report = {"device": device, "torch": torch.__version__, "diffusers": diffusers.__version__,
-              "date": time.strftime("%Y-%m-%d"), "model": args.model, "rows": summarise(rows)}
-    if args.model == "random_full":
+                    report = write_report(rows, args.model, pipe.device, Path(args.out))  # after every row
+    print(markdown(report))
+    return 0
+
+
+def write_report(rows: list[dict], model: str, device: torch.device, out: Path) -> dict:
+    import diffusers
+
+    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU", "torch": torch.__version__,
+              "diffusers": diffusers.__version__, "date": time.strftime("%Y-%m-%d"), "model": model,
+              "rows": summarise(rows)}
+    if model == "random_full":
         report["note"] = RANDOM_WEIGHTS
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    return report
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ class PinnedSwap:
     def add(self, module: torch.nn.Module) -> None:
         tensors = list(module.parameters()) + list(module.buffers())
         self.host[module] = [(t, t.detach().to("cpu").pin_memory()) for t in tensors]
-        self.on_gpu = module
+        self.on_gpu = None  # several modules may still be on the GPU: the next load() settles it
 
     def load(self, module: torch.nn.Module) -> None:
         if self.on_gpu is module:

@@ -8,7 +8,6 @@ from omegaconf.errors import ValidationError
 
 from qvedit.config import register_schemas
 from qvedit.errors import QveditError
-from qvedit.frames import FrameFolders
 from qvedit.guidance import TTLGSettings
 from qvedit.main import build as instantiate
 from tests.conftest import REPO
@@ -45,12 +44,20 @@ def test_every_ttlg_config_instantiates(name):
 
 
 @pytest.mark.parametrize("name", options("io"))
-def test_every_io_config_instantiates(name, clip):
+def test_every_io_config_instantiates(name, clip, tmp_path):
     init, edges = clip
-    overrides = [f"io={name}"] if name == "demo" else [f"io={name}", f"io.init_frame={init}",
-                                                          f"io.edge_frames_dir={edges}"]
+    if name == "video":
+        import imageio.v3 as iio
+        import numpy as np
+
+        iio.imwrite(tmp_path / "clip.mp4", np.zeros((3, 32, 48, 3), np.uint8), fps=8, codec="libx264")
+        overrides = ["io=video", f"io.rgb_video={tmp_path / 'clip.mp4'}"]
+    elif name == "demo":
+        overrides = ["io=demo"]
+    else:
+        overrides = [f"io={name}", f"io.init_frame={init}", f"io.edge_frames_dir={edges}"]
     source = instantiate(make(overrides).io)
-    assert isinstance(source, FrameFolders) and len(source) >= 1
+    assert hasattr(source, "edge_frame") and hasattr(source, "finish") and len(source) >= 1
 
 
 @pytest.mark.parametrize("name", options("experiment"))
