@@ -66,7 +66,10 @@ def load_lpips(backbone: str, device: str):
 def load_vgg(backbone: str, device: str) -> losses.VGGStyle:
     key = ("vgg", backbone, device)
     if key not in _models:
-        _models[key] = losses.VGGStyle(backbone, device=device)
+        try:
+            _models[key] = losses.VGGStyle(backbone, device=device)
+        except QveditError as err:
+            raise QveditError(f"metrics: {err}; metrics=none runs without quality metrics") from None
     return _models[key]
 
 

@@ -45,7 +45,7 @@ def clip(tmp_path):
     return write_clip(tmp_path / "clip")
 
 
-def run_qvedit(*args, module="qvedit", timeout=600) -> subprocess.CompletedProcess:
+def run_qvedit(*args, module="qvedit", timeout=600, env=None) -> subprocess.CompletedProcess:
     """``python -m qvedit ARGS`` (or another module) from the repository root, output captured."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))

@@ -13,7 +13,7 @@ def test_demo_runs_end_to_end(tmp_path):
     result = qvedit("experiment=demo", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.monotonic() - started < 120
-    frames = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    frames = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
     assert frames == [f"{i:05d}.png" for i in range(9)]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",") == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
@@ -41,13 +41,13 @@ def test_no_inputs_names_the_missing_keys_and_the_demo(tmp_path):
 def test_unknown_model_offline_is_a_clear_error(tmp_path, clip):
     init, edges = clip
     result = qvedit("model.model_id=nobody/no-such-model", f"io.init_frame={init}", f"io.edge_frames_dir={edges}",
-                    "device=cpu", f"hydra.run.dir={tmp_path}")
+                    "device=cpu", "metrics=none", f"hydra.run.dir={tmp_path}")
     one_line_error(result, "cannot load model 'nobody/no-such-model'", "model=tiny")
 
 
 def test_too_many_frames_asked_keeps_nothing_half_done(tmp_path, clip):
     init, edges = clip
-    result = qvedit("model=tiny", "device=cpu", "dtype=fp32", "max_frames=9", f"io.init_frame={init}",
+    result = qvedit("model=tiny", "device=cpu", "dtype=fp32", "metrics=none", "max_frames=9", f"io.init_frame={init}",
                     f"io.edge_frames_dir={edges}", f"hydra.run.dir={tmp_path}")
     one_line_error(result, "max_frames=9", "at most 4")
 
@@ -57,6 +57,13 @@ def test_cuda_without_gpu_says_what_to_pass(tmp_path, clip):
     init, edges = clip
     result = qvedit("model=tiny", f"io.init_frame={init}", f"io.edge_frames_dir={edges}", f"hydra.run.dir={tmp_path}")
     one_line_error(result, "device=cpu")
+
+
+def test_metrics_without_vgg_weights_offline_say_what_to_do(tmp_path, clip):
+    init, edges = clip
+    result = qvedit("model=tiny", "device=cpu", f"io.init_frame={init}", f"io.edge_frames_dir={edges}",
+                    f"hydra.run.dir={tmp_path}", env={"TORCH_HOME": str(tmp_path / "torch")})
+    one_line_error(result, "vgg16-397923af.pth", "metrics=none")
 
 
 def test_misspelt_key_fails_before_running(tmp_path):

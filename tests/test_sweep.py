@@ -45,7 +45,7 @@ def test_rerun_from_the_run_folder_gives_the_same_frames_and_diff_tells_runs_apa
     assert qvedit("experiment=demo", *FAST, "ttlg=edge", f"hydra.run.dir={first}").returncode == 0
     result = qvedit("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={again}")
     assert result.returncode == 0, result.stderr[-3000:]
-    names = sorted(p.name for p in (first / "frames").iterdir())
+    names = sorted(p.name for p in (first / "frames").glob("*.png"))
     assert names == ["00000.png", "00001.png", "00002.png"]
     for name in names:
         assert (first / "frames" / name).read_bytes() == (again / "frames" / name).read_bytes()
