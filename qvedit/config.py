@@ -13,6 +13,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from qvedit.acceptance import Thresholds
 from qvedit.guidance import TTLGSettings
 from qvedit.perf import PerfSettings
 
@@ -73,16 +74,10 @@ class MetricsConfig:
 
 
 @dataclass
-class AcceptanceConfig:
+class AcceptanceConfig(Thresholds):
     """``acceptance/``: the spec §6.3 thresholds the sweep report judges by (``qvedit.acceptance``)."""
 
     _target_: str = "qvedit.acceptance.Thresholds"
-    frames: int = 8
-    edge_ratio: float = 0.95
-    edge_frames_fraction: float = 0.6
-    gram_ratio: float = 0.98
-    lpips_prev_min: float = 0.005
-    lpips_init_min: float = 0.01
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
+from PIL import Image
 from torch.utils.checkpoint import checkpoint
 
 from qvedit import losses
@@ -206,7 +207,7 @@ class Guide:
             log.warning("%s has no x0 estimate here: guidance decodes the latents themselves",
                         type(pipe.scheduler).__name__)
 
-    def losses(self, image: torch.Tensor, edge_target: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+    def loss_terms(self, image: torch.Tensor, edge_target: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
         """(scale, loss) of each enabled term; image (1, 3, H, W) in [0, 1], edge_target (1, 1, H, W)."""
         s = self.settings
         terms = []
@@ -226,7 +227,7 @@ class Guide:
         ``gram_scale=0.2`` would not move the Gram loss at all). One decoder backward follows.
         """
         gradient = torch.zeros_like(image)
-        for scale, loss in self.losses(image, edge_target):
+        for scale, loss in self.loss_terms(image, edge_target):
             (term,) = torch.autograd.grad(loss, image, retain_graph=True)
             gradient = gradient + scale * normalised_step(term, 1.0)
         return gradient
@@ -239,8 +240,6 @@ class Guide:
         edge_target = edge_target.to(self.device)
         debug = self.debug_dir / f"frame_{frame_index:05d}" if self.debug_dir else None
         if debug is not None:
-            from PIL import Image
-
             debug.mkdir(parents=True, exist_ok=True)
             Image.fromarray(edges_to_uint8(edge_target[0, 0].cpu())).save(debug / "target_edges.png")
 
@@ -269,8 +268,6 @@ class Guide:
         self.previous = image.to(self.device)
 
     def _save_debug(self, folder: Path, step: int, image: torch.Tensor) -> None:
-        from PIL import Image
-
         rgb = (image[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8")
         Image.fromarray(rgb).save(folder / f"step_{step:03d}_x0.png")
         edges = edges_to_uint8(edge_map(image.float(), self.settings.edge_op)[0, 0].cpu())
