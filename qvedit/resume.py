@@ -38,7 +38,8 @@ def frame_settings(cfg: DictConfig) -> dict[str, object]:
 def check_or_record(frames_dir: Path, settings: dict[str, object]) -> None:
     """Refuse to add frames to a folder made with other settings; remember these settings otherwise."""
     manifest = frames_dir / MANIFEST
-    if manifest.is_file():
+    has_frames = (frames_dir / "00000.png").exists()
+    if has_frames and manifest.is_file():
         before = OmegaConf.to_container(OmegaConf.load(manifest))
         differing = diff_configs(before, settings)
         if differing:
@@ -48,7 +49,7 @@ def check_or_record(frames_dir: Path, settings: dict[str, object]) -> None:
                 "or write to a new folder (another hydra.run.dir or io.out_frames_dir)"
             )
         return
-    if (frames_dir / "00000.png").exists():
+    if has_frames:
         raise QveditError(f"{frames_dir} already holds frames that qvedit did not record: choose an empty folder "
                           "(another hydra.run.dir or io.out_frames_dir)")
     partial = manifest.with_name(MANIFEST + ".partial")

@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from qvedit.errors import QveditError
+from qvedit.resume import check_or_record
 from tests.conftest import REPO, run_qvedit
 
 # Guidance with the temporal term: the resumed run must rebuild the previous-frame state too.
@@ -76,3 +79,12 @@ def test_ctrl_c_keeps_frames_and_prints_how_to_resume(tmp_path):
     assert process.returncode == 130 and "Traceback" not in stderr
     assert f"Resume with: python -m qvedit {' '.join(CLIP)} hydra.run.dir={run}" in stderr
     assert (run / "frames" / "00002.png").is_file() and not list((run / "frames").glob(".*.partial"))
+
+
+def test_a_run_that_wrote_no_frame_does_not_block_the_folder(tmp_path):
+    check_or_record(tmp_path, {"seed": 0})  # e.g. the model then failed to load
+    check_or_record(tmp_path, {"seed": 1})  # no frames yet: new settings are fine
+    (tmp_path / "00000.png").write_bytes(b"")
+    check_or_record(tmp_path, {"seed": 1})
+    with pytest.raises(QveditError, match="seed: 1 -> 2"):
+        check_or_record(tmp_path, {"seed": 2})
