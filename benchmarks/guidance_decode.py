@@ -77,13 +77,15 @@ def main() -> None:
     vgg = VGGStyle("random", device="cuda")
     weights_gib = torch.cuda.memory_allocated() / 2**30
     rows = [measure(vae, vgg, size, ckpt, args.repeats) for size in args.sizes for ckpt in (False, True)]
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "vae_and_vgg_weights_gib": weights_gib,
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "vae_and_vgg_weights_gib": weights_gib,
               "note": "random weights, timing only", "rows": rows}
     print(f"{report['device']}, torch {report['torch']}, random weights, timing only")
     print("| size | decode_checkpointing | s per guided step | peak extra GiB |")
     print("| --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['size']}² | {r['decode_checkpointing']} | {r['seconds_per_guided_step']:.3f} | {r['peak_extra_gib']:.2f} |")
+        print(f"| {r['size']}² | {r['decode_checkpointing']} | {r['seconds_per_guided_step']:.3f} "
+              f"| {r['peak_extra_gib']:.2f} |")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(report, handle, indent=2)

@@ -152,7 +152,8 @@ def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
             return
         ratio = on.mean().median() / off.mean().median()
         criteria.append(Criterion(name, ratio, f"<= {limit}", bool(ratio <= limit),
-                                  f"median over seeds of mean {column}: {on.mean().median():.5g} vs {off.mean().median():.5g}"))
+                                  f"median over seeds of mean {column}: {on.mean().median():.5g} vs "
+                                  f"{off.mean().median():.5g}"))
         if extra_fraction is not None:
             share = float((on.median(axis=1) <= off.median(axis=1)).mean())
             criteria.append(Criterion(f"{column} not worse, share of frames", share, f">= {extra_fraction}",
@@ -289,8 +290,8 @@ class SweepReport(Callback):
         self._report(sweep_dir, final=True)
         failed = sorted(p.parent.name for p in sweep_dir.glob(f"*/{JOB_ERROR_FILE}"))
         if failed:
-            print(f"qvedit: error: {len(failed)} job(s) failed ({', '.join(failed)}): see {sweep_dir / 'acceptance.md'}",
-                  file=sys.stderr)
+            print(f"qvedit: error: {len(failed)} job(s) failed ({', '.join(failed)}): "
+                  f"see {sweep_dir / 'acceptance.md'}", file=sys.stderr)
             sys.exit(1)
 
     @staticmethod

@@ -68,7 +68,8 @@ def format_diff(run_a: str | Path, run_b: str | Path) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qvedit.diff", description="Config keys that differ between two runs.")
+    parser = argparse.ArgumentParser(prog="python -m qvedit.diff",
+                                     description="Config keys that differ between two runs.")
     parser.add_argument("run_a")
     parser.add_argument("run_b")
     args = parser.parse_args(argv)

@@ -23,6 +23,7 @@ from qvedit.pipeline import condition_area, vae_area
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class GenerationSettings:
     """What every frame's pipeline call shares (the top-level config keys)."""
@@ -153,4 +154,3 @@ def resume_point(writer: FrameWriter, init: Image.Image, total: int) -> int:
         raise QveditError(f"{writer.folder} holds frames of another clip (its frame 0 is not this init frame): "
                           "write to a new folder (another hydra.run.dir or io.out_frames_dir)")
     return min(done, total)
-

@@ -64,7 +64,8 @@ def list_edge_frames(folder: Path) -> list[Path]:
     ]
     if not paths:
         raise QveditError(
-            f"no edge frames in {folder}: it holds no {'/'.join(sorted(IMAGE_SUFFIXES))} files (hidden files are skipped)"
+            f"no edge frames in {folder}: it holds no {'/'.join(sorted(IMAGE_SUFFIXES))} files "
+            "(hidden files are skipped)"
         )
     return sorted(paths, key=natural_key)
 

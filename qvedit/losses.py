@@ -57,14 +57,16 @@ def edge_loss(
     """
     img = resize_long_side(img, size)
     edges = edge_map(img, op)
-    target = _resize_to(target.to(device=edges.device, dtype=edges.dtype), tuple(edges.shape[-2:]), area_when_shrinking=True)
+    target = target.to(device=edges.device, dtype=edges.dtype)
+    target = _resize_to(target, tuple(edges.shape[-2:]), area_when_shrinking=True)
     return (edges - target).abs().mean()
 
 
 def temporal_loss(img: torch.Tensor, prev: torch.Tensor, size: int | None = 64) -> torch.Tensor:
     """Mean |img - prev| at long side ``size``; img and prev (B,3,H,W) in [0,1], sizes may differ."""
     small = resize_long_side(img, size)
-    prev = _resize_to(prev.to(device=small.device, dtype=small.dtype), tuple(small.shape[-2:]), area_when_shrinking=False)
+    prev = prev.to(device=small.device, dtype=small.dtype)
+    prev = _resize_to(prev, tuple(small.shape[-2:]), area_when_shrinking=False)
     return (small - prev).abs().mean()
 
 

@@ -110,4 +110,5 @@ def write_previews(source, frame_paths: list[Path], folder: Path, fps: float = 8
         if index:
             edges.append(source.edge_frame(index - 1, frame.size).resize(cell, Image.Resampling.BOX))
     folder = Path(folder)
-    return [contact_sheet(edges, frames, folder / "preview.png"), side_by_side_gif(edges, frames, folder / "preview.gif", fps)]
+    return [contact_sheet(edges, frames, folder / "preview.png"),
+            side_by_side_gif(edges, frames, folder / "preview.gif", fps)]
