@@ -197,7 +197,7 @@ class Guide:
         self.vgg = None
         self.reference_grams = None
         if settings.gram_scale > 0:
-            self.vgg = losses.VGGStyle(weights=settings.vgg_weights, device=self.device)
+            self.vgg = losses.shared_vgg(settings.vgg_weights, self.device)
             with torch.no_grad():
                 self.reference_grams = self.vgg.grams(init_image.to(self.device), settings.gram_size)
         self.previous = init_image.to(self.device)

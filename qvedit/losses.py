@@ -195,3 +195,15 @@ class VGGStyle(torch.nn.Module):
     def grams(self, img: torch.Tensor, size: int | None = None) -> list[torch.Tensor]:
         """(B,3,H,W) in [0,1], any float dtype -> 4 Gram matrices (B,C,C), at long side ``size``."""
         return [gram_matrix(f) for f in self(resize_long_side(img.to(torch.float32), size))]
+
+
+_shared: dict[tuple[str, str], VGGStyle] = {}
+
+
+def shared_vgg(weights: str, device) -> VGGStyle:
+    """One frozen VGGStyle per (weights, device) for the process: guidance and metrics share it,
+    and every job of a sweep reuses it instead of reading the checkpoint again."""
+    key = (weights, str(device))
+    if key not in _shared:
+        _shared[key] = VGGStyle(weights, device=device)
+    return _shared[key]

@@ -32,7 +32,7 @@ TIMING_COLUMNS = ["seconds", "guided_steps", "peak_mem_mib"]
 QUALITY_COLUMNS = ["edge_loss", "gram_loss"]
 LPIPS_COLUMNS = ["lpips_to_init", "lpips_to_prev"]
 
-# (backbone, device) -> model; VGG / LPIPS are built once per process, like the pipeline.
+# (backbone, device) -> LPIPS model, built once per process like the pipeline (VGG: losses.shared_vgg).
 _models: dict[tuple, torch.nn.Module] = {}
 
 
@@ -64,13 +64,10 @@ def load_lpips(backbone: str, device: str):
 
 
 def load_vgg(backbone: str, device: str) -> losses.VGGStyle:
-    key = ("vgg", backbone, device)
-    if key not in _models:
-        try:
-            _models[key] = losses.VGGStyle(backbone, device=device)
-        except QveditError as err:
-            raise QveditError(f"metrics: {err}; metrics=none runs without quality metrics") from None
-    return _models[key]
+    try:
+        return losses.shared_vgg(backbone, device)
+    except QveditError as err:
+        raise QveditError(f"metrics: {err}; metrics=none runs without quality metrics") from None
 
 
 def peak_memory_mib(device: torch.device) -> float:
