@@ -106,7 +106,7 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
     metrics.start(init)
 
     written = [writer.write(0, init)] if done == 0 else [writer.path(i) for i in range(done)]
-    if done > 1:
+    if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, writer.folder)
     device = pipe._execution_device
     for index in tqdm(range(max(done, 1), total), desc="frames", unit="frame", initial=max(done, 1), total=total):

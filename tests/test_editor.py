@@ -147,3 +147,16 @@ def test_a_bad_frame_midway_keeps_the_frames_before(tiny_pipe, clip, tmp_path):
     with pytest.raises(QveditError, match="2.png"):
         run(tiny_pipe, init, edges, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.png", "00001.png"]
+
+
+def test_resume_remakes_a_frame_whose_metrics_row_was_lost(tiny_pipe, clip, tmp_path, caplog):
+    init, edges = clip
+    whole = run(tiny_pipe, init, edges, tmp_path / "whole")
+    out, metrics = tmp_path / "out", tmp_path / "metrics.csv"
+    run(tiny_pipe, init, edges, out, max_frames=2, metrics_path=metrics)
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")  # killed after frame 1, before its row
+    with caplog.at_level("INFO", logger="qvedit.editor"):
+        resumed = run(tiny_pipe, init, edges, out, metrics_path=metrics)
+    assert "resuming at frame 1" in caplog.text
+    assert [p.read_bytes() for p in resumed] == [p.read_bytes() for p in whole]
+    assert [r.split(",")[0] for r in metrics.read_text().splitlines()[1:]] == ["1", "2", "3"]
