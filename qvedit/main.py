@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -24,6 +25,9 @@ from qvedit.resume import check_or_record, frame_settings
 
 log = logging.getLogger("qvedit")
 register_schemas()
+# conf/hydra/launcher/ray.yaml shares its name with hydra-ray-launcher's schema on purpose (the
+# command is hydra/launcher=ray); Hydra 1.3 merges the two as wanted but warns about the name.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 
 # conf/ sits beside the package (the repository layout); install with `pip install -e .`.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")

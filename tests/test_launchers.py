@@ -1,0 +1,100 @@
+"""Sweeps on other Hydra launchers: Ray (run for real, on CPU) and SLURM (rendered, no cluster here)."""
+
+import os
+import stat
+import subprocess
+
+import pytest
+from PIL import Image
+
+from conftest import run_qvedit
+
+pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e .[distributed]")
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e .[distributed]")
+
+# CPU frames depend on the thread count (summation order); Ray would give each job num_cpus threads.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+DEMO_SWEEP = ["-m", "experiment=demo", "metrics.vgg_weights=random", "max_frames=3", "seed=0,1"]
+
+
+def job_frames(sweep_dir):
+    """{job folder name: [frame bytes...]} of a finished sweep."""
+    return {job.name: [p.read_bytes() for p in sorted((job / "frames").glob("*.png"))]
+            for job in sorted(sweep_dir.iterdir()) if (job / ".hydra").is_dir()}
+
+
+def test_ray_sweep_runs_jobs_as_ray_tasks_and_matches_the_local_launcher(tmp_path):
+    ray_dir, local_dir = tmp_path / "ray", tmp_path / "local"
+    result = run_qvedit(*DEMO_SWEEP, "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2",
+                        "hydra.launcher.ray.remote.num_gpus=0", f"hydra.sweep.dir={ray_dir}",
+                        timeout=300, env={"RAY_DEDUP_LOGS": "0", **ONE_THREAD})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Ray Launcher is launching 2 jobs" in result.stdout + result.stderr
+    # Each job ran in a Ray worker process (Ray prefixes their output with the task name and pid).
+    assert "(_run_job pid=" in result.stdout + result.stderr
+    assert "qvedit.pipeline" in result.stdout + result.stderr
+    assert not (tmp_path / "runs").exists()
+    assert (ray_dir / "acceptance.md").is_file() and (ray_dir / "acceptance.csv").is_file()
+    report = (ray_dir / "acceptance.md").read_text()
+    assert all(f"{job.name} |" in report for job in ray_dir.glob("*_seed=*"))
+
+    local = run_qvedit(*DEMO_SWEEP, f"hydra.sweep.dir={local_dir}", timeout=300, env=ONE_THREAD)
+    assert local.returncode == 0, local.stderr[-3000:]
+    ray_frames, local_frames = job_frames(ray_dir), job_frames(local_dir)
+    first, second = sorted(ray_frames)
+    assert first.startswith("0_") and first.endswith("seed=0") and second.endswith("seed=1")
+    assert all(len(frames) == 3 for frames in ray_frames.values())
+    assert ray_frames == local_frames  # same config, same bytes, whichever launcher ran it
+    assert ray_frames[first][1] != ray_frames[second][1]
+
+
+def fake_slurm_bin(folder, script_copy):
+    """``srun`` (submitit checks it is there) and an ``sbatch`` that keeps the script and refuses the job."""
+    folder.mkdir()
+    scripts = {
+        "srun": "#!/bin/sh\nexit 0\n",
+        "sbatch": f"#!/bin/sh\ncp \"$1\" '{script_copy}'\necho 'sbatch: error: test cluster takes no jobs' >&2\n"
+                  "exit 1\n",
+    }
+    for name, text in scripts.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(stat.S_IRWXU)
+    return folder
+
+
+def test_slurm_preset_renders_the_submission_parameters(tmp_path):
+    script = tmp_path / "submitted.sh"
+    bin_dir = fake_slurm_bin(tmp_path / "bin", script)
+    sweep_dir = tmp_path / "sweep"
+    result = run_qvedit(*DEMO_SWEEP, "hydra/launcher=slurm", "hydra.launcher.partition=gpu-h100",
+                        "hydra.launcher.gpus_per_node=2", "hydra.launcher.timeout_min=90",
+                        "hydra.launcher.setup=[module load cuda]", "hydra.launcher.array_parallelism=1",
+                        f"hydra.sweep.dir={sweep_dir}",
+                        timeout=120, env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode != 0  # the fake sbatch refused the array
+    assert "test cluster takes no jobs" in result.stdout + result.stderr
+    text = script.read_text()
+    for line in ("#SBATCH --partition=gpu-h100", "#SBATCH --gpus-per-node=2", "#SBATCH --time=90",
+                 "#SBATCH --job-name=qvedit", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB",
+                 "#SBATCH --array=0-1%1", "#SBATCH --ntasks-per-node=1", "module load cuda"):
+        assert line in text, f"{line!r} not in the sbatch script:\n{text}"
+    assert f"{sweep_dir}/.submitit/" in text
+    assert "submitit.core._submit" in text
+    assert not any(sweep_dir.glob("*/frames"))  # nothing ran
+
+
+def test_slurm_preset_defaults_compose():
+    result = run_qvedit("hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for line in ("partition: null", "gpus_per_node: 1", "timeout_min: 240", "name: qvedit",
+                 "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"):
+        assert line in result.stdout
+
+
+def test_ray_preset_gives_each_job_one_gpu_and_no_deprecation_notice():
+    result = run_qvedit("hydra/launcher=ray", "--cfg", "hydra", "--package", "hydra.launcher", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher" in result.stdout
+    assert "num_gpus: 1" in result.stdout.split("remote:")[1]
+    assert "address: null" in result.stdout
+    assert "deprecated" not in result.stderr
