@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
@@ -198,9 +200,22 @@ def plot(comparison: Comparison, column: str, out: Path) -> Optional[Path]:
     axes.set_title(f"{column}: seeds {comparison.seeds}, min-max band")
     axes.legend()
     figure.tight_layout()
-    figure.savefig(out, dpi=100)
+    with replaced_whole(out) as partial:
+        figure.savefig(partial, dpi=100, format="png")
     plt.close(figure)
     return out
+
+
+@contextmanager
+def replaced_whole(path: Path) -> Iterator[Path]:
+    """Write to a private partial file, then rename it over ``path``: a reader, or another job's report
+    being written at the same moment (parallel launchers), never sees half a file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def thresholds_of(jobs: list[Job]) -> Thresholds:
@@ -263,9 +278,11 @@ def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> 
             if plot(comparison, column, sweep_dir / name):
                 lines += ["", f"![{column}]({name})"]
     report = sweep_dir / "acceptance.md"
-    report.write_text("\n".join(lines) + "\n")
-    pd.DataFrame(csv_rows, columns=["comparison", "seeds", "frames", "criterion", "value", "threshold",
-                                    "passed"]).to_csv(sweep_dir / "acceptance.csv", index=False)
+    with replaced_whole(report) as partial:
+        partial.write_text("\n".join(lines) + "\n")
+    with replaced_whole(sweep_dir / "acceptance.csv") as partial:
+        pd.DataFrame(csv_rows, columns=["comparison", "seeds", "frames", "criterion", "value", "threshold",
+                                        "passed"]).to_csv(partial, index=False)
     return passed, report
 
 

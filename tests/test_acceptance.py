@@ -121,3 +121,19 @@ def test_not_a_sweep_is_a_clear_error(tmp_path, capsys):
         write_report(tmp_path)
     assert main([str(tmp_path / "nope")]) == 2
     assert "sweep folder not found" in capsys.readouterr().err
+
+
+def test_report_files_are_replaced_whole_or_not_at_all(tmp_path):
+    from qvedit.acceptance import replaced_whole
+
+    report = tmp_path / "acceptance.md"
+    report.write_text("previous report\n")
+    with pytest.raises(RuntimeError):
+        with replaced_whole(report) as partial:
+            partial.write_text("half a rep")
+            raise RuntimeError("job killed while writing")
+    assert report.read_text() == "previous report\n"
+    with replaced_whole(report) as partial:
+        partial.write_text("new report\n")
+    assert report.read_text() == "new report\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["acceptance.md"]
