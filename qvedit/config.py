@@ -15,6 +15,7 @@ from omegaconf import MISSING
 
 from qvedit.acceptance import Thresholds
 from qvedit.guidance import TTLGSettings
+from qvedit.parallel import ParallelSettings
 from qvedit.perf import PerfSettings
 
 DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
@@ -88,6 +89,13 @@ class PerfConfig(PerfSettings):
 
 
 @dataclass
+class ParallelConfig(ParallelSettings):
+    """``parallel/``: one frame on several GPUs under torchrun (``qvedit.parallel``)."""
+
+    _target_: str = "qvedit.parallel.ParallelSettings"
+
+
+@dataclass
 class QveditConfig:
     """The whole run. Top-level keys mirror the specification's command-line flags."""
 
@@ -97,6 +105,7 @@ class QveditConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = " "
     num_inference_steps: int = 50

@@ -19,6 +19,7 @@ from qvedit.errors import QveditError
 from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor, read_rgb8
 from qvedit.guidance import Guide, TTLGSettings, record_velocity, refuse_inference_mode
 from qvedit.metrics import FrameMetrics, MetricsLog, complete_rows, peak_memory_mib
+from qvedit.parallel import Team
 from qvedit.pipeline import condition_area, vae_area
 
 log = logging.getLogger(__name__)
@@ -79,14 +80,19 @@ def output_frame_count(edge_count: int, max_frames: Optional[int]) -> int:
 
 def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: GenerationSettings,
               ttlg: TTLGSettings, max_frames: Optional[int] = None, metrics_path: Optional[Path] = None,
-              metrics: Optional[FrameMetrics] = None, debug_dir: Optional[str] = None) -> list[Path]:
+              metrics: Optional[FrameMetrics] = None, debug_dir: Optional[str] = None,
+              team: Optional[Team] = None) -> list[Path]:
     """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order. Returns the paths.
 
     Frames already in ``writer``'s folder (a resumed run) are kept and the loop goes on from the
     first missing one, with the last finished frame as the previous frame. With ``metrics_path`` a
     row per frame goes to that CSV as soon as the frame is written (timing columns only unless
     ``metrics`` says what else to measure).
+
+    With a ``team`` of several processes (torchrun, context parallelism) every rank calls this with
+    the same inputs; rank 0's resume point, guidance steps and frames are the ones every rank uses.
     """
+    team = team or Team()
     if ttlg.enabled:
         refuse_inference_mode()
     total = output_frame_count(len(source), max_frames)
@@ -99,7 +105,8 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
     if metrics_path and done > 1:  # a frame whose metrics row was lost is made again (same bytes)
         done = min(done, 1 + len(complete_rows(metrics_path, metrics.columns)))
     previous = read_rgb8(writer.path(done - 1)) if done > 1 else init
-    guide = Guide(ttlg, pipe, pil_to_tensor(init), debug_dir) if ttlg.enabled else None
+    done, previous = team.agree((done, previous))
+    guide = Guide(ttlg, pipe, pil_to_tensor(init), debug_dir) if ttlg.enabled and team.is_writer else None
     if guide is not None:
         guide.frame_done(pil_to_tensor(previous))
     log_rows = MetricsLog(metrics_path, metrics.columns, keep_frames_before=done) if metrics_path else None
@@ -109,7 +116,8 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
     if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, writer.folder)
     device = pipe._execution_device
-    for index in tqdm(range(max(done, 1), total), desc="frames", unit="frame", initial=max(done, 1), total=total):
+    for index in tqdm(range(max(done, 1), total), desc="frames", unit="frame", initial=max(done, 1), total=total,
+                      disable=not team.is_writer):
         started = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -130,11 +138,12 @@ def edit_clip(pipe, source: FrameFolders, writer: FrameWriter, settings: Generat
                 width=gen_width,
                 generator=generator,
                 output_type="pt",
-                callback_on_step_end=callback,
+                callback_on_step_end=team.step_callback(callback),
             )
         frame = tensor_to_pil(result.images[0], index)
         if frame.size != (width, height):
             frame = frame.resize((width, height), Image.Resampling.BICUBIC)
+        frame = team.agree(frame)
         written.append(writer.write(index, frame))
         seconds = time.perf_counter() - started
         if guide is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +21,7 @@ from qvedit.config import register_schemas
 from qvedit.editor import GenerationSettings, edit_clip
 from qvedit.errors import QveditError
 from qvedit.frames import FrameWriter
+from qvedit.parallel import Team, follower_overrides, torchrun_rank
 from qvedit.pipeline import check_device
 from qvedit.preview import write_previews
 from qvedit.resume import check_or_record, frame_settings
@@ -45,8 +48,23 @@ def build(node: DictConfig, **kwargs):
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Edit the clip ``cfg`` describes into ``run_dir``; returns the folder the frames went to."""
+    team = build(cfg.parallel).start(cfg.device)
+    try:
+        return edit(cfg, run_dir, team)
+    finally:
+        team.close()
+
+
+def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
+    """``run`` on one rank of ``team``: ranks other than 0 keep nothing but their share of the work."""
+    if team.size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise QveditError("a torchrun team edits one clip: run sweeps without torchrun (hydra/launcher=ray "
+                          "gives each job its own GPU)")
+    device = team.device or cfg.device
+    writes = team.is_writer
     ttlg = build(cfg.ttlg)
-    made_edges = {"edges_dir": str(run_dir / "edges")} if "edges_dir" in cfg.io and not cfg.io.edges_dir else {}
+    made_edges = {"edges_dir": str(run_dir / "edges")} if "edges_dir" in cfg.io and (
+        not cfg.io.edges_dir or not writes) else {}
     source = build(cfg.io, **made_edges)  # inputs are checked before the (slow) model load
     generation = GenerationSettings(
         prompt=cfg.prompt,
@@ -57,38 +75,60 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         condition_area=cfg.condition_area,
         max_area=cfg.max_area,
     )
-    writer = FrameWriter(cfg.io.out_frames_dir or run_dir / "frames")
+    writer = FrameWriter(cfg.io.out_frames_dir if writes and cfg.io.out_frames_dir else run_dir / "frames")
     check_or_record(writer.folder, frame_settings(cfg))
-    check_device(cfg.device)
-    metrics = build(cfg.metrics, device=cfg.device)
-    pipe = build(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check_device(device)
+    metrics = build(cfg.metrics, device=device, **({} if writes else {"quality": False}))
+    pipe = build(cfg.model, device=device, dtype=cfg.dtype)
     build(cfg.perf).apply(pipe)
+    build(cfg.parallel).apply(pipe, team)
+    if not writes:
+        pipe.set_progress_bar_config(disable=True)
     frames = edit_clip(
         pipe, source, writer, generation, ttlg,
         max_frames=cfg.max_frames,
-        metrics_path=Path(cfg.metrics.path) if cfg.metrics.path else run_dir / "metrics.csv",
+        metrics_path=Path(cfg.metrics.path) if cfg.metrics.path and writes else run_dir / "metrics.csv",
         metrics=metrics,
         debug_dir=cfg.debug_dir,
+        team=team,
     )
-    outputs = write_previews(source, frames, run_dir, fps=getattr(source, "fps", 8.0)) + source.finish(frames, run_dir)
-    log.info("wrote %d frames to %s; also %s", len(frames), writer.folder, ", ".join(str(p) for p in outputs))
+    if writes:
+        outputs = write_previews(source, frames, run_dir, fps=getattr(source, "fps", 8.0)) + source.finish(frames,
+                                                                                                             run_dir)
+        log.info("wrote %d frames to %s; also %s", len(frames), writer.folder, ", ".join(str(p) for p in outputs))
     return writer.folder
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except QveditError as err:
-        print(f"qvedit: error: {err}", file=sys.stderr)
+        rank = torchrun_rank()
+        print(f"qvedit: error{f' (rank {rank})' if rank else ''}: {err}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One bad job must not end the sweep: the report lists it with this message.
             record_job_error(Path(HydraConfig.get().runtime.output_dir), str(err))
             return
         sys.exit(2)
     except KeyboardInterrupt:
-        hydra = HydraConfig.get()
-        overrides = " ".join(o for o in hydra.overrides.task if not o.startswith("hydra.run.dir="))
-        print(f"qvedit: interrupted; the finished frames are kept. Resume with: python -m qvedit {overrides} "
-              f"hydra.run.dir={hydra.runtime.output_dir}", file=sys.stderr)
+        if torchrun_rank() == 0:
+            hydra = HydraConfig.get()
+            overrides = " ".join(o for o in hydra.overrides.task if not o.startswith("hydra.run.dir="))
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            launch = f"torchrun --nproc-per-node {world} -m qvedit" if world > 1 else "python -m qvedit"
+            print(f"qvedit: interrupted; the finished frames are kept. Resume with: {launch} {overrides} "
+                  f"hydra.run.dir={hydra.runtime.output_dir}", file=sys.stderr)
         sys.exit(130)
+
+
+def main() -> None:
+    """``python -m qvedit`` / ``qvedit``. Under torchrun, ranks other than 0 run in a scratch folder
+    that is removed at exit: the run folder, its logs and its frames are rank 0's alone."""
+    overrides, scratch = follower_overrides()
+    sys.argv += overrides
+    try:
+        hydra_main()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)

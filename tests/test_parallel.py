@@ -1,0 +1,129 @@
+"""Context-parallel runs: the settings' checks, and the rank-0-decides plumbing on a CPU process group.
+
+Diffusers' context parallelism itself needs CUDA GPUs (benchmarks/context_parallel.py checks it on
+two H100s against one). Here two gloo processes run the whole editor as torchrun ranks would,
+without splitting the transformer: what is tested is that rank 0's resume point, guidance steps
+and frames are what every rank uses, and that only rank 0 writes.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import REPO, run_qvedit
+from qvedit.errors import QveditError
+from qvedit.parallel import ParallelSettings, Team, follower_overrides
+
+CLIP = ["experiment=demo", "metrics.vgg_weights=random", "ttlg=edge_gram", "ttlg.last_steps=3"]
+
+
+def compose(*overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from qvedit.config import register_schemas
+
+    register_schemas()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[*CLIP, *overrides])
+
+
+def join(rank: int, rendezvous: Path) -> Team:
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    return Team(rank=rank, size=2)
+
+
+def plumbing_worker(rank: int, rendezvous: Path, out: Path) -> None:
+    team = join(rank, rendezvous)
+    try:
+        assert team.agree({"rank": rank}) == {"rank": 0}
+        latents = torch.full((1, 4, 3), float(rank))
+
+        def guidance(pipe, step, timestep, tensors):
+            return {"latents": tensors["latents"] + 10}  # rank 0's guidance step
+
+        callback = team.step_callback(guidance if rank == 0 else None)
+        result = callback(None, 0, 0, {"latents": latents})["latents"]
+        torch.save(result, out / f"latents{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rank0_guidance_and_values_reach_every_rank(tmp_path):
+    mp.start_processes(plumbing_worker, args=(tmp_path / "rendezvous", tmp_path), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        assert torch.equal(torch.load(tmp_path / f"latents{rank}.pt"), torch.full((1, 4, 3), 10.0))
+
+
+def editor_worker(rank: int, rendezvous: Path, shared: Path) -> None:
+    from qvedit.main import edit
+
+    torch.set_num_threads(1)
+    team = join(rank, rendezvous)
+    try:
+        cfg = compose("max_frames=4", f"io.out_frames_dir={shared / 'frames'}")
+        edit(cfg, shared / f"run{rank}", team)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_team_resumes_from_rank0s_frames_and_only_rank0_writes(tmp_path):
+    from qvedit.main import run
+
+    torch.set_num_threads(1)
+    whole = run(compose("max_frames=4", f"io.out_frames_dir={tmp_path / 'whole'}"), tmp_path / "whole_run")
+    # Rank 0's folder already holds frames 0..1 (an interrupted run); rank 1 has none of them.
+    run(compose("max_frames=2", f"io.out_frames_dir={tmp_path / 'shared' / 'frames'}"), tmp_path / "shared" / "run0")
+    mp.start_processes(editor_worker, args=(tmp_path / "rendezvous", tmp_path / "shared"), nprocs=2,
+                       start_method="spawn")
+
+    frames = sorted((tmp_path / "shared" / "frames").glob("*.png"))
+    assert [p.name for p in frames] == [p.name for p in sorted(whole.glob("*.png"))]
+    assert all(p.read_bytes() == (whole / p.name).read_bytes() for p in frames)
+    rows = (tmp_path / "shared" / "run0" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("frame,edge_loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert (tmp_path / "shared" / "run0" / "preview.gif").is_file()
+    follower = tmp_path / "shared" / "run1"
+    assert not (follower / "preview.gif").exists()  # rank 1 wrote nothing of the run's outputs
+    assert "edge_loss" not in (follower / "metrics.csv").read_text()
+
+
+def test_degrees_must_match_the_torchrun_process_count(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert ParallelSettings().start("cpu").size == 1
+    with pytest.raises(QveditError, match="torchrun --nproc-per-node 2"):
+        ParallelSettings(ulysses_degree=2).start("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(QveditError, match="torchrun started 4 processes but .* = 2"):
+        ParallelSettings(ring_degree=2).start("cuda")
+    with pytest.raises(QveditError, match="torchrun started 4 processes but .* = 1"):
+        ParallelSettings().start("cuda")
+    with pytest.raises(QveditError, match="must be >= 1"):
+        ParallelSettings(ulysses_degree=0).start("cuda")
+    with pytest.raises(QveditError, match="device=cpu: context parallelism"):
+        ParallelSettings(ulysses_degree=2, ring_degree=2).start("cpu")
+
+
+def test_only_rank0_keeps_a_run_folder(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    assert follower_overrides() == ([], None)
+    monkeypatch.setenv("RANK", "1")
+    overrides, scratch = follower_overrides()
+    try:
+        assert f"hydra.run.dir={scratch}" in overrides and "hydra.output_subdir=null" in overrides
+        assert scratch.is_dir() and "rank1" in scratch.name
+    finally:
+        scratch.rmdir()
+
+
+def test_cli_names_torchrun_when_degrees_ask_for_gpus(tmp_path):
+    result = run_qvedit(*CLIP, "parallel.ulysses_degree=2", f"hydra.run.dir={tmp_path / 'run'}",
+                        env={"WORLD_SIZE": "1"}, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "qvedit: error: parallel.ulysses_degree x parallel.ring_degree = 2 GPUs, but this is one process: "
+        "start it with torchrun --nproc-per-node 2 -m qvedit ...")
+    assert "Traceback" not in result.stderr
