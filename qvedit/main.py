@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -78,6 +79,9 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
     writer = FrameWriter(cfg.io.out_frames_dir if writes and cfg.io.out_frames_dir else run_dir / "frames")
     check_or_record(writer.folder, frame_settings(cfg))
     check_device(device)
+    if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
+        log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
+                 os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
     metrics = build(cfg.metrics, device=device, **({} if writes else {"quality": False}))
     pipe = build(cfg.model, device=device, dtype=cfg.dtype)
     build(cfg.perf).apply(pipe)
@@ -93,8 +97,8 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
         team=team,
     )
     if writes:
-        outputs = write_previews(source, frames, run_dir, fps=getattr(source, "fps", 8.0)) + source.finish(frames,
-                                                                                                             run_dir)
+        outputs = write_previews(source, frames, run_dir, fps=getattr(source, "fps", 8.0))
+        outputs += source.finish(frames, run_dir)
         log.info("wrote %d frames to %s; also %s", len(frames), writer.folder, ", ".join(str(p) for p in outputs))
     return writer.folder
 

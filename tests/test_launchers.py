@@ -2,10 +2,8 @@
 
 import os
 import stat
-import subprocess
 
 import pytest
-from PIL import Image
 
 from conftest import run_qvedit
 
@@ -98,3 +96,29 @@ def test_ray_preset_gives_each_job_one_gpu_and_no_deprecation_notice():
     assert "num_gpus: 1" in result.stdout.split("remote:")[1]
     assert "address: null" in result.stdout
     assert "deprecated" not in result.stderr
+
+
+def test_a_ray_sweep_that_could_never_start_is_refused_before_ray_starts(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_qvedit("-m", "experiment=demo", "hydra/launcher=ray", "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
+                        env={"CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "qvedit: error: each Ray job asks for hydra.launcher.ray.remote.num_gpus=1 GPU(s) but the local Ray has 0")
+    assert "Traceback" not in result.stderr and not sweep_dir.exists()
+
+
+def test_ray_gpu_shortfall_counts_the_gpus_ray_may_hand_out():
+    from omegaconf import OmegaConf
+
+    from qvedit.launchers import ray_gpu_shortfall
+
+    def launcher(init, remote):
+        return OmegaConf.create({"ray": {"init": {"address": None, **init}, "remote": remote}})
+
+    assert ray_gpu_shortfall(launcher({"num_gpus": None}, {"num_gpus": 1}), visible_gpus=2) is None
+    assert "has 0" in ray_gpu_shortfall(launcher({"num_gpus": 0}, {"num_gpus": 1}), visible_gpus=2)
+    assert "has 1" in ray_gpu_shortfall(launcher({"num_gpus": None}, {"num_gpus": 2}), visible_gpus=1)
+    assert ray_gpu_shortfall(launcher({}, {"num_gpus": 0}), visible_gpus=0) is None
+    assert ray_gpu_shortfall(launcher({"address": "auto"}, {"num_gpus": 1}), visible_gpus=0) is None
+    assert ray_gpu_shortfall(OmegaConf.create({"timeout_min": 60}), visible_gpus=0) is None  # SLURM: not ours

@@ -6,7 +6,6 @@ without splitting the transformer: what is tested is that rank 0's resume point,
 and frames are what every rank uses, and that only rank 0 writes.
 """
 
-import os
 from pathlib import Path
 
 import pytest

@@ -1,0 +1,139 @@
+"""One frame on two GPUs vs one: context parallelism's outputs and its speed (needs 2 CUDA GPUs).
+
+    python benchmarks/context_parallel.py --out cp_results            # tiny equality + 1024² timing
+    python benchmarks/context_parallel.py --out cp_results --skip-timing
+
+1. Outputs: the tiny model on the demo clip in bf16, one GPU vs ``torchrun --nproc-per-node 2``
+   with parallel.ulysses_degree=2 and with parallel.ring_degree=2, guidance off and edge_gram.
+   Frames are compared in 8-bit levels (max and mean absolute difference over all frames).
+2. Speed: ``model=random_full`` (random weights, timing only) on a synthetic --size² clip, --steps
+   steps, true CFG 4, one generated frame: seconds for that frame (metrics.csv, prompt encoding
+   and decode included), one GPU vs Ulysses 2 vs ring 2, and the frames' difference.
+
+Every run is the real CLI; results go to OUT/context_parallel.json and .md after each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY = ["experiment=demo", "device=cuda", "dtype=bf16"]
+LAUNCH = {
+    "1 GPU": [sys.executable, "-m", "qvedit"],
+    "ulysses 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                  "-m", "qvedit", "parallel.ulysses_degree=2"],
+    "ring 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "qvedit", "parallel.ring_degree=2"],
+}
+
+
+def qvedit(layout: str, overrides: list[str], run_dir: Path) -> dict:
+    """Run the CLI; returns wall seconds and the per-frame seconds from metrics.csv."""
+    started = time.perf_counter()
+    result = subprocess.run([*LAUNCH[layout], *overrides, f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        print(result.stdout[-4000:], result.stderr[-6000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"{layout} {' '.join(overrides)} failed (exit {result.returncode})")
+    with open(run_dir / "metrics.csv") as rows:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(rows)]
+    return {"wall_s": round(wall, 2), "frame_s": seconds}
+
+
+def frame_difference(a: Path, b: Path) -> dict:
+    """8-bit differences between the frames of two run folders (frame 0 is a copy, left out)."""
+    names = sorted(p.name for p in (a / "frames").glob("*.png"))[1:]
+    assert names == sorted(p.name for p in (b / "frames").glob("*.png"))[1:], "different frame counts"
+    diffs = [np.abs(np.asarray(Image.open(a / "frames" / n), np.int16) - np.asarray(Image.open(b / "frames" / n),
+                                                                                    np.int16)) for n in names]
+    return {"frames": len(names), "max_abs": int(max(d.max() for d in diffs)),
+            "mean_abs": round(float(np.mean([d.mean() for d in diffs])), 4),
+            "first_frame_mean_abs": round(float(diffs[0].mean()), 4)}
+
+
+def synthetic_clip(folder: Path, size: int) -> list[str]:
+    """The demo scene at size x size with one edge frame; returns the io overrides."""
+    import torch
+
+    from qvedit.demo import demo_frame
+    from qvedit.edges import edges_to_uint8, sobel_edges
+
+    (folder / "edges").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(demo_frame(0, (size, size))).save(folder / "init.png")
+    frame = torch.from_numpy(demo_frame(1, (size, size))).permute(2, 0, 1)[None].float() / 255
+    Image.fromarray(edges_to_uint8(sobel_edges(frame)[0, 0])).save(folder / "edges" / "00001.png")
+    return ["io=frames", f"io.init_frame={folder / 'init.png'}", f"io.edge_frames_dir={folder / 'edges'}"]
+
+
+def write(out: Path, results: dict) -> None:
+    (out / "context_parallel.json").write_text(json.dumps(results, indent=2))
+    lines = ["# Context parallelism: 2 GPUs vs 1", "", "## Outputs (tiny model, bf16, demo clip)", "",
+             "| run | ttlg | frames | max abs diff | mean abs diff | frame 1 mean abs diff |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in results["equality"]:
+        d = row["vs 1 GPU"]
+        lines.append(f"| {row['layout']} | {row['ttlg']} | {d['frames']} | {d['max_abs']} | {d['mean_abs']} | "
+                     f"{d['first_frame_mean_abs']} |")
+    if results["timing"]:
+        lines += ["", f"## Speed ({results['timing_setup']})", "",
+                  "| run | frame s | speed-up | run wall s | mean abs diff vs 1 GPU |",
+                  "| --- | --- | --- | --- | --- |"]
+        base = results["timing"][0]["frame_s"][-1]
+        for row in results["timing"]:
+            diff = row.get("vs 1 GPU", {}).get("mean_abs", "-")
+            lines.append(f"| {row['layout']} | {row['frame_s'][-1]:.2f} | {base / row['frame_s'][-1]:.2f}x | "
+                         f"{row['wall_s']:.1f} | {diff} |")
+    (out / "context_parallel.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-equality", action="store_true")
+    parser.add_argument("--layouts", default="1 GPU,ulysses 2,ring 2")
+    args = parser.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    layouts = args.layouts.split(",")
+    results = {"equality": [], "timing": [],
+               "timing_setup": f"model=random_full (random weights), {args.size}², {args.steps} steps, true CFG 4"}
+
+    if not args.skip_equality:
+        for ttlg in ("off", "edge_gram"):
+            overrides = [*TINY, f"ttlg={ttlg}"]
+            for layout in layouts:
+                run_dir = out / f"tiny_{ttlg}_{layout.replace(' ', '')}"
+                row = {"layout": layout, "ttlg": ttlg, **qvedit(layout, overrides, run_dir)}
+                if layout != layouts[0]:
+                    row["vs 1 GPU"] = frame_difference(out / f"tiny_{ttlg}_{layouts[0].replace(' ', '')}", run_dir)
+                    results["equality"].append(row)
+                print(json.dumps(row), flush=True)
+                write(out, results)
+
+    if not args.skip_timing:
+        clip = synthetic_clip(out / "clip", args.size)
+        overrides = ["model=random_full", *clip, "metrics=none", "max_frames=2", f"num_inference_steps={args.steps}"]
+        for layout in layouts:
+            run_dir = out / f"full_{layout.replace(' ', '')}"
+            row = {"layout": layout, **qvedit(layout, overrides, run_dir)}
+            if layout != layouts[0]:
+                row["vs 1 GPU"] = frame_difference(out / f"full_{layouts[0].replace(' ', '')}", run_dir)
+            results["timing"].append(row)
+            print(json.dumps(row), flush=True)
+            write(out, results)
+
+
+if __name__ == "__main__":
+    main()
