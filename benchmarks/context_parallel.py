@@ -4,11 +4,11 @@
     python benchmarks/context_parallel.py --out cp_results --skip-timing
 
 1. Outputs: the tiny model on the demo clip in bf16, one GPU vs ``torchrun --nproc-per-node 2``
-   with parallel.ulysses_degree=2 and with parallel.ring_degree=2, guidance off and edge_gram.
+   with parallel.ulysses_degree=2, ring_degree=2 and cfg_degree=2, guidance off and edge_gram.
    Frames are compared in 8-bit levels (max and mean absolute difference over all frames).
 2. Speed: ``model=random_full`` (random weights, timing only) on a synthetic --size² clip, --steps
    steps, true CFG 4, one generated frame: seconds for that frame (metrics.csv, prompt encoding
-   and decode included), one GPU vs Ulysses 2 vs ring 2, and the frames' difference.
+   and decode included), one GPU vs each 2-GPU layout, and the frames' difference.
 
 Every run is the real CLI; results go to OUT/context_parallel.json and .md after each row.
 """
@@ -33,6 +33,8 @@ LAUNCH = {
                   "-m", "qvedit", "parallel.ulysses_degree=2"],
     "ring 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "qvedit", "parallel.ring_degree=2"],
+    "cfg 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+              "-m", "qvedit", "parallel.cfg_degree=2"],
 }
 
 
@@ -76,7 +78,7 @@ def synthetic_clip(folder: Path, size: int) -> list[str]:
 
 def write(out: Path, results: dict) -> None:
     (out / "context_parallel.json").write_text(json.dumps(results, indent=2))
-    lines = ["# Context parallelism: 2 GPUs vs 1", "", "## Outputs (tiny model, bf16, demo clip)", "",
+    lines = ["# One frame on 2 GPUs vs 1", "", "## Outputs (tiny model, bf16, demo clip)", "",
              "| run | ttlg | frames | max abs diff | mean abs diff | frame 1 mean abs diff |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in results["equality"]:
@@ -102,7 +104,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-equality", action="store_true")
-    parser.add_argument("--layouts", default="1 GPU,ulysses 2,ring 2")
+    parser.add_argument("--layouts", default="1 GPU,ulysses 2,ring 2,cfg 2", help="the first is the baseline")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

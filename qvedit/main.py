@@ -49,7 +49,7 @@ def build(node: DictConfig, **kwargs):
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Edit the clip ``cfg`` describes into ``run_dir``; returns the folder the frames went to."""
-    team = build(cfg.parallel).start(cfg.device)
+    team = build(cfg.parallel).start(cfg.device, cfg.true_cfg_scale)
     try:
         return edit(cfg, run_dir, team)
     finally:

@@ -1,10 +1,17 @@
-"""``parallel/``: one frame on several GPUs, with diffusers' native context parallelism.
+"""``parallel/``: one frame on several GPUs (or CPU processes), started by torchrun.
 
-Started as ``torchrun --nproc-per-node N -m qvedit parallel.ulysses_degree=N ...``: one process per
-GPU, every process holds the whole pipeline, and inside each transformer call the image and text
-tokens are split across the processes (Ulysses all-to-all over attention heads, or ring attention);
-the transformer's output is gathered, so the scheduler, the latents and the decode are the same
-full tensors on every rank.
+``torchrun --nproc-per-node N -m qvedit parallel.<degree>=N ...`` runs one process per GPU; every
+process holds the whole pipeline and the scheduler, latents and decode are the same full tensors on
+every rank. Two ways to share a frame's work:
+
+- context parallelism (``ulysses_degree`` / ``ring_degree``, diffusers' ``ContextParallelConfig``):
+  inside each transformer call the image and text tokens are split across the GPUs (Ulysses
+  all-to-all over attention heads, or ring attention) and the output is gathered again;
+- CFG parallelism (``cfg_degree=2``): true classifier-free guidance runs the transformer twice per
+  step, on the prompt and on the negative prompt; rank 0 runs the first pass, rank 1 the second, at
+  the same time, and the two predictions are exchanged (1.5 MiB at 1024²). Each pass is the
+  single-GPU computation, so frames are the single-GPU frames. Diffusers has no CFG parallelism;
+  ``CFGSplit`` adds it without touching the denoising loop (it wraps the transformer's forward).
 
 Rank 0 is the only one that writes (frames, metrics, previews, logs) and the only one that runs
 the guidance step: it decodes x0 and takes the loss gradients on its full latents, then every rank
@@ -18,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -36,30 +44,34 @@ class ParallelSettings:
 
     ulysses_degree: int = 1
     ring_degree: int = 1
+    cfg_degree: int = 1
 
     @property
     def degree(self) -> int:
-        return self.ulysses_degree * self.ring_degree
+        return self.ulysses_degree * self.ring_degree * self.cfg_degree
 
-    def start(self, device: str) -> "Team":
+    def start(self, device: str, true_cfg_scale: float = 4.0) -> "Team":
         """This process's place in the torchrun group (a team of one without torchrun)."""
-        if self.ulysses_degree < 1 or self.ring_degree < 1:
-            raise QveditError(f"parallel.ulysses_degree={self.ulysses_degree} and parallel.ring_degree="
-                              f"{self.ring_degree} must be >= 1 (1 = no splitting)")
+        self.check(true_cfg_scale)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if self.degree == 1 and world == 1:
             return Team()
         if world != self.degree:
             if world == 1:
                 raise QveditError(
-                    f"parallel.ulysses_degree x parallel.ring_degree = {self.degree} GPUs, but this is one process: "
+                    f"parallel.* degrees ask for {self.degree} processes, but this is one process: "
                     f"start it with torchrun --nproc-per-node {self.degree} -m qvedit ...")
             raise QveditError(
-                f"torchrun started {world} processes but parallel.ulysses_degree x parallel.ring_degree = "
-                f"{self.degree}: set parallel.ulysses_degree={world} (or --nproc-per-node {self.degree})")
+                f"torchrun started {world} processes but the parallel.* degrees multiply to {self.degree}: "
+                f"set parallel.ulysses_degree={world} or parallel.cfg_degree={world} (or --nproc-per-node "
+                f"{self.degree})")
         if not device.startswith("cuda"):
-            raise QveditError(f"device={device}: context parallelism splits a frame across CUDA GPUs; "
-                              "use device=cuda, or run without torchrun on the CPU")
+            if self.cfg_degree == 1:
+                raise QveditError(f"device={device}: context parallelism splits a frame across CUDA GPUs; "
+                                  "use device=cuda (parallel.cfg_degree=2 also runs on the CPU)")
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            return Team(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
         if not torch.cuda.is_available() or torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", world)):
             raise QveditError(f"torchrun started {world} processes but only {torch.cuda.device_count()} CUDA GPU(s) "
                               "are visible: one GPU per process")
@@ -70,9 +82,28 @@ class ParallelSettings:
             dist.init_process_group("nccl", device_id=gpu)
         return Team(rank=dist.get_rank(), size=dist.get_world_size(), device=str(gpu))
 
+    def check(self, true_cfg_scale: float) -> None:
+        """Refuse degrees that cannot work, before anything is loaded."""
+        if min(self.ulysses_degree, self.ring_degree, self.cfg_degree) < 1:
+            raise QveditError(f"parallel degrees must be >= 1 (1 = no splitting): ulysses_degree="
+                              f"{self.ulysses_degree}, ring_degree={self.ring_degree}, cfg_degree={self.cfg_degree}")
+        if self.cfg_degree > 2:
+            raise QveditError(f"parallel.cfg_degree={self.cfg_degree}: there are two passes to share (prompt and "
+                              "negative prompt), so 1 or 2")
+        if self.cfg_degree == 2 and self.ulysses_degree * self.ring_degree > 1:
+            raise QveditError("parallel.cfg_degree=2 does not combine with ulysses_degree/ring_degree > 1: "
+                              "choose one (cfg_degree=2 measured faster on 2 GPUs, see README)")
+        if self.cfg_degree == 2 and true_cfg_scale <= 1:
+            raise QveditError(f"parallel.cfg_degree=2 shares the two passes of true CFG, but true_cfg_scale="
+                              f"{true_cfg_scale} runs one: raise true_cfg_scale above 1 or use ulysses_degree=2")
+
     def apply(self, pipe, team: "Team") -> None:
-        """Split ``pipe``'s transformer across the team (once per pipeline)."""
-        if self.degree == 1 or pipe.transformer._parallel_config is not None:
+        """Share ``pipe``'s transformer work across the team (once per pipeline)."""
+        if self.cfg_degree == 2 and not isinstance(getattr(pipe.transformer, "_qvedit_cfg_split", None), CFGSplit):
+            team.check_same_weights(pipe.transformer)
+            pipe.transformer._qvedit_cfg_split = CFGSplit(pipe.transformer, team)
+            log.info("CFG parallelism: prompt pass on rank 0, negative-prompt pass on rank 1")
+        if self.ulysses_degree * self.ring_degree == 1 or pipe.transformer._parallel_config is not None:
             return
         from diffusers import ContextParallelConfig
 
@@ -154,6 +185,67 @@ class Team:
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class CFGSplit:
+    """Runs the transformer's "cond" passes on rank 0 and its "uncond" passes on rank 1.
+
+    The pipeline calls the transformer twice per step, inside ``cache_context("cond")`` and then
+    ``cache_context("uncond")``. On rank 1 the cond call returns at once with an empty tensor
+    of the output's shape; the uncond call computes. On rank 0 it is the other way round. After
+    the uncond call both ranks broadcast their prediction, which fills rank 0's uncond output and,
+    in place, the tensor rank 1 returned from its cond call (the pipeline only slices it before
+    both are combined). Both ranks then combine the same two tensors.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, team: "Team"):
+        self.team = team
+        self.context: Optional[str] = None
+        self.cond: Optional[torch.Tensor] = None  # this step's cond prediction (a placeholder on rank 1)
+        self.forward = transformer.forward
+        self.cache_context = transformer.cache_context
+        config = transformer.config
+        self.out_features = config.patch_size ** 2 * (config.out_channels or config.in_channels)
+        self.dtype = transformer.dtype  # the prediction's dtype: proj_out's
+        transformer.cache_context = self.named_pass
+        transformer.forward = self.split_forward
+
+    @contextmanager
+    def named_pass(self, name: str, **kwargs):
+        self.context = name
+        try:
+            with self.cache_context(name, **kwargs):
+                yield
+        finally:
+            self.context = None
+
+    def split_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        """(B, S, C_in) tokens -> the transformer's (B, S, C_out) prediction, as ``forward`` returns it."""
+        if self.context not in ("cond", "uncond"):
+            return self.forward(hidden_states, *args, **kwargs)
+        mine = (self.context == "cond") == (self.team.rank == 0)
+        if mine:
+            output = self.forward(hidden_states, *args, **kwargs)
+            prediction = output[0] if isinstance(output, tuple) else output.sample
+        else:
+            prediction = hidden_states.new_empty((*hidden_states.shape[:2], self.out_features), dtype=self.dtype)
+        if self.context == "cond":
+            if self.cond is not None:
+                raise RuntimeError("CFG parallelism: a cond pass without its uncond pass (is true CFG on?)")
+            self.cond = prediction
+        else:
+            if self.cond is None:
+                raise RuntimeError("CFG parallelism: an uncond pass without a cond pass before it")
+            dist.broadcast(self.cond, src=0)
+            dist.broadcast(prediction, src=1)
+            self.cond = None
+        if mine:
+            return output
+        if kwargs.get("return_dict", True):
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+            return Transformer2DModelOutput(sample=prediction)
+        return (prediction,)
 
 
 def torchrun_rank() -> int:

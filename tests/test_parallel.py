@@ -6,6 +6,9 @@ without splitting the transformer: what is tested is that rank 0's resume point,
 and frames are what every rank uses, and that only rank 0 writes.
 """
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,14 +99,45 @@ def test_degrees_must_match_the_torchrun_process_count(monkeypatch):
     with pytest.raises(QveditError, match="torchrun --nproc-per-node 2"):
         ParallelSettings(ulysses_degree=2).start("cuda")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    with pytest.raises(QveditError, match="torchrun started 4 processes but .* = 2"):
+    with pytest.raises(QveditError, match="torchrun started 4 processes but the parallel.* degrees multiply to 2"):
         ParallelSettings(ring_degree=2).start("cuda")
-    with pytest.raises(QveditError, match="torchrun started 4 processes but .* = 1"):
+    with pytest.raises(QveditError, match="multiply to 1"):
         ParallelSettings().start("cuda")
     with pytest.raises(QveditError, match="must be >= 1"):
         ParallelSettings(ulysses_degree=0).start("cuda")
     with pytest.raises(QveditError, match="device=cpu: context parallelism"):
         ParallelSettings(ulysses_degree=2, ring_degree=2).start("cpu")
+
+
+@pytest.mark.parametrize("settings, true_cfg_scale, message", [
+    (ParallelSettings(cfg_degree=3), 4.0, "1 or 2"),
+    (ParallelSettings(cfg_degree=2, ulysses_degree=2), 4.0, "does not combine"),
+    (ParallelSettings(cfg_degree=2), 1.0, "raise true_cfg_scale above 1"),
+])
+def test_cfg_parallelism_is_refused_where_it_cannot_work(settings, true_cfg_scale, message):
+    with pytest.raises(QveditError, match=message):
+        settings.check(true_cfg_scale)
+
+
+def test_cfg_parallel_torchrun_on_two_cpu_processes_gives_the_single_process_frames(tmp_path):
+    one_thread = {"OMP_NUM_THREADS": "1"}  # torchrun sets it for its workers; CPU sums depend on it
+    clip = [*CLIP, "max_frames=4"]
+    single = run_qvedit(*clip, f"hydra.run.dir={tmp_path / 'single'}", env=one_thread, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    team = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "qvedit",
+         *clip, "parallel.cfg_degree=2", f"hydra.run.dir={tmp_path / 'team'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path), **one_thread))
+    assert team.returncode == 0, team.stderr[-3000:]
+    assert "CFG parallelism" in team.stdout + team.stderr
+    frames = sorted((tmp_path / "team" / "frames").glob("*.png"))
+    assert len(frames) == 4
+    assert all(p.read_bytes() == (tmp_path / "single" / "frames" / p.name).read_bytes() for p in frames)
+    metrics = (tmp_path / "team" / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 4 and metrics[0].startswith("frame,edge_loss")
+    # rank 1 ran in a scratch folder under TMPDIR, removed at its exit
+    assert not any(p.name.startswith("qvedit-rank") for p in tmp_path.rglob("*"))
 
 
 def test_only_rank0_keeps_a_run_folder(monkeypatch):
@@ -118,11 +152,11 @@ def test_only_rank0_keeps_a_run_folder(monkeypatch):
         scratch.rmdir()
 
 
-def test_cli_names_torchrun_when_degrees_ask_for_gpus(tmp_path):
+def test_cli_names_torchrun_when_degrees_ask_for_processes(tmp_path):
     result = run_qvedit(*CLIP, "parallel.ulysses_degree=2", f"hydra.run.dir={tmp_path / 'run'}",
                         env={"WORLD_SIZE": "1"}, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "qvedit: error: parallel.ulysses_degree x parallel.ring_degree = 2 GPUs, but this is one process: "
+        "qvedit: error: parallel.* degrees ask for 2 processes, but this is one process: "
         "start it with torchrun --nproc-per-node 2 -m qvedit ...")
     assert "Traceback" not in result.stderr
