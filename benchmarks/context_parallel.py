@@ -29,6 +29,7 @@ from PIL import Image
 TINY = ["experiment=demo", "device=cuda", "dtype=bf16"]
 LAUNCH = {
     "1 GPU": [sys.executable, "-m", "qvedit"],
+    "1 GPU again": [sys.executable, "-m", "qvedit"],  # run-to-run noise of the baseline itself
     "ulysses 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                   "-m", "qvedit", "parallel.ulysses_degree=2"],
     "ring 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
