@@ -79,7 +79,9 @@ class ParallelSettings:
         torch.cuda.set_device(local_rank)
         gpu = torch.device("cuda", local_rank)
         if not dist.is_initialized():
-            dist.init_process_group("nccl", device_id=gpu)
+            # CPU tensors go through gloo: diffusers' Ulysses/ring "anything" attention exchanges the
+            # ranks' sequence lengths on the CPU each call, which through NCCL would stall the GPU.
+            dist.init_process_group("cpu:gloo,cuda:nccl", device_id=gpu)
         return Team(rank=dist.get_rank(), size=dist.get_world_size(), device=str(gpu))
 
     def check(self, true_cfg_scale: float) -> None:
