@@ -65,14 +65,13 @@ def frame_difference(a: Path, b: Path) -> dict:
 
 def synthetic_clip(folder: Path, size: int) -> list[str]:
     """The demo scene at size x size with one edge frame; returns the io overrides."""
-    import torch
-
-    from qvedit.demo import demo_frame
-    from qvedit.edges import edges_to_uint8, sobel_edges
+    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
+    from qvedit.images import to_tensor
+    from qvedit.io.demo import demo_frame
 
     (folder / "edges").mkdir(parents=True, exist_ok=True)
     Image.fromarray(demo_frame(0, (size, size))).save(folder / "init.png")
-    frame = torch.from_numpy(demo_frame(1, (size, size))).permute(2, 0, 1)[None].float() / 255
+    frame = to_tensor(demo_frame(1, (size, size)))
     Image.fromarray(edges_to_uint8(sobel_edges(frame)[0, 0])).save(folder / "edges" / "00001.png")
     return ["io=frames", f"io.init_frame={folder / 'init.png'}", f"io.edge_frames_dir={folder / 'edges'}"]
 

@@ -31,8 +31,8 @@ def build_vae(device: str, dtype: torch.dtype):
 def measure(vae, vgg, size: int, checkpointing: bool, repeats: int) -> dict:
     from diffusers import QwenImageEditPlusPipeline
 
-    from qvedit import losses
-    from qvedit.guidance import LatentDecoder
+    from qvedit.guidance import losses
+    from qvedit.models.diffusers_compat import LatentDecoder
 
     device = next(vae.parameters()).device
     pipe = SimpleNamespace(vae=vae, vae_scale_factor=8, _unpack_latents=QwenImageEditPlusPipeline._unpack_latents)
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    from qvedit.losses import VGGStyle
+    from qvedit.guidance.losses import VGGStyle
 
     vae = build_vae("cuda", torch.bfloat16)
     vgg = VGGStyle("random", device="cuda")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import tempfile
 import time
@@ -29,21 +28,24 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from qvedit.demo import demo_frame
-    from qvedit.edges import edges_to_uint8, sobel_edges
-    from qvedit.editor import GenerationSettings, edit_clip
-    from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor
-    from qvedit.guidance import TTLGSettings
-    from qvedit.metrics import FrameMetrics
-    from qvedit.pipeline import load_tiny_pipeline
+    from qvedit.config import RunSettings
+    from qvedit.editor import edit_clip
+    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
+    from qvedit.guidance.settings import TTLGSettings
+    from qvedit.images import to_tensor
+    from qvedit.io.demo import demo_frame
+    from qvedit.io.frames import FrameFolders, FrameWriter
+    from qvedit.models.settings import TinyModel
+    from qvedit.outputs import ClipOutputs
+    from qvedit.report.metrics import FrameMetrics
+    from qvedit.report.settings import MetricsSettings
 
-    cache = os.environ.get("QVEDIT_CACHE", os.path.expanduser("~/.cache/qvedit"))
-    pipe = load_tiny_pipeline(f"{cache}/tiny-qwen-image-edit-2509", "cpu", "fp32")
+    pipe = TinyModel.in_cache().load("cpu", "fp32")
     work = Path(tempfile.mkdtemp(prefix="qvedit-long-"))
     (work / "edges").mkdir()
     Image.fromarray(demo_frame(0)).save(work / "init.png")
     for t in range(1, args.frames + 1):
-        edge = edges_to_uint8(sobel_edges(pil_to_tensor(Image.fromarray(demo_frame(t % 40))))[0, 0])
+        edge = edges_to_uint8(sobel_edges(to_tensor(demo_frame(t % 40)))[0, 0])
         Image.fromarray(edge).save(work / "edges" / f"{t:05d}.png")
 
     samples = {}
@@ -57,10 +59,10 @@ def main() -> None:
 
     writer.write = write_and_sample
     started = time.perf_counter()
-    edit_clip(pipe, FrameFolders(str(work / "init.png"), str(work / "edges")), writer,
-              GenerationSettings(prompt="p", num_inference_steps=4, condition_area="output"),
-              TTLGSettings(edge_scale=1.0, last_steps=2), metrics_path=work / "metrics.csv",
-              metrics=FrameMetrics(vgg_weights="random"))
+    outputs = ClipOutputs(writer, work / "metrics.csv", FrameMetrics(MetricsSettings(vgg_weights="random")))
+    edit_clip(pipe, FrameFolders(str(work / "init.png"), str(work / "edges")), outputs,
+              RunSettings(prompt="p", num_inference_steps=4, condition_area="output"),
+              TTLGSettings(edge_scale=1.0, last_steps=2))
     report = {"frames": args.frames, "seconds": round(time.perf_counter() - started, 1),
               "peak_rss_mib_at_frame_10": round(samples[10], 1),
               f"peak_rss_mib_at_frame_{args.frames}": round(samples[args.frames], 1),

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qvedit.random_full import RANDOM_WEIGHTS
+from qvedit.models.random_full import RANDOM_WEIGHTS
 
 VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
             "plain_fast", "off_fast")
@@ -89,10 +89,11 @@ def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
 
 
 def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work: Path) -> dict:
-    from qvedit.editor import GenerationSettings, edit_clip, frame_seed
-    from qvedit.frames import FrameFolders, FrameWriter
-    from qvedit.guidance import TTLGSettings
-    from qvedit.pipeline import PIPELINE_VAE_AREA
+    from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
+    from qvedit.editor import edit_clip, frame_seed
+    from qvedit.guidance.settings import TTLGSettings
+    from qvedit.io.frames import FrameFolders, FrameWriter
+    from qvedit.outputs import ClipOutputs
 
     init, edges = make_inputs(size, work)
     cuda = pipe.device.type == "cuda"
@@ -101,8 +102,8 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     guided = variant.startswith("edge_gram")
     ttlg = TTLGSettings(edge_scale=1.0, gram_scale=0.2, last_steps=last_steps, vgg_weights="random") if guided \
         else TTLGSettings()
-    settings = GenerationSettings(prompt="将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出", num_inference_steps=steps,
-                                  condition_area="output" if cond_output else PIPELINE_VAE_AREA)
+    settings = RunSettings(num_inference_steps=steps,
+                           condition_area="output" if cond_output else PIPELINE_CONDITION_AREA)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -117,7 +118,7 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
                      generator=torch.Generator(pipe.device).manual_seed(frame_seed(0, 1)))
         else:
             out = Path(tempfile.mkdtemp(prefix=f"out-{variant}-", dir=work))  # a new clip, never a resumed one
-            edit_clip(pipe, FrameFolders(str(init), str(edges)), FrameWriter(out), settings, ttlg)
+            edit_clip(pipe, FrameFolders(str(init), str(edges)), ClipOutputs(FrameWriter(out)), settings, ttlg)
         if cuda:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -174,16 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
 
-    from qvedit.perf import PerfSettings
-    from qvedit.pipeline import load_random_full_pipeline, load_tiny_pipeline
+    from qvedit.models.settings import PerfSettings, RandomFullModel, TinyModel
 
     if args.model == "tiny":
-        import os
-
-        cache = os.environ.get("QVEDIT_CACHE", os.path.expanduser("~/.cache/qvedit"))
-        pipe = load_tiny_pipeline(f"{cache}/tiny-qwen-image-edit-2509", args.device, "fp32")
+        pipe = TinyModel.in_cache().load(args.device, "fp32")
     else:
-        pipe = load_random_full_pipeline("random-full-2509", args.device, "bf16")
+        pipe = RandomFullModel().load(args.device, "bf16")
     pipe.set_progress_bar_config(disable=True)
     PerfSettings(attention_backend=args.attention_backend).apply(pipe)
     rows = []

@@ -1,127 +1,152 @@
-"""Structured-config schemas: every YAML file in ``conf/`` is checked against these at compose time.
+"""The run's own settings (the top-level keys) and the schema every config in ``conf/`` is checked against.
 
-A misspelt key (``ttlg.edge_scal=1``) or a wrong type (``seed=abc``) fails before anything runs,
-with Hydra's message naming the key. Each group's ``_target_`` names the function in the module
-that owns it (``conf/ttlg/*.yaml`` -> ``qvedit.guidance``).
+Each config group's schema is the dataclass its subpackage owns (``qvedit/*/settings.py``) plus a
+``_target_`` naming it, so ``hydra.utils.instantiate`` gives that dataclass back. A misspelt key
+(``ttlg.edge_scal=1``) or a wrong type (``seed=abc``) fails at compose time with Hydra's message naming
+the key. This module imports no runtime module: the settings modules are plain dataclasses.
+
+The lists of keys other parts need are derived here from the fields' tags (``qvedit.fields``):
+the resume manifest (``frame_settings``), the keys the acceptance report does not pair jobs by
+(``output_path_keys``) and the keys left out of sweep folder names (``folder_name_excluded_keys``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from qvedit.acceptance import Thresholds
-from qvedit.guidance import TTLGSettings
-from qvedit.parallel import ParallelSettings
-from qvedit.perf import PerfSettings
+from qvedit.fields import setting, tags_of, walk
+from qvedit.files import cache_dir
+from qvedit.guidance.settings import TTLGSettings
+from qvedit.io.settings import IO_OPTIONS, FramesIO, VideoIO
+from qvedit.models.settings import ModelSettings, ParallelSettings, PerfSettings
+from qvedit.report.settings import MetricsSettings, Thresholds
 
-DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
-
-
-@dataclass
-class ModelConfig:
-    """``model/``: how the pipeline is obtained (``qvedit.pipeline``)."""
-
-    _target_: str = "qvedit.pipeline.load_pipeline"
-    model_id: str = "Qwen/Qwen-Image-Edit-2509"
+DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"  # image 1 = edge map, image 2 = previous frame
+PIPELINE_CONDITION_AREA = 1024 * 1024  # what diffusers encodes condition images at (checked by diffusers_compat)
 
 
 @dataclass
-class FramesIOConfig:
-    """``io=frames`` / ``io=demo``: frame folders in, frame folder out (``qvedit.frames``)."""
+class GenerationSettings:
+    """What every frame's pipeline call shares."""
 
-    _target_: str = "qvedit.frames.FrameFolders"
-    init_frame: Optional[str] = None
-    edge_frames_dir: Optional[str] = None
-    out_frames_dir: Optional[str] = None
-    resize: str = "area"
-
-
-@dataclass
-class VideoIOConfig:
-    """``io=video``: video files in, mp4 + frame folder out (``qvedit.video``)."""
-
-    _target_: str = "qvedit.video.VideoClip"
-    rgb_video: Optional[str] = None
-    edge_video: Optional[str] = None
-    out_video: Optional[str] = None
-    out_frames_dir: Optional[str] = None
-    resize: str = "area"
-    edge_op: str = "sobel"
-    edges_dir: Optional[str] = None
-    keep_frames: bool = True
+    prompt: str = setting(DEFAULT_PROMPT, frames=True)
+    negative_prompt: str = setting(" ", frames=True)
+    num_inference_steps: int = setting(50, frames=True)
+    true_cfg_scale: float = setting(4.0, frames=True)
+    seed: int = setting(0, frames=True)
+    condition_area: Any = setting(PIPELINE_CONDITION_AREA, frames=True)  # a pixel count, or "output"
+    max_area: Optional[int] = setting(None, frames=True)
 
 
 @dataclass
-class TTLGConfig(TTLGSettings):
-    """``ttlg/``: test-time loss guidance settings; the fields are ``TTLGSettings``'s."""
+class RunSettings(GenerationSettings):
+    """The top-level keys: the generation settings, and where and how much a run makes."""
 
-    _target_: str = "qvedit.guidance.TTLGSettings"
+    device: str = setting("cuda")
+    dtype: str = setting("bf16", frames=True)
+    max_frames: Optional[int] = setting(None)  # may grow when a run is resumed
+    debug_dir: Optional[str] = setting(None, path="output")
 
-
-@dataclass
-class MetricsConfig:
-    """``metrics/``: what is measured per frame and written to ``metrics.csv`` (``qvedit.metrics``)."""
-
-    _target_: str = "qvedit.metrics.FrameMetrics"
-    quality: bool = True
-    path: Optional[str] = None
-    size: int = 256
-    gram_size: int = 256
-    vgg_weights: str = "imagenet"
+    @classmethod
+    def of(cls, cfg: DictConfig) -> "RunSettings":
+        """The top-level keys of a composed config as settings."""
+        return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
 
 
-@dataclass
-class AcceptanceConfig(Thresholds):
-    """``acceptance/``: the spec §6.3 thresholds the sweep report judges by (``qvedit.acceptance``)."""
+def schema(settings: type) -> type:
+    """The structured-config node of a group: ``settings`` plus a ``_target_`` that instantiates it."""
+    return make_dataclass(
+        f"{settings.__name__}Schema",
+        [("_target_", str, field(default=f"{settings.__module__}.{settings.__qualname__}"))],
+        bases=(settings,),
+    )
 
-    _target_: str = "qvedit.acceptance.Thresholds"
 
-
-@dataclass
-class PerfConfig(PerfSettings):
-    """``perf/``: speed and memory settings (``qvedit.perf``)."""
-
-    _target_: str = "qvedit.perf.PerfSettings"
+ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSettings), schema(MetricsSettings)
+ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSettings), schema(ParallelSettings)
+IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO)}  # each io/*.yaml picks one
 
 
 @dataclass
-class ParallelConfig(ParallelSettings):
-    """``parallel/``: one frame on several GPUs under torchrun (``qvedit.parallel``)."""
+class QveditConfig(RunSettings):
+    """The whole run: the top-level keys and one node per config group."""
 
-    _target_: str = "qvedit.parallel.ParallelSettings"
+    model: ModelSchema = field(default_factory=ModelSchema)
+    io: Any = MISSING  # one of IO_SCHEMAS, chosen by the io/*.yaml file
+    ttlg: TTLGSchema = field(default_factory=TTLGSchema)
+    metrics: MetricsSchema = field(default_factory=MetricsSchema)
+    acceptance: ThresholdsSchema = field(default_factory=ThresholdsSchema)
+    perf: PerfSchema = field(default_factory=PerfSchema)
+    parallel: ParallelSchema = field(default_factory=ParallelSchema)
 
 
-@dataclass
-class QveditConfig:
-    """The whole run. Top-level keys mirror the specification's command-line flags."""
+# -- key lists derived from the tags ----------------------------------------------------------------
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    io: Any = MISSING  # one of the io/ schemas below, chosen by the io/*.yaml file
-    ttlg: TTLGConfig = field(default_factory=TTLGConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    acceptance: AcceptanceConfig = field(default_factory=AcceptanceConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    prompt: str = DEFAULT_PROMPT
-    negative_prompt: str = " "
-    num_inference_steps: int = 50
-    true_cfg_scale: float = 4.0
-    seed: int = 0
-    device: str = "cuda"
-    dtype: str = "bf16"
-    max_frames: Optional[int] = None
-    condition_area: Any = 1048576
-    max_area: Optional[int] = None
-    debug_dir: Optional[str] = None
+def schema_fields() -> dict[str, dataclasses.Field]:
+    """{dotted key: field} of the whole schema, every io option included."""
+    found = dict(walk(QveditConfig))
+    found.pop("io", None)  # a placeholder: the io options below hold its keys
+    for option in IO_OPTIONS:
+        for key, f in walk(option, "io."):
+            found.setdefault(key, f)
+    return found
+
+
+def schema_keys(wanted) -> list[str]:
+    """Keys of the whole schema whose tags satisfy ``wanted``."""
+    return [key for key, f in schema_fields().items() if wanted(tags_of(f))]
+
+
+def output_path_keys() -> list[str]:
+    """Keys that say where a run writes (``io.out_frames_dir``, ``metrics.path`` ...)."""
+    return schema_keys(lambda tags: tags.path == "output")
+
+
+def folder_name_excluded_keys() -> list[str]:
+    """Overrides left out of sweep job folder names: every path, and what is not a setting."""
+    return ["experiment", "hydra.run.dir", "hydra.sweep.dir", *schema_keys(lambda tags: tags.path is not None)]
+
+
+def scale_keys() -> list[str]:
+    """``ttlg.<loss>_scale``: a run is guided when one of them is above 0."""
+    return [f"ttlg.{f.name}" for f in dataclasses.fields(TTLGSettings) if f.name.endswith("_scale")]
+
+
+_ABSENT = object()
+
+
+def frame_settings(cfg: DictConfig) -> dict[str, object]:
+    """The resolved values of the keys tagged ``frames=True`` that ``cfg`` holds, flat.
+
+    Read by key, so a config re-run from a run folder's ``.hydra/config.yaml`` (no schema attached)
+    gives the same values as the composed one.
+    """
+    values = {}
+    for key in schema_keys(lambda tags: tags.frames):
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            values[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
+    return values
+
+
+def frame_setting_defaults() -> dict[str, object]:
+    """The schema default of every frame-affecting key (what a key added since an old manifest meant)."""
+    return {key: f.default for key, f in schema_fields().items()
+            if tags_of(f).frames and f.default is not dataclasses.MISSING}
 
 
 def register_schemas() -> None:
-    """Make the schemas available to the defaults lists of ``conf/config.yaml`` and ``conf/io/*.yaml``."""
+    """Make the schemas available to ``conf/``, and the resolvers its files use (idempotent)."""
     store = ConfigStore.instance()
     store.store(name="qvedit_schema", node=QveditConfig)
-    store.store(group="io", name="schema_frames", node=FramesIOConfig)
-    store.store(group="io", name="schema_video", node=VideoIOConfig)
+    for name, node in IO_SCHEMAS.items():
+        store.store(group="io", name=name, node=node)
+    # ${qvedit.cache:demo-clip} -> <cache folder>/demo-clip; the cache folder is $QVEDIT_CACHE or ~/.cache/qvedit
+    OmegaConf.register_new_resolver("qvedit.cache", lambda sub="": str(cache_dir() / sub), replace=True)
+    # the overrides that sweep folder names leave out (conf/hydra/default.yaml)
+    OmegaConf.register_new_resolver("qvedit.folder_name_excluded_keys", folder_name_excluded_keys, replace=True)

@@ -1,8 +1,8 @@
-"""``python -m qvedit.diff RUN_A RUN_B``: see ``qvedit.confdiff``."""
+"""``python -m qvedit.diff RUN_A RUN_B``: see ``qvedit.report.confdiff``."""
 
 import sys
 
-from qvedit.confdiff import main
+from qvedit.report.confdiff import main
 
 if __name__ == "__main__":
     sys.exit(main())

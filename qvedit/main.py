@@ -17,15 +17,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from qvedit.acceptance import record_job_error
-from qvedit.config import register_schemas
-from qvedit.editor import GenerationSettings, edit_clip
+from qvedit.config import RunSettings, frame_settings, register_schemas
+from qvedit.devices import check_device
+from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
-from qvedit.frames import FrameWriter
-from qvedit.parallel import Team, follower_overrides, torchrun_rank
-from qvedit.pipeline import check_device
-from qvedit.preview import write_previews
-from qvedit.resume import check_or_record, frame_settings
+from qvedit.io.frames import FrameWriter
+from qvedit.io.layout import RunLayout, record_job_error
+from qvedit.io.preview import write_previews
+from qvedit.models.diffusers_compat import warn_if_untested_diffusers
+from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
+from qvedit.outputs import ClipOutputs, check_or_record
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -49,7 +50,8 @@ def build(node: DictConfig, **kwargs):
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Edit the clip ``cfg`` describes into ``run_dir``; returns the folder the frames went to."""
-    team = build(cfg.parallel).start(cfg.device, cfg.true_cfg_scale)
+    settings = RunSettings.of(cfg)
+    team = build(cfg.parallel).start(settings.device, settings.true_cfg_scale)
     try:
         return edit(cfg, run_dir, team)
     finally:
@@ -61,46 +63,29 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
     if team.size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         raise QveditError("a torchrun team edits one clip: run sweeps without torchrun (hydra/launcher=ray "
                           "gives each job its own GPU)")
-    device = team.device or cfg.device
-    writes = team.is_writer
-    ttlg = build(cfg.ttlg)
-    made_edges = {"edges_dir": str(run_dir / "edges")} if "edges_dir" in cfg.io and (
-        not cfg.io.edges_dir or not writes) else {}
-    source = build(cfg.io, **made_edges)  # inputs are checked before the (slow) model load
-    generation = GenerationSettings(
-        prompt=cfg.prompt,
-        negative_prompt=cfg.negative_prompt,
-        num_inference_steps=cfg.num_inference_steps,
-        true_cfg_scale=cfg.true_cfg_scale,
-        seed=cfg.seed,
-        condition_area=cfg.condition_area,
-        max_area=cfg.max_area,
-    )
-    writer = FrameWriter(cfg.io.out_frames_dir if writes and cfg.io.out_frames_dir else run_dir / "frames")
-    check_or_record(writer.folder, frame_settings(cfg))
+    settings = RunSettings.of(cfg)
+    device = team.device or settings.device
+    ttlg, io, metrics, model, perf = (build(cfg[group]) for group in ("ttlg", "io", "metrics", "model", "perf"))
+    layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
+    source = io.open(layout)  # inputs are checked before the (slow) model load
+    frames = FrameWriter(layout.frames_dir)
+    check_or_record(frames.folder, frame_settings(cfg))
     check_device(device)
+    outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer), layout.debug_dir)
     if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
         log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                  os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
-    metrics = build(cfg.metrics, device=device, **({} if writes else {"quality": False}))
-    pipe = build(cfg.model, device=device, dtype=cfg.dtype)
-    build(cfg.perf).apply(pipe)
-    build(cfg.parallel).apply(pipe, team)
-    if not writes:
+    warn_if_untested_diffusers()
+    pipe = model.load(device, settings.dtype)
+    perf.apply(pipe)
+    team.share_work(pipe)
+    if not team.is_writer:
         pipe.set_progress_bar_config(disable=True)
-    frames = edit_clip(
-        pipe, source, writer, generation, ttlg,
-        max_frames=cfg.max_frames,
-        metrics_path=Path(cfg.metrics.path) if cfg.metrics.path and writes else run_dir / "metrics.csv",
-        metrics=metrics,
-        debug_dir=cfg.debug_dir,
-        team=team,
-    )
-    if writes:
-        outputs = write_previews(source, frames, run_dir, fps=getattr(source, "fps", 8.0))
-        outputs += source.finish(frames, run_dir)
-        log.info("wrote %d frames to %s; also %s", len(frames), writer.folder, ", ".join(str(p) for p in outputs))
-    return writer.folder
+    paths = edit_clip(pipe, source, outputs, settings, ttlg, team)
+    if team.is_writer:
+        written = write_previews(source, paths, layout) + source.finish(paths, layout)
+        log.info("wrote %d frames to %s; also %s", len(paths), frames.folder, ", ".join(str(p) for p in written))
+    return frames.folder
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

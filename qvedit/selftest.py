@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from qvedit.losses import VGGStyle, edge_loss, gram_loss, vgg16_weights_path
+from qvedit.guidance.losses import VGGStyle, edge_loss, gram_loss, vgg16_weights_path
 
 Check = tuple[str, bool, str, bool]
 

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from qvedit.models.settings import TinyModel
+
 REPO = Path(__file__).resolve().parent.parent
-TINY_MODEL = str(Path(os.environ["QVEDIT_CACHE"]) / "tiny-qwen-image-edit-2509")
+TINY_MODEL = TinyModel.in_cache().model_id
 
 
 @pytest.fixture
 def tiny_pipe():
     """The process-wide tiny pipeline (qvedit's own loader cache keeps one; built once per machine)."""
-    from qvedit.pipeline import load_tiny_pipeline
-
-    return load_tiny_pipeline(TINY_MODEL, device="cpu", dtype="fp32")
+    return TinyModel(TINY_MODEL).load(device="cpu", dtype="fp32")
 
 
 def write_clip(folder: Path, size=(64, 48), edges=3, seed=0) -> tuple[Path, Path]:

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from qvedit.acceptance import JOB_ERROR_FILE, main, write_report
+from qvedit.io.layout import JOB_ERROR_FILE
+from qvedit.report.acceptance import main, write_report
 from qvedit.errors import QveditError
 
 
@@ -124,7 +125,7 @@ def test_not_a_sweep_is_a_clear_error(tmp_path, capsys):
 
 
 def test_report_files_are_replaced_whole_or_not_at_all(tmp_path):
-    from qvedit.acceptance import replaced_whole
+    from qvedit.files import atomic_path as replaced_whole
 
     report = tmp_path / "acceptance.md"
     report.write_text("previous report\n")
@@ -137,3 +138,16 @@ def test_report_files_are_replaced_whole_or_not_at_all(tmp_path):
         partial.write_text("new report\n")
     assert report.read_text() == "new report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["acceptance.md"]
+
+
+def test_jobs_pair_across_output_paths_but_not_across_settings(tmp_path):
+    """Keys tagged path="output" in the schema (io.out_video, io.edges_dir ...) never split a pair."""
+    sweep = tmp_path / "sweep"
+    edge, gram = [0.06] * 4, [0.001] * 4
+    make_job(sweep, "0_off", 0, {}, edge, gram, extra={"io": {"edges_dir": "a", "out_video": "a.mp4"}})
+    make_job(sweep, "1_on", 0, {"edge_scale": 1.0}, [0.05] * 4, gram, extra={"io": {"edges_dir": "b", "out_video": "b.mp4"}})
+    make_job(sweep, "2_on_nearest", 0, {"edge_scale": 1.0}, [0.05] * 4, gram, extra={"io": {"resize": "nearest"}})
+    write_report(sweep)
+    text = (sweep / "acceptance.md").read_text()
+    assert "Runs compared: 1_on vs 0_off" in text
+    assert "has no ttlg=off twin" in text  # 2_on_nearest: io.resize changes frames, so no twin

@@ -20,7 +20,7 @@ def test_demo_runs_end_to_end(tmp_path):
                                   "guided_steps", "peak_mem_mib"] and len(rows) == 9
     assert (tmp_path / "preview.png").is_file() and (tmp_path / "preview.gif").is_file()
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
-    assert saved["model"]["_target_"] == "qvedit.pipeline.load_tiny_pipeline"
+    assert saved["model"]["_target_"] == "qvedit.models.settings.TinyModel"
     assert "experiment=demo" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
     assert "frames:" in result.stderr  # the progress bar over frames
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit.edges import (
+from qvedit.guidance.edges import (
     EDGE_OPS,
     edge_map,
     edges_to_uint8,
@@ -13,7 +13,7 @@ from qvedit.edges import (
     to_grayscale,
 )
 from qvedit.errors import QveditError
-from qvedit.losses import edge_loss
+from qvedit.guidance.losses import edge_loss
 
 
 def vertical_step(h=8, w=10, col=5, channels=3):

@@ -5,23 +5,29 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit.editor import GenerationSettings, edit_clip, frame_seed, generation_size, output_frame_count
+from qvedit.config import RunSettings
+from qvedit.editor import edit_clip, frame_seed, generation_size, output_frame_count, vae_area
 from qvedit.errors import QveditError
-from qvedit.frames import FrameFolders, FrameWriter
-from qvedit.guidance import TTLGSettings
-from qvedit.pipeline import condition_area, load_tiny_pipeline, vae_area
+from qvedit.guidance.settings import TTLGSettings
+from qvedit.io.frames import FrameFolders, FrameWriter
+from qvedit.models.diffusers_compat import condition_area
+from qvedit.models.settings import TinyModel
+from qvedit.outputs import ClipOutputs
+from qvedit.report.metrics import FrameMetrics
 from tests.conftest import TINY_MODEL, write_clip
 
 
-def settings(**overrides) -> GenerationSettings:
+def settings(**overrides) -> RunSettings:
     values = dict(prompt="p", num_inference_steps=2, true_cfg_scale=4.0, seed=0, condition_area="output")
     values.update(overrides)
-    return GenerationSettings(**values)
+    return RunSettings(**values)
 
 
-def run(pipe, init, edges, out, gen=None, ttlg=None, **kwargs):
-    return edit_clip(pipe, FrameFolders(str(init), str(edges)), FrameWriter(out), gen or settings(),
-                     ttlg or TTLGSettings(), **kwargs)
+def run(pipe, init, edges, out, gen=None, ttlg=None, max_frames=None, metrics_path=None):
+    outputs = ClipOutputs(FrameWriter(out), metrics_path, FrameMetrics())
+    generation = gen or settings()
+    generation.max_frames = max_frames
+    return edit_clip(pipe, FrameFolders(str(init), str(edges)), outputs, generation, ttlg or TTLGSettings())
 
 
 def pixels(path):
@@ -130,7 +136,7 @@ def test_condition_area_output_encodes_conditions_at_generation_size(tiny_pipe, 
 
 
 def test_pipeline_is_loaded_once_per_process(tiny_pipe):
-    assert load_tiny_pipeline(TINY_MODEL, device="cpu", dtype="fp32") is tiny_pipe
+    assert TinyModel(TINY_MODEL).load(device="cpu", dtype="fp32") is tiny_pipe
     assert not any(p.requires_grad for p in tiny_pipe.transformer.parameters())
 
 

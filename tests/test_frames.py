@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from qvedit.errors import QveditError
-from qvedit.frames import FrameFolders, FrameWriter, list_edge_frames, read_rgb8, to_rgb8
+from qvedit.images import read_rgb8, to_rgb8
+from qvedit.io.frames import FrameFolders, FrameWriter, list_edge_frames
 
 
 def test_natural_order_skips_hidden_and_non_images(tmp_path):

@@ -8,15 +8,18 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
-from qvedit import losses
-from qvedit.demo import demo_clip
-from qvedit.edges import image_to_edge_target
-from qvedit.editor import GenerationSettings, edit_clip
-from qvedit.frames import pil_to_tensor
+from qvedit.config import RunSettings
+from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
-from qvedit.frames import FrameWriter
-from qvedit.guidance import Guide, LatentDecoder, TTLGSettings, normalised_step, record_velocity
-from qvedit.pipeline import condition_area
+from qvedit.guidance import losses
+from qvedit.guidance.edges import image_to_edge_target
+from qvedit.guidance.guide import Guide, normalised_step
+from qvedit.guidance.settings import TTLGSettings
+from qvedit.images import to_tensor as pil_to_tensor
+from qvedit.io.demo import demo_clip
+from qvedit.io.frames import FrameWriter
+from qvedit.models.diffusers_compat import LatentDecoder, condition_area, record_velocity
+from qvedit.outputs import ClipOutputs
 from tests.conftest import REPO, TINY_MODEL
 
 
@@ -87,9 +90,12 @@ def test_step_is_normalised_per_sample_to_rms_lr():
     torch.testing.assert_close(rms, torch.full((2,), 0.05), rtol=1e-4, atol=0)
 
 
-def settings(seed=0):
-    return GenerationSettings(prompt="将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出", num_inference_steps=8,
-                              seed=seed, condition_area="output")
+def settings(seed=0, max_frames=None):
+    return RunSettings(num_inference_steps=8, seed=seed, condition_area="output", max_frames=max_frames)
+
+
+def into(folder, debug_dir=None) -> ClipOutputs:
+    return ClipOutputs(FrameWriter(folder), debug_dir=debug_dir)
 
 
 def demo_source():
@@ -99,10 +105,9 @@ def demo_source():
 
 def test_zero_scales_are_bit_identical_to_off(tiny_pipe, tmp_path):
     source = demo_source()
-    off = edit_clip(tiny_pipe, source, FrameWriter(tmp_path / "off"), settings(), TTLGSettings(), max_frames=3)
-    zero = edit_clip(tiny_pipe, source, FrameWriter(tmp_path / "zero"), settings(),
-                     TTLGSettings(edge_scale=0, gram_scale=0, temporal_scale=0, lr=0.5, last_steps=None),
-                     max_frames=3)
+    off = edit_clip(tiny_pipe, source, into(tmp_path / "off"), settings(max_frames=3), TTLGSettings())
+    zero = edit_clip(tiny_pipe, source, into(tmp_path / "zero"), settings(max_frames=3),
+                     TTLGSettings(edge_scale=0, gram_scale=0, temporal_scale=0, lr=0.5, last_steps=None))
     for a, b in zip(off, zero):
         assert a.read_bytes() == b.read_bytes()
 
@@ -111,12 +116,8 @@ def ttlg(name: str) -> TTLGSettings:
     """A ttlg/ config exactly as shipped, with random VGG weights (no ImageNet weights offline)."""
     import yaml
 
-    values = {}
-    for file in ("off", name):
-        data = yaml.safe_load((REPO / "conf" / "ttlg" / f"{file}.yaml").read_text())
-        values.update({k: v for k, v in data.items() if k not in ("defaults", "_target_")})
-    values["vgg_weights"] = "random"
-    return TTLGSettings(**values)
+    values = yaml.safe_load((REPO / "conf" / "ttlg" / f"{name}.yaml").read_text()) or {}
+    return TTLGSettings(**{**values, "vgg_weights": "random"})
 
 
 def clip_losses(paths, source, vgg, reference):
@@ -137,7 +138,7 @@ def test_guidance_meets_the_spec_thresholds_median_of_seeds(tiny_pipe, tmp_path)
     for name in ("off", "edge", "gram"):
         per_seed = []
         for seed in (0, 1, 2):
-            paths = edit_clip(tiny_pipe, source, FrameWriter(tmp_path / name / str(seed)), settings(seed), ttlg(name))
+            paths = edit_clip(tiny_pipe, source, into(tmp_path / name / str(seed)), settings(seed), ttlg(name))
             per_seed.append(clip_losses(paths, source, vgg, reference))
         results[name] = (np.stack([e for e, _ in per_seed]), np.stack([g for _, g in per_seed]))
     edge_off, gram_off = results["off"]
@@ -155,16 +156,15 @@ def test_temporal_guidance_pulls_frames_towards_the_previous_one(tiny_pipe, tmp_
         frames = [pil_to_tensor(Image.open(p)) for p in paths]
         return np.mean([float((a - b).abs().mean()) for a, b in zip(frames[1:], frames[2:])])
 
-    off = edit_clip(tiny_pipe, source, FrameWriter(tmp_path / "off"), settings(), TTLGSettings(), max_frames=4)
-    on = edit_clip(tiny_pipe, source, FrameWriter(tmp_path / "on"), settings(),
-                   TTLGSettings(temporal_scale=1.0), max_frames=4)
+    off = edit_clip(tiny_pipe, source, into(tmp_path / "off"), settings(max_frames=4), TTLGSettings())
+    on = edit_clip(tiny_pipe, source, into(tmp_path / "on"), settings(max_frames=4), TTLGSettings(temporal_scale=1.0))
     assert distance_to_previous(on) < 0.95 * distance_to_previous(off)
 
 
 def test_debug_dir_shows_what_guidance_sees(tiny_pipe, tmp_path):
     source = demo_source()
-    edit_clip(tiny_pipe, source, FrameWriter(tmp_path / "out"), settings(), TTLGSettings(edge_scale=1, last_steps=2),
-              max_frames=3, debug_dir=str(tmp_path / "debug"))
+    edit_clip(tiny_pipe, source, into(tmp_path / "out", tmp_path / "debug"), settings(max_frames=3),
+              TTLGSettings(edge_scale=1, last_steps=2))
     for frame in ("frame_00001", "frame_00002"):
         names = sorted(p.name for p in (tmp_path / "debug" / frame).iterdir())
         assert names == ["step_006_edges.png", "step_006_x0.png", "step_007_edges.png", "step_007_x0.png",
@@ -178,7 +178,7 @@ def test_guide_refuses_inference_mode(tiny_pipe):
 
 
 def test_nan_output_is_an_error_not_a_black_frame():
-    from qvedit.editor import tensor_to_pil
+    from qvedit.editor import checked_frame
 
     with pytest.raises(QveditError, match="frame 4: the pipeline produced NaN"):
-        tensor_to_pil(torch.full((3, 4, 4), float("nan")), 4)
+        checked_frame(torch.full((3, 4, 4), float("nan")), 4)

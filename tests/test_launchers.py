@@ -30,7 +30,7 @@ def test_ray_sweep_runs_jobs_as_ray_tasks_and_matches_the_local_launcher(tmp_pat
     assert "Ray Launcher is launching 2 jobs" in result.stdout + result.stderr
     # Each job ran in a Ray worker process (Ray prefixes their output with the task name and pid).
     assert "(_run_job pid=" in result.stdout + result.stderr
-    assert "qvedit.pipeline" in result.stdout + result.stderr
+    assert "qvedit.models.loading" in result.stdout + result.stderr
     assert not (tmp_path / "runs").exists()
     assert (ray_dir / "acceptance.md").is_file() and (ray_dir / "acceptance.csv").is_file()
     report = (ray_dir / "acceptance.md").read_text()

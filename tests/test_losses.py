@@ -4,9 +4,9 @@ import urllib.error
 import pytest
 import torch
 
-from qvedit.edges import sobel_edges
+from qvedit.guidance.edges import sobel_edges
 from qvedit.errors import QveditError
-from qvedit.losses import (
+from qvedit.guidance.losses import (
     VGGStyle,
     edge_loss,
     gram_loss,

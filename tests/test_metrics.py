@@ -8,13 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit import metrics as metrics_module
-from qvedit.edges import edges_to_uint8, sobel_edges
-from qvedit.editor import GenerationSettings, edit_clip
+from qvedit.report import metrics as metrics_module
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
+from qvedit.config import RunSettings
+from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
-from qvedit.frames import FrameFolders, FrameWriter, pil_to_tensor
-from qvedit.guidance import TTLGSettings
-from qvedit.metrics import FrameMetrics
+from qvedit.images import to_tensor as pil_to_tensor
+from qvedit.io.frames import FrameFolders, FrameWriter
+from qvedit.outputs import ClipOutputs
+from qvedit.guidance.settings import TTLGSettings
+from qvedit.report.metrics import FrameMetrics
+from qvedit.report.settings import MetricsSettings
 
 
 def scene(seed=0, size=(48, 40)):
@@ -31,7 +35,7 @@ def own_edges(image):
 
 @pytest.fixture
 def metrics():
-    return FrameMetrics(vgg_weights="random")
+    return FrameMetrics(MetricsSettings(vgg_weights="random"))
 
 
 def test_known_values(metrics):
@@ -48,15 +52,15 @@ def test_known_values(metrics):
 def test_columns(metrics):
     assert metrics.columns == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
                                "guided_steps", "peak_mem_mib"]
-    assert FrameMetrics(quality=False).columns == ["frame", "seconds", "guided_steps", "peak_mem_mib"]
+    assert FrameMetrics(MetricsSettings(quality=False)).columns == ["frame", "seconds", "guided_steps", "peak_mem_mib"]
 
 
 def test_without_lpips_the_lpips_columns_are_skipped_with_one_warning(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
     monkeypatch.setattr(metrics_module, "_models", {})
     with caplog.at_level(logging.WARNING):
-        first = FrameMetrics(vgg_weights="random")
-        FrameMetrics(vgg_weights="random")
+        first = FrameMetrics(MetricsSettings(vgg_weights="random"))
+        FrameMetrics(MetricsSettings(vgg_weights="random"))
     assert "lpips_to_init" not in first.columns and "edge_loss" in first.columns
     assert sum("lpips is not installed" in r.message for r in caplog.records) == 1
 
@@ -70,17 +74,17 @@ def test_lpips_offline_without_vgg_weights_says_where_they_go(monkeypatch, tmp_p
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(QveditError, match="vgg16-397923af.pth") as info:
-        FrameMetrics(vgg_weights="imagenet")
+        FrameMetrics(MetricsSettings(vgg_weights="imagenet"))
     assert "metrics=none" in str(info.value) or "vgg_weights=random" in str(info.value)
 
 
 def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
     init, edges = clip
-    settings = GenerationSettings(prompt="p", num_inference_steps=2, condition_area="output")
+    settings = RunSettings(prompt="p", num_inference_steps=2, condition_area="output")
     outputs = []
-    for name, metrics in (("plain", None), ("measured", FrameMetrics(vgg_weights="random"))):
-        outputs.append(edit_clip(tiny_pipe, FrameFolders(str(init), str(edges)), FrameWriter(tmp_path / name),
-                                 settings, TTLGSettings(), metrics_path=tmp_path / f"{name}.csv", metrics=metrics))
+    for name, metrics in (("plain", None), ("measured", FrameMetrics(MetricsSettings(vgg_weights="random")))):
+        clip_outputs = ClipOutputs(FrameWriter(tmp_path / name), tmp_path / f"{name}.csv", metrics)
+        outputs.append(edit_clip(tiny_pipe, FrameFolders(str(init), str(edges)), clip_outputs, settings, TTLGSettings()))
     assert [p.read_bytes() for p in outputs[0]] == [p.read_bytes() for p in outputs[1]]
     header, *rows = (tmp_path / "measured.csv").read_text().splitlines()
     assert header.startswith("frame,edge_loss,gram_loss,lpips_to_init,lpips_to_prev,seconds")

@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 
 from conftest import REPO, run_qvedit
 from qvedit.errors import QveditError
-from qvedit.parallel import ParallelSettings, Team, follower_overrides
+from qvedit.models.parallel import Team, follower_overrides
+from qvedit.models.settings import ParallelSettings
 
 CLIP = ["experiment=demo", "metrics.vgg_weights=random", "ttlg=edge_gram", "ttlg.last_steps=3"]
 

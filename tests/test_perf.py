@@ -6,7 +6,7 @@ import pytest
 
 from qvedit.bench import main as bench_main
 from qvedit.errors import QveditError
-from qvedit.perf import PerfSettings
+from qvedit.models.settings import PerfSettings
 
 
 def test_unknown_attention_backend_is_a_clear_error(tiny_pipe):

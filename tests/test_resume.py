@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 import pytest
 
 from qvedit.errors import QveditError
-from qvedit.resume import check_or_record
+from qvedit.files import PARTIAL_GLOB
+from qvedit.outputs import check_or_record
 from tests.conftest import REPO, run_qvedit
 
 # Guidance with the temporal term: the resumed run must rebuild the previous-frame state too.
@@ -54,7 +56,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert names == sorted(p.name for p in (killed / "frames").glob("*.png")) and len(names) == 9
     for name in names:
         assert (whole / "frames" / name).read_bytes() == (killed / "frames" / name).read_bytes(), name
-    assert not list((killed / "frames").glob(".*.partial"))
+    assert not list((killed / "frames").glob(PARTIAL_GLOB))
     rows = pd.read_csv(killed / "metrics.csv")
     assert rows["frame"].tolist() == list(range(1, 9))  # no duplicated or half-written row
     reference = pd.read_csv(whole / "metrics.csv")
@@ -78,7 +80,7 @@ def test_ctrl_c_keeps_frames_and_prints_how_to_resume(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in stderr
     assert f"Resume with: python -m qvedit {' '.join(CLIP)} hydra.run.dir={run}" in stderr
-    assert (run / "frames" / "00002.png").is_file() and not list((run / "frames").glob(".*.partial"))
+    assert (run / "frames" / "00002.png").is_file() and not list((run / "frames").glob(PARTIAL_GLOB))
 
 
 def test_a_run_that_wrote_no_frame_does_not_block_the_folder(tmp_path):
@@ -88,3 +90,45 @@ def test_a_run_that_wrote_no_frame_does_not_block_the_folder(tmp_path):
     check_or_record(tmp_path, {"seed": 1})
     with pytest.raises(QveditError, match="seed: 1 -> 2"):
         check_or_record(tmp_path, {"seed": 2})
+
+
+def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path):
+    """Context parallelism changes frames in the last bits, so one clip must not mix two degrees;
+    CFG parallelism gives the single-process frames, so its degree may change."""
+    from hydra import compose, initialize_config_dir
+
+    from qvedit.config import frame_settings, register_schemas
+    from qvedit.main import edit
+    from qvedit.models.parallel import Team
+
+    register_schemas()
+
+    def config(*overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+            return compose("config", overrides=[*CLIP, "max_frames=2", *overrides])
+
+    edit(config(), tmp_path, Team())
+    with pytest.raises(QveditError, match=r"parallel.ulysses_degree: 1 -> 2") as info:
+        edit(config("parallel.ulysses_degree=2"), tmp_path, Team())
+    assert "\n" not in str(info.value)
+    check_or_record(tmp_path / "frames", frame_settings(config("parallel.cfg_degree=2")))
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 2
+
+
+def test_a_manifest_written_before_the_settings_were_tagged_still_resumes(tmp_path):
+    """qvedit 0.1 recorded the loaders' _target_ and no parallel.* keys: such a run folder resumes with
+    the same settings and is refused with others."""
+    from hydra import compose, initialize_config_dir
+
+    from qvedit.config import frame_settings, register_schemas
+
+    register_schemas()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+        cfg = compose("config", overrides=CLIP)
+    old = {k: v for k, v in frame_settings(cfg).items() if not k.startswith("parallel.") and k != "max_area"}
+    old.update({"model._target_": "qvedit.pipeline.load_tiny_pipeline", "ttlg._target_": "qvedit.guidance.TTLGSettings"})
+    (tmp_path / "00000.png").write_bytes(b"")
+    (tmp_path / ".qvedit-run.yaml").write_text(yaml.safe_dump(old, allow_unicode=True))
+    check_or_record(tmp_path, frame_settings(cfg))
+    with pytest.raises(QveditError, match="parallel.ring_degree: 1 -> 2"):
+        check_or_record(tmp_path, {**frame_settings(cfg), "parallel.ring_degree": 2})

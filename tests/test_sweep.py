@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from qvedit.confdiff import main as diff_main
+from qvedit.report.confdiff import main as diff_main
 from tests.conftest import run_qvedit as qvedit
 
 FAST = ["max_frames=3", "num_inference_steps=4"]

@@ -4,7 +4,8 @@ from pathlib import Path
 
 from diffusers import QwenImageEditPlusPipeline
 
-from qvedit.tiny_model import SPECIAL_TOKENS, build_tiny_model
+from qvedit.files import PARTIAL_GLOB
+from qvedit.models.tiny import SPECIAL_TOKENS, build_tiny_model
 from tests.conftest import TINY_MODEL
 
 
@@ -19,7 +20,7 @@ def test_same_code_same_bytes(tiny_pipe, tmp_path):
     assert {"model_index.json", "transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
             "text_encoder/model.safetensors", "tokenizer/tokenizer.json"} <= set(first)
     assert [name for name in first if first[name] != second[name]] == []
-    assert not list(tmp_path.glob(".building-*"))  # no staging folder left behind
+    assert not list(tmp_path.glob(PARTIAL_GLOB))  # no staging folder left behind
 
 
 def test_loads_through_from_pretrained_with_every_component(tiny_pipe):

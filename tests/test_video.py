@@ -6,12 +6,18 @@ import pytest
 import torch
 from PIL import Image
 
-import qvedit.video as video
-from qvedit.edges import edges_to_uint8, sobel_edges
+import qvedit.io.video as video
 from qvedit.errors import QveditError
-from qvedit.frames import read_rgb8
-from qvedit.preview import contact_sheet, side_by_side_gif
-from qvedit.video import VideoClip, encode_video
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
+from qvedit.images import read_rgb8
+from qvedit.io.preview import contact_sheet, side_by_side_gif
+from qvedit.io.settings import VideoIO
+from qvedit.io.video import encode_video
+
+
+def VideoClip(rgb_video, edges_dir=None, **io):
+    """The io=video source as main opens it, with these io.* values."""
+    return video.VideoClip(VideoIO(rgb_video=rgb_video, **io), edges_dir=edges_dir)
 
 FPS = 8.0
 

@@ -2,155 +2,28 @@
 
 At the end of a denoising step diffusers calls ``callback_on_step_end`` with the latents x_{t-1}.
 The callback estimates the clean sample x0 = x_{t-1} - sigma_{t-1} * v (v: the velocity the
-scheduler just used, recorded by ``record_velocity``), decodes x0 along the pipeline's own decode
-path, scores it with the edge / Gram / temporal losses, and moves the latents one normalised
-gradient step down that loss.
+scheduler just used, recorded by ``diffusers_compat.record_velocity``), decodes x0 along the
+pipeline's own decode path (``diffusers_compat.LatentDecoder``), scores it with the edge / Gram /
+temporal losses, and moves the latents one normalised gradient step down that loss.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 from PIL import Image
-from torch.utils.checkpoint import checkpoint
 
-from qvedit import losses
-from qvedit.edges import edge_map, edges_to_uint8
 from qvedit.errors import QveditError
+from qvedit.guidance import losses
+from qvedit.guidance.edges import edge_map, edges_to_uint8
+from qvedit.guidance.settings import TTLGSettings
+from qvedit.images import to_pil
+from qvedit.models.diffusers_compat import LatentDecoder, VelocityRecorder, execution_device, step_sigma
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TTLGSettings:
-    """The ``ttlg/`` config group; see conf/ttlg/*.yaml for what each key means."""
-
-    edge_scale: float = 0.0
-    gram_scale: float = 0.0
-    temporal_scale: float = 0.0
-    lr: float = 0.05
-    every: int = 1
-    start_step: Optional[int] = None
-    end_step: Optional[int] = None
-    last_steps: Optional[int] = 10
-    edge_size: Optional[int] = 256
-    gram_size: Optional[int] = 256
-    temporal_size: int = 64
-    edge_op: str = "sobel"
-    vgg_weights: str = "imagenet"
-    decode_checkpointing: bool = True
-
-    def __post_init__(self):
-        for key in ("edge_scale", "gram_scale", "temporal_scale", "lr"):
-            if getattr(self, key) < 0:
-                raise QveditError(f"ttlg.{key}={getattr(self, key)} is negative: use 0 (off) or a positive number")
-        if self.every < 1:
-            raise QveditError(f"ttlg.every={self.every} must be >= 1")
-        if self.last_steps is not None and self.last_steps < 0:
-            raise QveditError(f"ttlg.last_steps={self.last_steps} must be >= 0 (or null for all steps)")
-        edge_map(torch.zeros(1, 1, 3, 3), self.edge_op)  # an unknown op fails now, not mid-run
-
-    @property
-    def enabled(self) -> bool:
-        return self.edge_scale > 0 or self.gram_scale > 0 or self.temporal_scale > 0
-
-    def guides_step(self, i: int, num_steps: int) -> bool:
-        """Whether denoising step ``i`` (0-based, of ``num_steps``) takes a guidance step."""
-        return (
-            self.enabled
-            and i % self.every == 0
-            and (self.start_step is None or i >= self.start_step)
-            and (self.end_step is None or i < self.end_step)
-            and (self.last_steps is None or i >= num_steps - self.last_steps)
-        )
-
-
-class LatentDecoder:
-    """Differentiable decode of packed latents, along exactly the pipeline's own decode path.
-
-    ``decode(latents)``: latents (1, (H/16)*(W/16), C*4) packed -> image (1, 3, H, W) in [0, 1],
-    equal to the pipeline's ``output_type="pt"`` image for the same latents. With
-    ``checkpointing`` the VAE decoder keeps only block inputs and recomputes each block in the
-    backward pass, trading one more decoder forward for most of the activation memory.
-    """
-
-    def __init__(self, pipe, height: int, width: int, checkpointing: bool = False):
-        self.pipe = pipe
-        self.vae = pipe.vae
-        self.height = height
-        self.width = width
-        self.checkpointing = checkpointing
-        z_dim = self.vae.config.z_dim
-        self.mean = torch.tensor(self.vae.config.latents_mean).view(1, z_dim, 1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z_dim, 1, 1, 1)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        z = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
-        z = z.to(self.vae.dtype)
-        z = z / self.inv_std.to(z.device, z.dtype) + self.mean.to(z.device, z.dtype)
-        if self.checkpointing:
-            image = self._decode_checkpointed(z)
-        else:
-            image = self.vae.decode(z, return_dict=False)[0]
-        return (image[:, :, 0] / 2 + 0.5).clamp(0, 1)
-
-    def _decode_checkpointed(self, z: torch.Tensor) -> torch.Tensor:
-        """``vae.decode`` for one frame, block by block under activation checkpointing.
-
-        For a single latent frame the decoder's causal cache is empty, which is the same as
-        running every block with ``feat_cache=None``; that makes each block a pure function and
-        safe to recompute. A test holds this equal to ``vae.decode``.
-        """
-        if z.shape[2] != 1:
-            raise ValueError(f"checkpointed decode takes one latent frame, got {z.shape[2]}")
-        decoder = self.vae.decoder
-        blocks = [decoder.conv_in, *decoder.mid_block.resnets[:1]]
-        for attention, resnet in zip(decoder.mid_block.attentions, decoder.mid_block.resnets[1:]):
-            blocks += [attention, resnet]
-        for up_block in decoder.up_blocks:
-            blocks += list(up_block.resnets) + list(up_block.upsamplers or [])
-        x = self.vae.post_quant_conv(z)
-        for block in blocks:
-            x = checkpoint(block, x, use_reentrant=False)
-        x = checkpoint(self._head, x, use_reentrant=False)
-        return x.clamp(-1.0, 1.0)
-
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        decoder = self.vae.decoder
-        return decoder.conv_out(decoder.nonlinearity(decoder.norm_out(x)))
-
-
-class VelocityRecorder:
-    """Holds the model output (velocity v) of the scheduler's latest ``step`` call."""
-
-    def __init__(self):
-        self.velocity: Optional[torch.Tensor] = None
-
-
-@contextlib.contextmanager
-def record_velocity(scheduler) -> Iterator[VelocityRecorder]:
-    """Record what ``scheduler.step`` is given, for the duration of one pipeline call.
-
-    The callback only sees x_{t-1}; the velocity the step used is what turns it into an x0
-    estimate. Wrapping the instance's ``step`` leaves the class and the pipeline untouched.
-    """
-    recorder = VelocityRecorder()
-    original = scheduler.step
-
-    def step(model_output, *args, **kwargs):
-        recorder.velocity = model_output
-        return original(model_output, *args, **kwargs)
-
-    scheduler.step = step
-    try:
-        yield recorder
-    finally:
-        del scheduler.step
 
 
 def supports_x0_estimate(scheduler) -> bool:
@@ -192,7 +65,7 @@ class Guide:
         refuse_inference_mode()
         self.settings = settings
         self.pipe = pipe
-        self.device = pipe._execution_device
+        self.device = execution_device(pipe)
         self.debug_dir = Path(debug_dir) if debug_dir else None
         self.vgg = None
         self.reference_grams = None
@@ -248,7 +121,7 @@ class Guide:
                 return {}
             latents = callback_kwargs["latents"]
             self.guided_steps += 1
-            sigma = float(pipe.scheduler.sigmas[pipe.scheduler.step_index]) if self.x0_estimate else 0.0
+            sigma = step_sigma(pipe.scheduler) if self.x0_estimate else 0.0
             with torch.enable_grad():
                 leaf = latents.detach().float().requires_grad_(True)
                 x0 = leaf - sigma * velocity.velocity.detach().float() if sigma else leaf
@@ -268,7 +141,6 @@ class Guide:
         self.previous = image.to(self.device)
 
     def _save_debug(self, folder: Path, step: int, image: torch.Tensor) -> None:
-        rgb = (image[0].permute(1, 2, 0).float().cpu().numpy() * 255).round().astype("uint8")
-        Image.fromarray(rgb).save(folder / f"step_{step:03d}_x0.png")
+        to_pil(image).save(folder / f"step_{step:03d}_x0.png")
         edges = edges_to_uint8(edge_map(image.float(), self.settings.edge_op)[0, 0].cpu())
         Image.fromarray(edges).save(folder / f"step_{step:03d}_edges.png")

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import torch
 
+from qvedit.devices import check_device, torch_dtype
 from qvedit.errors import QveditError
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,7 @@ def build_random_full_pipeline(device: str = "cuda", dtype: str = "bf16", seed: 
     from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from qvedit.pipeline import check_device, torch_dtype
-    from qvedit.tiny_model import SPECIAL_TOKENS, build_tiny_components
+    from qvedit.models.tiny import SPECIAL_TOKENS, build_tiny_components
 
     check_device(device)
     if not device.startswith("cuda"):

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from qvedit.edges import edge_map
+from qvedit.guidance.edges import edge_map
 from qvedit.errors import QveditError
 
 # relu1_2, relu2_2, relu3_3, relu4_3 in torchvision's vgg16().features.

@@ -7,11 +7,15 @@ cell has the size of frame 0 scaled down to a long side of at most 256 pixels.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from qvedit.files import atomic_path
+from qvedit.images import read_rgb8
+from qvedit.io.layout import RunLayout
+from qvedit.io.source import FrameSource
 
 MAX_CELL_SIDE = 256
 
@@ -45,15 +49,9 @@ def _row(edge: Image.Image | None, frame: Image.Image, cell: tuple[int, int]) ->
 
 
 def _save_atomic(image: Image.Image, out_path: Path, fmt: str, **options) -> Path:
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.name}.partial")
-    try:
+    with atomic_path(out_path) as partial:
         image.save(partial, format=fmt, **options)
-        os.replace(partial, out_path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return out_path
+    return Path(out_path)
 
 
 def sampled_rows(count: int, max_rows: int) -> list[int]:
@@ -93,14 +91,12 @@ def side_by_side_gif(edge_images: list, frames: list, out_path, fps: float) -> P
                         loop=0)
 
 
-def write_previews(source, frame_paths: list[Path], folder: Path, fps: float = 8.0) -> list[Path]:
+def write_previews(source: FrameSource, frame_paths: list[Path], layout: RunLayout) -> list[Path]:
     """``preview.png`` (contact sheet) and ``preview.gif`` (edge | output) of a finished clip.
 
-    ``source`` gives the edge frames (``edge_frame(k, size)``); frames are read one at a time and
-    shrunk to the preview cell size at once, so memory stays small for long clips.
+    ``source`` gives the edge frames; frames are read one at a time and shrunk to the preview cell
+    size at once, so memory stays small for long clips.
     """
-    from qvedit.frames import read_rgb8
-
     frames, edges = [], []
     cell = None
     for index, path in enumerate(frame_paths):
@@ -109,6 +105,5 @@ def write_previews(source, frame_paths: list[Path], folder: Path, fps: float = 8
         frames.append(frame.resize(cell, Image.Resampling.BOX))
         if index:
             edges.append(source.edge_frame(index - 1, frame.size).resize(cell, Image.Resampling.BOX))
-    folder = Path(folder)
-    return [contact_sheet(edges, frames, folder / "preview.png"),
-            side_by_side_gif(edges, frames, folder / "preview.gif", fps)]
+    sheet, gif = layout.previews
+    return [contact_sheet(edges, frames, sheet), side_by_side_gif(edges, frames, gif, source.fps)]

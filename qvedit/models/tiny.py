@@ -8,13 +8,14 @@ the real weights. The same code gives the same bytes on every machine.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import json
+import os
 from pathlib import Path
 
 import torch
+
+from qvedit.config import DEFAULT_PROMPT
+from qvedit.files import atomic_folder
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -33,7 +34,7 @@ _CORPUS = [
     "then explain how the user's text instruction should alter or modify the image. Generate a new image "
     "that meets the user's requirements while maintaining consistency with the original input where appropriate.",
     "Picture 1: Picture 2: Picture 3:",
-    "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出",
+    DEFAULT_PROMPT,
     "system user assistant",
     "a photo of a cat sitting on a red chair in a sunny garden, bad quality, blurry, dance monkey",
 ]
@@ -149,16 +150,6 @@ def build_tiny_model(folder: str | os.PathLike) -> Path:
     from diffusers import QwenImageEditPlusPipeline
 
     folder = Path(folder).expanduser()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
-    staging.chmod(0o755)
-    try:
+    with atomic_folder(folder, complete="model_index.json") as staging:
         QwenImageEditPlusPipeline(**build_tiny_components()).save_pretrained(staging)
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not (folder / "model_index.json").is_file():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -8,21 +8,25 @@ variable-rate videos are neither padded nor thinned to a constant rate).
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import subprocess
 import tempfile
 from fractions import Fraction
 from pathlib import Path
 
+from typing import Optional
+
 import imageio_ffmpeg
 import numpy as np
-import torch
 from PIL import Image
 
-from qvedit.edges import EDGE_OPS, edge_map, edges_to_uint8
 from qvedit.errors import QveditError
-from qvedit.frames import RESAMPLING, FrameWriter, read_rgb8, to_rgb8
+from qvedit.files import atomic_path
+from qvedit.guidance.edges import EDGE_OPS, edge_map, edges_to_uint8
+from qvedit.images import read_rgb8, to_rgb8, to_tensor
+from qvedit.io.frames import FrameWriter, resized
+from qvedit.io.layout import RunLayout
+from qvedit.io.settings import VideoIO, check_resize
 
 _SELECT = ["-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough"]
 _NTSC_RATES = [Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120)]
@@ -143,36 +147,30 @@ class VideoClip:
     ``rgb_video``: only its first frame is used when ``edge_video`` is given. ``edge_video``: T-1 frames,
     its frame 0 is the edge of output frame 1. Without ``edge_video`` the edges are made from frames
     1.. of ``rgb_video`` with ``edge_map(frame, edge_op)`` (Sobel or Laplacian, 0..255 grey) and, if
-    ``edges_dir`` is set, also saved there as ``00001.png ...`` (edge of output frame i named i;
-    unused with ``edge_video``). ``out_video`` and ``out_frames_dir`` are kept for the caller.
+    ``edges_dir`` is given, also saved there as ``00001.png ...`` (edge of output frame i named i;
+    unused with ``edge_video``).
     ``fps`` is the RGB video's frame rate; ``size`` its (W, H). Opening decodes every frame that will
     be used once to count them exactly (none is kept), so a damaged file fails before any generation.
 
-    The same interface as ``FrameFolders``. Edge frames are decoded as a stream, one frame in memory
+    A ``FrameSource`` like ``FrameFolders``. Edge frames are decoded as a stream, one frame in memory
     at a time: ``edge_frame(k)`` for increasing k (it may start at k > 0) costs one decode per frame;
     going back restarts decoding. The decoding process ends after the last edge frame or on ``close()``.
     """
 
-    def __init__(self, rgb_video: str | None, edge_video: str | None = None, out_video: str | None = None,
-                 out_frames_dir: str | None = None, resize: str = "area", edge_op: str = "sobel",
-                 edges_dir: str | None = None, keep_frames: bool = True):
-        if not rgb_video:
+    def __init__(self, settings: VideoIO, edges_dir: Optional[Path] = None):
+        if not settings.rgb_video:
             raise QveditError(
                 "io.rgb_video is not set: pass io.rgb_video=clip.mp4 (edges are made from its frames 1.., "
                 "or pass io.edge_video=edges.mp4 too)"
             )
-        if resize not in RESAMPLING:
-            raise QveditError(f"io.resize={resize!r} is not supported: use one of {', '.join(RESAMPLING)}")
-        if edge_op not in EDGE_OPS:
-            raise QveditError(f"edge op {edge_op!r} (for edges made from io.rgb_video) is not supported: "
+        check_resize(settings.resize)
+        if settings.edge_op not in EDGE_OPS:
+            raise QveditError(f"edge op {settings.edge_op!r} (for edges made from io.rgb_video) is not supported: "
                               f"use one of {', '.join(sorted(EDGE_OPS))}")
-        self.rgb_path = _check_file(rgb_video, "RGB video", "io.rgb_video")
-        self.edge_path = _check_file(edge_video, "edge video", "io.edge_video") if edge_video else None
-        self.out_video = out_video
-        self.out_frames_dir = out_frames_dir
-        self.keep_frames = keep_frames
-        self.resize = resize
-        self.edge_op = edge_op
+        self.settings = settings
+        self.rgb_path = _check_file(settings.rgb_video, "RGB video", "io.rgb_video")
+        self.edge_path = _check_file(settings.edge_video, "edge video", "io.edge_video") if settings.edge_video \
+            else None
         self.edges_writer = FrameWriter(edges_dir) if edges_dir and self.edge_path is None else None
 
         if self.edge_path is None:
@@ -222,30 +220,26 @@ class VideoClip:
         if self.edge_path is not None:
             edge = to_rgb8(Image.fromarray(frame))
         else:
-            tensor = torch.from_numpy(frame.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
-            grey = Image.fromarray(edges_to_uint8(edge_map(tensor, self.edge_op)), mode="L")
+            grey = Image.fromarray(edges_to_uint8(edge_map(to_tensor(frame), self.settings.edge_op)), mode="L")
             if self.edges_writer is not None:
                 self.edges_writer.write(k + 1, grey)
             edge = grey.convert("RGB")
-        if edge.size != size:
-            edge = edge.resize(size, RESAMPLING[self.resize])
-        return edge
+        return resized(edge, size, self.settings.resize)
 
     def __len__(self) -> int:
         return self._count
 
-    def finish(self, frame_paths: list[Path], run_dir: Path) -> list[Path]:
-        """Encode the frames as ``out_video`` (default ``<run dir>/output.mp4``) at the RGB video's fps.
+    def finish(self, frame_paths: list[Path], layout: RunLayout) -> list[Path]:
+        """Encode the frames as ``layout.video`` (``io.out_video``) at the RGB video's fps.
 
         Frame 0 of the mp4 is frame 0 of the input as decoded; mp4 is lossy, so only the PNG frames
-        are pixel-exact. With ``keep_frames=False`` the PNGs are deleted once the mp4 is written.
+        are pixel-exact. With ``io.keep_frames=false`` the PNGs are deleted once the mp4 is written.
         """
-        out = Path(self.out_video) if self.out_video else Path(run_dir) / "output.mp4"
-        encode_video(frame_paths, out, self.fps)
-        if not self.keep_frames:
+        encode_video(frame_paths, layout.video, self.fps)
+        if not self.settings.keep_frames:
             for path in frame_paths:
                 Path(path).unlink(missing_ok=True)
-        return [out]
+        return [layout.video]
 
     def close(self) -> None:
         """Stop decoding (the process also stops by itself after the last edge frame)."""
@@ -282,43 +276,41 @@ def encode_video(frame_paths: list[Path], out_path: Path, fps: float) -> Path:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise QveditError(f"cannot create folder {out_path.parent} for {out_path.name}: {err.strerror}") from None
-    partial = out_path.with_name(f".{out_path.stem}.partial{out_path.suffix or '.mp4'}")
     width, height = read_rgb8(Path(frame_paths[0])).size
     padded = (width + width % 2, height + height % 2)
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-v", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{padded[0]}x{padded[1]}", "-r", str(_frame_rate(fps)),
-           "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18",
-           "-movflags", "+faststart", str(partial)]
-    # stderr goes to a file: a pipe nobody reads while we write frames could fill up and block ffmpeg.
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            for path in frame_paths:
-                image = read_rgb8(Path(path))
-                if image.size != (width, height):
-                    raise QveditError(
-                        f"frame {path} is {image.size[0]}x{image.size[1]}, the first frame {width}x{height}: "
-                        "all frames of a video must have one size"
-                    )
-                pixels = np.asarray(image)
-                if padded != (width, height):
-                    pixels = np.pad(pixels, ((0, padded[1] - height), (0, padded[0] - width), (0, 0)), mode="edge")
-                process.stdin.write(np.ascontiguousarray(pixels).tobytes())
-        except BrokenPipeError:
-            pass  # ffmpeg quit early; its log below says why
-        except BaseException:
-            process.kill()
-            raise
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                process.stdin.close()
-            process.wait()
-            if process.returncode != 0:
-                partial.unlink(missing_ok=True)
-        log.seek(0)
-        stderr = log.read().decode(errors="replace")
-    if process.returncode != 0:
-        raise QveditError(f"cannot write video {out_path} (ffmpeg: {_ffmpeg_reason(stderr)}): "
-                          "check the disk space and that the folder is writable")
-    os.replace(partial, out_path)
+    with atomic_path(out_path) as partial:
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-v", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{padded[0]}x{padded[1]}", "-r", str(_frame_rate(fps)),
+               "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18",
+               "-movflags", "+faststart", str(partial)]
+        # stderr goes to a file: a pipe nobody reads while we write frames could fill up and block ffmpeg.
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                for path in frame_paths:
+                    image = read_rgb8(Path(path))
+                    if image.size != (width, height):
+                        raise QveditError(
+                            f"frame {path} is {image.size[0]}x{image.size[1]}, the first frame {width}x{height}: "
+                            "all frames of a video must have one size"
+                        )
+                    pixels = np.asarray(image)
+                    if padded != (width, height):
+                        pixels = np.pad(pixels, ((0, padded[1] - height), (0, padded[0] - width), (0, 0)),
+                                        mode="edge")
+                    process.stdin.write(np.ascontiguousarray(pixels).tobytes())
+            except BrokenPipeError:
+                pass  # ffmpeg quit early; its log below says why
+            except BaseException:
+                process.kill()
+                raise
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    process.stdin.close()
+                process.wait()
+            log.seek(0)
+            stderr = log.read().decode(errors="replace")
+        if process.returncode != 0:
+            raise QveditError(f"cannot write video {out_path} (ffmpeg: {_ffmpeg_reason(stderr)}): "
+                              "check the disk space and that the folder is writable")
     return out_path

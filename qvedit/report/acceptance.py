@@ -1,4 +1,4 @@
-"""The median-of-seeds acceptance report (spec §6.3) of a sweep: ``python -m qvedit.accept SWEEP_DIR``.
+"""The median-of-seeds acceptance report (spec §6.3) of a sweep (``python -m qvedit.accept SWEEP_DIR``).
 
 Every job folder of the sweep holds ``.hydra/config.yaml`` and ``metrics.csv``. Guided jobs are
 paired with their ``ttlg=off`` twins (same config but ``ttlg`` and ``seed``), frames 1..N are
@@ -10,40 +10,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
-from qvedit.confdiff import diff_configs, load_run
+from qvedit.config import output_path_keys, scale_keys
 from qvedit.errors import QveditError
-from qvedit.frames import natural_key
+from qvedit.files import atomic_path
+from qvedit.io.frames import natural_key
+from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
+from qvedit.report.confdiff import diff_configs, load_run
+from qvedit.report.settings import Thresholds
 
 log = logging.getLogger(__name__)
 
-JOB_ERROR_FILE = "error.txt"
-SCALES = ("ttlg.edge_scale", "ttlg.gram_scale", "ttlg.temporal_scale")
-# Keys that may differ between a guided job and its off twin, besides ttlg.*.
-UNPAIRED_KEYS = ("seed", "io.out_frames_dir", "metrics.path", "debug_dir")
-
-
-@dataclass
-class Thresholds:
-    """The ``acceptance/`` config group; defaults are the specification's."""
-
-    frames: int = 8
-    edge_ratio: float = 0.95
-    edge_frames_fraction: float = 0.6
-    gram_ratio: float = 0.98
-    lpips_prev_min: float = 0.005
-    lpips_init_min: float = 0.01
+SCALES = scale_keys()  # ttlg.edge_scale, ...: a job is guided when one of them is > 0
+# Keys that may differ between a guided job and its off twin, besides ttlg.*: the replicate seed and
+# where a job writes.
+UNPAIRED_KEYS = ("seed", *output_path_keys())
 
 
 @dataclass
@@ -82,20 +72,14 @@ class Comparison:
     criteria: list = field(default_factory=list)
 
 
-def record_job_error(job_dir: Path, message: str) -> None:
-    """Leave a job's failure where the report finds it."""
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / JOB_ERROR_FILE).write_text(message.strip() + "\n")
-
-
 def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for config_file in sorted(sweep_dir.glob("*/.hydra/config.yaml"), key=lambda p: natural_key(p.parent.parent)):
         path = config_file.parent.parent
         config, _ = load_run(path)
-        metrics_file = Path(config["metrics.path"]) if config.get("metrics.path") else path / "metrics.csv"
+        metrics_file = metrics_csv_of(path, config.get("metrics.path"))
         metrics = pd.read_csv(metrics_file) if metrics_file.is_file() else None
-        error = (path / JOB_ERROR_FILE).read_text().strip() if (path / JOB_ERROR_FILE).is_file() else None
+        error = job_error(path)
         if error is None and (metrics is None or metrics.empty):
             error = "no metrics rows: the job did not finish (still running, killed, or crashed)"
         jobs.append(Job(path, config, metrics if error is None else None, error))
@@ -200,22 +184,10 @@ def plot(comparison: Comparison, column: str, out: Path) -> Optional[Path]:
     axes.set_title(f"{column}: seeds {comparison.seeds}, min-max band")
     axes.legend()
     figure.tight_layout()
-    with replaced_whole(out) as partial:
+    with atomic_path(out) as partial:
         figure.savefig(partial, dpi=100, format="png")
     plt.close(figure)
     return out
-
-
-@contextmanager
-def replaced_whole(path: Path) -> Iterator[Path]:
-    """Write to a private partial file, then rename it over ``path``: a reader, or another job's report
-    being written at the same moment (parallel launchers), never sees half a file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        yield partial
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def thresholds_of(jobs: list[Job]) -> Thresholds:
@@ -278,9 +250,9 @@ def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> 
             if plot(comparison, column, sweep_dir / name):
                 lines += ["", f"![{column}]({name})"]
     report = sweep_dir / "acceptance.md"
-    with replaced_whole(report) as partial:
+    with atomic_path(report) as partial:
         partial.write_text("\n".join(lines) + "\n")
-    with replaced_whole(sweep_dir / "acceptance.csv") as partial:
+    with atomic_path(sweep_dir / "acceptance.csv") as partial:
         pd.DataFrame(csv_rows, columns=["comparison", "seeds", "frames", "criterion", "value", "threshold",
                                         "passed"]).to_csv(partial, index=False)
     return passed, report

@@ -1,8 +1,4 @@
-"""Frame folders: reading the init frame and edge frames, writing output frames.
-
-Every image is brought to 8-bit RGB on reading (alpha dropped, palette expanded, 16-bit scaled
-down), so frame 0 of the output is the init frame exactly as qvedit sees it.
-"""
+"""Frame folders: reading the init frame and edge frames (``io=frames``), writing output frames."""
 
 from __future__ import annotations
 
@@ -10,46 +6,21 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from qvedit.errors import QveditError
+from qvedit.files import atomic_path, remove_partials
+from qvedit.images import check_readable, read_rgb8
+from qvedit.io.settings import RESIZE_MODES, check_resize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
+assert set(RESAMPLING) == set(RESIZE_MODES)
 
 
 def natural_key(path: Path) -> list:
     """Sort key that puts ``2.png`` before ``10.png``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
-def to_rgb8(image: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB: 16/32-bit grey is scaled to 0..255, alpha is dropped."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        grey = np.clip(np.rint(values * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, mode="L").convert("RGB")
-    return image.convert("RGB")
-
-
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit RGB PIL image -> (1, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-
-
-def read_rgb8(path: Path) -> Image.Image:
-    """Decode an image file fully; a missing, truncated or non-image file is a QveditError naming it."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb8(image)
-    except FileNotFoundError:
-        raise QveditError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise QveditError(f"cannot read image {path}: {err}. Replace or remove this file") from None
 
 
 def list_edge_frames(folder: Path) -> list[Path]:
@@ -70,14 +41,20 @@ def list_edge_frames(folder: Path) -> list[Path]:
     return sorted(paths, key=natural_key)
 
 
+def resized(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
+    """``image`` at ``size`` = (W, H) with the ``io.resize`` filter (unchanged if it already fits)."""
+    return image if image.size == size else image.resize(size, RESAMPLING[resize])
+
+
 class FrameFolders:
-    """Frame-folder mode (spec §2.1-1): an init frame and a folder of T-1 edge frames.
+    """Frame-folder mode (spec §2.1-1): an init frame and a folder of T-1 edge frames (a ``FrameSource``).
 
     Frames are read one at a time (``edge_frame(k)``) so memory does not grow with T.
     """
 
-    def __init__(self, init_frame: str | None, edge_frames_dir: str | None, out_frames_dir: str | None = None,
-                 resize: str = "area"):
+    fps = 8.0  # frames carry no rate: previews play at 8 frames per second
+
+    def __init__(self, init_frame: str | None, edge_frames_dir: str | None, resize: str = "area"):
         missing = [key for key, value in (("io.init_frame", init_frame), ("io.edge_frames_dir", edge_frames_dir))
                    if not value]
         if missing:
@@ -85,38 +62,27 @@ class FrameFolders:
                 f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: pass "
                 "io.init_frame=INIT.png io.edge_frames_dir=EDGES/ (or try: python -m qvedit experiment=demo)"
             )
-        if resize not in RESAMPLING:
-            raise QveditError(f"io.resize={resize!r} is not supported: use one of {', '.join(RESAMPLING)}")
+        check_resize(resize)
         self.init_path = Path(init_frame)
         self.edge_dir = Path(edge_frames_dir)
-        self.out_frames_dir = out_frames_dir
         self.resize = resize
         if not self.init_path.is_file():
             raise QveditError(f"init frame not found: {self.init_path} (set io.init_frame=PATH)")
         self.edge_paths = list_edge_frames(self.edge_dir)
         for path in self.edge_paths:  # headers only: catch a non-image before hours of generation
-            try:
-                with Image.open(path):
-                    pass
-            except (UnidentifiedImageError, OSError) as err:
-                raise QveditError(f"cannot read image {path}: {err}. Replace or remove this file") from None
+            check_readable(path)
 
     def init_image(self) -> Image.Image:
-        """Frame 0 as 8-bit RGB."""
         return read_rgb8(self.init_path)
 
     def edge_frame(self, k: int, size: tuple[int, int]) -> Image.Image:
-        """Edge frame k (the edge of output frame k+1) as 8-bit RGB resized to ``size`` = (W, H)."""
-        edge = read_rgb8(self.edge_paths[k])
-        if edge.size != size:
-            edge = edge.resize(size, RESAMPLING[self.resize])
-        return edge
+        return resized(read_rgb8(self.edge_paths[k]), size, self.resize)
 
     def __len__(self) -> int:
         return len(self.edge_paths)
 
-    def finish(self, frame_paths: list[Path], run_dir: Path) -> list[Path]:
-        """Frame folders need nothing after the last frame; returns no extra outputs."""
+    def finish(self, frame_paths: list[Path], layout) -> list[Path]:
+        """Frame folders need nothing after the last frame."""
         return []
 
 
@@ -133,22 +99,15 @@ class FrameWriter:
             raise QveditError(f"cannot create output folder {self.folder}: {err.strerror}") from None
         if not os.access(self.folder, os.W_OK):
             raise QveditError(f"output folder {self.folder} is not writable: set io.out_frames_dir elsewhere")
-        for stale in self.folder.glob(".*.partial"):  # left by a killed run
-            stale.unlink()
+        remove_partials(self.folder)  # left by a killed run
 
     def path(self, index: int) -> Path:
         return self.folder / f"{index:05d}.png"
 
     def write(self, index: int, image: Image.Image) -> Path:
-        final = self.path(index)
-        partial = final.with_name(f".{final.name}.partial")
-        try:
+        with atomic_path(self.path(index)) as partial:
             image.save(partial, format="PNG")
-            os.replace(partial, final)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        return final
+        return self.path(index)
 
     def finished(self) -> int:
         """How many frames 00000, 00001, ... are already there without a gap."""

@@ -1,4 +1,4 @@
-"""``perf/``: speed and memory settings that do not change what the method computes.
+"""``perf/`` at work: speed and memory settings that do not change what the method computes.
 
 Applied once to the loaded pipeline: an attention kernel, regional ``torch.compile`` of the
 repeated transformer blocks, and keeping the 7B text encoder in CPU memory while the transformer
@@ -8,40 +8,33 @@ runs (it is needed once per frame, for the prompt). Measured effects are in the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from qvedit.errors import QveditError
+from qvedit.models.diffusers_compat import before_prompt_encoding, execution_device
+from qvedit.models.settings import PerfSettings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PerfSettings:
-    """The ``perf/`` config group; see conf/perf/*.yaml."""
-
-    attention_backend: Optional[str] = None
-    compile: bool = False
-    offload_text_encoder: bool = False
-
-    def apply(self, pipe) -> None:
-        """Set up ``pipe`` (once per pipeline and setting: a sweep reuses the pipeline)."""
-        applied = pipe.__dict__.setdefault("_qvedit_perf", set())
-        if self.attention_backend and ("attention", self.attention_backend) not in applied:
-            try:
-                pipe.transformer.set_attention_backend(self.attention_backend)
-            except (ValueError, RuntimeError, ImportError) as err:
-                raise QveditError(f"perf.attention_backend={self.attention_backend!r} is not usable here "
-                                  f"({str(err).splitlines()[0]}): use null (PyTorch SDPA) or another backend") from None
-            applied.add(("attention", self.attention_backend))
-        if self.compile and "compile" not in applied:
-            pipe.transformer.compile_repeated_blocks(fullgraph=True)
-            applied.add("compile")
-        if self.offload_text_encoder and "offload" not in applied:
-            offload_text_encoder(pipe)
-            applied.add("offload")
+def apply_perf(pipe, settings: PerfSettings) -> None:
+    """Set up ``pipe`` (once per pipeline and setting: a sweep reuses the pipeline)."""
+    applied = pipe.__dict__.setdefault("_qvedit_perf", set())
+    if settings.attention_backend and ("attention", settings.attention_backend) not in applied:
+        try:
+            pipe.transformer.set_attention_backend(settings.attention_backend)
+        except (ValueError, RuntimeError, ImportError) as err:
+            raise QveditError(f"perf.attention_backend={settings.attention_backend!r} is not usable here "
+                              f"({str(err).splitlines()[0]}): use null (PyTorch SDPA) or another backend") from None
+        applied.add(("attention", settings.attention_backend))
+    if settings.compile and "compile" not in applied:
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        applied.add("compile")
+    if settings.offload_text_encoder and "offload" not in applied:
+        offload_text_encoder(pipe)
+        applied.add("offload")
 
 
 class PinnedSwap:
@@ -81,18 +74,12 @@ def offload_text_encoder(pipe) -> None:
     one not in use waits in pinned CPU memory: per frame one 15 GiB and one 38 GiB host-to-device
     copy, and a peak of about the transformer's size. The VAE stays (guidance decodes every step).
     """
-    device = pipe._execution_device
+    device = execution_device(pipe)
     if device.type != "cuda":
         raise QveditError("perf.offload_text_encoder needs a CUDA device: it saves GPU memory only")
     swap = PinnedSwap(device)
     swap.add(pipe.text_encoder)
     swap.add(pipe.transformer)
     swap.load(pipe.transformer)
-    encode_prompt = pipe.encode_prompt
-
-    def encode_prompt_on_gpu(*args, **kwargs):
-        swap.load(pipe.text_encoder)
-        return encode_prompt(*args, **kwargs)
-
-    pipe.encode_prompt = encode_prompt_on_gpu
+    before_prompt_encoding(pipe, lambda: swap.load(pipe.text_encoder))
     pipe.transformer.register_forward_pre_hook(lambda module, args: swap.load(module))

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import resource
-import sys
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qvedit import losses
-from qvedit.edges import image_to_edge_target
 from qvedit.errors import QveditError
-from qvedit.frames import pil_to_tensor
+from qvedit.files import atomic_path
+from qvedit.guidance import losses
+from qvedit.guidance.edges import image_to_edge_target
+from qvedit.images import to_tensor
+from qvedit.report.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +45,6 @@ def load_lpips(backbone: str, device: str):
         log.warning("lpips is not installed: lpips_to_init / lpips_to_prev are skipped (pip install lpips)")
         _models[key] = None
         return None
-    if backbone not in ("imagenet", "random"):
-        raise QveditError(f"metrics.vgg_weights={backbone!r}: use imagenet or random (tests only)")
     if backbone == "imagenet" and not losses.vgg16_weights_path().is_file():
         # lpips asks torchvision for the same VGG16 checkpoint the Gram loss uses; fail before it tries.
         try:
@@ -70,60 +66,50 @@ def load_vgg(backbone: str, device: str) -> losses.VGGStyle:
         raise QveditError(f"metrics: {err}; metrics=none runs without quality metrics") from None
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    """GPU: peak allocated since the last reset (per frame). CPU: the process's peak RSS so far."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
 class FrameMetrics:
-    """The ``metrics/`` group: what is measured per frame and where ``metrics.csv`` goes.
+    """Scores each written frame: ``score(frame, edge, previous)`` -> the quality columns of its row.
 
-    ``score(frame, edge, previous)`` -> the quality columns for one frame; all images 8-bit RGB
-    PIL at the init size. ``columns`` lists what ``metrics.csv`` holds.
+    All images 8-bit RGB PIL at the init size. ``columns`` lists what ``metrics.csv`` holds.
     """
 
-    def __init__(self, quality: bool = True, path: Optional[str] = None, size: int = 256, gram_size: int = 256,
-                 vgg_weights: str = "imagenet", device: str = "cpu"):
-        self.quality = quality
-        self.path = path
-        self.size = size
-        self.gram_size = gram_size
+    def __init__(self, settings: MetricsSettings | None = None, device: str = "cpu", quality: bool | None = None):
+        settings = settings or MetricsSettings(quality=False)
+        self.settings = settings
+        self.quality = settings.quality if quality is None else quality
         self.device = device
         self.vgg = self.lpips = None
         self.init = self.init_grams = None
-        if quality:
-            self.vgg = load_vgg(vgg_weights, device)
-            self.lpips = load_lpips(vgg_weights, device)
-        quality_columns = (QUALITY_COLUMNS + (LPIPS_COLUMNS if self.lpips is not None else [])) if quality else []
+        if self.quality:
+            self.vgg = load_vgg(settings.vgg_weights, device)
+            self.lpips = load_lpips(settings.vgg_weights, device)
+        quality_columns = (QUALITY_COLUMNS + (LPIPS_COLUMNS if self.lpips is not None else [])) if self.quality \
+            else []
         self.columns = ["frame"] + quality_columns + TIMING_COLUMNS
 
     def start(self, init: Image.Image) -> None:
         """Remember frame 0 (the Gram and LPIPS reference)."""
         if self.quality:
-            self.init = pil_to_tensor(init).to(self.device)
+            self.init = to_tensor(init).to(self.device)
             with torch.no_grad():
-                self.init_grams = self.vgg.grams(self.init, self.gram_size)
+                self.init_grams = self.vgg.grams(self.init, self.settings.gram_size)
 
     @torch.no_grad()
     def score(self, frame: Image.Image, edge: Image.Image, previous: Image.Image) -> dict:
         if not self.quality:
             return {}
-        image = pil_to_tensor(frame).to(self.device)
+        image = to_tensor(frame).to(self.device)
         row = {
             "edge_loss": float(losses.edge_loss(image, image_to_edge_target(edge).to(self.device), "sobel", None)),
-            "gram_loss": float(losses.gram_loss(self.vgg.grams(image, self.gram_size), self.init_grams)),
+            "gram_loss": float(losses.gram_loss(self.vgg.grams(image, self.settings.gram_size), self.init_grams)),
         }
         if self.lpips is not None:
             row["lpips_to_init"] = self._lpips(image, self.init)
-            row["lpips_to_prev"] = self._lpips(image, pil_to_tensor(previous).to(self.device))
+            row["lpips_to_prev"] = self._lpips(image, to_tensor(previous).to(self.device))
         return {k: round(v, 6) for k, v in row.items()}
 
     def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> float:
         """Both (1, 3, H, W) in [0, 1], resized to long side ``size``, compared in [-1, 1]."""
-        a = losses.resize_long_side(a, self.size)
+        a = losses.resize_long_side(a, self.settings.size)
         b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
         return float(self.lpips(a * 2 - 1, b * 2 - 1).mean())
 
@@ -138,12 +124,9 @@ class MetricsLog:
     def __init__(self, path: Path, columns: list[str], keep_frames_before: int = 0):
         self.path = path
         self.columns = columns
-        path.parent.mkdir(parents=True, exist_ok=True)
         kept = complete_rows(path, columns)[: max(0, keep_frames_before - 1)]
-        partial = path.with_name(f".{path.name}.partial")
-        with open(partial, "w", newline="") as handle:
+        with atomic_path(path) as partial, open(partial, "w", newline="") as handle:
             csv.writer(handle).writerows([columns] + kept)
-        os.replace(partial, path)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as handle:

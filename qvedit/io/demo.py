@@ -6,16 +6,15 @@ of frames 1..T-1) the first time, then serves them like any frame folder.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from qvedit.edges import edges_to_uint8, sobel_edges
-from qvedit.frames import FrameFolders
+from qvedit.files import atomic_folder
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
+from qvedit.images import to_tensor
+from qvedit.io.frames import FrameFolders
 
 DEMO_SIZE = (64, 64)  # (W, H)
 DEMO_FRAMES = 9  # frame 0 + 8 edge frames
@@ -39,28 +38,17 @@ def demo_frame(t: int, size: tuple[int, int] = DEMO_SIZE) -> np.ndarray:
 
 def write_demo_clip(folder: Path) -> None:
     """Write the clip into ``folder`` atomically (a half-written clip never appears)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=folder.parent))
-    try:
+    with atomic_folder(folder, complete="init.png") as staging:
         (staging / "edges").mkdir()
         Image.fromarray(demo_frame(0)).save(staging / "init.png")
         for t in range(1, DEMO_FRAMES):
-            frame = torch.from_numpy(demo_frame(t)).permute(2, 0, 1)[None].float() / 255
-            Image.fromarray(edges_to_uint8(sobel_edges(frame)[0, 0])).save(staging / "edges" / f"{t:05d}.png")
-        try:
-            staging.rename(folder)
-        except OSError:
-            if not (folder / "init.png").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            edges = sobel_edges(to_tensor(demo_frame(t)))
+            Image.fromarray(edges_to_uint8(edges[0, 0])).save(staging / "edges" / f"{t:05d}.png")
 
 
-def demo_clip(init_frame: str, edge_frames_dir: str, out_frames_dir: str | None = None,
-              resize: str = "area") -> FrameFolders:
+def demo_clip(init_frame: str, edge_frames_dir: str, resize: str = "area") -> FrameFolders:
     """The ``io=demo`` source: the demo clip under ``init_frame``'s folder, made there if missing."""
-    folder = Path(init_frame).expanduser().parent
-    if not Path(init_frame).expanduser().is_file():
-        write_demo_clip(folder)
-    return FrameFolders(str(Path(init_frame).expanduser()), str(Path(edge_frames_dir).expanduser()),
-                        out_frames_dir, resize)
+    init = Path(init_frame).expanduser()
+    if not init.is_file():
+        write_demo_clip(init.parent)
+    return FrameFolders(str(init), str(Path(edge_frames_dir).expanduser()), resize)

@@ -1,0 +1,59 @@
+"""``ttlg/``: the settings of test-time loss guidance (what each key means: README, "Keys")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from qvedit.errors import QveditError
+from qvedit.fields import setting
+
+EDGE_OPS = ("sobel", "laplacian")  # qvedit.guidance.edges implements each
+VGG_WEIGHTS = ("imagenet", "random")
+
+
+@dataclass
+class TTLGSettings:
+    """Which losses guide the latents, how hard, and at which denoising steps."""
+
+    edge_scale: float = setting(0.0, frames=True)
+    gram_scale: float = setting(0.0, frames=True)
+    temporal_scale: float = setting(0.0, frames=True)
+    lr: float = setting(0.05, frames=True)
+    every: int = setting(1, frames=True)
+    start_step: Optional[int] = setting(None, frames=True)
+    end_step: Optional[int] = setting(None, frames=True)
+    last_steps: Optional[int] = setting(10, frames=True)
+    edge_size: Optional[int] = setting(256, frames=True)
+    gram_size: Optional[int] = setting(256, frames=True)
+    temporal_size: int = setting(64, frames=True)
+    edge_op: str = setting("sobel", frames=True)
+    vgg_weights: str = setting("imagenet", frames=True)
+    decode_checkpointing: bool = setting(True)  # recomputes the decoder in the backward: the same numbers
+
+    def __post_init__(self):
+        for key in ("edge_scale", "gram_scale", "temporal_scale", "lr"):
+            if getattr(self, key) < 0:
+                raise QveditError(f"ttlg.{key}={getattr(self, key)} is negative: use 0 (off) or a positive number")
+        if self.every < 1:
+            raise QveditError(f"ttlg.every={self.every} must be >= 1")
+        if self.last_steps is not None and self.last_steps < 0:
+            raise QveditError(f"ttlg.last_steps={self.last_steps} must be >= 0 (or null for all steps)")
+        if self.edge_op not in EDGE_OPS:
+            raise QveditError(f"unknown edge op {self.edge_op!r}: set it to one of {', '.join(sorted(EDGE_OPS))}")
+        if self.vgg_weights not in VGG_WEIGHTS:
+            raise QveditError(f"ttlg.vgg_weights={self.vgg_weights!r}: use imagenet, or random (tests only)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.edge_scale > 0 or self.gram_scale > 0 or self.temporal_scale > 0
+
+    def guides_step(self, i: int, num_steps: int) -> bool:
+        """Whether denoising step ``i`` (0-based, of ``num_steps``) takes a guidance step."""
+        return (
+            self.enabled
+            and i % self.every == 0
+            and (self.start_step is None or i >= self.start_step)
+            and (self.end_step is None or i < self.end_step)
+            and (self.last_steps is None or i >= num_steps - self.last_steps)
+        )

@@ -1,0 +1,75 @@
+"""Where one run's outputs go: the single owner of every output path of a run folder.
+
+By default everything is inside the run folder (``hydra.run.dir``, or a sweep job's folder)::
+
+    <run>/frames/00000.png ...   io.out_frames_dir      (the resume manifest .qvedit-run.yaml too)
+    <run>/metrics.csv            metrics.path
+    <run>/preview.png, .gif      previews
+    <run>/output.mp4             io.out_video           (io=video)
+    <run>/edges/00001.png ...    io.edges_dir           (io=video, edges made from the RGB video)
+    <run>/error.txt              a sweep job's one-line failure, for the acceptance report
+    debug_dir                    guidance debug images (only when set)
+
+Under torchrun only rank 0 writes where the keys say; the other ranks keep everything in their
+own scratch run folder, which is removed when they exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+JOB_ERROR_FILE = "error.txt"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    run_dir: Path
+    frames_dir: Path
+    metrics_csv: Path
+    video: Path
+    edges_dir: Path
+    debug_dir: Optional[Path] = None
+
+    @classmethod
+    def resolve(cls, run_dir: Path, io, metrics, debug_dir: Optional[str] = None, writer: bool = True) -> "RunLayout":
+        """The layout for ``run_dir`` with the output keys of the ``io`` and ``metrics`` settings.
+
+        ``writer=False`` (a torchrun rank other than 0) ignores the keys: all stays in ``run_dir``.
+        """
+        run_dir = Path(run_dir)
+
+        def chosen(value: Optional[str], default: Path) -> Path:
+            return Path(value) if value and writer else default
+
+        return cls(
+            run_dir=run_dir,
+            frames_dir=chosen(getattr(io, "out_frames_dir", None), run_dir / "frames"),
+            metrics_csv=chosen(metrics.path, run_dir / "metrics.csv"),
+            video=chosen(getattr(io, "out_video", None), run_dir / "output.mp4"),
+            edges_dir=chosen(getattr(io, "edges_dir", None), run_dir / "edges"),
+            debug_dir=Path(debug_dir) if debug_dir and writer else None,
+        )
+
+    @property
+    def previews(self) -> tuple[Path, Path]:
+        """(contact sheet PNG, animated GIF)."""
+        return self.run_dir / "preview.png", self.run_dir / "preview.gif"
+
+
+def metrics_csv_of(run_dir: Path, metrics_path: Optional[str]) -> Path:
+    """Where a finished run's ``metrics.csv`` is, from its ``metrics.path`` value."""
+    return Path(metrics_path) if metrics_path else Path(run_dir) / "metrics.csv"
+
+
+def record_job_error(run_dir: Path, message: str) -> None:
+    """Leave a sweep job's failure where the acceptance report finds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / JOB_ERROR_FILE).write_text(message.strip() + "\n")
+
+
+def job_error(run_dir: Path) -> Optional[str]:
+    """The failure a sweep job recorded, or None."""
+    path = Path(run_dir) / JOB_ERROR_FILE
+    return path.read_text().strip() if path.is_file() else None

@@ -1,0 +1,371 @@
+"""Every place qvedit relies on diffusers internals, each with the check that says it still holds.
+
+qvedit never edits site-packages and never copies the denoising loop; where the pipeline offers no
+argument for what qvedit needs, it adapts the pipeline at run time, and all of that is here. Each
+adaptation is listed in ``ADAPTATIONS`` with what it relies on; ``tests/test_diffusers_compat.py``
+runs every check, so a diffusers upgrade that breaks one fails with the adaptation's name. At start
+a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the adaptations at risk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+log = logging.getLogger(__name__)
+
+TESTED_DIFFUSERS = "0.42.1"
+
+
+def _pipeline_module():
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
+
+    return pipeline_qwenimage_edit_plus
+
+
+def _call_source() -> str:
+    return inspect.getsource(_pipeline_module().QwenImageEditPlusPipeline.__call__)
+
+
+# -- 1. condition area ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def condition_area(area: int) -> Iterator[None]:
+    """Encode condition images at ``area`` pixels inside the block, instead of diffusers' fixed 1 MP.
+
+    The pipeline reads the module constant ``VAE_IMAGE_SIZE`` on every call and offers no argument for
+    it; it is set for the duration of one call and restored after.
+    """
+    module = _pipeline_module()
+    saved = module.VAE_IMAGE_SIZE
+    module.VAE_IMAGE_SIZE = area
+    try:
+        yield
+    finally:
+        module.VAE_IMAGE_SIZE = saved
+
+
+def pipeline_condition_area() -> int:
+    """The area diffusers encodes condition images at by default (1024 * 1024 in 0.42.1)."""
+    return _pipeline_module().VAE_IMAGE_SIZE
+
+
+# -- 2. the velocity of each scheduler step ---------------------------------------------------------
+
+class VelocityRecorder:
+    """Holds the model output (velocity v) of the scheduler's latest ``step`` call."""
+
+    def __init__(self):
+        self.velocity: Optional[torch.Tensor] = None
+
+
+@contextlib.contextmanager
+def record_velocity(scheduler) -> Iterator[VelocityRecorder]:
+    """Record what ``scheduler.step`` is given, for the duration of one pipeline call.
+
+    ``callback_on_step_end`` only sees x_{t-1}; the velocity the step used turns it into an x0
+    estimate. Wrapping the instance's ``step`` leaves the class and the pipeline untouched.
+    """
+    recorder = VelocityRecorder()
+    original = scheduler.step
+
+    def step(model_output, *args, **kwargs):
+        recorder.velocity = model_output
+        return original(model_output, *args, **kwargs)
+
+    scheduler.step = step
+    try:
+        yield recorder
+    finally:
+        del scheduler.step
+
+
+def step_sigma(scheduler) -> float:
+    """sigma of the latents the scheduler's last ``step`` returned (0 after the final step)."""
+    return float(scheduler.sigmas[scheduler.step_index])
+
+
+# -- 3. decoding packed latents like the pipeline, with gradients -----------------------------------
+
+def execution_device(pipe) -> torch.device:
+    """The device the pipeline runs on (diffusers' private ``_execution_device``)."""
+    return pipe._execution_device
+
+
+class LatentDecoder:
+    """Differentiable decode of packed latents, along exactly the pipeline's own decode path.
+
+    ``decode(latents)``: latents (1, (H/16)*(W/16), C*4) packed -> image (1, 3, H, W) in [0, 1],
+    equal to the pipeline's ``output_type="pt"`` image for the same latents. With
+    ``checkpointing`` the VAE decoder keeps only block inputs and recomputes each block in the
+    backward pass, trading one more decoder forward for most of the activation memory.
+    """
+
+    def __init__(self, pipe, height: int, width: int, checkpointing: bool = False):
+        self.pipe = pipe
+        self.vae = pipe.vae
+        self.height = height
+        self.width = width
+        self.checkpointing = checkpointing
+        z_dim = self.vae.config.z_dim
+        self.mean = torch.tensor(self.vae.config.latents_mean).view(1, z_dim, 1, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z_dim, 1, 1, 1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
+        z = z.to(self.vae.dtype)
+        z = z / self.inv_std.to(z.device, z.dtype) + self.mean.to(z.device, z.dtype)
+        if self.checkpointing:
+            image = self._decode_checkpointed(z)
+        else:
+            image = self.vae.decode(z, return_dict=False)[0]
+        return (image[:, :, 0] / 2 + 0.5).clamp(0, 1)
+
+    def _decode_checkpointed(self, z: torch.Tensor) -> torch.Tensor:
+        """``vae.decode`` for one frame, block by block under activation checkpointing.
+
+        For a single latent frame the decoder's causal cache is empty, which is the same as
+        running every block with ``feat_cache=None``; that makes each block a pure function and
+        safe to recompute. A test holds this equal to ``vae.decode``.
+        """
+        if z.shape[2] != 1:
+            raise ValueError(f"checkpointed decode takes one latent frame, got {z.shape[2]}")
+        decoder = self.vae.decoder
+        blocks = [decoder.conv_in, *decoder.mid_block.resnets[:1]]
+        for attention, resnet in zip(decoder.mid_block.attentions, decoder.mid_block.resnets[1:]):
+            blocks += [attention, resnet]
+        for up_block in decoder.up_blocks:
+            blocks += list(up_block.resnets) + list(up_block.upsamplers or [])
+        x = self.vae.post_quant_conv(z)
+        for block in blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        x = checkpoint(self._head, x, use_reentrant=False)
+        return x.clamp(-1.0, 1.0)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        decoder = self.vae.decoder
+        return decoder.conv_out(decoder.nonlinearity(decoder.norm_out(x)))
+
+
+# -- 4. running code before each prompt encoding ----------------------------------------------------
+
+def before_prompt_encoding(pipe, hook: Callable[[], None]) -> None:
+    """Call ``hook()`` each time the pipeline encodes a prompt (it looks ``encode_prompt`` up on the
+    instance, so an instance attribute wraps it)."""
+    encode_prompt = pipe.encode_prompt
+
+    def encode_prompt_after_hook(*args, **kwargs):
+        hook()
+        return encode_prompt(*args, **kwargs)
+
+    pipe.encode_prompt = encode_prompt_after_hook
+
+
+# -- 5. the two passes of true CFG ------------------------------------------------------------------
+
+class CFGPasses:
+    """Hands the transformer's "cond" and "uncond" passes of each step to ``run_pass``.
+
+    The pipeline calls the transformer twice per step, inside ``transformer.cache_context("cond")``
+    and then ``cache_context("uncond")``. With this installed, each such call becomes
+    ``run_pass(name, forward, hidden_states, *args, **kwargs)``, which returns the (B, S, C_out)
+    prediction; calls outside the two contexts run unchanged. ``out_features`` and ``dtype`` give the
+    prediction's last dimension and dtype, for a pass that is computed elsewhere.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, run_pass: Callable):
+        self.context: Optional[str] = None
+        self.run_pass = run_pass
+        self.forward = transformer.forward
+        self.cache_context = transformer.cache_context
+        config = transformer.config
+        self.out_features = config.patch_size ** 2 * (config.out_channels or config.in_channels)
+        self.dtype = transformer.dtype  # the prediction's dtype: proj_out's
+        transformer.cache_context = self.named_pass
+        transformer.forward = self.split_forward
+
+    @contextlib.contextmanager
+    def named_pass(self, name: str, **kwargs):
+        self.context = name
+        try:
+            with self.cache_context(name, **kwargs):
+                yield
+        finally:
+            self.context = None
+
+    def split_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        if self.context not in ("cond", "uncond"):
+            return self.forward(hidden_states, *args, **kwargs)
+        prediction = self.run_pass(self.context, self._prediction, hidden_states, *args, **kwargs)
+        if kwargs.get("return_dict", True):
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+            return Transformer2DModelOutput(sample=prediction)
+        return (prediction,)
+
+    def _prediction(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The transformer's own (B, S, C_out) prediction for this pass."""
+        output = self.forward(hidden_states, *args, **kwargs)
+        return output[0] if isinstance(output, tuple) else output.sample
+
+    def placeholder(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """An empty tensor shaped like this pass's prediction, to be filled by another process."""
+        return hidden_states.new_empty((*hidden_states.shape[:2], self.out_features), dtype=self.dtype)
+
+
+# -- 6. context parallelism -------------------------------------------------------------------------
+
+def parallel_config(transformer) -> object:
+    """The context-parallel config ``enable_parallelism`` set (None before)."""
+    return transformer._parallel_config
+
+
+def attention_backend(transformer) -> Optional[str]:
+    """The attention backend ``transformer``'s processors were set to (None = diffusers' default)."""
+    for module in transformer.modules():
+        backend = getattr(getattr(module, "processor", None), "_attention_backend", None)
+        if backend is not None:
+            return getattr(backend, "value", backend)
+    return None
+
+
+# -- the list, and its checks -----------------------------------------------------------------------
+
+def _in_call(*fragments: str) -> Optional[str]:
+    """None if every fragment appears in ``QwenImageEditPlusPipeline.__call__``, in this order."""
+    source, position = _call_source(), 0
+    for fragment in fragments:
+        found = source.find(fragment, position)
+        if found < 0:
+            return f"QwenImageEditPlusPipeline.__call__ no longer contains {fragment!r} (after the fragments before it)"
+        position = found + len(fragment)
+    return None
+
+
+def _has(owner, *names: str) -> Optional[str]:
+    missing = [name for name in names if not hasattr(owner, name)]
+    return f"{getattr(owner, '__name__', owner)} has no {', '.join(missing)}" if missing else None
+
+
+def _check_condition_area() -> Optional[str]:
+    return _has(_pipeline_module(), "VAE_IMAGE_SIZE") or _in_call("VAE_IMAGE_SIZE")
+
+
+def _check_velocity() -> Optional[str]:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return (_in_call("self.scheduler.step(noise_pred", "callback_on_step_end(self, i, t, callback_kwargs)",
+                     'callback_outputs.pop("latents"')
+            or _has(FlowMatchEulerDiscreteScheduler(), "sigmas", "step_index"))
+
+
+def _check_decode() -> Optional[str]:
+    return (_has(_pipeline_module().QwenImageEditPlusPipeline, "_unpack_latents", "_execution_device")
+            or _in_call("self._unpack_latents(latents, height, width, self.vae_scale_factor)",
+                        "latents = latents / latents_std + latents_mean",
+                        "self.vae.decode(latents, return_dict=False)[0][:, :, 0]"))
+
+
+def _check_decoder_blocks() -> Optional[str]:
+    from diffusers.models.autoencoders import autoencoder_kl_qwenimage as vae
+
+    for function, fragments in (
+        (vae.QwenImageDecoder3d.forward, ("self.conv_in(x)", "self.mid_block(", "for up_block in self.up_blocks",
+                                          "self.norm_out(x)", "self.nonlinearity(x)", "self.conv_out(x)")),
+        (vae.QwenImageMidBlock.forward, ("self.resnets[0](", "zip(self.attentions, self.resnets[1:])")),
+        (vae.QwenImageUpBlock.forward, ("for resnet in self.resnets", "self.upsamplers[0](x)")),
+        (vae.AutoencoderKLQwenImage._decode, ("self.post_quant_conv(z)", "torch.clamp(out, min=-1.0, max=1.0)")),
+    ):
+        source, position = inspect.getsource(function), 0
+        for fragment in fragments:
+            position = source.find(fragment, position)
+            if position < 0:
+                return f"{function.__qualname__} no longer contains {fragment!r}"
+    return None
+
+
+def _check_prompt_encoding() -> Optional[str]:
+    return _in_call("self.encode_prompt(")
+
+
+def _check_cfg_passes() -> Optional[str]:
+    return _in_call('self.transformer.cache_context("cond")', "self.transformer(",
+                    'self.transformer.cache_context("uncond")', "self.transformer(")
+
+
+def _check_context_parallel() -> Optional[str]:
+    from diffusers import ContextParallelConfig, ModelMixin
+
+    missing = {"ulysses_anything", "ring_anything"} - set(inspect.signature(ContextParallelConfig).parameters)
+    if missing:
+        return f"ContextParallelConfig takes no {', '.join(sorted(missing))}"
+    if "self._parallel_config" not in inspect.getsource(ModelMixin):
+        return "ModelMixin no longer keeps self._parallel_config"
+    return _has(ModelMixin, "enable_parallelism", "set_attention_backend")
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    name: str
+    used_by: str
+    relies_on: str
+    check: Callable[[], Optional[str]]  # None when the assumption holds, else what changed
+
+
+ADAPTATIONS = (
+    Adaptation("condition_area", "condition_area key",
+               "module constant pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE, read by __call__ on every call",
+               _check_condition_area),
+    Adaptation("record_velocity", "guidance x0 estimate",
+               "__call__ calls scheduler.step(noise_pred, ...) once per step, then callback_on_step_end, and "
+               "takes its latents; scheduler.sigmas[step_index] is the sigma of the new latents", _check_velocity),
+    Adaptation("LatentDecoder", "guidance decode",
+               "__call__ decodes with _unpack_latents, z / (1/latents_std) + latents_mean, vae.decode()[0][:, :, 0]; "
+               "private _unpack_latents and _execution_device", _check_decode),
+    Adaptation("checkpointed decode", "ttlg.decode_checkpointing",
+               "AutoencoderKLQwenImage: post_quant_conv, decoder conv_in / mid_block (resnets, attentions) / "
+               "up_blocks (resnets, upsamplers) / norm_out / nonlinearity / conv_out, clamp to [-1, 1]",
+               _check_decoder_blocks),
+    Adaptation("before_prompt_encoding", "perf.offload_text_encoder",
+               "__call__ encodes prompts through self.encode_prompt (an instance attribute can wrap it)",
+               _check_prompt_encoding),
+    Adaptation("CFGPasses", "parallel.cfg_degree",
+               "__call__ runs the transformer inside cache_context('cond'), then cache_context('uncond'), each step",
+               _check_cfg_passes),
+    Adaptation("context parallelism", "parallel.ulysses_degree / ring_degree",
+               "ContextParallelConfig(ulysses_anything, ring_anything), ModelMixin._parallel_config, "
+               "processor._attention_backend", _check_context_parallel),
+)
+
+
+def broken_adaptations() -> list[tuple[Adaptation, str]]:
+    """(adaptation, what changed) for every adaptation whose check fails on the installed diffusers."""
+    broken = []
+    for adaptation in ADAPTATIONS:
+        try:
+            problem = adaptation.check()
+        except Exception as err:  # an import or attribute that vanished is itself the answer
+            problem = f"{type(err).__name__}: {err}"
+        if problem:
+            broken.append((adaptation, problem))
+    return broken
+
+
+def warn_if_untested_diffusers() -> bool:
+    """Log one warning when the installed diffusers is not the tested one; returns whether it did."""
+    import diffusers
+
+    if diffusers.__version__ == TESTED_DIFFUSERS:
+        return False
+    broken = broken_adaptations()
+    detail = "; ".join(f"{a.name}: {problem}" for a, problem in broken) if broken else "their checks pass"
+    log.warning("diffusers %s is not the version qvedit was tested with (%s): these adaptations of its internals "
+                "may break: %s (%s)", diffusers.__version__, TESTED_DIFFUSERS,
+                ", ".join(f"{a.name} ({a.used_by})" for a in ADAPTATIONS), detail)
+    return True

@@ -1,0 +1,211 @@
+"""One frame on several GPUs (or CPU processes), started by torchrun (settings: ``ParallelSettings``).
+
+``torchrun --nproc-per-node N -m qvedit parallel.<degree>=N ...`` runs one process per GPU; every
+process holds the whole pipeline and the scheduler, latents and decode are the same full tensors on
+every rank. Two ways to share a frame's work:
+
+- context parallelism (``ulysses_degree`` / ``ring_degree``, diffusers' ``ContextParallelConfig``):
+  inside each transformer call the image and text tokens are split across the GPUs (Ulysses
+  all-to-all over attention heads, or ring attention) and the output is gathered again;
+- CFG parallelism (``cfg_degree=2``): true classifier-free guidance runs the transformer twice per
+  step, on the prompt and on the negative prompt; rank 0 runs the first pass, rank 1 the second, at
+  the same time, and the two predictions are exchanged (1.5 MiB at 1024²). Each pass is the
+  single-GPU computation, so frames are the single-GPU frames. Diffusers has no CFG parallelism;
+  ``CFGSplit`` adds it without touching the denoising loop (``diffusers_compat.CFGPasses`` wraps the
+  transformer's forward).
+
+Rank 0 is the only one that writes (frames, metrics, previews, logs) and the only one that runs
+the guidance step: it decodes x0 and takes the loss gradients on its full latents, then every rank
+takes rank 0's latents (one broadcast per denoising step, 0.5 MiB at 1024²). Running the guidance
+on every rank would cost every GPU the decoder's activation memory to compute the same numbers,
+and any bitwise difference between ranks would then split the ranks' latents apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from qvedit.errors import QveditError
+from qvedit.models.diffusers_compat import CFGPasses, attention_backend, parallel_config
+from qvedit.models.settings import ParallelSettings
+
+log = logging.getLogger(__name__)
+
+
+def start_team(settings: ParallelSettings, device: str) -> "Team":
+    """This process's place in the torchrun group (a team of one without torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if settings.degree == 1 and world == 1:
+        return Team(settings=settings)
+    if world != settings.degree:
+        if world == 1:
+            raise QveditError(
+                f"parallel.* degrees ask for {settings.degree} processes, but this is one process: "
+                f"start it with torchrun --nproc-per-node {settings.degree} -m qvedit ...")
+        raise QveditError(
+            f"torchrun started {world} processes but the parallel.* degrees multiply to {settings.degree}: "
+            f"set parallel.ulysses_degree={world} or parallel.cfg_degree={world} (or --nproc-per-node "
+            f"{settings.degree})")
+    if not device.startswith("cuda"):
+        if settings.cfg_degree == 1:
+            raise QveditError(f"device={device}: context parallelism splits a frame across CUDA GPUs; "
+                              "use device=cuda (parallel.cfg_degree=2 also runs on the CPU)")
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return Team(rank=dist.get_rank(), size=dist.get_world_size(), device=device, settings=settings)
+    if not torch.cuda.is_available() or torch.cuda.device_count() < int(os.environ.get("LOCAL_WORLD_SIZE", world)):
+        raise QveditError(f"torchrun started {world} processes but only {torch.cuda.device_count()} CUDA GPU(s) "
+                          "are visible: one GPU per process")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local_rank)
+    gpu = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        # CPU tensors go through gloo: diffusers' Ulysses/ring "anything" attention exchanges the
+        # ranks' sequence lengths on the CPU each call, which through NCCL would stall the GPU.
+        dist.init_process_group("cpu:gloo,cuda:nccl", device_id=gpu)
+    return Team(rank=dist.get_rank(), size=dist.get_world_size(), device=str(gpu), settings=settings)
+
+
+def share_transformer(pipe, settings: ParallelSettings, team: "Team") -> None:
+    """Share ``pipe``'s transformer work across the team (once per pipeline)."""
+    if settings.cfg_degree == 2 and not isinstance(getattr(pipe.transformer, "_qvedit_cfg_split", None), CFGSplit):
+        team.check_same_weights(pipe.transformer)
+        pipe.transformer._qvedit_cfg_split = CFGSplit(pipe.transformer, team)
+        log.info("CFG parallelism: prompt pass on rank 0, negative-prompt pass on rank 1")
+    if settings.ulysses_degree * settings.ring_degree == 1 or parallel_config(pipe.transformer) is not None:
+        return
+    from diffusers import ContextParallelConfig
+
+    team.check_same_weights(pipe.transformer)
+    if settings.ring_degree > 1 and attention_backend(pipe.transformer) in (None, "native"):
+        # Ring attention merges partial results by their log-sum-exp, which SDPA does not return.
+        pipe.transformer.set_attention_backend("_native_cudnn")
+        log.info("parallel.ring_degree > 1: attention backend _native_cudnn (SDPA returns no log-sum-exp)")
+    # The "anything" variants accept token counts the degree does not divide (prompt lengths
+    # vary, and so do image token counts); diffusers has them for one split dimension only.
+    config = ContextParallelConfig(
+        ulysses_degree=settings.ulysses_degree, ring_degree=settings.ring_degree,
+        ulysses_anything=settings.ring_degree == 1, ring_anything=settings.ulysses_degree == 1)
+    try:
+        pipe.transformer.enable_parallelism(config=config)
+    except (ValueError, RuntimeError, NotImplementedError) as err:
+        raise QveditError(f"context parallelism could not be enabled ({str(err).splitlines()[0]}): "
+                          "try perf.attention_backend=_native_cudnn, or parallel.ring_degree=1") from None
+    log.info("context parallelism: ulysses %d x ring %d over %d GPUs", settings.ulysses_degree,
+             settings.ring_degree, team.size)
+
+
+class Team:
+    """The processes that make each frame together; rank 0 decides and writes.
+
+    A team of one (no torchrun) passes everything through unchanged. ``settings`` say how the team
+    shares the transformer's work (``share_work``).
+    """
+
+    def __init__(self, rank: int = 0, size: int = 1, device: Optional[str] = None,
+                 settings: Optional[ParallelSettings] = None):
+        self.rank, self.size, self.device = rank, size, device
+        self.settings = settings or ParallelSettings()
+
+    def share_work(self, pipe) -> None:
+        """Share ``pipe``'s transformer work across the team (once per pipeline)."""
+        share_transformer(pipe, self.settings, self)
+
+    @property
+    def is_writer(self) -> bool:
+        return self.rank == 0
+
+    def agree(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def step_callback(self, guidance: Optional[Callable]) -> Optional[Callable]:
+        """A ``callback_on_step_end`` for every rank: rank 0 runs ``guidance`` (if any), then all take
+        rank 0's latents. Keeps the ranks' latents identical whatever the guidance did."""
+        if self.size == 1:
+            return guidance
+
+        def callback(pipe, step: int, timestep, tensors: dict) -> dict:
+            out = guidance(pipe, step, timestep, tensors) if guidance is not None else {}
+            latents = out.get("latents", tensors["latents"]).contiguous()
+            dist.broadcast(latents, src=0)
+            return {**out, "latents": latents}
+
+        return callback
+
+    def check_same_weights(self, module: torch.nn.Module) -> None:
+        """Refuse to start when the ranks loaded different weights (another model folder, say)."""
+        if self.size == 1:
+            return
+        params = list(module.parameters())
+        probe = torch.stack([p.detach().float().sum() for p in (params[0], params[len(params) // 2], params[-1])])
+        everyone = [torch.empty_like(probe) for _ in range(self.size)]
+        dist.all_gather(everyone, probe)
+        if not all(torch.equal(everyone[0], other) for other in everyone[1:]):
+            raise QveditError("the ranks loaded different transformer weights: every process must load the "
+                              "same model (same model.model_id and files on every node)")
+
+    def close(self) -> None:
+        if self.size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class CFGSplit:
+    """Runs the transformer's "cond" passes on rank 0 and its "uncond" passes on rank 1.
+
+    On rank 1 the cond pass returns at once with an empty tensor of the prediction's shape; the
+    uncond pass computes. On rank 0 it is the other way round. After the uncond pass both ranks
+    broadcast their prediction, which fills rank 0's uncond output and, in place, the tensor rank 1
+    returned from its cond pass (the pipeline only slices it before both are combined). Both ranks
+    then combine the same two tensors.
+    """
+
+    def __init__(self, transformer: torch.nn.Module, team: "Team"):
+        self.team = team
+        self.cond: Optional[torch.Tensor] = None  # this step's cond prediction (a placeholder on rank 1)
+        self.passes = CFGPasses(transformer, self.run_pass)
+
+    def run_pass(self, name: str, compute: Callable, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """(B, S, C_in) tokens -> the (B, S, C_out) prediction of the pass ``name``."""
+        if (name == "cond") == (self.team.rank == 0):
+            prediction = compute(hidden_states, *args, **kwargs)
+        else:
+            prediction = self.passes.placeholder(hidden_states)
+        if name == "cond":
+            if self.cond is not None:
+                raise RuntimeError("CFG parallelism: a cond pass without its uncond pass (is true CFG on?)")
+            self.cond = prediction
+        else:
+            if self.cond is None:
+                raise RuntimeError("CFG parallelism: an uncond pass without a cond pass before it")
+            dist.broadcast(self.cond, src=0)
+            dist.broadcast(prediction, src=1)
+            self.cond = None
+        return prediction
+
+
+def torchrun_rank() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def follower_overrides() -> tuple[list[str], Optional[Path]]:
+    """Hydra overrides for ranks > 0: a private scratch run folder and no log files, so only rank 0's
+    run folder appears. Returns (overrides, scratch folder to remove at exit)."""
+    rank = torchrun_rank()
+    if rank == 0:
+        return [], None
+    scratch = Path(tempfile.mkdtemp(prefix=f"qvedit-rank{rank}-"))
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled",
+            "hydra/hydra_logging=disabled"], scratch

@@ -1,0 +1,110 @@
+"""``model/``, ``perf/`` and ``parallel/``: which pipeline a run uses, how fast, on how many GPUs.
+
+Plain settings (what each key means: README, "Keys"); the work is done in ``loading``, ``perf`` and
+``parallel``, imported when a method needs them so the schema loads without torch or diffusers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from qvedit.errors import QveditError
+from qvedit.fields import setting
+from qvedit.files import cache_dir
+
+TINY_MODEL_FOLDER = "tiny-qwen-image-edit-2509"  # in the cache folder; conf/model/tiny.yaml names it too
+
+
+@dataclass
+class ModelSettings:
+    """``model=qwen_edit_2509``: real weights from a hub id or a local folder in the diffusers layout."""
+
+    model_id: str = setting("Qwen/Qwen-Image-Edit-2509", frames=True, path="input")
+
+    def load(self, device: str, dtype: str):
+        """The frozen ``QwenImageEditPlusPipeline`` on ``device`` (reused within a process)."""
+        from qvedit.models.loading import load_pretrained
+
+        return load_pretrained(self.model_id, device, dtype)
+
+
+@dataclass
+class TinyModel(ModelSettings):
+    """``model=tiny``: the offline toy model, built into the folder ``model_id`` on first use."""
+
+    @classmethod
+    def in_cache(cls) -> "TinyModel":
+        """The tiny model in qvedit's cache folder, where ``model=tiny`` keeps it."""
+        return cls(str(cache_dir() / TINY_MODEL_FOLDER))
+
+    def load(self, device: str, dtype: str):
+        from qvedit.models.loading import load_tiny
+
+        return load_tiny(self.model_id, device, dtype)
+
+
+@dataclass
+class RandomFullModel(ModelSettings):
+    """``model=random_full``: the full 2509 architecture with random weights (timing only);
+    ``model_id`` is a label."""
+
+    def load(self, device: str, dtype: str):
+        from qvedit.models.loading import load_random_full
+
+        return load_random_full(device, dtype)
+
+
+@dataclass
+class PerfSettings:
+    """``perf/``: speed and memory settings that do not change what the method computes."""
+
+    attention_backend: Optional[str] = setting(None)
+    compile: bool = setting(False)
+    offload_text_encoder: bool = setting(False)
+
+    def apply(self, pipe) -> None:
+        """Set up ``pipe`` (once per pipeline and setting: a sweep reuses the pipeline)."""
+        from qvedit.models.perf import apply_perf
+
+        apply_perf(pipe, self)
+
+
+@dataclass
+class ParallelSettings:
+    """``parallel/``: one frame on several GPUs (or CPU processes), started by torchrun.
+
+    Context parallelism reorders the attention sums, so its degrees change frames in the last bits;
+    CFG parallelism computes each pass exactly as one process does, so ``cfg_degree`` does not.
+    """
+
+    ulysses_degree: int = setting(1, frames=True)
+    ring_degree: int = setting(1, frames=True)
+    cfg_degree: int = setting(1)
+
+    @property
+    def degree(self) -> int:
+        return self.ulysses_degree * self.ring_degree * self.cfg_degree
+
+    def check(self, true_cfg_scale: float) -> None:
+        """Refuse degrees that cannot work, before anything is loaded."""
+        if min(self.ulysses_degree, self.ring_degree, self.cfg_degree) < 1:
+            raise QveditError(f"parallel degrees must be >= 1 (1 = no splitting): ulysses_degree="
+                              f"{self.ulysses_degree}, ring_degree={self.ring_degree}, cfg_degree={self.cfg_degree}")
+        if self.cfg_degree > 2:
+            raise QveditError(f"parallel.cfg_degree={self.cfg_degree}: there are two passes to share (prompt and "
+                              "negative prompt), so 1 or 2")
+        if self.cfg_degree == 2 and self.ulysses_degree * self.ring_degree > 1:
+            raise QveditError("parallel.cfg_degree=2 does not combine with ulysses_degree/ring_degree > 1: "
+                              "choose one (cfg_degree=2 measured faster on 2 GPUs, see README)")
+        if self.cfg_degree == 2 and true_cfg_scale <= 1:
+            raise QveditError(f"parallel.cfg_degree=2 shares the two passes of true CFG, but true_cfg_scale="
+                              f"{true_cfg_scale} runs one: raise true_cfg_scale above 1 or use ulysses_degree=2")
+
+    def start(self, device: str, true_cfg_scale: float = 4.0):
+        """This process's place in the torchrun group: a ``Team`` (of one without torchrun) that
+        shares the transformer's work as these settings say (``team.share_work(pipe)``)."""
+        from qvedit.models.parallel import start_team
+
+        self.check(true_cfg_scale)
+        return start_team(self, device)

@@ -1,0 +1,102 @@
+"""What a run writes for each frame, and how a run goes on from what an earlier one wrote.
+
+Re-running into the same run folder (``hydra.run.dir=RUN``) keeps the finished frames and goes on
+from the first missing one. Per-frame seeding makes the result identical to an uninterrupted run.
+The frames folder remembers the settings its frames were made with (``.qvedit-run.yaml``: the keys
+tagged ``frames=True`` in the schema, see ``qvedit.config.frame_settings``); a re-run whose settings
+would change the frames is refused, naming the keys that differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from omegaconf import OmegaConf
+from PIL import Image
+
+from qvedit.config import frame_setting_defaults
+from qvedit.errors import QveditError
+from qvedit.files import write_text_atomic
+from qvedit.images import read_rgb8
+from qvedit.io.frames import FrameWriter
+from qvedit.report.confdiff import diff_configs
+from qvedit.report.metrics import FrameMetrics, MetricsLog, complete_rows
+
+MANIFEST = ".qvedit-run.yaml"
+
+
+def check_or_record(frames_dir: Path, settings: dict[str, object]) -> None:
+    """Refuse to add frames to a folder made with other settings; remember these settings otherwise."""
+    manifest = frames_dir / MANIFEST
+    has_frames = (frames_dir / "00000.png").exists()
+    if has_frames and manifest.is_file():
+        recorded = OmegaConf.to_container(OmegaConf.load(manifest))
+        # Read a manifest of an earlier qvedit with today's keys: keys no longer recorded (the loaders'
+        # _target_) are dropped, and keys added since take their default, which is what that run used.
+        defaults = frame_setting_defaults()
+        before = {key: recorded.get(key, defaults.get(key)) for key in settings}
+        differing = diff_configs(before, settings)
+        if differing:
+            listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differing)
+            raise QveditError(
+                f"{frames_dir} holds frames made with other settings ({listed}): resume with the same settings, "
+                "or write to a new folder (another hydra.run.dir or io.out_frames_dir)"
+            )
+        return
+    if has_frames:
+        raise QveditError(f"{frames_dir} already holds frames that qvedit did not record: choose an empty folder "
+                          "(another hydra.run.dir or io.out_frames_dir)")
+    write_text_atomic(manifest, OmegaConf.to_yaml(OmegaConf.create(settings)))
+
+
+class ClipOutputs:
+    """The frames of one clip (``00000.png ...``) and, with ``metrics_csv``, one metrics row per frame.
+
+    A frame's row is written after the frame; a frame whose row is missing (a kill in between) is
+    made again on resume, so the two never disagree.
+    """
+
+    def __init__(self, frames: FrameWriter, metrics_csv: Optional[Path] = None, metrics: Optional[FrameMetrics] = None,
+                 debug_dir: Optional[Path] = None):
+        self.frames = frames
+        self.metrics_csv = metrics_csv
+        self.metrics = metrics or FrameMetrics()
+        self.debug_dir = debug_dir  # guidance debug images, when set
+        self._rows: Optional[MetricsLog] = None
+
+    @property
+    def folder(self) -> Path:
+        return self.frames.folder
+
+    def resume_point(self, init: Image.Image, total: int) -> int:
+        """How many frames of this clip are already finished (0 for a new run)."""
+        done = self.frames.finished()
+        if done and not np.array_equal(np.asarray(read_rgb8(self.frames.path(0))), np.asarray(init)):
+            raise QveditError(f"{self.folder} holds frames of another clip (its frame 0 is not this init frame): "
+                              "write to a new folder (another hydra.run.dir or io.out_frames_dir)")
+        done = min(done, total)
+        if self.metrics_csv and done > 1:  # a frame whose metrics row was lost is made again (same bytes)
+            done = min(done, 1 + len(complete_rows(self.metrics_csv, self.metrics.columns)))
+        return done
+
+    def previous_frame(self, done: int, init: Image.Image) -> Image.Image:
+        """The frame the first frame still to make follows: the last finished one, or frame 0."""
+        return read_rgb8(self.frames.path(done - 1)) if done > 1 else init
+
+    def start(self, init: Image.Image, done: int) -> list[Path]:
+        """Begin at frame ``done``: write frame 0 if needed, keep the metrics rows of the frames before.
+        Returns the paths of the frames finished so far."""
+        if self.metrics_csv:
+            self._rows = MetricsLog(self.metrics_csv, self.metrics.columns, keep_frames_before=done)
+        self.metrics.start(init)
+        return [self.frames.write(0, init)] if done == 0 else [self.frames.path(i) for i in range(done)]
+
+    def write_frame(self, index: int, frame: Image.Image) -> Path:
+        return self.frames.write(index, frame)
+
+    def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image, **timing) -> None:
+        """Frame ``index``'s metrics row: its quality columns (measured here) and ``timing`` columns."""
+        if self._rows is not None:
+            self._rows.append({"frame": index, **self.metrics.score(frame, edge, previous), **timing})

@@ -1,0 +1,47 @@
+"""``metrics/`` and ``acceptance/``: what is measured per frame, and the thresholds a sweep is judged by.
+
+Plain settings (what each key means: README, "Keys"); ``metrics`` and ``acceptance`` do the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from qvedit.errors import QveditError
+from qvedit.fields import setting
+
+VGG_BACKBONES = ("imagenet", "random")
+
+
+@dataclass
+class MetricsSettings:
+    """Per-frame metrics, written to ``metrics.csv`` as each frame finishes. They never change frames."""
+
+    quality: bool = setting(True)
+    path: Optional[str] = setting(None, path="output")
+    size: int = setting(256)
+    gram_size: int = setting(256)
+    vgg_weights: str = setting("imagenet")
+
+    def __post_init__(self):
+        if self.vgg_weights not in VGG_BACKBONES:
+            raise QveditError(f"metrics.vgg_weights={self.vgg_weights!r}: use imagenet or random (tests only)")
+
+    def scorer(self, device: str, quality: Optional[bool] = None):
+        """The ``FrameMetrics`` that scores frames on ``device`` (``quality=False``: timing columns only)."""
+        from qvedit.report.metrics import FrameMetrics
+
+        return FrameMetrics(self, device, self.quality if quality is None else quality and self.quality)
+
+
+@dataclass
+class Thresholds:
+    """The median-of-seeds acceptance criteria (spec §6.3); defaults are the specification's."""
+
+    frames: int = setting(8)
+    edge_ratio: float = setting(0.95)
+    edge_frames_fraction: float = setting(0.6)
+    gram_ratio: float = setting(0.98)
+    lpips_prev_min: float = setting(0.005)
+    lpips_init_min: float = setting(0.01)

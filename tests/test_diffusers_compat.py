@@ -1,0 +1,59 @@
+"""Every adaptation of diffusers internals still holds, and a broken one is named loudly.
+
+The behaviour each adaptation gives is tested where it is used (condition area and seeding in
+test_editor.py, the decode path and x0 in test_guidance.py, CFG passes in test_parallel.py); these
+tests check the assumptions themselves against the installed diffusers.
+"""
+
+import logging
+
+import pytest
+
+from qvedit.config import PIPELINE_CONDITION_AREA
+from qvedit.models import diffusers_compat as compat
+
+
+@pytest.mark.parametrize("adaptation", compat.ADAPTATIONS, ids=[a.name for a in compat.ADAPTATIONS])
+def test_the_assumption_holds_on_the_installed_diffusers(adaptation):
+    problem = adaptation.check()
+    assert problem is None, (f"diffusers changed under the adaptation {adaptation.name!r} ({adaptation.used_by}), "
+                             f"which relies on: {adaptation.relies_on}. What changed: {problem}. Rewrite it in "
+                             "qvedit/models/diffusers_compat.py")
+
+
+def test_condition_area_default_is_the_pipelines_own():
+    assert compat.pipeline_condition_area() == PIPELINE_CONDITION_AREA
+
+
+def test_a_vanished_constant_is_reported_by_name(monkeypatch):
+    monkeypatch.delattr(compat._pipeline_module(), "VAE_IMAGE_SIZE")
+    broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
+    assert list(broken) == ["condition_area"] and "VAE_IMAGE_SIZE" in broken["condition_area"]
+
+
+def test_a_changed_denoising_loop_is_reported_by_name(monkeypatch):
+    source = compat._call_source().replace('cache_context("uncond")', 'cache_context("negative")')
+    monkeypatch.setattr(compat, "_call_source", lambda: source)
+    broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
+    assert list(broken) == ["CFGPasses"] and "uncond" in broken["CFGPasses"]
+
+
+def test_another_diffusers_version_warns_once_naming_the_adaptations(monkeypatch, caplog):
+    import diffusers
+
+    with caplog.at_level(logging.WARNING, logger=compat.__name__):
+        assert not compat.warn_if_untested_diffusers()
+        monkeypatch.setattr(diffusers, "__version__", "0.99.0")
+        assert compat.warn_if_untested_diffusers()
+    (record,) = caplog.records
+    assert "diffusers 0.99.0 is not the version qvedit was tested with (0.42.1)" in record.getMessage()
+    assert all(a.name in record.getMessage() for a in compat.ADAPTATIONS)
+
+
+def test_the_tested_version_is_the_pinned_one():
+    import tomllib
+
+    from tests.conftest import REPO
+
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"diffusers=={compat.TESTED_DIFFUSERS}" in [d.split("#")[0].strip() for d in dependencies]
