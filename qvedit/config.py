@@ -26,7 +26,8 @@ from qvedit.io.settings import IO_OPTIONS, FramesIO, VideoIO
 from qvedit.models.settings import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.report.settings import MetricsSettings, Thresholds
 
-DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"  # image 1 = edge map, image 2 = previous frame
+# "Deform image 2 into the fine shape outlined by image 1": image 1 = edge map, image 2 = previous frame.
+DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
 PIPELINE_CONDITION_AREA = 1024 * 1024  # what diffusers encodes condition images at (checked by diffusers_compat)
 
 
@@ -114,7 +115,7 @@ def folder_name_excluded_keys() -> list[str]:
 
 def scale_keys() -> list[str]:
     """``ttlg.<loss>_scale``: a run is guided when one of them is above 0."""
-    return [f"ttlg.{f.name}" for f in dataclasses.fields(TTLGSettings) if f.name.endswith("_scale")]
+    return [f"ttlg.{name}" for name in TTLGSettings.scales()]
 
 
 _ABSENT = object()

@@ -65,7 +65,8 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
                           "gives each job its own GPU)")
     settings = RunSettings.of(cfg)
     device = team.device or settings.device
-    ttlg, io, metrics, model, perf = (build(cfg[group]) for group in ("ttlg", "io", "metrics", "model", "perf"))
+    ttlg, io, metrics = build(cfg.ttlg), build(cfg.io), build(cfg.metrics)
+    model, perf = build(cfg.model), build(cfg.perf)
     layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
     source = io.open(layout)  # inputs are checked before the (slow) model load
     frames = FrameWriter(layout.frames_dir)

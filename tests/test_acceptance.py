@@ -145,7 +145,8 @@ def test_jobs_pair_across_output_paths_but_not_across_settings(tmp_path):
     sweep = tmp_path / "sweep"
     edge, gram = [0.06] * 4, [0.001] * 4
     make_job(sweep, "0_off", 0, {}, edge, gram, extra={"io": {"edges_dir": "a", "out_video": "a.mp4"}})
-    make_job(sweep, "1_on", 0, {"edge_scale": 1.0}, [0.05] * 4, gram, extra={"io": {"edges_dir": "b", "out_video": "b.mp4"}})
+    make_job(sweep, "1_on", 0, {"edge_scale": 1.0}, [0.05] * 4, gram,
+             extra={"io": {"edges_dir": "b", "out_video": "b.mp4"}})
     make_job(sweep, "2_on_nearest", 0, {"edge_scale": 1.0}, [0.05] * 4, gram, extra={"io": {"resize": "nearest"}})
     write_report(sweep)
     text = (sweep / "acceptance.md").read_text()

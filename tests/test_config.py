@@ -3,7 +3,6 @@
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig
 from omegaconf.errors import ValidationError
 
 from qvedit.config import register_schemas
@@ -129,9 +128,12 @@ def test_bad_ttlg_values_are_clear_errors(key, value, message):
 
 
 def readme_key_rows() -> dict[str, str]:
-    """{key: default cell} of README's "Keys" tables (rows ``| `key` | default | ...``)."""
+    """{key: default cell} of README's "Keys" table (rows ``| `key` | default | ...``)."""
     rows = {}
-    for line in (REPO / "README.md").read_text().splitlines():
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("\n### Keys"):]
+    section = section[:section.index("\n#", 1)]
+    for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 3 and cells[0].startswith("`") and cells[0].endswith("`"):
             rows[cells[0].strip("`")] = cells[1]

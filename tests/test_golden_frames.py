@@ -45,7 +45,8 @@ def pixel_hashes(folder) -> dict[str, str]:
     hashes = {}
     for path in sorted(folder.rglob("frames/*.png")):
         pixels = np.asarray(Image.open(path))
-        hashes[str(path.relative_to(folder))] = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+        digest = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes())
+        hashes[str(path.relative_to(folder))] = digest.hexdigest()
     return hashes
 
 

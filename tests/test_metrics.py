@@ -84,7 +84,8 @@ def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
     outputs = []
     for name, metrics in (("plain", None), ("measured", FrameMetrics(MetricsSettings(vgg_weights="random")))):
         clip_outputs = ClipOutputs(FrameWriter(tmp_path / name), tmp_path / f"{name}.csv", metrics)
-        outputs.append(edit_clip(tiny_pipe, FrameFolders(str(init), str(edges)), clip_outputs, settings, TTLGSettings()))
+        source = FrameFolders(str(init), str(edges))
+        outputs.append(edit_clip(tiny_pipe, source, clip_outputs, settings, TTLGSettings()))
     assert [p.read_bytes() for p in outputs[0]] == [p.read_bytes() for p in outputs[1]]
     header, *rows = (tmp_path / "measured.csv").read_text().splitlines()
     assert header.startswith("frame,edge_loss,gram_loss,lpips_to_init,lpips_to_prev,seconds")

@@ -126,7 +126,8 @@ def test_a_manifest_written_before_the_settings_were_tagged_still_resumes(tmp_pa
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         cfg = compose("config", overrides=CLIP)
     old = {k: v for k, v in frame_settings(cfg).items() if not k.startswith("parallel.") and k != "max_area"}
-    old.update({"model._target_": "qvedit.pipeline.load_tiny_pipeline", "ttlg._target_": "qvedit.guidance.TTLGSettings"})
+    old.update({"model._target_": "qvedit.pipeline.load_tiny_pipeline",
+                "ttlg._target_": "qvedit.guidance.TTLGSettings"})
     (tmp_path / "00000.png").write_bytes(b"")
     (tmp_path / ".qvedit-run.yaml").write_text(yaml.safe_dump(old, allow_unicode=True))
     check_or_record(tmp_path, frame_settings(cfg))

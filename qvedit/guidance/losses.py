@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from qvedit.guidance.edges import edge_map
 from qvedit.errors import QveditError
+from qvedit.guidance.edges import edge_map
 
 # relu1_2, relu2_2, relu3_3, relu4_3 in torchvision's vgg16().features.
 STYLE_LAYERS = (3, 8, 15, 22)

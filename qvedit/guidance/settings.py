@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,7 +33,7 @@ class TTLGSettings:
     decode_checkpointing: bool = setting(True)  # recomputes the decoder in the backward: the same numbers
 
     def __post_init__(self):
-        for key in ("edge_scale", "gram_scale", "temporal_scale", "lr"):
+        for key in (*self.scales(), "lr"):
             if getattr(self, key) < 0:
                 raise QveditError(f"ttlg.{key}={getattr(self, key)} is negative: use 0 (off) or a positive number")
         if self.every < 1:
@@ -44,9 +45,14 @@ class TTLGSettings:
         if self.vgg_weights not in VGG_WEIGHTS:
             raise QveditError(f"ttlg.vgg_weights={self.vgg_weights!r}: use imagenet, or random (tests only)")
 
+    @classmethod
+    def scales(cls) -> list[str]:
+        """The loss weights: every field named ``<loss>_scale``; a loss is on when its scale is > 0."""
+        return [f.name for f in dataclasses.fields(cls) if f.name.endswith("_scale")]
+
     @property
     def enabled(self) -> bool:
-        return self.edge_scale > 0 or self.gram_scale > 0 or self.temporal_scale > 0
+        return any(getattr(self, name) > 0 for name in self.scales())
 
     def guides_step(self, i: int, num_steps: int) -> bool:
         """Whether denoising step ``i`` (0-based, of ``num_steps``) takes a guidance step."""

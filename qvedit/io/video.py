@@ -13,7 +13,6 @@ import subprocess
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-
 from typing import Optional
 
 import imageio_ffmpeg

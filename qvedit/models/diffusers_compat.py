@@ -332,7 +332,7 @@ ADAPTATIONS = (
                "AutoencoderKLQwenImage: post_quant_conv, decoder conv_in / mid_block (resnets, attentions) / "
                "up_blocks (resnets, upsamplers) / norm_out / nonlinearity / conv_out, clamp to [-1, 1]",
                _check_decoder_blocks),
-    Adaptation("before_prompt_encoding", "perf.offload_text_encoder",
+    Adaptation("before_prompt_encoding", "perf.offload_text_encoder; qvedit.bench times encode_prompt the same way",
                "__call__ encodes prompts through self.encode_prompt (an instance attribute can wrap it)",
                _check_prompt_encoding),
     Adaptation("CFGPasses", "parallel.cfg_degree",
