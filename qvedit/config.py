@@ -52,6 +52,7 @@ class RunSettings(GenerationSettings):
     dtype: str = setting("bf16", frames=True)
     max_frames: Optional[int] = setting(None)  # may grow when a run is resumed
     debug_dir: Optional[str] = setting(None, path="output")
+    compare_unguided: bool = setting(False)  # also make the clip with guidance off, and compare the two
 
     @classmethod
     def of(cls, cfg: DictConfig) -> "RunSettings":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -53,6 +54,24 @@ def vae_area(condition_area: int | str, width: int, height: int) -> int:
         f"condition_area={condition_area!r} is not valid: use 'output' (the generation size) or a pixel count "
         f">= 1024 such as {PIPELINE_CONDITION_AREA} (the pipeline's default)"
     )
+
+
+def cpu_speed_warnings(device: str, settings: RunSettings, init_size: tuple[int, int], full_model: bool) -> list[str]:
+    """What makes a run very slow on the CPU, each with the setting that fixes it (none on a GPU)."""
+    if not device.startswith("cpu"):
+        return []
+    width, height = generation_size(*init_size, settings.max_area)
+    area = vae_area(settings.condition_area, width, height)
+    warnings = []
+    if full_model:
+        warnings.append("the full 20.4 B-parameter model on the CPU takes hours per frame: use a GPU (device=cuda), "
+                        "or experiment=tiny_cpu to try the whole path on the tiny model")
+    if area >= 4 * width * height:
+        warnings.append(
+            f"condition_area={settings.condition_area}: each frame encodes its two condition images at {area} pixels, "
+            f"{area // (width * height)}x the {width}x{height} frame, which on the CPU takes minutes per frame (tiny "
+            "model, 64x64, 4 steps: 78 s instead of 0.16 s); pass condition_area=output (experiment=tiny_cpu does)")
+    return warnings
 
 
 def frame_seed(seed: int, frame_index: int) -> int:
@@ -114,8 +133,12 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, outputs.folder)
     device = execution_device(pipe)
+    # Progress bars on a terminal; where stderr is a file (a batch job's log) a line per frame instead,
+    # since bars that redraw leave escape codes there.
+    bars = team.is_writer and sys.stderr.isatty()
+    pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
     for index in tqdm(range(max(done, 1), total), desc="frames", unit="frame", initial=max(done, 1), total=total,
-                      disable=not team.is_writer):
+                      disable=not bars):
         started = time.perf_counter()
         reset_peak_memory(device)
         edge = source.edge_frame(index - 1, (width, height))
@@ -148,5 +171,8 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         outputs.record(index, frame, edge, previous, seconds=round(seconds, 4),
                        guided_steps=guide.guided_steps if guide else 0,
                        peak_mem_mib=round(peak_memory_mib(device), 1))
+        if team.is_writer and not bars:
+            log.info("frame %d of %d done in %.2f s%s", index, total - 1, seconds,
+                     f", {guide.guided_steps} guided steps" if guide else "")
         previous = frame
     return written

@@ -17,19 +17,25 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from qvedit.config import RunSettings, frame_settings, register_schemas
+from qvedit.config import RunSettings, frame_settings, register_schemas, scale_keys
 from qvedit.devices import check_device
-from qvedit.editor import edit_clip
+from qvedit.editor import cpu_speed_warnings, edit_clip
 from qvedit.errors import QveditError
+from qvedit.guidance.settings import TTLGSettings
 from qvedit.io.frames import FrameWriter
-from qvedit.io.layout import RunLayout, record_job_error
+from qvedit.io.layout import RunLayout, discard_if_empty, record_job_error
 from qvedit.io.preview import write_previews
+from qvedit.io.settings import DemoIO
+from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
+from qvedit.models.settings import ModelSettings
 from qvedit.outputs import ClipOutputs, check_or_record
+from qvedit.report.summary import run_summary
 
 log = logging.getLogger("qvedit")
 register_schemas()
+register_help()
 # conf/hydra/launcher/ray.yaml shares its name with hydra-ray-launcher's schema on purpose (the
 # command is hydra/launcher=ray); Hydra 1.3 merges the two as wanted but warns about the name.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
@@ -77,29 +83,53 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
         log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                  os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
     warn_if_untested_diffusers()
+    for warning in cpu_speed_warnings(device, settings, source.init_image().size, type(model) is ModelSettings):
+        log.warning(warning)
     pipe = model.load(device, settings.dtype)
     perf.apply(pipe)
     team.share_work(pipe)
-    if not team.is_writer:
-        pipe.set_progress_bar_config(disable=True)
     paths = edit_clip(pipe, source, outputs, settings, ttlg, team)
+    unguided_csv = None
+    if settings.compare_unguided and ttlg.enabled:
+        unguided_csv = edit_unguided(pipe, source, cfg, settings, layout, outputs.metrics, team)
     if team.is_writer:
         written = write_previews(source, paths, layout) + source.finish(paths, layout)
-        log.info("wrote %d frames to %s; also %s", len(paths), frames.folder, ", ".join(str(p) for p in written))
+        scales = {name.removesuffix("_scale"): getattr(ttlg, name) for name in ttlg.scales() if getattr(ttlg, name)}
+        summary = run_summary(paths, all(p.exists() for p in paths), written, layout.metrics_csv,
+                              settings.num_inference_steps, scales, unguided_csv, demo=isinstance(io, DemoIO))
+        log.info(summary[0].removeprefix("qvedit: "))
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            print("\n".join(summary), flush=True)
     return frames.folder
+
+
+def edit_unguided(pipe, source, cfg: DictConfig, settings: RunSettings, layout: RunLayout, metrics,
+                  team: Team) -> Path:
+    """``compare_unguided``: the same clip with guidance off, beside the guided one; returns its metrics.csv."""
+    frames_dir, metrics_csv = layout.unguided
+    frames = FrameWriter(frames_dir)
+    check_or_record(frames.folder, {**frame_settings(cfg), **{key: 0.0 for key in scale_keys()}})
+    log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
+    edit_clip(pipe, source, ClipOutputs(frames, metrics_csv, metrics), settings, TTLGSettings(), team)
+    return metrics_csv
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
     try:
+        for problem in unknown_config_keys(cfg):
+            raise QveditError(problem)
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except QveditError as err:
         rank = torchrun_rank()
         print(f"qvedit: error{f' (rank {rank})' if rank else ''}: {err}", file=sys.stderr)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One bad job must not end the sweep: the report lists it with this message.
-            record_job_error(Path(HydraConfig.get().runtime.output_dir), str(err))
+            record_job_error(run_dir, str(err))
             return
+        if not rank:
+            discard_if_empty(run_dir)  # twenty typos must not leave twenty empty run folders
         sys.exit(2)
     except KeyboardInterrupt:
         if torchrun_rank() == 0:
@@ -115,6 +145,11 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """``python -m qvedit`` / ``qvedit``. Under torchrun, ranks other than 0 run in a scratch folder
     that is removed at exit: the run folder, its logs and its frames are rank 0's alone."""
+    typos = unknown_overrides(sys.argv[1:])
+    for problem in typos:
+        print(f"qvedit: error: {problem}", file=sys.stderr)
+    if typos:
+        sys.exit(2)
     overrides, scratch = follower_overrides()
     sys.argv += overrides
     try:

@@ -24,7 +24,7 @@ from qvedit.io.frames import FrameWriter
 from qvedit.report.confdiff import diff_configs
 from qvedit.report.metrics import FrameMetrics, MetricsLog, complete_rows
 
-MANIFEST = ".qvedit-run.yaml"
+MANIFEST = ".qvedit-run.yaml"  # io.layout.holds_nothing_of_its_own knows the name
 
 
 def check_or_record(frames_dir: Path, settings: dict[str, object]) -> None:

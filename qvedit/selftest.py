@@ -1,8 +1,9 @@
 """``python -m qvedit.selftest``: checks that the guidance losses work here, without any diffusion model.
 
 Each check is a row of ``check | result | detail``; the exit code is 0 when every required check
-passes and 1 otherwise. The VGG16 ImageNet weights row is informational: tests and
-``ttlg.gram_scale=0`` runs do not need them.
+passes and 1 otherwise. The VGG16 ImageNet weights row is informational: Gram guidance
+(``ttlg.gram_scale > 0``) and the default metrics (gram_loss, LPIPS) need them; tests, the demo and
+``metrics=none`` runs without Gram guidance do not.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def check_vgg_weights() -> tuple[bool, str]:
     path = vgg16_weights_path()
     if path.is_file():
         return True, f"present: {path}"
-    return False, f"missing (offline runs need it for ttlg.gram_scale>0): {path}"
+    return False, (f"missing: {path} (needed offline by Gram guidance, ttlg.gram_scale>0, and by the default "
+                   "metrics; metrics=none and metrics.vgg_weights=random / ttlg.vgg_weights=random run without it)")
 
 
 def _run(fn: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:

@@ -1,5 +1,6 @@
 """``python -m qvedit`` as a user runs it: the demo end to end, and bad input as one-line errors."""
 
+import re
 import time
 
 import pytest
@@ -8,21 +9,61 @@ import yaml
 from tests.conftest import run_qvedit as qvedit
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(tmp_path):
     started = time.monotonic()
     result = qvedit("experiment=demo", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.monotonic() - started < 120
     frames = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
     assert frames == [f"{i:05d}.png" for i in range(9)]
-    rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows[0].split(",") == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
-                                  "guided_steps", "peak_mem_mib"] and len(rows) == 9
+    header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert header.split(",") == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
+                                 "guided_steps", "peak_mem_mib"] and len(rows) == 8
+    assert all(int(row.split(",")[6]) == 8 for row in rows)  # every one of the 8 steps guided
+    assert b"\r" not in (tmp_path / "metrics.csv").read_bytes()
+    assert len(list((tmp_path / "unguided" / "frames").glob("*.png"))) == 9  # the twin without guidance
     assert (tmp_path / "preview.png").is_file() and (tmp_path / "preview.gif").is_file()
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert saved["model"]["_target_"] == "qvedit.models.settings.TinyModel"
     assert "experiment=demo" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
-    assert "frames:" in result.stderr  # the progress bar over frames
+    out = result.stdout
+    assert "guidance edge 1, gram 0.2: 8 of 8 denoising steps per frame took a guidance step" in out
+    change = re.search(r"guided vs unguided .*: edge_loss ([\d.]+) vs ([\d.]+) \(([-+]\d+)%\)", out)
+    assert change and float(change[1]) < float(change[2])  # guidance lowered the edge loss
+    assert "next:" in out and "experiment=acceptance_demo -m" in out and "experiment=tiny_cpu" in out
+    assert f"look: {tmp_path / 'preview.png'}" in out
+    # stderr is a pipe here, not a terminal: a log line per frame, no progress-bar escape codes
+    assert "frame 8 of 8 done in" in result.stdout + result.stderr
+    assert "\x1b[" not in result.stdout + result.stderr and "\x1b[" not in (tmp_path / "main.log").read_text()
+
+
+def test_help_is_qvedits_own(tmp_path):
+    result = qvedit("--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = result.stdout
+    assert text.startswith("qvedit: video editing with Qwen-Image-Edit-2509")
+    assert "io:             frames (default), demo, video" in text
+    assert "ttlg:           off (default), edge, edge_gram, edge_gram_temporal, gram" in text
+    assert "schema" not in text and "Powered by Hydra" not in text
+    assert "python -m qvedit experiment=demo" in text and "experiment=tiny_cpu io.init_frame=" in text
+    assert re.search(r"^  num_inference_steps=50 +denoising steps per frame$", text, re.M)
+    assert re.search(r"^  ttlg\.last_steps=10 +guide only the last N denoising steps$", text, re.M)
+
+
+@pytest.mark.parametrize("override, guess", [
+    ("num_inference_step=4", "num_inference_steps"), ("+num_inference_step=4", "num_inference_steps"),
+    ("++ttlg.edge_scal=1", "ttlg.edge_scale"), ("io.init_frme=x.png", "io.init_frame"), ("tllg=edge", "ttlg"),
+])
+def test_a_misspelt_key_names_the_closest_real_one_also_with_plus(tmp_path, override, guess):
+    result = qvedit("experiment=demo", override, f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(result, f"did you mean {guess}?", override)
+    assert not (tmp_path / "run").exists()  # refused before Hydra made a run folder
+
+
+def test_a_key_of_another_io_option_added_with_plus_is_refused(tmp_path):
+    result = qvedit("experiment=demo", "+io.rgb_video=clip.mp4", f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(result, "io.rgb_video is not a key of the io option in use", "io=")
+    assert not (tmp_path / "run").exists()  # the failed run's folder is gone again
 
 
 def one_line_error(result, *fragments):
@@ -34,8 +75,28 @@ def one_line_error(result, *fragments):
         assert fragment in errors[0]
 
 
-def test_no_inputs_names_the_missing_keys_and_the_demo(tmp_path):
-    one_line_error(qvedit(f"hydra.run.dir={tmp_path}"), "io.init_frame", "io.edge_frames_dir", "experiment=demo")
+def test_no_inputs_names_the_missing_keys_and_the_demo_and_leaves_no_folder(tmp_path):
+    one_line_error(qvedit(f"hydra.run.dir={tmp_path / 'run'}"), "io.init_frame", "io.edge_frames_dir",
+                   "experiment=demo")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_run_keeps_a_folder_that_holds_frames(tmp_path, clip):
+    init, edges = clip
+    run = tmp_path / "run"
+    assert qvedit("experiment=tiny_cpu", "metrics=none", "max_frames=2", f"io.init_frame={init}",
+                  f"io.edge_frames_dir={edges}", f"hydra.run.dir={run}").returncode == 0
+    result = qvedit("experiment=tiny_cpu", "metrics=none", "seed=3", f"io.init_frame={init}",
+                    f"io.edge_frames_dir={edges}", f"hydra.run.dir={run}")
+    one_line_error(result, "seed: 0 -> 3")
+    assert len(list((run / "frames").glob("*.png"))) == 2
+
+
+def test_the_demo_never_writes_its_clip_outside_the_cache(tmp_path):
+    result = qvedit("experiment=demo", f"io.init_frame={tmp_path / 'typo' / 'init.png'}",
+                    f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(result, "io=demo makes its clip only in", "io=frames")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_unknown_model_offline_is_a_clear_error(tmp_path, clip):
@@ -43,6 +104,8 @@ def test_unknown_model_offline_is_a_clear_error(tmp_path, clip):
     result = qvedit("model.model_id=nobody/no-such-model", f"io.init_frame={init}", f"io.edge_frames_dir={edges}",
                     "device=cpu", "metrics=none", f"hydra.run.dir={tmp_path}")
     one_line_error(result, "cannot load model 'nobody/no-such-model'", "model=tiny")
+    assert "stacktrace" not in result.stderr.lower()  # nothing points at a traceback that is never shown
+    assert "full 20.4 B-parameter model on the CPU takes hours per frame" in result.stdout + result.stderr
 
 
 def test_too_many_frames_asked_keeps_nothing_half_done(tmp_path, clip):
@@ -63,7 +126,17 @@ def test_metrics_without_vgg_weights_offline_say_what_to_do(tmp_path, clip):
     init, edges = clip
     result = qvedit("model=tiny", "device=cpu", f"io.init_frame={init}", f"io.edge_frames_dir={edges}",
                     f"hydra.run.dir={tmp_path}", env={"TORCH_HOME": str(tmp_path / "torch")})
-    one_line_error(result, "vgg16-397923af.pth", "metrics=none")
+    one_line_error(result, "vgg16-397923af.pth", "metrics=none", "metrics.vgg_weights=random")
+    assert "ttlg.vgg_weights" not in result.stderr  # the key that fixes the metrics is metrics.vgg_weights
+
+
+def test_a_slow_cpu_setting_is_named_before_the_run(tmp_path, clip):
+    init, edges = clip
+    result = qvedit("experiment=tiny_cpu", "metrics=none", "condition_area=1048576", "max_frames=1",
+                    f"io.init_frame={init}", f"io.edge_frames_dir={edges}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "condition_area=1048576" in result.stdout + result.stderr
+    assert "pass condition_area=output" in result.stdout + result.stderr
 
 
 def test_misspelt_key_fails_before_running(tmp_path):

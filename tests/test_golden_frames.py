@@ -22,7 +22,7 @@ from PIL import Image
 from tests.conftest import REPO, run_qvedit
 
 GOLDEN = REPO / "tests" / "golden_frames.json"
-TEMPORAL = ["experiment=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
+TEMPORAL = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
 COMMANDS = {  # name -> the commands run one after another into one folder
     "demo": [["experiment=demo"]],
     "acceptance_demo_sweep": [["experiment=acceptance_demo", "max_frames=3", "num_inference_steps=4", "seed=0,1",

@@ -12,7 +12,7 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install
 
 # CPU frames depend on the thread count (summation order); Ray would give each job num_cpus threads.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-DEMO_SWEEP = ["-m", "experiment=demo", "metrics.vgg_weights=random", "max_frames=3", "seed=0,1"]
+DEMO_SWEEP = ["-m", "experiment=tiny_cpu", "io=demo", "metrics.vgg_weights=random", "max_frames=3", "seed=0,1"]
 
 
 def job_frames(sweep_dir):
@@ -100,7 +100,8 @@ def test_ray_preset_gives_each_job_one_gpu_and_no_deprecation_notice():
 
 def test_a_ray_sweep_that_could_never_start_is_refused_before_ray_starts(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_qvedit("-m", "experiment=demo", "hydra/launcher=ray", "seed=0,1", f"hydra.sweep.dir={sweep_dir}",
+    result = run_qvedit("-m", "experiment=tiny_cpu", "io=demo", "hydra/launcher=ray", "seed=0,1",
+                        f"hydra.sweep.dir={sweep_dir}",
                         env={"CUDA_VISIBLE_DEVICES": ""}, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(

@@ -21,7 +21,7 @@ from qvedit.errors import QveditError
 from qvedit.models.parallel import Team, follower_overrides
 from qvedit.models.settings import ParallelSettings
 
-CLIP = ["experiment=demo", "metrics.vgg_weights=random", "ttlg=edge_gram", "ttlg.last_steps=3"]
+CLIP = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram", "ttlg.last_steps=3"]
 
 
 def compose(*overrides):

@@ -19,7 +19,7 @@ from qvedit.outputs import check_or_record
 from tests.conftest import REPO, run_qvedit
 
 # Guidance with the temporal term: the resumed run must rebuild the previous-frame state too.
-CLIP = ["experiment=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
+CLIP = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
 
 
 def start(run_dir: Path) -> subprocess.Popen:

@@ -15,7 +15,8 @@ def test_main_passes_and_prints_every_check(capsys, tmp_path, monkeypatch):
         row = next(line for line in lines if line.startswith(name))
         assert " | " in row
     weights_row = next(line for line in lines if line.startswith("vgg16 imagenet weights"))
-    assert "missing (offline runs need it for ttlg.gram_scale>0)" in weights_row
+    assert "missing" in weights_row and "ttlg.gram_scale>0" in weights_row
+    assert "the default metrics" in weights_row and "metrics=none" in weights_row
     # the table is aligned: every row has its separators at the same columns
     separators = {tuple(i for i, ch in enumerate(line) if ch == "|")[:2] for line in lines[: len(NAMES) + 1]}
     assert len(separators) == 1

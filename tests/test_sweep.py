@@ -31,25 +31,25 @@ def test_acceptance_sweep_writes_the_report(tmp_path):
 
 def test_a_failing_job_still_gets_a_report_and_fails_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    result = qvedit("experiment=demo", "num_inference_steps=2", "ttlg=off", "max_frames=2,99",
+    result = qvedit("experiment=tiny_cpu", "io=demo", "num_inference_steps=2", "ttlg=off", "max_frames=2,99",
                     f"hydra.sweep.dir={sweep}", "-m")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "1 job(s) failed (1_max_frames=99,num_inference_steps=2,ttlg=off)" in result.stderr
+    assert "1 job(s) failed (1_io=demo,max_frames=99,num_inference_steps=2,ttlg=off)" in result.stderr
     report = (sweep / "acceptance.md").read_text()
-    assert "| 1_max_frames=99,num_inference_steps=2,ttlg=off | off | 0 | - | FAILED: max_frames=99 but the 8" in report
-    assert (sweep / "0_max_frames=2,num_inference_steps=2,ttlg=off" / "frames" / "00001.png").is_file()
+    assert "| 1_io=demo,max_frames=99,num_inference_steps=2,ttlg=off | off | 0 | - | FAILED: max_frames=99 but the 8" in report
+    assert (sweep / "0_io=demo,max_frames=2,num_inference_steps=2,ttlg=off" / "frames" / "00001.png").is_file()
 
 
 def test_rerun_from_the_run_folder_gives_the_same_frames_and_diff_tells_runs_apart(tmp_path, capsys):
     first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
-    assert qvedit("experiment=demo", *FAST, "ttlg=edge", f"hydra.run.dir={first}").returncode == 0
+    assert qvedit("experiment=tiny_cpu", "io=demo", *FAST, "ttlg=edge", f"hydra.run.dir={first}").returncode == 0
     result = qvedit("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={again}")
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in (first / "frames").glob("*.png"))
     assert names == ["00000.png", "00001.png", "00002.png"]
     for name in names:
         assert (first / "frames" / name).read_bytes() == (again / "frames" / name).read_bytes()
-    assert qvedit("experiment=demo", *FAST, "seed=5", f"hydra.run.dir={other}").returncode == 0
+    assert qvedit("experiment=tiny_cpu", "io=demo", *FAST, "seed=5", f"hydra.run.dir={other}").returncode == 0
 
     assert diff_main([str(first), str(again)]) == 0
     assert "configs are identical" in capsys.readouterr().out

@@ -10,7 +10,6 @@ import qvedit.io.video as video
 from qvedit.errors import QveditError
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.images import read_rgb8
-from qvedit.io.preview import contact_sheet, side_by_side_gif
 from qvedit.io.settings import VideoIO
 from qvedit.io.video import encode_video
 
@@ -228,26 +227,3 @@ def test_zero_frame_and_single_frame_videos(tmp_path):
     edges = write_video(tmp_path / "edges.mp4", square_frames(3, grey=True))
     clip = VideoClip(str(one), edge_video=str(edges))
     assert len(clip) == 3 and np.array_equal(np.asarray(clip.init_image()), decode(one)[0])
-
-
-def test_contact_sheet_and_gif(tmp_path):
-    frames = [Image.fromarray(f) for f in square_frames(11, width=30, height=20, step=2)]
-    edges = [Image.fromarray(edges_to_uint8(sobel_edges(to_tensor(np.asarray(f))))) for f in frames[1:]]
-
-    sheet = contact_sheet(edges, frames, tmp_path / "sheet.png", max_rows=4)
-    with Image.open(sheet) as image:
-        assert image.size == (60, 80)
-        pixels = np.asarray(image.convert("RGB"))
-    assert not pixels[:20, :30].any()  # the init frame's edge cell is blank
-    assert np.array_equal(pixels[:20, 30:], np.asarray(frames[0]))
-    assert np.array_equal(pixels[60:, 30:], np.asarray(frames[10]))  # last frame is the last row
-
-    big = [frame.resize((600, 400)) for frame in frames[:3]]
-    with Image.open(contact_sheet(edges[:2], big, tmp_path / "big.png")) as image:
-        assert image.size == (512, 3 * 171)
-
-    gif = side_by_side_gif(edges, frames, tmp_path / "pairs.gif", fps=10)
-    with Image.open(gif) as image:
-        assert image.size == (60, 20) and image.n_frames == 11
-        assert image.info["duration"] == 100 and image.info["loop"] == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "pairs.gif", "sheet.png"]

@@ -43,3 +43,4 @@ def test_edge_video_of_another_size_and_frames_not_kept(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert iio.imread(tmp_path / "edited.mp4").shape == (4, 32, 48, 3)  # T = 3 edge frames + 1
     assert not list((run / "frames").glob("*.png")) and not (run / "edges").exists()
+    assert f"-> {tmp_path / 'edited.mp4'} (PNG frames deleted: io.keep_frames=false)" in result.stdout

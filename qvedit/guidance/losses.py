@@ -106,13 +106,14 @@ def _one_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """The VGG16 ImageNet state dict, from the hub cache or downloaded into it."""
+def _imagenet_state_dict(key: str) -> dict[str, torch.Tensor]:
+    """The VGG16 ImageNet state dict, from the hub cache or downloaded into it. ``key``: the setting
+    that asked for ImageNet weights, named in the error."""
     torchvision = _import_torchvision()
     path = vgg16_weights_path()
     fill_hint = (
         f"copy {path.name} into {path.parent} from a machine with internet "
-        "(or set ttlg.vgg_weights=random, for tests only)"
+        f"(or set {key}=random, for tests only)"
     )
     if path.is_file():
         try:
@@ -145,16 +146,16 @@ class VGGStyle(torch.nn.Module):
     """Frozen VGG16 features up to relu4_3, for Gram-matrix style losses.
 
     ``weights="imagenet"`` loads torchvision's IMAGENET1K_V1 checkpoint (cache first, then one
-    download attempt); ``weights="random"`` gives the same seeded weights every time without
+    download attempt; ``key`` is the setting an error tells to change); ``weights="random"`` gives the same seeded weights every time without
     touching the global RNG state, for tests only.
     """
 
-    def __init__(self, weights: str = "imagenet", device: torch.device | str = "cpu"):
+    def __init__(self, weights: str = "imagenet", device: torch.device | str = "cpu", key: str = "ttlg.vgg_weights"):
         super().__init__()
         if weights not in ("imagenet", "random"):
-            raise QveditError(f"unknown VGG weights {weights!r}: set ttlg.vgg_weights to imagenet or random")
+            raise QveditError(f"unknown VGG weights {weights!r}: set {key} to imagenet or random")
         torchvision = _import_torchvision()
-        state = _imagenet_state_dict() if weights == "imagenet" else None
+        state = _imagenet_state_dict(key) if weights == "imagenet" else None
         vgg = torchvision.models.vgg
         # Building the layers draws their default init from the global RNG: fork it so that
         # constructing this module never shifts the caller's random stream.
@@ -200,10 +201,10 @@ class VGGStyle(torch.nn.Module):
 _shared: dict[tuple[str, str], VGGStyle] = {}
 
 
-def shared_vgg(weights: str, device) -> VGGStyle:
+def shared_vgg(weights: str, device, key: str = "ttlg.vgg_weights") -> VGGStyle:
     """One frozen VGGStyle per (weights, device) for the process: guidance and metrics share it,
     and every job of a sweep reuses it instead of reading the checkpoint again."""
-    key = (weights, str(device))
-    if key not in _shared:
-        _shared[key] = VGGStyle(weights, device=device)
-    return _shared[key]
+    cached = (weights, str(device))
+    if cached not in _shared:
+        _shared[cached] = VGGStyle(weights, device=device, key=key)
+    return _shared[cached]

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qvedit.files import atomic_folder
+from qvedit.errors import QveditError
+from qvedit.files import atomic_folder, cache_dir
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.images import to_tensor
 from qvedit.io.frames import FrameFolders
 
+DEMO_FOLDER = "demo-clip"  # in the cache folder; conf/io/demo.yaml names it too
 DEMO_SIZE = (64, 64)  # (W, H)
 DEMO_FRAMES = 9  # frame 0 + 8 edge frames
 
@@ -47,8 +49,16 @@ def write_demo_clip(folder: Path) -> None:
 
 
 def demo_clip(init_frame: str, edge_frames_dir: str, resize: str = "area") -> FrameFolders:
-    """The ``io=demo`` source: the demo clip under ``init_frame``'s folder, made there if missing."""
+    """The ``io=demo`` source: the demo clip, made in the cache folder on first use.
+
+    The clip is only ever written to ``<cache>/demo-clip`` (where conf/io/demo.yaml points); an
+    ``io.init_frame`` elsewhere must already exist, so a typo never fills a new folder with a clip.
+    """
     init = Path(init_frame).expanduser()
+    home = cache_dir() / DEMO_FOLDER
     if not init.is_file():
-        write_demo_clip(init.parent)
+        if init.parent.resolve() != home.resolve():
+            raise QveditError(f"io.init_frame={init} does not exist, and io=demo makes its clip only in {home}: "
+                              "leave io.init_frame unset for the demo, or use io=frames for your own frames")
+        write_demo_clip(home)
     return FrameFolders(str(init), str(Path(edge_frames_dir).expanduser()), resize)

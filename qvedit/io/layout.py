@@ -7,6 +7,7 @@ By default everything is inside the run folder (``hydra.run.dir``, or a sweep jo
     <run>/preview.png, .gif      previews
     <run>/output.mp4             io.out_video           (io=video)
     <run>/edges/00001.png ...    io.edges_dir           (io=video, edges made from the RGB video)
+    <run>/unguided/frames/, metrics.csv                 the same clip with guidance off (compare_unguided)
     <run>/error.txt              a sweep job's one-line failure, for the acceptance report
     debug_dir                    guidance debug images (only when set)
 
@@ -16,6 +17,7 @@ own scratch run folder, which is removed when they exit.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -53,6 +55,11 @@ class RunLayout:
         )
 
     @property
+    def unguided(self) -> tuple[Path, Path]:
+        """(frames folder, metrics.csv) of the clip made again without guidance (``compare_unguided``)."""
+        return self.run_dir / "unguided" / "frames", self.run_dir / "unguided" / "metrics.csv"
+
+    @property
     def previews(self) -> tuple[Path, Path]:
         """(contact sheet PNG, animated GIF)."""
         return self.run_dir / "preview.png", self.run_dir / "preview.gif"
@@ -73,3 +80,28 @@ def job_error(run_dir: Path) -> Optional[str]:
     """The failure a sweep job recorded, or None."""
     path = Path(run_dir) / JOB_ERROR_FILE
     return path.read_text().strip() if path.is_file() else None
+
+
+def holds_nothing_of_its_own(run_dir: Path) -> bool:
+    """True when a run folder holds only bookkeeping: Hydra's ``.hydra/`` and log file, the frames
+    manifest, empty folders. A run that failed before making anything leaves no more than that."""
+    run_dir = Path(run_dir)
+    for path in run_dir.rglob("*"):
+        relative = path.relative_to(run_dir)
+        if path.is_dir() or relative.parts[0] == ".hydra" or (len(relative.parts) == 1 and path.suffix == ".log"):
+            continue
+        if relative.name == ".qvedit-run.yaml":  # the frames manifest (outputs.MANIFEST)
+            continue
+        return False
+    return True
+
+
+def discard_if_empty(run_dir: Path) -> bool:
+    """Remove ``run_dir`` if a failed run left nothing of its own in it; returns whether it did."""
+    run_dir = Path(run_dir)
+    if not (run_dir.is_dir() and holds_nothing_of_its_own(run_dir)):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if run_dir.parent.parent.name == "runs" and not any(run_dir.parent.iterdir()):
+        run_dir.parent.rmdir()  # the runs/<date> folder of the default layout, if this run was its only one
+    return True

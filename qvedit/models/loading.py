@@ -7,6 +7,8 @@ kept for the life of the process, so a multirun sweep loads it once and every jo
 from __future__ import annotations
 
 import logging
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -20,8 +22,20 @@ log = logging.getLogger(__name__)
 _loaded: dict[tuple, object] = {}
 
 
+def quiet_library_bars() -> None:
+    """Where stderr is a file (a batch job's log), diffusers' and transformers' loading bars would leave
+    their redrawing escape codes in it: switch them off there."""
+    if not sys.stderr.isatty():
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
+
+
 def _cached(key: tuple, make):
     """The pipeline for ``key``: made once per process; a different key frees the previous one first."""
+    quiet_library_bars()
     if key not in _loaded:
         _loaded.clear()
         if torch.cuda.is_available():
@@ -31,7 +45,6 @@ def _cached(key: tuple, make):
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False)
                 component.eval()
-        pipe.set_progress_bar_config(leave=False, desc="denoising")
         _loaded[key] = pipe
     return _loaded[key]
 
@@ -51,14 +64,20 @@ def load_pretrained(model_id: str, device: str, dtype: str):
         except QveditError:
             raise
         except (OSError, ValueError, EnvironmentError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise QveditError(
                 f"cannot load model {model_id!r}: it is not a local pipeline folder and could not be fetched from "
-                f"the hub ({first_line}). Pass model.model_id=/path/to/Qwen-Image-Edit-2509, or try model=tiny"
+                f"the hub ({short_reason(err)}). Pass model.model_id=/path/to/Qwen-Image-Edit-2509, or try model=tiny"
             ) from None
         return pipe.to(device)
 
     return _cached(("pretrained", str(model_id), device, dtype), make)
+
+
+def short_reason(err: Exception, limit: int = 200) -> str:
+    """The library's message in one line, without sentences that point at a traceback nobody is shown."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    text = re.sub(r"[^.()]*\b(stacktrace|stack trace|traceback)\b[^.()]*\.?", "", text, flags=re.I).strip()
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def load_tiny(folder: str, device: str, dtype: str):

@@ -110,8 +110,8 @@ def pair_jobs(jobs: list[Job]) -> tuple[list[Comparison], list[str]]:
                                 "settings: add ttlg=off to the sweep, e.g. ttlg=off,edge_gram")
                 continue
             if len(seeds) == 1:
-                messages.append(f"ttlg {label}: only seed {seeds[0]} has both runs; the spec judges on the median "
-                                "of 3 seeds (seed=0,1,2)")
+                messages.append(f"ttlg {label}: only seed {seeds[0]} has both runs; the acceptance check judges on "
+                                "the median of 3 seeds (seed=0,1,2)")
             comparisons.append(Comparison(label, seeds, {s: on[s] for s in seeds}, {s: off[s] for s in seeds}))
         if not variants and off:
             messages.append(f"{len(off)} ttlg=off job(s) without a guided twin: nothing to compare them with")
@@ -203,6 +203,18 @@ def thresholds_of(jobs: list[Job]) -> Thresholds:
 def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> tuple[bool, Path]:
     """Judge the sweep and write acceptance.md / .csv / plots into it. Returns (all passed, md path)."""
     sweep_dir = Path(sweep_dir)
+    passed, text, csv_rows = judge_sweep(sweep_dir, limits, plots=True)
+    report = sweep_dir / "acceptance.md"
+    with atomic_path(report) as partial:
+        partial.write_text(text)
+    with atomic_path(sweep_dir / "acceptance.csv") as partial:
+        pd.DataFrame(csv_rows, columns=["comparison", "seeds", "frames", "criterion", "value", "threshold",
+                                        "passed"]).to_csv(partial, index=False)
+    return passed, report
+
+
+def judge_sweep(sweep_dir: Path, limits: Optional[Thresholds] = None, plots: bool = True) -> tuple[bool, str, list]:
+    """(all passed, the markdown report, the rows of acceptance.csv); ``plots`` also writes the plots."""
     if not sweep_dir.is_dir():
         raise QveditError(f"sweep folder not found: {sweep_dir}")
     jobs = load_jobs(sweep_dir)
@@ -247,15 +259,9 @@ def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> 
         lines += [f"- `{key}`: {a!r} -> {b!r}" for key, a, b in differing]
         for column in ("edge_loss", "gram_loss"):
             name = f"acceptance_{comparison.label.replace(',', '_').replace('=', '')}_{column}.png"
-            if plot(comparison, column, sweep_dir / name):
+            if plots and plot(comparison, column, sweep_dir / name):
                 lines += ["", f"![{column}]({name})"]
-    report = sweep_dir / "acceptance.md"
-    with atomic_path(report) as partial:
-        partial.write_text("\n".join(lines) + "\n")
-    with atomic_path(sweep_dir / "acceptance.csv") as partial:
-        pd.DataFrame(csv_rows, columns=["comparison", "seeds", "frames", "criterion", "value", "threshold",
-                                        "passed"]).to_csv(partial, index=False)
-    return passed, report
+    return passed, "\n".join(lines) + "\n", csv_rows
 
 
 class SweepReport(Callback):
@@ -295,18 +301,27 @@ class SweepReport(Callback):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qvedit.accept", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m qvedit.accept", description=__doc__.splitlines()[0],
+        epilog="Without threshold options the sweep's acceptance.md, .csv and plots are rewritten and printed. "
+               "With any, the report is a what-if: printed only, the sweep's files stay as they are.")
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. runs/multirun/2026-11-26/12-00-00")
     for name, default in asdict(Thresholds()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None,
-                            help=f"override the sweep's acceptance.{name} (spec default {default})")
+                            help=f"judge with this acceptance.{name} instead of the sweep's (default {default})")
     args = parser.parse_args(argv)
+    sweep_dir = Path(args.sweep_dir)
+    overrides = {k: v for k, v in vars(args).items() if k != "sweep_dir" and v is not None}
     try:
-        jobs_limits = thresholds_of(load_jobs(Path(args.sweep_dir))) if Path(args.sweep_dir).is_dir() else Thresholds()
-        overrides = {k: v for k, v in vars(args).items() if k != "sweep_dir" and v is not None}
-        passed, report = write_report(args.sweep_dir, Thresholds(**{**asdict(jobs_limits), **overrides}))
+        if not overrides:
+            passed, report = write_report(sweep_dir)
+            print(report.read_text())
+        else:
+            jobs_limits = thresholds_of(load_jobs(sweep_dir)) if sweep_dir.is_dir() else Thresholds()
+            passed, text, _ = judge_sweep(sweep_dir, Thresholds(**{**asdict(jobs_limits), **overrides}), plots=False)
+            print(text)
+            print(f"(what-if thresholds {overrides}: {sweep_dir / 'acceptance.md'} is unchanged)")
     except QveditError as err:
         print(f"qvedit: error: {err}", file=sys.stderr)
         return 2
-    print(report.read_text())
     return 0 if passed else 1

@@ -47,10 +47,7 @@ def load_lpips(backbone: str, device: str):
         return None
     if backbone == "imagenet" and not losses.vgg16_weights_path().is_file():
         # lpips asks torchvision for the same VGG16 checkpoint the Gram loss uses; fail before it tries.
-        try:
-            losses.VGGStyle("imagenet")
-        except QveditError as err:
-            raise QveditError(f"{err} (LPIPS needs them too; metrics=none skips the metrics)") from None
+        losses.VGGStyle("imagenet", key="metrics.vgg_weights")
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # lpips uses torchvision's deprecated pretrained=
         torch.manual_seed(0)
@@ -60,10 +57,7 @@ def load_lpips(backbone: str, device: str):
 
 
 def load_vgg(backbone: str, device: str) -> losses.VGGStyle:
-    try:
-        return losses.shared_vgg(backbone, device)
-    except QveditError as err:
-        raise QveditError(f"metrics: {err}; metrics=none runs without quality metrics") from None
+    return losses.shared_vgg(backbone, device, key="metrics.vgg_weights")
 
 
 class FrameMetrics:
@@ -80,8 +74,11 @@ class FrameMetrics:
         self.vgg = self.lpips = None
         self.init = self.init_grams = None
         if self.quality:
-            self.vgg = load_vgg(settings.vgg_weights, device)
-            self.lpips = load_lpips(settings.vgg_weights, device)
+            try:
+                self.vgg = load_vgg(settings.vgg_weights, device)
+                self.lpips = load_lpips(settings.vgg_weights, device)
+            except QveditError as err:  # the weights gram_loss and LPIPS need
+                raise QveditError(f"metrics: {err}; or run without quality metrics: metrics=none") from None
         quality_columns = (QUALITY_COLUMNS + (LPIPS_COLUMNS if self.lpips is not None else [])) if self.quality \
             else []
         self.columns = ["frame"] + quality_columns + TIMING_COLUMNS
@@ -126,11 +123,11 @@ class MetricsLog:
         self.columns = columns
         kept = complete_rows(path, columns)[: max(0, keep_frames_before - 1)]
         with atomic_path(path) as partial, open(partial, "w", newline="") as handle:
-            csv.writer(handle).writerows([columns] + kept)
+            csv.writer(handle, lineterminator="\n").writerows([columns] + kept)
 
     def append(self, row: dict) -> None:
         with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([row.get(c, "") for c in self.columns])
+            csv.writer(handle, lineterminator="\n").writerow([row.get(c, "") for c in self.columns])
 
 
 def complete_rows(path: Path, columns: list[str]) -> list[list[str]]:

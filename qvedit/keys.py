@@ -1,0 +1,129 @@
+"""The keys a user may type: a misspelt one fails with the closest real key, and ``--help`` lists them.
+
+Hydra rejects an unknown key only when it is typed without ``+``, and then suggests adding the ``+``,
+which would store the typo beside the real key and run. qvedit checks every override against the
+schema before Hydra composes (``unknown_overrides``) and every key of the composed config after
+(``unknown_config_keys``: what a ``+`` or a run folder's YAML slipped in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from qvedit.config import schema_fields
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def config_groups() -> dict[str, list[str]]:
+    """{group: its options} from ``conf/`` (schema nodes and Hydra's own groups left out)."""
+    groups = {}
+    for folder in sorted(p for p in CONF.rglob("*") if p.is_dir()):
+        name = folder.relative_to(CONF).as_posix()
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if options and (not name.startswith("hydra") or name == "hydra/launcher"):
+            groups[name] = options
+    return groups
+
+
+def known_names() -> list[str]:
+    """Every key and group a command line may name (``hydra.*`` keys are Hydra's to judge)."""
+    return [*schema_fields(), *config_groups()]
+
+
+def closest(name: str) -> Optional[str]:
+    """The known key or group most like ``name``, if one is close."""
+    matches = difflib.get_close_matches(name, known_names(), n=1, cutoff=0.6)
+    if not matches and "." in name:  # a right group with a wrong leaf: suggest within the group
+        group = name.split(".")[0]
+        leaves = [k for k in known_names() if k.startswith(f"{group}.")]
+        matches = difflib.get_close_matches(name, leaves, n=1, cutoff=0.4)
+    return matches[0] if matches else None
+
+
+def unknown_key_message(name: str, where: str) -> str:
+    guess = closest(name)
+    hint = f"did you mean {guess}?" if guess else "python -m qvedit --help lists the groups and keys"
+    return f"unknown key {name} ({where}): {hint} Every key is in README, \"Keys\""
+
+
+def unknown_overrides(argv: list[str]) -> list[str]:
+    """One message per command-line override that names no key or group of qvedit's schema."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except (HydraException, SystemExit):  # malformed: Hydra says what is wrong with it
+        return []
+    known = set(known_names())
+    return [unknown_key_message(o.key_or_group, o.input_line) for o in overrides
+            if o.key_or_group.split(".")[0].split("/")[0] != "hydra" and o.key_or_group not in known]
+
+
+def unknown_config_keys(cfg: DictConfig) -> list[str]:
+    """Keys of a composed config that its schema does not have (added with ``+``), one message each."""
+    messages = []
+    for key, schema in _extra_keys(cfg):
+        group, _, leaf = key.rpartition(".")
+        if key in schema_fields():  # a key of another option of the same group (io.rgb_video with io=frames)
+            own = ", ".join(f.name for f in dataclasses.fields(schema) if not f.name.startswith("_"))
+            messages.append(f"{key} is not a key of the {group} option in use ({schema.__name__.removesuffix('Schema')}"
+                            f": {own}); it belongs to another {group} option, chosen with {group}=...")
+        else:
+            messages.append(unknown_key_message(key, "added with +" if not group else f"added to {group} with +"))
+    return messages
+
+
+def _extra_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, type]]:
+    """(key, schema of its node) for every key of ``node`` its schema lacks."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return []  # a run folder's plain YAML: nothing to check against
+    fields = {f.name for f in dataclasses.fields(schema)}
+    extra = []
+    for key in node:
+        if key not in fields:
+            extra.append((f"{prefix}{key}", schema))
+        elif OmegaConf.is_dict(node._get_node(key)) and not OmegaConf.is_missing(node, key):
+            extra += _extra_keys(node[key], f"{prefix}{key}.")
+    return extra
+
+
+# -- python -m qvedit --help ------------------------------------------------------------------------
+
+def help_groups() -> str:
+    """The ``group: options`` lines of ``--help``; the default option first."""
+    defaults = {"model": "qwen_edit_2509", "io": "frames", "ttlg": "off", "hydra/launcher": "basic"}
+    lines = []
+    for group, options in config_groups().items():
+        if group == "hydra/launcher":
+            options = ["basic", *options]
+        first = defaults.get(group, "default" if "default" in options else None)
+        ordered = ([f"{first} (default)"] if first in options else []) + [o for o in options if o != first]
+        lines.append(f"  {group + ':':<16}{', '.join(ordered)}")
+    return "\n".join(lines)
+
+
+def help_key_line(key: str, meaning: str) -> str:
+    """One ``key=default  meaning`` line of ``--help``, the default read from the schema
+    (``${qvedit.key:seed,'frame i is seeded from (seed, i)'}``)."""
+    fields = schema_fields()
+    if key not in fields:
+        raise KeyError(f"--help names {key}, which the schema does not have")
+    default = fields[key].default
+    shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+    return f"{key}={shown}".ljust(41) + " " + meaning
+
+
+def register_help() -> None:
+    """The resolvers ``conf/hydra/help/qvedit.yaml`` uses to list the groups and keys."""
+    OmegaConf.register_new_resolver("qvedit.help_groups", help_groups, replace=True)
+    OmegaConf.register_new_resolver("qvedit.key", help_key_line, replace=True)

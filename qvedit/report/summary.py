@@ -1,0 +1,70 @@
+"""What a finished run tells its user: what was made, what guidance did, where to look, what to try next."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional
+
+QUALITY = ("edge_loss", "gram_loss", "lpips_to_prev")
+
+
+def column_means(metrics_csv: Path) -> dict[str, float]:
+    """Mean of each numeric column of a ``metrics.csv`` (empty when the file has no rows)."""
+    if not metrics_csv.is_file():
+        return {}
+    with open(metrics_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    means = {}
+    for column in (rows[0] if rows else {}):
+        values = [float(row[column]) for row in rows if row.get(column) not in (None, "")]
+        if values:
+            means[column] = sum(values) / len(values)
+    return means
+
+
+def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metrics_csv: Path,
+                steps: int, scales: dict[str, float], unguided_csv: Optional[Path] = None,
+                demo: bool = False) -> list[str]:
+    """The lines printed at the end of a run.
+
+    ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided_csv``: the metrics
+    of the same clip made without guidance (``compare_unguided=true``); ``demo``: add the next steps
+    a newcomer takes after the demo.
+    """
+    where = frames[0].parent if frames_kept else ", ".join(str(p) for p in outputs if p.suffix == ".mp4")
+    lines = [f"qvedit: made frames 1..{len(frames) - 1} of {len(frames)} (frame 0 is the input) -> {where}"
+             + ("" if frames_kept else " (PNG frames deleted: io.keep_frames=false)")]
+    means = column_means(metrics_csv)
+    if scales:
+        weights = ", ".join(f"{name} {value:g}" for name, value in scales.items())
+        guided = f"{means['guided_steps']:.3g}" if "guided_steps" in means else "?"
+        lines.append(f"  guidance {weights}: {guided} of {steps} denoising steps per frame took a guidance step")
+    else:
+        lines.append("  guidance off (ttlg=off): try ttlg=edge_gram")
+    measured = [f"{name} {means[name]:.4g}" for name in QUALITY if name in means]
+    if measured:
+        lines.append(f"  mean over frames: {', '.join(measured)} ({metrics_csv})")
+    if unguided_csv is not None:
+        lines += compare_to_unguided(means, column_means(unguided_csv), unguided_csv.parent)
+    sheet = [p for p in outputs if p.name == "preview.png"]
+    if sheet:
+        lines.append(f"  look: {sheet[0]} (edge map | output for each frame) and {sheet[0].with_suffix('.gif')}")
+    if demo:
+        lines += ["next:",
+                  "  python -m qvedit experiment=acceptance_demo -m      guided vs unguided over 3 seeds, "
+                  "verdict in the sweep's acceptance.md",
+                  "  python -m qvedit experiment=tiny_cpu io.init_frame=INIT.png io.edge_frames_dir=EDGES/   "
+                  "your own frames (tiny model, CPU)",
+                  "  python -m qvedit --help                             groups, keys, the real model on a GPU"]
+    return lines
+
+
+def compare_to_unguided(guided: dict[str, float], unguided: dict[str, float], folder: Path) -> list[str]:
+    """How the guided clip's losses compare with the same clip made without guidance."""
+    pairs = [(name, guided[name], unguided[name]) for name in ("edge_loss", "gram_loss")
+             if name in guided and name in unguided and unguided[name] > 0]
+    if not pairs:
+        return ["  unguided twin: no edge_loss / gram_loss to compare (metrics=none?)"]
+    changes = ", ".join(f"{name} {on:.4g} vs {off:.4g} ({(on / off - 1) * 100:+.0f}%)" for name, on, off in pairs)
+    return [f"  guided vs unguided (the same clip made with ttlg=off in {folder}): {changes}"]
