@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from qvedit.fields import setting, tags_of, walk
 from qvedit.files import cache_dir
-from qvedit.guidance.settings import TTLGSettings
+from qvedit.guidance.settings import FlowSettings, TTLGSettings
 from qvedit.io.settings import IO_OPTIONS, FramesIO, VideoIO
 from qvedit.models.settings import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.report.settings import MetricsSettings, Thresholds
@@ -71,6 +71,7 @@ def schema(settings: type) -> type:
 
 ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSettings), schema(MetricsSettings)
 ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSettings), schema(ParallelSettings)
+FlowSchema = schema(FlowSettings)
 IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO)}  # each io/*.yaml picks one
 
 
@@ -81,6 +82,7 @@ class QveditConfig(RunSettings):
     model: ModelSchema = field(default_factory=ModelSchema)
     io: Any = MISSING  # one of IO_SCHEMAS, chosen by the io/*.yaml file
     ttlg: TTLGSchema = field(default_factory=TTLGSchema)
+    flow: FlowSchema = field(default_factory=FlowSchema)
     metrics: MetricsSchema = field(default_factory=MetricsSchema)
     acceptance: ThresholdsSchema = field(default_factory=ThresholdsSchema)
     perf: PerfSchema = field(default_factory=PerfSchema)

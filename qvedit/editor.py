@@ -18,6 +18,7 @@ from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
 from qvedit.devices import peak_memory_mib, reset_peak_memory
 from qvedit.errors import QveditError
 from qvedit.guidance.edges import image_to_edge_target
+from qvedit.guidance.flow import ClipFlow
 from qvedit.guidance.guide import Guide, refuse_inference_mode
 from qvedit.guidance.settings import TTLGSettings
 from qvedit.images import to_pil, to_tensor
@@ -104,7 +105,8 @@ def output_frame_count(edge_count: int, max_frames: Optional[int]) -> int:
 
 
 def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSettings,
-              ttlg: Optional[TTLGSettings] = None, team: Optional[Team] = None) -> list[Path]:
+              ttlg: Optional[TTLGSettings] = None, team: Optional[Team] = None,
+              flow: Optional[ClipFlow] = None) -> list[Path]:
     """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order. Returns the frame paths.
 
     Frames already in ``outputs``' folder (a resumed run) are kept and the loop goes on from the
@@ -113,11 +115,17 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
 
     With a ``team`` of several processes (torchrun) every rank calls this with the same inputs;
     rank 0's resume point, guidance steps and frames are the ones every rank uses.
+
+    ``flow`` (the source frames' optical flow; rank 0 only) feeds the warp-error metric and
+    ``ttlg.temporal_mode=flow``, which needs it.
     """
     team = team or Team()
     ttlg = ttlg or TTLGSettings()
     if ttlg.enabled:
         refuse_inference_mode()
+    if ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0 and team.is_writer and flow is None:
+        raise QveditError("ttlg.temporal_mode=flow has no optical flow to use: give the clip's flow (flow=dis needs "
+                          "opencv-python-headless) or set ttlg.temporal_mode=plain")
     total = output_frame_count(len(source), settings.max_frames)
     init = source.init_image()
     width, height = init.size
@@ -142,12 +150,13 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         started = time.perf_counter()
         reset_peak_memory(device)
         edge = source.edge_frame(index - 1, (width, height))
+        pair = flow.pair(index, edge) if flow is not None and team.is_writer else None
         generator = torch.Generator(device=device).manual_seed(frame_seed(settings.seed, index))
         with condition_area(area), record_velocity(pipe.scheduler) as velocity:
             callback = None
             if guide is not None:
                 callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,
-                                          settings.num_inference_steps, velocity)
+                                          settings.num_inference_steps, velocity, pair)
             result = pipe(
                 image=[edge, previous],
                 prompt=settings.prompt,
@@ -168,7 +177,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         seconds = time.perf_counter() - started
         if guide is not None:
             guide.frame_done(to_tensor(frame))
-        outputs.record(index, frame, edge, previous, seconds=round(seconds, 4),
+        outputs.record(index, frame, edge, previous, pair, seconds=round(seconds, 4),
                        guided_steps=guide.guided_steps if guide else 0,
                        peak_mem_mib=round(peak_memory_mib(device), 1))
         if team.is_writer and not bars:

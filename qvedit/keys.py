@@ -31,6 +31,13 @@ def config_groups() -> dict[str, list[str]]:
     return groups
 
 
+def default_options() -> dict[str, str]:
+    """{group: option} that ``conf/config.yaml``'s defaults list picks."""
+    entries = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"))["defaults"]
+    return {group: str(option) for entry in entries if isinstance(entry, dict)
+            for group, option in entry.items() if not group.startswith("override ") and option is not None}
+
+
 def known_names() -> list[str]:
     """Every key and group a command line may name (``hydra.*`` keys are Hydra's to judge)."""
     return [*schema_fields(), *config_groups()]
@@ -101,7 +108,7 @@ def _extra_keys(node: DictConfig, prefix: str = "") -> list[tuple[str, type]]:
 
 def help_groups() -> str:
     """The ``group: options`` lines of ``--help``; the default option first."""
-    defaults = {"model": "qwen_edit_2509", "io": "frames", "ttlg": "off", "hydra/launcher": "basic"}
+    defaults = {"hydra/launcher": "basic", **default_options()}
     lines = []
     for group, options in config_groups().items():
         if group == "hydra/launcher":

@@ -8,6 +8,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import hydra
 import torch
@@ -21,6 +22,7 @@ from qvedit.config import RunSettings, frame_settings, register_schemas, scale_k
 from qvedit.devices import check_device
 from qvedit.editor import cpu_speed_warnings, edit_clip
 from qvedit.errors import QveditError
+from qvedit.guidance.flow import ClipFlow
 from qvedit.guidance.settings import TTLGSettings
 from qvedit.io.frames import FrameWriter
 from qvedit.io.layout import RunLayout, discard_if_empty, record_job_error
@@ -72,7 +74,7 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
     settings = RunSettings.of(cfg)
     device = team.device or settings.device
     ttlg, io, metrics = build(cfg.ttlg), build(cfg.io), build(cfg.metrics)
-    model, perf = build(cfg.model), build(cfg.perf)
+    model, perf, flow_settings = build(cfg.model), build(cfg.perf), build(cfg.flow)
     layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
     source = io.open(layout)  # inputs are checked before the (slow) model load
     frames = FrameWriter(layout.frames_dir)
@@ -82,21 +84,25 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
     if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
         log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                  os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
+    init_size = source.init_image().size
+    needs_flow = team.is_writer and (metrics.quality or (ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0))
+    flow = ClipFlow(flow_settings, source, init_size, torch.device(device)) if needs_flow else None
     warn_if_untested_diffusers()
-    for warning in cpu_speed_warnings(device, settings, source.init_image().size, type(model) is ModelSettings):
+    for warning in cpu_speed_warnings(device, settings, init_size, type(model) is ModelSettings):
         log.warning(warning)
     pipe = model.load(device, settings.dtype)
     perf.apply(pipe)
     team.share_work(pipe)
-    paths = edit_clip(pipe, source, outputs, settings, ttlg, team)
+    paths = edit_clip(pipe, source, outputs, settings, ttlg, team, flow)
     unguided_csv = None
     if settings.compare_unguided and ttlg.enabled:
-        unguided_csv = edit_unguided(pipe, source, cfg, settings, layout, outputs.metrics, team)
+        unguided_csv = edit_unguided(pipe, source, cfg, settings, layout, outputs.metrics, team, flow)
     if team.is_writer:
         written = write_previews(source, paths, layout) + source.finish(paths, layout)
         scales = {name.removesuffix("_scale"): getattr(ttlg, name) for name in ttlg.scales() if getattr(ttlg, name)}
         summary = run_summary(paths, all(p.exists() for p in paths), written, layout.metrics_csv,
-                              settings.num_inference_steps, scales, unguided_csv, demo=isinstance(io, DemoIO))
+                              settings.num_inference_steps, scales, unguided_csv, demo=isinstance(io, DemoIO),
+                              flow_from_edges=flow is not None and flow.from_edges)
         log.info(summary[0].removeprefix("qvedit: "))
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
             print("\n".join(summary), flush=True)
@@ -104,13 +110,13 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
 
 
 def edit_unguided(pipe, source, cfg: DictConfig, settings: RunSettings, layout: RunLayout, metrics,
-                  team: Team) -> Path:
+                  team: Team, flow: Optional[ClipFlow]) -> Path:
     """``compare_unguided``: the same clip with guidance off, beside the guided one; returns its metrics.csv."""
     frames_dir, metrics_csv = layout.unguided
     frames = FrameWriter(frames_dir)
     check_or_record(frames.folder, {**frame_settings(cfg), **{key: 0.0 for key in scale_keys()}})
     log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
-    edit_clip(pipe, source, ClipOutputs(frames, metrics_csv, metrics), settings, TTLGSettings(), team)
+    edit_clip(pipe, source, ClipOutputs(frames, metrics_csv, metrics), settings, TTLGSettings(), team, flow)
     return metrics_csv
 
 

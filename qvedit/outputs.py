@@ -19,6 +19,7 @@ from PIL import Image
 from qvedit.config import frame_setting_defaults
 from qvedit.errors import QveditError
 from qvedit.files import write_text_atomic
+from qvedit.guidance.flow import FlowPair
 from qvedit.images import read_rgb8
 from qvedit.io.frames import FrameWriter
 from qvedit.report.confdiff import diff_configs
@@ -96,7 +97,8 @@ class ClipOutputs:
     def write_frame(self, index: int, frame: Image.Image) -> Path:
         return self.frames.write(index, frame)
 
-    def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image, **timing) -> None:
+    def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
+               flow: Optional[FlowPair] = None, **timing) -> None:
         """Frame ``index``'s metrics row: its quality columns (measured here) and ``timing`` columns."""
         if self._rows is not None:
-            self._rows.append({"frame": index, **self.metrics.score(frame, edge, previous), **timing})
+            self._rows.append({"frame": index, **self.metrics.score(frame, edge, previous, flow), **timing})

@@ -17,9 +17,9 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(tmp_path):
     frames = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
     assert frames == [f"{i:05d}.png" for i in range(9)]
     header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert header.split(",") == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
-                                 "guided_steps", "peak_mem_mib"] and len(rows) == 8
-    assert all(int(row.split(",")[6]) == 8 for row in rows)  # every one of the 8 steps guided
+    assert header.split(",") == ["frame", "edge_loss", "gram_loss", "warp_error", "lpips_to_init", "lpips_to_prev",
+                                 "seconds", "guided_steps", "peak_mem_mib"] and len(rows) == 8
+    assert all(int(row.split(",")[7]) == 8 for row in rows)  # every one of the 8 steps guided
     assert b"\r" not in (tmp_path / "metrics.csv").read_bytes()
     assert len(list((tmp_path / "unguided" / "frames").glob("*.png"))) == 9  # the twin without guidance
     assert (tmp_path / "preview.png").is_file() and (tmp_path / "preview.gif").is_file()
@@ -43,7 +43,8 @@ def test_help_is_qvedits_own(tmp_path):
     text = result.stdout
     assert text.startswith("qvedit: video editing with Qwen-Image-Edit-2509")
     assert "io:             frames (default), demo, video" in text
-    assert "ttlg:           off (default), edge, edge_gram, edge_gram_temporal, gram" in text
+    assert "ttlg:           off (default), edge, edge_gram, edge_gram_flow, edge_gram_temporal, gram" in text
+    assert "flow:           dis (default), raft" in text
     assert "schema" not in text and "Powered by Hydra" not in text
     assert "python -m qvedit experiment=demo" in text and "experiment=tiny_cpu io.init_frame=" in text
     assert re.search(r"^  num_inference_steps=50 +denoising steps per frame$", text, re.M)

@@ -1,6 +1,5 @@
 """Test-time loss guidance on the tiny model: the decode path, x0, triggers, and that it works."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,14 @@ from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.guide import Guide, normalised_step
 from qvedit.guidance.settings import TTLGSettings
 from qvedit.images import to_tensor as pil_to_tensor
-from qvedit.io.demo import demo_clip
+from qvedit.files import cache_dir
+from qvedit.guidance.flow import ClipFlow, warp_error
+from qvedit.guidance.settings import FlowSettings
+from qvedit.io.demo import DEMO_FOLDER, demo_clip
 from qvedit.io.frames import FrameWriter
 from qvedit.models.diffusers_compat import LatentDecoder, condition_area, record_velocity
 from qvedit.outputs import ClipOutputs
-from tests.conftest import REPO, TINY_MODEL
+from tests.conftest import REPO
 
 
 def call(pipe, output_type, seed=0, size=(48, 64)):
@@ -99,8 +101,8 @@ def into(folder, debug_dir=None) -> ClipOutputs:
 
 
 def demo_source():
-    cache = Path(TINY_MODEL).parent
-    return demo_clip(str(cache / "demo-clip" / "init.png"), str(cache / "demo-clip" / "edges"))
+    home = cache_dir() / DEMO_FOLDER
+    return demo_clip(str(home / "init.png"), str(home / "edges"), source_frames_dir=str(home / "source"))
 
 
 def test_zero_scales_are_bit_identical_to_off(tiny_pipe, tmp_path):
@@ -120,33 +122,42 @@ def ttlg(name: str) -> TTLGSettings:
     return TTLGSettings(**{**values, "vgg_weights": "random"})
 
 
-def clip_losses(paths, source, vgg, reference):
-    edge, gram = [], []
+def clip_losses(paths, source, vgg, reference, flow):
+    """(edge_loss, gram_loss, warp_error) per generated frame, as metrics.csv measures them."""
+    edge, gram, warp = [], [], []
     for k, path in enumerate(paths[1:]):
         image = pil_to_tensor(Image.open(path))
         edge.append(float(losses.edge_loss(image, image_to_edge_target(Image.open(source.edge_paths[k])))))
         gram.append(float(losses.gram_loss(vgg.grams(image, 256), reference)))
-    return np.array(edge), np.array(gram)
+        warp.append(warp_error(image, pil_to_tensor(Image.open(paths[k])), flow.pair(k + 1)))
+    return np.array(edge), np.array(gram), np.array(warp)
 
 
-def test_guidance_meets_the_spec_thresholds_median_of_seeds(tiny_pipe, tmp_path):
-    """Spec §6.3 on the demo clip: edge >= 5% lower and lower on >= 60% of frames; Gram >= 2% lower."""
+def test_guidance_meets_the_acceptance_thresholds_and_flow_guidance_steadies_the_clip(tiny_pipe, tmp_path):
+    """On the demo clip, median over seeds 0, 1, 2, every preset as shipped: edge_gram lowers the edge loss
+    >= 5% and on >= 60% of frames and the Gram loss >= 2%; edge_gram_flow lowers the warp error >= 10%
+    and more than the plain temporal loss (edge_gram_temporal) does, and still meets the edge criteria."""
     source = demo_source()
+    assert source.has_source_frames
+    flow = ClipFlow(FlowSettings(), source, source.init_image().size, torch.device("cpu"))
     vgg = losses.VGGStyle("random")
     reference = vgg.grams(pil_to_tensor(source.init_image()), 256)
-    results = {}
-    for name in ("off", "edge", "gram"):
+    means, per_frame_edge = {}, {}
+    for name in ("off", "edge_gram", "edge_gram_temporal", "edge_gram_flow"):
         per_seed = []
         for seed in (0, 1, 2):
-            paths = edit_clip(tiny_pipe, source, into(tmp_path / name / str(seed)), settings(seed), ttlg(name))
-            per_seed.append(clip_losses(paths, source, vgg, reference))
-        results[name] = (np.stack([e for e, _ in per_seed]), np.stack([g for _, g in per_seed]))
-    edge_off, gram_off = results["off"]
-    edge_on, _ = results["edge"]
-    _, gram_on = results["gram"]
-    assert np.median(edge_on.mean(axis=1)) <= 0.95 * np.median(edge_off.mean(axis=1))
-    assert (np.median(edge_on, axis=0) <= np.median(edge_off, axis=0)).mean() >= 0.6
-    assert np.median(gram_on.mean(axis=1)) <= 0.98 * np.median(gram_off.mean(axis=1))
+            paths = edit_clip(tiny_pipe, source, into(tmp_path / name / str(seed)), settings(seed), ttlg(name),
+                              flow=flow)
+            per_seed.append(clip_losses(paths, source, vgg, reference, flow))
+        means[name] = np.median([[values.mean() for values in seed_values] for seed_values in per_seed], axis=0)
+        per_frame_edge[name] = np.median([edge for edge, _, _ in per_seed], axis=0)
+    edge_off, gram_off, warp_off = means["off"]
+    for name in ("edge_gram", "edge_gram_flow"):
+        edge, gram, _ = means[name]
+        assert edge <= 0.95 * edge_off and gram <= 0.98 * gram_off, name
+        assert (per_frame_edge[name] <= per_frame_edge["off"]).mean() >= 0.6, name
+    assert means["edge_gram_flow"][2] <= 0.9 * warp_off
+    assert means["edge_gram_flow"][2] < means["edge_gram_temporal"][2]
 
 
 def test_temporal_guidance_pulls_frames_towards_the_previous_one(tiny_pipe, tmp_path):

@@ -17,6 +17,8 @@ from qvedit.images import to_tensor as pil_to_tensor
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.outputs import ClipOutputs
 from qvedit.guidance.settings import TTLGSettings
+from qvedit.guidance.flow import ClipFlow
+from qvedit.guidance.settings import FlowSettings
 from qvedit.report.metrics import FrameMetrics
 from qvedit.report.settings import MetricsSettings
 
@@ -50,8 +52,8 @@ def test_known_values(metrics):
 
 
 def test_columns(metrics):
-    assert metrics.columns == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
-                               "guided_steps", "peak_mem_mib"]
+    assert metrics.columns == ["frame", "edge_loss", "gram_loss", "warp_error", "lpips_to_init", "lpips_to_prev",
+                               "seconds", "guided_steps", "peak_mem_mib"]
     assert FrameMetrics(MetricsSettings(quality=False)).columns == ["frame", "seconds", "guided_steps", "peak_mem_mib"]
 
 
@@ -85,9 +87,49 @@ def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
     for name, metrics in (("plain", None), ("measured", FrameMetrics(MetricsSettings(vgg_weights="random")))):
         clip_outputs = ClipOutputs(FrameWriter(tmp_path / name), tmp_path / f"{name}.csv", metrics)
         source = FrameFolders(str(init), str(edges))
-        outputs.append(edit_clip(tiny_pipe, source, clip_outputs, settings, TTLGSettings()))
+        flow = ClipFlow(FlowSettings(), source, (64, 48), torch.device("cpu")) if metrics else None
+        outputs.append(edit_clip(tiny_pipe, source, clip_outputs, settings, TTLGSettings(), flow=flow))
     assert [p.read_bytes() for p in outputs[0]] == [p.read_bytes() for p in outputs[1]]
     header, *rows = (tmp_path / "measured.csv").read_text().splitlines()
-    assert header.startswith("frame,edge_loss,gram_loss,lpips_to_init,lpips_to_prev,seconds")
-    assert len(rows) == 3 and all(len(r.split(",")) == 8 for r in rows)
+    assert header.startswith("frame,edge_loss,gram_loss,warp_error,lpips_to_init,lpips_to_prev,seconds")
+    assert len(rows) == 3 and all(len(r.split(",")) == 9 for r in rows)
+    assert all(float(r.split(",")[3]) > 0 for r in rows)  # warp_error against the previous frame
     assert all(float(r.split(",")[-1]) > 0 for r in rows)  # peak memory is measured
+
+
+class FakeOpenClip:
+    """Stands in for open_clip: its 'CLIP' embeds an image as its mean colour (R, G, B)."""
+
+    class Model(torch.nn.Module):
+        def encode_image(self, pixels):
+            return pixels.mean(dim=(2, 3))
+
+    @staticmethod
+    def create_model_and_transforms(name, pretrained):
+        return FakeOpenClip.Model(), None, lambda image: pil_to_tensor(image)[0]
+
+
+def test_clip_consistency_is_the_cosine_of_consecutive_embeddings(monkeypatch):
+    from qvedit.report import clip
+
+    monkeypatch.setitem(sys.modules, "open_clip", FakeOpenClip)
+    monkeypatch.setattr(clip, "_loaded", {})
+    metrics = FrameMetrics(MetricsSettings(vgg_weights="random"))
+    assert "clip_consistency" in metrics.columns
+    red, orange = Image.new("RGB", (16, 16), (200, 0, 0)), Image.new("RGB", (16, 16), (200, 100, 0))
+    metrics.start(red)
+    row = metrics.score(orange, red, red)
+    assert abs(row["clip_consistency"] - 200 / (200 ** 2 + 100 ** 2) ** 0.5) < 1e-5
+    assert metrics.score(red, red, red)["clip_consistency"] == 1.0
+
+
+def test_without_open_clip_the_clip_column_is_skipped_with_one_warning(monkeypatch, caplog):
+    from qvedit.report import clip
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)
+    monkeypatch.setattr(clip, "_loaded", {})
+    with caplog.at_level(logging.WARNING):
+        first = FrameMetrics(MetricsSettings(vgg_weights="random"))
+        FrameMetrics(MetricsSettings(vgg_weights="random"))
+    assert "clip_consistency" not in first.columns
+    assert sum("open_clip is not installed" in r.message for r in caplog.records) == 1

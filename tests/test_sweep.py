@@ -15,16 +15,19 @@ def test_acceptance_sweep_writes_the_report(tmp_path):
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     common = "max_frames=3,num_inference_steps=4"
     assert jobs == [f"0_{common},seed=0,ttlg=off", f"1_{common},seed=1,ttlg=off",
-                    f"2_{common},seed=0,ttlg=edge_gram", f"3_{common},seed=1,ttlg=edge_gram"]
+                    f"2_{common},seed=0,ttlg=edge_gram", f"3_{common},seed=1,ttlg=edge_gram",
+                    f"4_{common},seed=0,ttlg=edge_gram_flow", f"5_{common},seed=1,ttlg=edge_gram_flow"]
     assert (result.stdout + result.stderr).count("[INFO] - loading ") == 1  # one model load serves every job
     report = (sweep / "acceptance.md").read_text()
     assert "## ttlg edge_scale=1.0,gram_scale=0.2 vs ttlg=off" in report and "frames 1..2" in report
-    assert len(list(sweep.glob("acceptance_*.png"))) == 2
+    assert "## ttlg edge_scale=1.0,gram_scale=0.2,temporal_scale=1.0,temporal_mode=flow vs ttlg=off" in report
+    assert len(list(sweep.glob("acceptance_*.png"))) == 6  # edge, Gram and warp error, per comparison
     table = pd.read_csv(sweep / "acceptance.csv")
-    assert "edge_loss ratio guided/off" in set(table["criterion"])
-    columns = pd.read_csv(sweep / jobs[2] / "metrics.csv").columns.tolist()
-    assert columns == ["frame", "edge_loss", "gram_loss", "lpips_to_init", "lpips_to_prev", "seconds",
-                       "guided_steps", "peak_mem_mib"]
+    assert {"edge_loss ratio guided/off", "warp_error ratio guided/off"} <= set(table["criterion"])
+    metrics = pd.read_csv(sweep / jobs[2] / "metrics.csv")
+    assert metrics.columns.tolist() == ["frame", "edge_loss", "gram_loss", "warp_error", "lpips_to_init",
+                                        "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
+    assert metrics["warp_error"].notna().all() and (metrics["warp_error"] >= 0).all()
     checker = qvedit(str(sweep), module="qvedit.accept")
     assert checker.returncode in (0, 1) and "Acceptance report" in checker.stdout
 

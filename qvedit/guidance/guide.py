@@ -19,6 +19,7 @@ from PIL import Image
 from qvedit.errors import QveditError
 from qvedit.guidance import losses
 from qvedit.guidance.edges import edge_map, edges_to_uint8
+from qvedit.guidance.flow import FlowPair, warp
 from qvedit.guidance.settings import TTLGSettings
 from qvedit.images import to_pil
 from qvedit.models.diffusers_compat import LatentDecoder, VelocityRecorder, execution_device, step_sigma
@@ -74,6 +75,7 @@ class Guide:
             with torch.no_grad():
                 self.reference_grams = self.vgg.grams(init_image.to(self.device), settings.gram_size)
         self.previous = init_image.to(self.device)
+        self.temporal_target, self.temporal_mask = self.previous, None  # set per frame by callback()
         self.guided_steps = 0  # in the frame being made
         self.x0_estimate = supports_x0_estimate(pipe.scheduler)
         if not self.x0_estimate:
@@ -89,7 +91,8 @@ class Guide:
         if s.gram_scale > 0:
             terms.append((s.gram_scale, losses.gram_loss(self.vgg.grams(image, s.gram_size), self.reference_grams)))
         if s.temporal_scale > 0:
-            terms.append((s.temporal_scale, losses.temporal_loss(image.float(), self.previous, s.temporal_size)))
+            terms.append((s.temporal_scale, losses.temporal_loss(image.float(), self.temporal_target, s.temporal_size,
+                                                                 self.temporal_mask)))
         return terms
 
     def image_gradient(self, image: torch.Tensor, edge_target: torch.Tensor) -> torch.Tensor:
@@ -106,10 +109,18 @@ class Guide:
         return gradient
 
     def callback(self, frame_index: int, edge_target: torch.Tensor, height: int, width: int,
-                 num_steps: int, velocity: VelocityRecorder) -> Callable:
-        """The ``callback_on_step_end`` for one frame; edge_target (1, 1, H, W) in [0, 1]."""
+                 num_steps: int, velocity: VelocityRecorder, flow: Optional[FlowPair] = None) -> Callable:
+        """The ``callback_on_step_end`` for one frame; edge_target (1, 1, H, W) in [0, 1]. With
+        ``ttlg.temporal_mode=flow``, ``flow`` (frame to previous frame, from the source frames) moves the
+        previous frame onto this one for the temporal loss, and its occlusions are left out."""
         decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing)
         self.guided_steps = 0
+        self.temporal_target, self.temporal_mask = self.previous, None
+        if self.settings.temporal_mode == "flow" and self.settings.temporal_scale > 0:
+            if flow is None:
+                raise ValueError("ttlg.temporal_mode=flow needs the frame's flow")
+            self.temporal_target = warp(self.previous, flow.backward.to(self.device))
+            self.temporal_mask = flow.valid.to(self.device)
         edge_target = edge_target.to(self.device)
         debug = self.debug_dir / f"frame_{frame_index:05d}" if self.debug_dir else None
         if debug is not None:

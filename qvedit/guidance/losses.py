@@ -62,12 +62,21 @@ def edge_loss(
     return (edges - target).abs().mean()
 
 
-def temporal_loss(img: torch.Tensor, prev: torch.Tensor, size: int | None = 64) -> torch.Tensor:
-    """Mean |img - prev| at long side ``size``; img and prev (B,3,H,W) in [0,1], sizes may differ."""
+def temporal_loss(img: torch.Tensor, prev: torch.Tensor, size: int | None = 64,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |img - prev| at long side ``size``; img and prev (B,3,H,W) in [0,1], sizes may differ.
+
+    With ``mask`` (B,1,h,w) in [0,1] (1 = compare this pixel) the mean is taken over the masked pixels
+    only: ``prev`` is then the previous frame warped onto this one, and the mask leaves out occlusions.
+    """
     small = resize_long_side(img, size)
     prev = prev.to(device=small.device, dtype=small.dtype)
     prev = _resize_to(prev, tuple(small.shape[-2:]), area_when_shrinking=False)
-    return (small - prev).abs().mean()
+    if mask is None:
+        return (small - prev).abs().mean()
+    mask = _resize_to(mask.to(device=small.device, dtype=small.dtype), tuple(small.shape[-2:]),
+                      area_when_shrinking=True)
+    return ((small - prev).abs() * mask).sum() / (mask.sum() * small.shape[1]).clamp(min=1)
 
 
 def gram_matrix(feat: torch.Tensor) -> torch.Tensor:

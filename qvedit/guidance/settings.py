@@ -11,6 +11,8 @@ from qvedit.fields import setting
 
 EDGE_OPS = ("sobel", "laplacian")  # qvedit.guidance.edges implements each
 VGG_WEIGHTS = ("imagenet", "random")
+TEMPORAL_MODES = ("plain", "flow")
+FLOW_METHODS = ("dis", "raft")
 
 
 @dataclass
@@ -28,6 +30,7 @@ class TTLGSettings:
     edge_size: Optional[int] = setting(256, frames=True)
     gram_size: Optional[int] = setting(256, frames=True)
     temporal_size: int = setting(64, frames=True)
+    temporal_mode: str = setting("plain", frames=True)  # flow: the previous frame warped by the source flow
     edge_op: str = setting("sobel", frames=True)
     vgg_weights: str = setting("imagenet", frames=True)
     decode_checkpointing: bool = setting(True)  # recomputes the decoder in the backward: the same numbers
@@ -42,6 +45,8 @@ class TTLGSettings:
             raise QveditError(f"ttlg.last_steps={self.last_steps} must be >= 0 (or null for all steps)")
         if self.edge_op not in EDGE_OPS:
             raise QveditError(f"unknown edge op {self.edge_op!r}: set it to one of {', '.join(sorted(EDGE_OPS))}")
+        if self.temporal_mode not in TEMPORAL_MODES:
+            raise QveditError(f"ttlg.temporal_mode={self.temporal_mode!r}: use plain or flow")
         if self.vgg_weights not in VGG_WEIGHTS:
             raise QveditError(f"ttlg.vgg_weights={self.vgg_weights!r}: use imagenet, or random (tests only)")
 
@@ -63,3 +68,21 @@ class TTLGSettings:
             and (self.end_step is None or i < self.end_step)
             and (self.last_steps is None or i >= num_steps - self.last_steps)
         )
+
+
+@dataclass
+class FlowSettings:
+    """``flow/``: optical flow between consecutive source frames, for the warp error metric and
+    ``ttlg.temporal_mode=flow``."""
+
+    method: str = setting("dis", frames=True)
+    size: Optional[int] = setting(None, frames=True)  # long side the flow is computed at; null = frame size
+    raft_weights: str = setting("pretrained", frames=True)  # pretrained (torch hub cache) | random (tests only)
+
+    def __post_init__(self):
+        if self.method not in FLOW_METHODS:
+            raise QveditError(f"flow.method={self.method!r}: use dis (OpenCV, no weights) or raft (torchvision)")
+        if self.raft_weights not in ("pretrained", "random"):
+            raise QveditError(f"flow.raft_weights={self.raft_weights!r}: use pretrained, or random (tests only)")
+        if self.size is not None and self.size < 16:
+            raise QveditError(f"flow.size={self.size} is too small: use at least 16 (or null for the frame size)")

@@ -1,7 +1,8 @@
 """A synthetic demo clip, made in code so the demo needs no files: a red ball rolling past a blue box.
 
-``demo_clip(...)`` writes ``init.png`` and ``edges/00001.png ...`` (the project's own Sobel edges
-of frames 1..T-1) the first time, then serves them like any frame folder.
+``demo_clip(...)`` writes ``init.png``, ``edges/00001.png ...`` (the project's own Sobel edges of
+frames 1..T-1) and ``source/00000.png ...`` (the scene's frames, for optical flow) the first time,
+then serves them like any frame folder.
 """
 
 from __future__ import annotations
@@ -46,9 +47,20 @@ def write_demo_clip(folder: Path) -> None:
         for t in range(1, DEMO_FRAMES):
             edges = sobel_edges(to_tensor(demo_frame(t)))
             Image.fromarray(edges_to_uint8(edges[0, 0])).save(staging / "edges" / f"{t:05d}.png")
+    write_source_frames(folder / "source")
 
 
-def demo_clip(init_frame: str, edge_frames_dir: str, resize: str = "area") -> FrameFolders:
+def write_source_frames(folder: Path) -> None:
+    """The scene's frames 0..T-1 (the source the edge maps were made from, for optical flow)."""
+    if (folder / f"{DEMO_FRAMES - 1:05d}.png").is_file():
+        return
+    with atomic_folder(folder, complete=f"{DEMO_FRAMES - 1:05d}.png") as staging:
+        for t in range(DEMO_FRAMES):
+            Image.fromarray(demo_frame(t)).save(staging / f"{t:05d}.png")
+
+
+def demo_clip(init_frame: str, edge_frames_dir: str, resize: str = "area",
+              source_frames_dir: str | None = None) -> FrameFolders:
     """The ``io=demo`` source: the demo clip, made in the cache folder on first use.
 
     The clip is only ever written to ``<cache>/demo-clip`` (where conf/io/demo.yaml points); an
@@ -61,4 +73,8 @@ def demo_clip(init_frame: str, edge_frames_dir: str, resize: str = "area") -> Fr
             raise QveditError(f"io.init_frame={init} does not exist, and io=demo makes its clip only in {home}: "
                               "leave io.init_frame unset for the demo, or use io=frames for your own frames")
         write_demo_clip(home)
-    return FrameFolders(str(init), str(Path(edge_frames_dir).expanduser()), resize)
+    source = Path(source_frames_dir).expanduser() if source_frames_dir else None
+    if source is not None and source.resolve() == (home / "source").resolve():
+        write_source_frames(source)  # a cache made before the demo had source frames
+    return FrameFolders(str(init), str(Path(edge_frames_dir).expanduser()), resize,
+                        str(source) if source is not None else None)

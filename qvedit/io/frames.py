@@ -23,22 +23,27 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
-def list_edge_frames(folder: Path) -> list[Path]:
-    """Image files of ``folder`` in natural order; hidden files and other files are skipped."""
+def list_images(folder: Path, key: str, what: str) -> list[Path]:
+    """Image files of ``folder`` in natural order; hidden files and other files are skipped.
+    ``key`` and ``what`` name the setting and the frames in errors."""
     if not folder.exists():
-        raise QveditError(f"edge frame folder not found: {folder} (set io.edge_frames_dir=DIR)")
+        raise QveditError(f"{what} folder not found: {folder} (set {key}=DIR)")
     if not folder.is_dir():
-        raise QveditError(f"io.edge_frames_dir is not a folder: {folder}")
+        raise QveditError(f"{key} is not a folder: {folder}")
     paths = [
         p for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     ]
     if not paths:
         raise QveditError(
-            f"no edge frames in {folder}: it holds no {'/'.join(sorted(IMAGE_SUFFIXES))} files "
+            f"no {what}s in {folder}: it holds no {'/'.join(sorted(IMAGE_SUFFIXES))} files "
             "(hidden files are skipped)"
         )
     return sorted(paths, key=natural_key)
+
+
+def list_edge_frames(folder: Path) -> list[Path]:
+    return list_images(folder, "io.edge_frames_dir", "edge frame")
 
 
 def resized(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
@@ -54,7 +59,8 @@ class FrameFolders:
 
     fps = 8.0  # frames carry no rate: previews play at 8 frames per second
 
-    def __init__(self, init_frame: str | None, edge_frames_dir: str | None, resize: str = "area"):
+    def __init__(self, init_frame: str | None, edge_frames_dir: str | None, resize: str = "area",
+                 source_frames_dir: str | None = None):
         missing = [key for key, value in (("io.init_frame", init_frame), ("io.edge_frames_dir", edge_frames_dir))
                    if not value]
         if missing:
@@ -71,6 +77,30 @@ class FrameFolders:
         self.edge_paths = list_edge_frames(self.edge_dir)
         for path in self.edge_paths:  # headers only: catch a non-image before hours of generation
             check_readable(path)
+        self.source_paths = self._source_frames(Path(source_frames_dir)) if source_frames_dir else []
+
+    def _source_frames(self, folder: Path) -> list[Path]:
+        """The original frames 0..T-1 the edge maps came from: as many as the edge maps + 1, frame 0's size."""
+        paths = list_images(folder, "io.source_frames_dir", "source frame")
+        wanted = len(self.edge_paths) + 1
+        if len(paths) < wanted:
+            raise QveditError(f"io.source_frames_dir {folder} holds {len(paths)} frames but the clip has {wanted} "
+                              f"(frame 0 and one per edge map): give all the original frames, or leave it unset")
+        size = read_rgb8(self.init_path).size
+        for path in paths[:wanted]:
+            check_readable(path)
+            with Image.open(path) as image:
+                if image.size != size:
+                    raise QveditError(f"source frame {path} is {image.size[0]}x{image.size[1]} but frame 0 is "
+                                      f"{size[0]}x{size[1]}: source frames must have frame 0's size")
+        return paths[:wanted]
+
+    @property
+    def has_source_frames(self) -> bool:
+        return bool(self.source_paths)
+
+    def source_frame(self, i: int, size: tuple[int, int]) -> Image.Image:
+        return resized(read_rgb8(self.source_paths[i]), size, "area")
 
     def init_image(self) -> Image.Image:
         return read_rgb8(self.init_path)

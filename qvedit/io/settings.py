@@ -32,11 +32,12 @@ class FramesIO:
     edge_frames_dir: Optional[str] = setting(None, frames=True, path="input")
     out_frames_dir: Optional[str] = setting(None, path="output")
     resize: str = setting("area", frames=True)
+    source_frames_dir: Optional[str] = setting(None, frames=True, path="input")  # the original frames 0..T-1
 
     def open(self, layout: "RunLayout") -> "FrameSource":
         from qvedit.io.frames import FrameFolders
 
-        return FrameFolders(self.init_frame, self.edge_frames_dir, self.resize)
+        return FrameFolders(self.init_frame, self.edge_frames_dir, self.resize, self.source_frames_dir)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class DemoIO(FramesIO):
     def open(self, layout: "RunLayout") -> "FrameSource":
         from qvedit.io.demo import demo_clip
 
-        return demo_clip(self.init_frame, self.edge_frames_dir, self.resize)
+        return demo_clip(self.init_frame, self.edge_frames_dir, self.resize, self.source_frames_dir)
 
 
 @dataclass

@@ -20,12 +20,17 @@ class FrameSource(Protocol):
     """
 
     fps: float  # the clip's frame rate (previews and output video); 8.0 where the input has none
+    has_source_frames: bool  # whether source_frame() can give the original frames (for optical flow)
 
     def init_image(self) -> Image.Image:
         """Frame 0 as 8-bit RGB."""
 
     def edge_frame(self, k: int, size: tuple[int, int]) -> Image.Image:
         """Edge frame k as 8-bit RGB, resized to ``size`` = (W, H)."""
+
+    def source_frame(self, i: int, size: tuple[int, int]) -> Image.Image:
+        """Original frame i (0..T-1) the edge maps were made from, 8-bit RGB at ``size`` = (W, H);
+        only when ``has_source_frames``. Read in rising order."""
 
     def __len__(self) -> int:
         """The number of edge frames, T-1."""

@@ -8,6 +8,7 @@ variable-rate videos are neither padded nor thinned to a constant rate).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import subprocess
 import tempfile
@@ -26,6 +27,8 @@ from qvedit.images import read_rgb8, to_rgb8, to_tensor
 from qvedit.io.frames import FrameWriter, resized
 from qvedit.io.layout import RunLayout
 from qvedit.io.settings import VideoIO, check_resize
+
+log = logging.getLogger(__name__)
 
 _SELECT = ["-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough"]
 _NTSC_RATES = [Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120)]
@@ -180,9 +183,14 @@ class VideoClip:
                     "no later frames to make edges from: use a longer clip or pass io.edge_video=edges.mp4"
                 )
             self._count = rgb_frames - 1
+            self._rgb_count = rgb_frames
         else:
-            decodable_frames(self.rgb_path, limit=1)
+            self._rgb_count = decodable_frames(self.rgb_path)
             self._count = decodable_frames(self.edge_path)
+            if 1 < self._rgb_count < self._count + 1:
+                log.warning("io.rgb_video has %d frames but the clip has %d: its frames are not used as source "
+                            "frames, and optical flow is estimated between edge maps", self._rgb_count,
+                            self._count + 1)
 
         first = _FrameStream(self.rgb_path)
         meta = first.open()
@@ -199,6 +207,18 @@ class VideoClip:
         # Edge k is frame k of the edge video, or frame k+1 of the RGB video.
         self._edges = _FrameStream(self.edge_path or self.rgb_path)
         self._offset = 0 if self.edge_path else 1
+        self._sources = _FrameStream(self.rgb_path)  # its own decoder: edges and sources are read side by side
+
+    @property
+    def has_source_frames(self) -> bool:
+        """The RGB video's frames are the source frames when it has one for every output frame."""
+        return self._rgb_count >= self._count + 1
+
+    def source_frame(self, i: int, size: tuple[int, int]) -> Image.Image:
+        frame = to_rgb8(Image.fromarray(self._sources.frame(i)))
+        if i == self._count:
+            self._sources.close()
+        return resized(frame, size, "area")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -243,6 +263,7 @@ class VideoClip:
     def close(self) -> None:
         """Stop decoding (the process also stops by itself after the last edge frame)."""
         self._edges.close()
+        self._sources.close()
 
     def __enter__(self) -> "VideoClip":
         return self

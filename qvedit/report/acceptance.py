@@ -50,6 +50,8 @@ class Job:
     @property
     def ttlg(self) -> str:
         scales = [f"{key.split('.')[1]}={self.config[key]}" for key in SCALES if float(self.config.get(key) or 0) > 0]
+        if float(self.config.get("ttlg.temporal_scale") or 0) > 0 and self.config.get("ttlg.temporal_mode") == "flow":
+            scales.append("temporal_mode=flow")
         return ",".join(scales) or "off"
 
 
@@ -97,6 +99,12 @@ def pair_jobs(jobs: list[Job]) -> tuple[list[Comparison], list[str]]:
         if job.error is None:
             groups.setdefault(setting(job), []).append(job)
     comparisons, messages = [], []
+    from_edges = [job.path.name for job in jobs if "io.init_frame" in job.config
+                  and not job.config.get("io.source_frames_dir")]
+    if from_edges:
+        messages.append(f"{len(from_edges)} job(s) had no source frames (io.source_frames_dir): their warp_error "
+                        f"uses optical flow estimated between edge maps ({', '.join(from_edges[:3])}"
+                        f"{' ...' if len(from_edges) > 3 else ''})")
     for members in groups.values():
         off = {job.config["seed"]: job for job in members if not job.guided}
         variants: dict[str, dict] = {}
@@ -120,7 +128,7 @@ def pair_jobs(jobs: list[Job]) -> tuple[list[Comparison], list[str]]:
 
 def frame_table(jobs: dict, column: str, frames: int) -> Optional[pd.DataFrame]:
     """(frames x seeds) table of one metric over frames 1..frames, or None if the column is missing."""
-    if any(column not in job.metrics.columns for job in jobs.values()):
+    if any(column not in job.metrics.columns or job.metrics[column].isna().all() for job in jobs.values()):
         return None
     return pd.DataFrame({seed: job.metrics.set_index("frame")[column].loc[1:frames] for seed, job in jobs.items()})
 
@@ -150,6 +158,7 @@ def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
         ratio_criterion("edge_loss", "edge_loss ratio guided/off", limits.edge_ratio, limits.edge_frames_fraction)
     if float(guided.get("ttlg.gram_scale") or 0) > 0:
         ratio_criterion("gram_loss", "gram_loss ratio guided/off", limits.gram_ratio)
+    ratio_criterion("warp_error", "warp_error ratio guided/off", limits.warp_ratio)
     prev, init = frame_table(comparison.on, "lpips_to_prev", n), frame_table(comparison.on, "lpips_to_init", n)
     if prev is None or init is None:
         criteria.append(Criterion("lpips", None, "-", None, "no LPIPS columns (lpips not installed or metrics=none)"))
@@ -257,7 +266,7 @@ def judge_sweep(sweep_dir: Path, limits: Optional[Thresholds] = None, plots: boo
         differing = diff_configs(off.config, on.config)
         lines += [f"Config keys that differ ({off.path.name} -> {on.path.name}):", ""]
         lines += [f"- `{key}`: {a!r} -> {b!r}" for key, a, b in differing]
-        for column in ("edge_loss", "gram_loss"):
+        for column in ("edge_loss", "gram_loss", "warp_error"):
             name = f"acceptance_{comparison.label.replace(',', '_').replace('=', '')}_{column}.png"
             if plots and plot(comparison, column, sweep_dir / name):
                 lines += ["", f"![{column}]({name})"]

@@ -1,9 +1,10 @@
-"""Per-frame quality metrics (spec §2.2, §6.3) and ``metrics.csv``.
+"""Per-frame quality metrics (docs/METHOD.md, section 4) and ``metrics.csv``.
 
 Metrics are computed from the frames as written, after generation: they never feed back into it.
-Columns: ``frame, edge_loss, gram_loss, lpips_to_init, lpips_to_prev, seconds, guided_steps,
-peak_mem_mib``; the quality columns are left out with ``metrics=none``, the LPIPS ones when the
-``lpips`` package is missing.
+Columns: ``frame, edge_loss, gram_loss, warp_error, lpips_to_init, lpips_to_prev, seconds,
+guided_steps, peak_mem_mib``; the quality columns are left out with ``metrics=none``, the LPIPS ones
+when the ``lpips`` package is missing; ``warp_error`` is empty when no flow was computed;
+``clip_consistency`` is there only with open_clip and its weights (``qvedit.report.clip``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import logging
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +23,15 @@ from qvedit.errors import QveditError
 from qvedit.files import atomic_path
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
+from qvedit.guidance.flow import FlowPair, warp_error
 from qvedit.images import to_tensor
+from qvedit.report.clip import load_clip
 from qvedit.report.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
 
 TIMING_COLUMNS = ["seconds", "guided_steps", "peak_mem_mib"]
-QUALITY_COLUMNS = ["edge_loss", "gram_loss"]
+QUALITY_COLUMNS = ["edge_loss", "gram_loss", "warp_error"]
 LPIPS_COLUMNS = ["lpips_to_init", "lpips_to_prev"]
 
 # (backbone, device) -> LPIPS model, built once per process like the pipeline (VGG: losses.shared_vgg).
@@ -79,8 +83,9 @@ class FrameMetrics:
                 self.lpips = load_lpips(settings.vgg_weights, device)
             except QveditError as err:  # the weights gram_loss and LPIPS need
                 raise QveditError(f"metrics: {err}; or run without quality metrics: metrics=none") from None
-        quality_columns = (QUALITY_COLUMNS + (LPIPS_COLUMNS if self.lpips is not None else [])) if self.quality \
-            else []
+        self.clip = load_clip(device) if self.quality else None
+        quality_columns = (QUALITY_COLUMNS + (LPIPS_COLUMNS if self.lpips is not None else [])
+                           + (["clip_consistency"] if self.clip is not None else [])) if self.quality else []
         self.columns = ["frame"] + quality_columns + TIMING_COLUMNS
 
     def start(self, init: Image.Image) -> None:
@@ -91,7 +96,9 @@ class FrameMetrics:
                 self.init_grams = self.vgg.grams(self.init, self.settings.gram_size)
 
     @torch.no_grad()
-    def score(self, frame: Image.Image, edge: Image.Image, previous: Image.Image) -> dict:
+    def score(self, frame: Image.Image, edge: Image.Image, previous: Image.Image,
+              flow: Optional[FlowPair] = None) -> dict:
+        """The quality columns of a frame's row; ``warp_error`` only with the frame's source ``flow``."""
         if not self.quality:
             return {}
         image = to_tensor(frame).to(self.device)
@@ -99,6 +106,10 @@ class FrameMetrics:
             "edge_loss": float(losses.edge_loss(image, image_to_edge_target(edge).to(self.device), "sobel", None)),
             "gram_loss": float(losses.gram_loss(self.vgg.grams(image, self.settings.gram_size), self.init_grams)),
         }
+        if flow is not None:
+            row["warp_error"] = warp_error(image, to_tensor(previous), flow)
+        if self.clip is not None:
+            row["clip_consistency"] = self.clip.consistency(frame, previous)
         if self.lpips is not None:
             row["lpips_to_init"] = self._lpips(image, self.init)
             row["lpips_to_prev"] = self._lpips(image, to_tensor(previous).to(self.device))

@@ -45,3 +45,4 @@ class Thresholds:
     gram_ratio: float = setting(0.98)
     lpips_prev_min: float = setting(0.005)
     lpips_init_min: float = setting(0.01)
+    warp_ratio: float = setting(1.0)  # guided warp error / unguided, at most this (1.0: not worse)

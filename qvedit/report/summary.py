@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Optional
 
-QUALITY = ("edge_loss", "gram_loss", "lpips_to_prev")
+QUALITY = ("edge_loss", "gram_loss", "warp_error", "lpips_to_prev")
 
 
 def column_means(metrics_csv: Path) -> dict[str, float]:
@@ -25,12 +25,12 @@ def column_means(metrics_csv: Path) -> dict[str, float]:
 
 def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metrics_csv: Path,
                 steps: int, scales: dict[str, float], unguided_csv: Optional[Path] = None,
-                demo: bool = False) -> list[str]:
+                demo: bool = False, flow_from_edges: bool = False) -> list[str]:
     """The lines printed at the end of a run.
 
     ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided_csv``: the metrics
     of the same clip made without guidance (``compare_unguided=true``); ``demo``: add the next steps
-    a newcomer takes after the demo.
+    a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps.
     """
     where = frames[0].parent if frames_kept else ", ".join(str(p) for p in outputs if p.suffix == ".mp4")
     lines = [f"qvedit: made frames 1..{len(frames) - 1} of {len(frames)} (frame 0 is the input) -> {where}"
@@ -45,6 +45,8 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
     measured = [f"{name} {means[name]:.4g}" for name in QUALITY if name in means]
     if measured:
         lines.append(f"  mean over frames: {', '.join(measured)} ({metrics_csv})")
+    if flow_from_edges and "warp_error" in means:
+        lines.append("  warp_error: flow estimated between edge maps (set io.source_frames_dir to the original frames)")
     if unguided_csv is not None:
         lines += compare_to_unguided(means, column_means(unguided_csv), unguided_csv.parent)
     sheet = [p for p in outputs if p.name == "preview.png"]
@@ -62,7 +64,7 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
 
 def compare_to_unguided(guided: dict[str, float], unguided: dict[str, float], folder: Path) -> list[str]:
     """How the guided clip's losses compare with the same clip made without guidance."""
-    pairs = [(name, guided[name], unguided[name]) for name in ("edge_loss", "gram_loss")
+    pairs = [(name, guided[name], unguided[name]) for name in ("edge_loss", "gram_loss", "warp_error")
              if name in guided and name in unguided and unguided[name] > 0]
     if not pairs:
         return ["  unguided twin: no edge_loss / gram_loss to compare (metrics=none?)"]

@@ -1,0 +1,202 @@
+"""Optical flow between consecutive source frames: warping, occlusion, and the flow of a whole clip.
+
+Flows are in pixels, ``(dx, dy)``, shaped (B, 2, H, W). ``backward`` flow of frame t points from each
+pixel x of frame t to where it was in frame t-1: frame_t(x) ~ frame_{t-1}(x + backward(x)), so
+``warp(frame_{t-1}, backward)`` is frame t-1 moved onto frame t. A pixel is occluded (seen in frame t
+but not in frame t-1) where the forward-backward check of Sundaram et al. 2010 fails:
+|f_b + f_f(x + f_b)|^2 > 0.01 (|f_b|^2 + |f_f(x + f_b)|^2) + 0.5.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from qvedit.errors import QveditError
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
+from qvedit.guidance.settings import FlowSettings
+from qvedit.images import to_tensor
+from qvedit.io.source import FrameSource
+
+log = logging.getLogger(__name__)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """image (B, C, H, W) sampled at x + flow(x) (bilinear, border pixels repeated); flow (B, 2, H, W)."""
+    _, _, height, width = image.shape
+    ys, xs = torch.meshgrid(torch.arange(height, device=flow.device, dtype=flow.dtype),
+                            torch.arange(width, device=flow.device, dtype=flow.dtype), indexing="ij")
+    x = (xs + flow[:, 0]) / max(width - 1, 1) * 2 - 1
+    y = (ys + flow[:, 1]) / max(height - 1, 1) * 2 - 1
+    grid = torch.stack([x, y], dim=-1).to(image.dtype)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def occluded(backward: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) bool: pixels of frame t the forward-backward check rejects; both flows (B, 2, H, W)."""
+    forward_at = warp(forward, backward)  # f_f(x + f_b(x))
+    mismatch = (backward + forward_at).pow(2).sum(1, keepdim=True)
+    magnitude = backward.pow(2).sum(1, keepdim=True) + forward_at.pow(2).sum(1, keepdim=True)
+    return mismatch > 0.01 * magnitude + 0.5
+
+
+def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 2, h, w) flow -> (B, 2, H, W) at ``size`` = (H, W), vectors scaled with the image."""
+    height, width = flow.shape[-2:]
+    if (height, width) == tuple(size):
+        return flow
+    resized = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
+    scale = torch.tensor([size[1] / width, size[0] / height], dtype=flow.dtype, device=flow.device)
+    return resized * scale.view(1, 2, 1, 1)
+
+
+class DISFlow:
+    """OpenCV's DIS optical flow (no weights; CPU). ``(a, b)`` (1, 3, H, W) in [0, 1] -> (1, 2, H, W) a -> b."""
+
+    def __init__(self):
+        try:
+            import cv2
+        except ImportError:
+            raise QveditError("flow=dis needs OpenCV: pip install opencv-python-headless") from None
+        self.cv2 = cv2
+        self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        grey_a, grey_b = (np.ascontiguousarray(self._grey(image)) for image in (a, b))
+        flow = self.dis.calc(grey_a, grey_b, None)  # (H, W, 2): a(x) ~ b(x + flow(x))
+        return torch.from_numpy(flow).permute(2, 0, 1)[None].to(a.device)
+
+    @staticmethod
+    def _grey(image: torch.Tensor) -> np.ndarray:
+        weights = torch.tensor([0.2989, 0.5870, 0.1140], device=image.device).view(1, 3, 1, 1)
+        grey = (image * weights).sum(1)[0].clamp(0, 1)
+        return (grey * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def raft_weights_path() -> Path:
+    """Where torch hub caches torchvision's RAFT-large checkpoint (honours TORCH_HOME at call time)."""
+    from torchvision.models.optical_flow import Raft_Large_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(Raft_Large_Weights.DEFAULT.url)
+
+
+class RAFTFlow:
+    """torchvision's RAFT-large. ``(a, b)`` (1, 3, H, W) in [0, 1] -> (1, 2, H, W) a -> b.
+
+    ``weights="pretrained"`` reads the checkpoint from the torch hub cache (or downloads it once);
+    ``"random"`` is for tests only.
+    """
+
+    def __init__(self, weights: str, device: torch.device):
+        from torchvision.models.optical_flow import Raft_Large_Weights, raft_large
+
+        self.device = device
+        if weights == "pretrained":
+            path = raft_weights_path()
+            try:
+                state = (torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else
+                         torch.hub.load_state_dict_from_url(Raft_Large_Weights.DEFAULT.url, map_location="cpu",
+                                                            progress=False))
+            except Exception as err:
+                raise QveditError(f"RAFT weights are not at {path} and could not be read or downloaded "
+                                  f"({type(err).__name__}): copy {path.name} into {path.parent} from a machine "
+                                  "with internet, or use flow=dis (no weights)") from None
+            self.model = raft_large(weights=None, progress=False)
+            self.model.load_state_dict(state)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.model = raft_large(weights=None, progress=False)
+        self.model = self.model.to(device).eval().requires_grad_(False)
+
+    MIN_SIDE = 128  # RAFT's correlation pyramid needs sides of at least 128 pixels
+
+    @torch.no_grad()
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        size = tuple(a.shape[-2:])
+        scale = max(1.0, self.MIN_SIDE / min(size))
+        if scale > 1:  # small frames are enlarged for RAFT, and its flow brought back to their size
+            big = (math.ceil(size[0] * scale), math.ceil(size[1] * scale))
+            a, b = (F.interpolate(x, size=big, mode="bilinear", align_corners=False) for x in (a, b))
+        height, width = a.shape[-2:]
+        pad = (0, (-width) % 8, 0, (-height) % 8)  # and sides divisible by 8
+        a, b = (F.pad(x.to(self.device) * 2 - 1, pad, mode="replicate") for x in (a, b))
+        flow = self.model(a, b)[-1][..., :height, :width].float()
+        return resize_flow(flow, size)
+
+
+@dataclass
+class FlowPair:
+    """The flow from frame t back to frame t-1 at the frame size, and where it can be trusted."""
+
+    backward: torch.Tensor  # (1, 2, H, W)
+    valid: torch.Tensor  # (1, 1, H, W) float, 1 where not occluded
+
+
+class ClipFlow:
+    """Flow between consecutive source frames of a clip, computed once per frame pair.
+
+    Source frames are the original frames the edge maps came from (``FrameSource.source_frame``).
+    Without them the flow is estimated between consecutive edge maps (frame 0's edge map is the Sobel
+    edges of frame 0), which is rougher; ``from_edges`` says which.
+    """
+
+    def __init__(self, settings: FlowSettings, source: FrameSource, size: tuple[int, int],
+                 device: torch.device):
+        """size: (W, H) of the clip's frames."""
+        self.settings = settings
+        self.source = source
+        self.size = size
+        self.device = device
+        self.from_edges = not source.has_source_frames
+        self.estimate = DISFlow() if settings.method == "dis" else RAFTFlow(settings.raft_weights, device)
+        if self.from_edges:
+            log.warning("no source frames (the original frames the edge maps came from): optical flow is "
+                        "estimated between consecutive edge maps; set io.source_frames_dir for better flow")
+        self._last: Optional[tuple[int, torch.Tensor]] = None
+
+    def frame(self, t: int, edge: Optional[Image.Image] = None) -> torch.Tensor:
+        """(1, 3, h, w) in [0, 1]: what the flow of frame t is computed on, at the flow size. ``edge``:
+        frame t's edge map when the caller has read it already (a video is not decoded twice)."""
+        if self._last is not None and self._last[0] == t:
+            return self._last[1]
+        if not self.from_edges:
+            image = self.source.source_frame(t, self.size)
+        elif t == 0:
+            image = Image.fromarray(edges_to_uint8(sobel_edges(to_tensor(self.source.init_image())))).convert("RGB")
+        else:
+            image = edge if edge is not None else self.source.edge_frame(t - 1, self.size)
+        tensor = to_tensor(image).to(self.device)
+        if self.settings.size and max(tensor.shape[-2:]) > self.settings.size:
+            scale = self.settings.size / max(tensor.shape[-2:])
+            small = (max(8, round(tensor.shape[-2] * scale)), max(8, round(tensor.shape[-1] * scale)))
+            tensor = F.interpolate(tensor, size=small, mode="area")
+        self._last = (t, tensor)
+        return tensor
+
+    def pair(self, t: int, edge: Optional[Image.Image] = None) -> FlowPair:
+        """The flow of frame t (t >= 1) back to frame t-1, at the clip's frame size (``edge``: see ``frame``)."""
+        before, now = self.frame(t - 1), self.frame(t, edge)
+        backward, forward = self.estimate(now, before), self.estimate(before, now)
+        valid = (~occluded(backward, forward)).float()
+        full = (self.size[1], self.size[0])
+        backward = resize_flow(backward, full)
+        valid = (F.interpolate(valid, size=full, mode="bilinear", align_corners=False) > 0.5).float()
+        return FlowPair(backward, valid)
+
+
+def warp_error(frame: torch.Tensor, previous: torch.Tensor, flow: FlowPair) -> float:
+    """Lai et al. 2018's warp error of ``frame`` (1, 3, H, W) in [0, 1] against ``previous`` warped by
+    the source flow: per-pixel squared RGB distance, averaged over the pixels that are not occluded."""
+    warped = warp(previous.to(flow.backward.device), flow.backward)
+    squared = (frame.to(warped.device) - warped).pow(2).sum(1, keepdim=True)
+    return float((squared * flow.valid).sum() / flow.valid.sum().clamp(min=1))
