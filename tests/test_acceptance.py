@@ -157,3 +157,13 @@ def test_jobs_pair_across_output_paths_but_not_across_settings(tmp_path):
     text = (sweep / "acceptance.md").read_text()
     assert "Runs compared: 1_on vs 0_off" in text
     assert "has no ttlg=off twin" in text  # 2_on_nearest: io.resize changes frames, so no twin
+
+
+def test_the_report_says_when_the_warp_error_came_from_edge_maps(tmp_path):
+    sweep = tmp_path / "sweep"
+    edge, gram = [0.06] * 4, [0.001] * 4
+    make_job(sweep, "0_off", 0, {}, edge, gram, extra={"io": {"init_frame": "i.png", "source_frames_dir": None}})
+    make_job(sweep, "1_on", 0, {"edge_scale": 1.0}, [0.05] * 4, gram,
+             extra={"io": {"init_frame": "i.png", "source_frames_dir": None}})
+    write_report(sweep)
+    assert "2 job(s) had no source frames (io.source_frames_dir)" in (sweep / "acceptance.md").read_text()

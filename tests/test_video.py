@@ -227,3 +227,21 @@ def test_zero_frame_and_single_frame_videos(tmp_path):
     edges = write_video(tmp_path / "edges.mp4", square_frames(3, grey=True))
     clip = VideoClip(str(one), edge_video=str(edges))
     assert len(clip) == 3 and np.array_equal(np.asarray(clip.init_image()), decode(one)[0])
+
+
+def test_the_rgb_video_gives_the_source_frames_when_it_has_one_per_output_frame(rgb_video, tmp_path, caplog):
+    made = VideoClip(str(rgb_video))  # edges made from frames 1..5: 6 output frames, 6 RGB frames
+    assert made.has_source_frames
+    decoded = decode(rgb_video)
+    for i in range(6):  # read side by side with the edges, as the editor and the flow do
+        assert np.array_equal(np.asarray(made.source_frame(i, made.size)), decoded[i])
+        if i:
+            made.edge_frame(i - 1, made.size)
+    edges = write_video(tmp_path / "edges.mp4", square_frames(5, grey=True))
+    assert VideoClip(str(rgb_video), edge_video=str(edges)).has_source_frames  # 6 RGB frames for 6 outputs
+    first_only = write_video(tmp_path / "first.mp4", square_frames(1))
+    assert not VideoClip(str(first_only), edge_video=str(edges)).has_source_frames
+    short = write_video(tmp_path / "short.mp4", square_frames(3))
+    with caplog.at_level("WARNING"):
+        assert not VideoClip(str(short), edge_video=str(edges)).has_source_frames
+    assert "io.rgb_video has 3 frames but the clip has 6" in caplog.text
