@@ -26,13 +26,14 @@ from qvedit.guidance.flow import ClipFlow
 from qvedit.guidance.settings import TTLGSettings
 from qvedit.io.frames import FrameWriter
 from qvedit.io.layout import RunLayout, discard_if_empty, record_job_error
-from qvedit.io.preview import write_previews
+from qvedit.io.preview import write_comparison, write_previews
 from qvedit.io.settings import DemoIO
 from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
 from qvedit.models.settings import ModelSettings
 from qvedit.outputs import ClipOutputs, check_or_record
+from qvedit.report.html import write_run_html
 from qvedit.report.summary import run_summary
 
 log = logging.getLogger("qvedit")
@@ -104,6 +105,13 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
                               settings.num_inference_steps, scales, unguided_csv, demo=isinstance(io, DemoIO),
                               flow_from_edges=flow is not None and flow.from_edges)
         log.info(summary[0].removeprefix("qvedit: "))
+        if unguided_csv is not None:
+            written.append(write_comparison(source, {"ttlg=off": sorted(layout.unguided[0].glob("*.png")),
+                                                     "guided": paths}, layout.unguided_comparison))
+        previews = [(path, "edge map | ttlg=off | guided") for path in written if path == layout.unguided_comparison]
+        previews += [(layout.previews[1], "edge map | output, every frame"), (layout.previews[0], "contact sheet")]
+        page = summary[:summary.index("next:")] if "next:" in summary else summary  # next steps: the terminal's
+        write_run_html(layout.run_dir, page, {**frame_settings(cfg), "device": device}, layout.metrics_csv, previews)
         if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
             print("\n".join(summary), flush=True)
     return frames.folder

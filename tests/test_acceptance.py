@@ -1,5 +1,6 @@
 """The acceptance checker on hand-made sweeps: pass, fail, missing twin, one seed, failed job."""
 
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,14 @@ def test_the_report_says_when_the_warp_error_came_from_edge_maps(tmp_path):
              extra={"io": {"init_frame": "i.png", "source_frames_dir": None}})
     write_report(sweep)
     assert "2 job(s) had no source frames (io.source_frames_dir)" in (sweep / "acceptance.md").read_text()
+
+
+def test_the_html_report_holds_the_verdict_and_every_criterion(tmp_path):
+    sweep = sweep_with(tmp_path, on_factor=0.97)
+    write_report(sweep)
+    html = (sweep / "report.html").read_text()
+    assert "<title>qvedit sweep sweep: FAIL</title>" in html and '<span class="verdict fail">FAIL</span>' in html
+    table = pd.read_csv(sweep / "acceptance.csv")
+    assert all(f"<td>{escape(name)}</td>" in html for name in table["criterion"])
+    assert all(f'src="{p.name}"' in html for p in sweep.glob("acceptance_*.png"))
+    assert "src=\"/" not in html and "file://" not in html  # relative links only

@@ -6,6 +6,7 @@ import time
 import pytest
 import yaml
 
+from tests.browser import assert_page_is_whole
 from tests.conftest import run_qvedit as qvedit
 
 
@@ -23,6 +24,8 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(tmp_path):
     assert b"\r" not in (tmp_path / "metrics.csv").read_bytes()
     assert len(list((tmp_path / "unguided" / "frames").glob("*.png"))) == 9  # the twin without guidance
     assert (tmp_path / "preview.png").is_file() and (tmp_path / "preview.gif").is_file()
+    page = assert_page_is_whole(tmp_path / "report.html")  # real headless Chromium
+    assert [src for src, _ in page["images"]] == ["compare_unguided.gif", "preview.gif", "preview.png"]
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert saved["model"]["_target_"] == "qvedit.models.settings.TinyModel"
     assert "experiment=demo" in (tmp_path / ".hydra" / "overrides.yaml").read_text()

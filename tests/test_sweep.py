@@ -3,6 +3,7 @@
 import pandas as pd
 
 from qvedit.report.confdiff import main as diff_main
+from tests.browser import assert_page_is_whole
 from tests.conftest import run_qvedit as qvedit
 
 FAST = ["max_frames=3", "num_inference_steps=4"]
@@ -28,6 +29,12 @@ def test_acceptance_sweep_writes_the_report(tmp_path):
     assert metrics.columns.tolist() == ["frame", "edge_loss", "gram_loss", "warp_error", "lpips_to_init",
                                         "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
     assert metrics["warp_error"].notna().all() and (metrics["warp_error"] >= 0).all()
+    page = assert_page_is_whole(sweep / "report.html")  # real headless Chromium
+    assert page["title"].endswith(": PASS") or page["title"].endswith(": FAIL")
+    gifs = [src for src, _ in page["images"] if src.startswith("compare_")]
+    assert len(gifs) == 4  # edge | off | guided per seed, for both guided presets
+    assert f"{jobs[0]}/report.html" in page["links"]
+    assert_page_is_whole(sweep / jobs[2] / "report.html")
     checker = qvedit(str(sweep), module="qvedit.accept")
     assert checker.returncode in (0, 1) and "Acceptance report" in checker.stdout
 

@@ -5,6 +5,7 @@ By default everything is inside the run folder (``hydra.run.dir``, or a sweep jo
     <run>/frames/00000.png ...   io.out_frames_dir      (the resume manifest .qvedit-run.yaml too)
     <run>/metrics.csv            metrics.path
     <run>/preview.png, .gif      previews
+    <run>/report.html            the run's page: summary, previews, settings, per-frame table
     <run>/output.mp4             io.out_video           (io=video)
     <run>/edges/00001.png ...    io.edges_dir           (io=video, edges made from the RGB video)
     <run>/unguided/frames/, metrics.csv                 the same clip with guidance off (compare_unguided)
@@ -58,6 +59,16 @@ class RunLayout:
     def unguided(self) -> tuple[Path, Path]:
         """(frames folder, metrics.csv) of the clip made again without guidance (``compare_unguided``)."""
         return self.run_dir / "unguided" / "frames", self.run_dir / "unguided" / "metrics.csv"
+
+    @property
+    def report(self) -> Path:
+        """report.html: the run's page (qvedit.report.html)."""
+        return self.run_dir / "report.html"
+
+    @property
+    def unguided_comparison(self) -> Path:
+        """``edge | ttlg=off | guided`` GIF of a ``compare_unguided`` run."""
+        return self.run_dir / "compare_unguided.gif"
 
     @property
     def previews(self) -> tuple[Path, Path]:

@@ -139,17 +139,18 @@ class PreviewLayout:
     title: int
     header: int
     rows: int
+    columns: tuple[str, ...] = COLUMN_TITLES
 
     @property
     def size(self) -> Size:
-        return (self.label + GAP + 2 * (self.column + GAP),
+        return (self.label + GAP + len(self.columns) * (self.column + GAP),
                 self.title + self.header + self.rows * (self.row + GAP))
 
     def row_top(self, row: int) -> int:
         return self.title + self.header + row * (self.row + GAP)
 
     def cell_box(self, row: int, column: int) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) of a cell; column 0 is the edge map, 1 the output."""
+        """(left, top, right, bottom) of a cell; column 0 is the edge map, then the outputs."""
         left = self.label + GAP + column * (self.column + GAP) + (self.column - self.cell[0]) // 2
         top = self.row_top(row) + (self.row - self.cell[1]) // 2
         return left, top, left + self.cell[0], top + self.cell[1]
@@ -159,17 +160,20 @@ class PreviewLayout:
         return 0, self.row_top(row), self.label, self.row_top(row) + self.row
 
 
-def preview_layout(cell: Size, rows: int, titles: list[str], labels: list[str] | None = None) -> PreviewLayout:
+def preview_layout(cell: Size, rows: int, titles: list[str], labels: list[str] | None = None,
+                   columns: tuple[str, ...] = COLUMN_TITLES) -> PreviewLayout:
     """The layout for ``rows`` rows of ``cell``; tall enough for the longest of ``titles`` (wrapped to
-    the image width) and wide enough for the column titles and the row ``labels`` (None: no label column)."""
+    the image width) and wide enough for the ``columns``' titles and the row ``labels`` (None: no label
+    column)."""
     font, title_font = _font(FONT_SIZE), _font(TITLE_FONT_SIZE)
     line = _line_height(font)
-    column = max(cell[0], *(math.ceil(font.getlength(t)) + 2 * GAP for t in COLUMN_TITLES))
+    column = max(cell[0], *(math.ceil(font.getlength(t)) + 2 * GAP for t in columns))
     label = max(math.ceil(font.getlength(t)) for t in labels) + 2 * PAD if labels else 0
-    width = label + GAP + 2 * (column + GAP)
+    width = label + GAP + len(columns) * (column + GAP)
     lines = max(len(_wrap(t, title_font, width - 2 * PAD)) for t in titles)
     return PreviewLayout(cell=cell, column=column, row=max(cell[1], line), label=label,
-                         title=PAD + lines * _line_height(title_font) + PAD // 2, header=line + GAP, rows=rows)
+                         title=PAD + lines * _line_height(title_font) + PAD // 2, header=line + GAP, rows=rows,
+                         columns=tuple(columns))
 
 
 def _fit(image: Image.Image, cell: Size) -> Image.Image:
@@ -202,22 +206,22 @@ def _no_edge_cell(cell: Size) -> Image.Image:
     return image
 
 
-def _compose(layout: PreviewLayout, title: str, rows: list[tuple[str | None, Image.Image | None, Image.Image]],
-             no_edge: Image.Image) -> Image.Image:
-    """One preview image: ``title``, column titles, then per row (label, edge or None, frame)."""
+def _compose(layout: PreviewLayout, title: str, rows: list[tuple], no_edge: Image.Image) -> Image.Image:
+    """One preview image: ``title``, column titles, then per row (label, edge or None, frame, ...)."""
     image = Image.new("RGB", layout.size, BACKGROUND)
     draw, font, title_font = ImageDraw.Draw(image), _font(FONT_SIZE), _font(TITLE_FONT_SIZE)
     for k, line in enumerate(_wrap(title, title_font, layout.size[0] - 2 * PAD)):
         draw.text((PAD, PAD + k * _line_height(title_font)), line, fill=TEXT, font=title_font)
-    for column, text in enumerate(COLUMN_TITLES):
+    for column, text in enumerate(layout.columns):
         left = layout.label + GAP + column * (layout.column + GAP)
         draw.text((left + (layout.column - font.getlength(text)) / 2, layout.title), text, fill=TEXT, font=font)
-    for position, (label, edge, frame) in enumerate(rows):
+    for position, (label, edge, *frames) in enumerate(rows):
         if label:
             top = layout.row_top(position) + (layout.row - _line_height(font)) // 2
             draw.text((PAD, top), label, fill=TEXT, font=font)
         image.paste(no_edge if edge is None else _fit(edge, layout.cell), layout.cell_box(position, 0)[:2])
-        image.paste(_fit(frame, layout.cell), layout.cell_box(position, 1)[:2])
+        for column, frame in enumerate(frames, start=1):
+            image.paste(_fit(frame, layout.cell), layout.cell_box(position, column)[:2])
     return image
 
 
@@ -264,18 +268,27 @@ def side_by_side_gif(edge_images: list, frames: list, out_path, fps: float) -> P
     GIF delays are whole hundredths of a second and browsers slow delays under 0.02 s down, so the
     delay is 1/fps rounded to 10 ms, at least 20 ms.
     """
+    return comparison_gif(edge_images, {COLUMN_TITLES[1]: frames}, out_path, fps)
+
+
+def comparison_gif(edge_images: list, clips: dict[str, list], out_path, fps: float) -> Path:
+    """``side_by_side_gif`` with several clips of the same frames side by side: ``edge | clip | clip ...``,
+    each column titled with its key in ``clips`` (e.g. ``{"ttlg=off": [...], "guided": [...]}``)."""
     if not fps > 0:
         raise ValueError(f"fps={fps} must be > 0")
-    edges = _pairs(edge_images, frames)
-    cell = cell_size(frames[0].size)
-    titles = [frame_label(i, len(frames)) for i in range(len(frames))]
-    layout = preview_layout(cell, 1, titles)
+    columns = list(clips.values())
+    count = min(len(frames) for frames in columns)
+    columns = [frames[:count] for frames in columns]
+    edges = _pairs(edge_images[:count - 1] if len(edge_images) >= count - 1 else edge_images, columns[0])
+    cell = cell_size(columns[0][0].size)
+    titles = [frame_label(i, count) for i in range(count)]
+    layout = preview_layout(cell, 1, titles, columns=(COLUMN_TITLES[0], *clips))
     no_edge = _no_edge_cell(cell)
 
     def animation() -> Iterator[Image.Image]:
         # One at a time: Pillow keeps each as a palette image, a third of the RGB.
-        for title, edge, frame in zip(titles, edges, frames):
-            yield _compose(layout, title, [(None, edge, frame)], no_edge)
+        for i, (title, edge) in enumerate(zip(titles, edges)):
+            yield _compose(layout, title, [(None, edge, *(frames[i] for frames in columns))], no_edge)
 
     images = animation()
     delay = max(20, round(100.0 / fps) * 10)
@@ -299,3 +312,18 @@ def write_previews(source: FrameSource, frame_paths: list[Path], layout: RunLayo
             edges.append(_shrunk(source.edge_frame(index - 1, frame.size), cell))
     sheet, gif = layout.previews
     return [contact_sheet(edges, frames, sheet), side_by_side_gif(edges, frames, gif, source.fps)]
+
+
+def write_comparison(source: FrameSource, clips: dict[str, list[Path]], out: Path) -> Path:
+    """An ``edge | clip | clip ...`` GIF of clips of the same source (``{"ttlg=off": paths, ...}``),
+    frames read one at a time and shrunk to the cell size as ``write_previews`` does."""
+    shrunk: dict[str, list] = {title: [] for title in clips}
+    edges, cell = [], None
+    for index in range(min(len(paths) for paths in clips.values())):
+        for title, paths in clips.items():
+            frame = read_rgb8(Path(paths[index]))
+            cell = cell or cell_size(frame.size)
+            shrunk[title].append(_shrunk(frame, cell))
+        if index:
+            edges.append(_shrunk(source.edge_frame(index - 1, frame.size), cell))
+    return comparison_gif(edges, shrunk, out, source.fps)

@@ -22,7 +22,7 @@ from hydra.types import RunMode
 
 from qvedit.config import output_path_keys, scale_keys
 from qvedit.errors import QveditError
-from qvedit.files import atomic_path
+from qvedit.files import atomic_path, write_text_atomic
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
 from qvedit.report.confdiff import diff_configs, load_run
@@ -209,21 +209,35 @@ def thresholds_of(jobs: list[Job]) -> Thresholds:
     return Thresholds()
 
 
-def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> tuple[bool, Path]:
-    """Judge the sweep and write acceptance.md / .csv / plots into it. Returns (all passed, md path)."""
+@dataclass
+class SweepVerdict:
+    """A judged sweep: its jobs, the guided-vs-off comparisons with their criteria, and notes."""
+
+    sweep_dir: Path
+    jobs: list
+    comparisons: list
+    messages: list
+    limits: Thresholds
+
+    @property
+    def failed_jobs(self) -> list:
+        return [job for job in self.jobs if job.error]
+
+    @property
+    def judged(self) -> list:
+        return [c for comparison in self.comparisons for c in comparison.criteria if c.passed is not None]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.judged) and all(c.passed for c in self.judged) and not self.failed_jobs
+
+
+PLOTTED = ("edge_loss", "gram_loss", "warp_error")
+
+
+def judge_sweep(sweep_dir: Path, limits: Optional[Thresholds] = None) -> SweepVerdict:
+    """Pair and judge the jobs of a sweep folder (nothing is written)."""
     sweep_dir = Path(sweep_dir)
-    passed, text, csv_rows = judge_sweep(sweep_dir, limits, plots=True)
-    report = sweep_dir / "acceptance.md"
-    with atomic_path(report) as partial:
-        partial.write_text(text)
-    with atomic_path(sweep_dir / "acceptance.csv") as partial:
-        pd.DataFrame(csv_rows, columns=["comparison", "seeds", "frames", "criterion", "value", "threshold",
-                                        "passed"]).to_csv(partial, index=False)
-    return passed, report
-
-
-def judge_sweep(sweep_dir: Path, limits: Optional[Thresholds] = None, plots: bool = True) -> tuple[bool, str, list]:
-    """(all passed, the markdown report, the rows of acceptance.csv); ``plots`` also writes the plots."""
     if not sweep_dir.is_dir():
         raise QveditError(f"sweep folder not found: {sweep_dir}")
     jobs = load_jobs(sweep_dir)
@@ -231,46 +245,70 @@ def judge_sweep(sweep_dir: Path, limits: Optional[Thresholds] = None, plots: boo
         raise QveditError(f"{sweep_dir} holds no job folders with .hydra/config.yaml: is it a multirun sweep folder?")
     limits = limits or thresholds_of(jobs)
     comparisons, messages = pair_jobs(jobs)
-    comparisons = [judge(c, limits) for c in comparisons]
-    failed_jobs = [job for job in jobs if job.error]
-    judged = [c for comparison in comparisons for c in comparison.criteria if c.passed is not None]
-    passed = bool(judged) and all(c.passed for c in judged) and not failed_jobs
+    return SweepVerdict(sweep_dir, jobs, [judge(c, limits) for c in comparisons], messages, limits)
 
-    lines = [f"# Acceptance report: {sweep_dir}", "",
-             f"**Verdict: {'PASS' if passed else 'FAIL'}** ({sum(bool(c.passed) for c in judged)} of {len(judged)} "
-             f"criteria passed, {len(failed_jobs)} failed job(s), {len(jobs)} job(s))", ""]
+
+def plot_name(comparison: Comparison, column: str) -> str:
+    return f"acceptance_{comparison.label.replace(',', '_').replace('=', '')}_{column}.png"
+
+
+def markdown(verdict: SweepVerdict, plots: bool) -> str:
+    """acceptance.md; ``plots``: link the per-frame plots (written beside it)."""
+    judged, failed = verdict.judged, verdict.failed_jobs
+    lines = [f"# Acceptance report: {verdict.sweep_dir}", "",
+             f"**Verdict: {'PASS' if verdict.passed else 'FAIL'}** ({sum(bool(c.passed) for c in judged)} of "
+             f"{len(judged)} criteria passed, {len(failed)} failed job(s), {len(verdict.jobs)} job(s))", ""]
     lines += ["## Jobs", "", "| job | ttlg | seed | frames | status |", "| --- | --- | --- | --- | --- |"]
-    for job in jobs:
+    for job in verdict.jobs:
         rows = "-" if job.metrics is None else str(len(job.metrics))
         lines.append(f"| {job.path.name} | {job.ttlg} | {job.config.get('seed')} | {rows} | "
                      f"{'FAILED: ' + job.error if job.error else 'ok'} |")
-    if messages:
-        lines += ["", "## Notes", ""] + [f"- {m}" for m in messages]
-    csv_rows = []
-    for comparison in comparisons:
+    if verdict.messages:
+        lines += ["", "## Notes", ""] + [f"- {m}" for m in verdict.messages]
+    for comparison in verdict.comparisons:
         lines += ["", f"## ttlg {comparison.label} vs ttlg=off", "",
                   f"Seeds {comparison.seeds}, frames 1..{comparison.frames}, median over seeds. "
-                  f"Thresholds: {asdict(limits)}.", "",
+                  f"Thresholds: {asdict(verdict.limits)}.", "",
                   "| criterion | value | threshold | verdict | detail |", "| --- | --- | --- | --- | --- |"]
         for c in comparison.criteria:
-            verdict = "skipped" if c.passed is None else ("pass" if c.passed else "FAIL")
+            verdict_text = "skipped" if c.passed is None else ("pass" if c.passed else "FAIL")
             value = "-" if c.value is None else f"{c.value:.4g}"
-            lines.append(f"| {c.name} | {value} | {c.threshold} | {verdict} | {c.note} |")
-            csv_rows.append({"comparison": comparison.label, "seeds": " ".join(map(str, comparison.seeds)),
-                             "frames": comparison.frames, "criterion": c.name, "value": c.value,
-                             "threshold": c.threshold, "passed": c.passed})
-        seed = comparison.seeds[0]
-        on, off = comparison.on[seed], comparison.off[seed]
+            lines.append(f"| {c.name} | {value} | {c.threshold} | {verdict_text} | {c.note} |")
+        on, off = comparison.on[comparison.seeds[0]], comparison.off[comparison.seeds[0]]
         lines += ["", "Runs compared: " + ", ".join(
             f"{comparison.on[s].path.name} vs {comparison.off[s].path.name}" for s in comparison.seeds), ""]
-        differing = diff_configs(off.config, on.config)
         lines += [f"Config keys that differ ({off.path.name} -> {on.path.name}):", ""]
-        lines += [f"- `{key}`: {a!r} -> {b!r}" for key, a, b in differing]
-        for column in ("edge_loss", "gram_loss", "warp_error"):
-            name = f"acceptance_{comparison.label.replace(',', '_').replace('=', '')}_{column}.png"
-            if plots and plot(comparison, column, sweep_dir / name):
-                lines += ["", f"![{column}]({name})"]
-    return passed, "\n".join(lines) + "\n", csv_rows
+        lines += [f"- `{key}`: {a!r} -> {b!r}" for key, a, b in diff_configs(off.config, on.config)]
+        if plots:
+            lines += [f"\n![{column}]({plot_name(comparison, column)})" for column in PLOTTED
+                      if (verdict.sweep_dir / plot_name(comparison, column)).is_file()]
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(verdict: SweepVerdict) -> pd.DataFrame:
+    rows = [{"comparison": comparison.label, "seeds": " ".join(map(str, comparison.seeds)),
+             "frames": comparison.frames, "criterion": c.name, "value": c.value, "threshold": c.threshold,
+             "passed": c.passed} for comparison in verdict.comparisons for c in comparison.criteria]
+    return pd.DataFrame(rows, columns=["comparison", "seeds", "frames", "criterion", "value", "threshold", "passed"])
+
+
+def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> tuple[bool, Path]:
+    """Judge the sweep and write acceptance.md / .csv, the plots and report.html into it.
+    Returns (all passed, acceptance.md)."""
+    verdict = judge_sweep(Path(sweep_dir), limits)
+    for comparison in verdict.comparisons:
+        for column in PLOTTED:
+            target = verdict.sweep_dir / plot_name(comparison, column)
+            if not plot(comparison, column, target):
+                target.unlink(missing_ok=True)
+    report = verdict.sweep_dir / "acceptance.md"
+    write_text_atomic(report, markdown(verdict, plots=True))
+    with atomic_path(verdict.sweep_dir / "acceptance.csv") as partial:
+        csv_rows(verdict).to_csv(partial, index=False)
+    from qvedit.report.html import write_sweep_html  # jinja2 and the previews only where the report is written
+
+    write_sweep_html(verdict)
+    return verdict.passed, report
 
 
 class SweepReport(Callback):
@@ -327,8 +365,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(report.read_text())
         else:
             jobs_limits = thresholds_of(load_jobs(sweep_dir)) if sweep_dir.is_dir() else Thresholds()
-            passed, text, _ = judge_sweep(sweep_dir, Thresholds(**{**asdict(jobs_limits), **overrides}), plots=False)
-            print(text)
+            verdict = judge_sweep(sweep_dir, Thresholds(**{**asdict(jobs_limits), **overrides}))
+            passed = verdict.passed
+            print(markdown(verdict, plots=False))
             print(f"(what-if thresholds {overrides}: {sweep_dir / 'acceptance.md'} is unchanged)")
     except QveditError as err:
         print(f"qvedit: error: {err}", file=sys.stderr)

@@ -1,0 +1,151 @@
+"""``report.html`` of a sweep and of a run, from the Jinja2 templates beside this module.
+
+Each page is self-contained: it links only files in its own folder or below (plots, previews, the
+jobs' pages), so it opens from the file system and from an MLflow artifact view alike.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import jinja2
+import pandas as pd
+
+import qvedit
+from qvedit.files import write_text_atomic
+from qvedit.images import read_rgb8
+from qvedit.io.preview import cell_size, comparison_gif
+from qvedit.report.acceptance import PLOTTED, Comparison, SweepVerdict, plot_name
+from qvedit.report.confdiff import diff_configs
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+
+def _render(template: str, out: Path, **values) -> Path:
+    written = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    html = _environment().get_template(template).render(version=qvedit.__version__, written=written, **values)
+    return write_text_atomic(out, html)
+
+
+def _number(value, digits: int = 4) -> str:
+    return "-" if value is None or pd.isna(value) else f"{value:.{digits}g}"
+
+
+def write_sweep_html(verdict: SweepVerdict) -> Path:
+    """``<sweep>/report.html``: the verdict, jobs, criteria, plots, off | guided previews, per-frame tables."""
+    jobs = []
+    for job in verdict.jobs:
+        metrics = job.metrics
+        jobs.append({"name": job.path.name, "ttlg": job.ttlg, "seed": job.config.get("seed"), "error": job.error,
+                     "frames": "-" if metrics is None else len(metrics),
+                     "seconds": "-" if metrics is None else _number(metrics["seconds"].mean(), 3),
+                     "peak": "-" if metrics is None else _number(metrics["peak_mem_mib"].max(), 6)})
+    comparisons = [_comparison(verdict, c) for c in verdict.comparisons]
+    return _render("sweep.html", verdict.sweep_dir / REPORT, name=verdict.sweep_dir.name, verdict=verdict,
+                   passed_count=sum(bool(c.passed) for c in verdict.judged), jobs=jobs,
+                   limits=vars(verdict.limits), comparisons=comparisons)
+
+
+def _comparison(verdict: SweepVerdict, comparison: Comparison) -> dict:
+    on, off = comparison.on[comparison.seeds[0]], comparison.off[comparison.seeds[0]]
+    criteria = [{"name": c.name, "value": _number(c.value), "threshold": c.threshold, "note": c.note,
+                 "verdict": "skipped" if c.passed is None else "pass" if c.passed else "FAIL",
+                 "css": "skip" if c.passed is None else "pass" if c.passed else "fail"} for c in comparison.criteria]
+    plots = [{"column": column, "file": plot_name(comparison, column)} for column in PLOTTED
+             if (verdict.sweep_dir / plot_name(comparison, column)).is_file()]
+    gifs = []
+    for seed in comparison.seeds:
+        name = plot_name(comparison, f"seed{seed}").replace(".png", ".gif").replace("acceptance_", "compare_")
+        if _comparison_gif(comparison.off[seed].path, comparison.on[seed].path, comparison.frames,
+                           verdict.sweep_dir / name):
+            gifs.append({"seed": seed, "file": name})
+    columns, table = _frame_table(comparison)
+    return {"label": comparison.label, "seeds": comparison.seeds, "frames": comparison.frames, "criteria": criteria,
+            "plots": plots, "gifs": gifs, "table_columns": columns, "table": table, "off_name": off.path.name,
+            "on_name": on.path.name, "differing": diff_configs(off.config, on.config)}
+
+
+def _frame_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Per frame 1..N, the median over seeds of each plotted metric, off and guided."""
+    columns, series = [], []
+    for column in PLOTTED:
+        for side, jobs in (("off", comparison.off), ("guided", comparison.on)):
+            values = [job.metrics.set_index("frame")[column] for job in jobs.values() if column in job.metrics]
+            if len(values) == len(jobs) and not all(v.isna().all() for v in values):
+                columns.append(f"{column} {side}")
+                series.append(pd.concat(values, axis=1).median(axis=1))
+    rows = [[str(frame)] + [_number(s.get(frame)) for s in series] for frame in range(1, comparison.frames + 1)]
+    return columns, rows
+
+
+def _job_frames(job_dir: Path) -> Path:
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+    folder = OmegaConf.select(config, "io.out_frames_dir", default=None)
+    return Path(folder) if folder else job_dir / "frames"
+
+
+def _comparison_gif(off_dir: Path, on_dir: Path, frames: int, out: Path) -> Optional[Path]:
+    """``edge | ttlg=off | guided`` for frames 0..frames of two jobs; None when their files are not there."""
+    try:
+        edges = _edge_maps(on_dir, frames)
+        clips = {}
+        for title, job_dir in (("ttlg=off", off_dir), ("guided", on_dir)):
+            paths = [_job_frames(job_dir) / f"{i:05d}.png" for i in range(frames + 1)]
+            images = [read_rgb8(path) for path in paths]
+            cell = cell_size(images[0].size)
+            clips[title] = [image.resize(cell) if image.width > cell[0] else image for image in images]
+        fps = 8.0
+        return comparison_gif(edges, clips, out, fps)
+    except Exception as err:  # a preview must never take the report down
+        log.debug("no comparison preview %s: %s", out.name, err)
+        return None
+
+
+def _edge_maps(job_dir: Path, frames: int) -> list:
+    """Edge maps 1..frames of a finished job, read through its own io settings."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from qvedit.config import register_schemas
+    from qvedit.io.layout import RunLayout
+    from qvedit.report.settings import MetricsSettings
+
+    register_schemas()  # the resolvers its config may use
+    config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+    io = instantiate(config.io)
+    layout = replace(RunLayout.resolve(job_dir, io, MetricsSettings()), edges_dir=None)  # read, write nothing
+    source = io.open(layout)
+    size = source.init_image().size
+    return [source.edge_frame(k, size) for k in range(frames)]
+
+
+def write_run_html(run_dir: Path, summary: list[str], settings: dict, metrics_csv: Path,
+                   previews: list[tuple[Path, str]]) -> Path:
+    """``<run>/report.html``: what the run made, its previews, settings and per-frame table."""
+    metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
+    rows = [[_number(value, 6) if isinstance(value, float) else str(value) for value in row]
+            for row in metrics.itertuples(index=False)]
+    images = [{"file": _relative(path, run_dir), "caption": caption} for path, caption in previews if path.is_file()]
+    return _render("run.html", run_dir / REPORT, name=run_dir.name, summary=[line.strip() for line in summary],
+                   previews=images, settings=sorted(settings.items()), metrics_file=_relative(metrics_csv, run_dir),
+                   columns=list(metrics.columns), rows=rows)
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:  # written elsewhere (io.out_frames_dir, metrics.path): link it as it is
+        return Path(path).resolve().as_uri()

@@ -1,0 +1,51 @@
+"""Opening a page in real headless Chromium (Debian's package, driven by Playwright)."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def open_in_chromium(page_path: Path) -> dict:
+    """Load ``page_path`` and return what a reader would meet: console errors, page errors, failed
+    requests, and each image's (src, loaded width). Skips without Chromium, unless CI requires it."""
+    if CHROMIUM is None:
+        if os.environ.get("QVEDIT_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium is required here (QVEDIT_REQUIRE_BROWSER=1) but not installed: apt-get install chromium")
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    found = {"console_errors": [], "page_errors": [], "failed": []}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: found["console_errors"].append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda err: found["page_errors"].append(str(err)))
+            page.on("requestfailed", lambda request: found["failed"].append(request.url))
+            page.goto(Path(page_path).resolve().as_uri())
+            page.wait_for_load_state("load")
+            found["title"] = page.title()
+            found["images"] = page.evaluate(
+                "Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+            found["links"] = page.evaluate("Array.from(document.links).map(a => a.getAttribute('href'))")
+        finally:
+            browser.close()
+    return found
+
+
+def assert_page_is_whole(page_path: Path) -> dict:
+    """The page loads without errors, every image it shows is there and decodes, every link is relative
+    and points at a file that exists."""
+    found = open_in_chromium(page_path)
+    assert not found["console_errors"] and not found["page_errors"] and not found["failed"], found
+    assert found["images"] and all(width > 0 for _, width in found["images"]), found["images"]
+    for href in found["links"]:
+        assert "://" not in href and not href.startswith("/"), href
+        assert (Path(page_path).parent / href).is_file(), href
+    return found
