@@ -8,33 +8,18 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from qvedit.config import RunSettings, frame_settings, register_schemas, scale_keys
-from qvedit.devices import check_device
-from qvedit.editor import cpu_speed_warnings, edit_clip
+from qvedit.config import RunSettings, register_schemas
 from qvedit.errors import QveditError
-from qvedit.guidance.flow import ClipFlow
-from qvedit.guidance.settings import TTLGSettings
-from qvedit.io.frames import FrameWriter
-from qvedit.io.layout import RunLayout, discard_if_empty, record_job_error
-from qvedit.io.preview import write_comparison, write_previews
-from qvedit.io.settings import DemoIO
+from qvedit.io.layout import discard_if_empty, record_job_error
+from qvedit.job import Job, build, in_sweep
 from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
-from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
-from qvedit.models.settings import ModelSettings
-from qvedit.outputs import ClipOutputs, check_or_record
-from qvedit.report.html import write_run_html
-from qvedit.report.summary import run_summary
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -45,16 +30,6 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated
 
 # conf/ sits beside the package (the repository layout); install with `pip install -e .`.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def build(node: DictConfig, **kwargs):
-    """``instantiate`` that lets a QveditError through as itself, not wrapped by Hydra."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, QveditError):
-            raise err.__cause__ from None
-        raise
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -69,63 +44,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
     """``run`` on one rank of ``team``: ranks other than 0 keep nothing but their share of the work."""
-    if team.size > 1 and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    if team.size > 1 and in_sweep():
         raise QveditError("a torchrun team edits one clip: run sweeps without torchrun (hydra/launcher=ray "
                           "gives each job its own GPU)")
-    settings = RunSettings.of(cfg)
-    device = team.device or settings.device
-    ttlg, io, metrics = build(cfg.ttlg), build(cfg.io), build(cfg.metrics)
-    model, perf, flow_settings = build(cfg.model), build(cfg.perf), build(cfg.flow)
-    layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
-    source = io.open(layout)  # inputs are checked before the (slow) model load
-    frames = FrameWriter(layout.frames_dir)
-    check_or_record(frames.folder, frame_settings(cfg))
-    check_device(device)
-    outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer), layout.debug_dir)
-    if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
-        log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
-                 os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
-    init_size = source.init_image().size
-    needs_flow = team.is_writer and (metrics.quality or (ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0))
-    flow = ClipFlow(flow_settings, source, init_size, torch.device(device)) if needs_flow else None
-    warn_if_untested_diffusers()
-    for warning in cpu_speed_warnings(device, settings, init_size, type(model) is ModelSettings):
-        log.warning(warning)
-    pipe = model.load(device, settings.dtype)
-    perf.apply(pipe)
-    team.share_work(pipe)
-    paths = edit_clip(pipe, source, outputs, settings, ttlg, team, flow)
-    unguided_csv = None
-    if settings.compare_unguided and ttlg.enabled:
-        unguided_csv = edit_unguided(pipe, source, cfg, settings, layout, outputs.metrics, team, flow)
-    if team.is_writer:
-        written = write_previews(source, paths, layout) + source.finish(paths, layout)
-        scales = {name.removesuffix("_scale"): getattr(ttlg, name) for name in ttlg.scales() if getattr(ttlg, name)}
-        summary = run_summary(paths, all(p.exists() for p in paths), written, layout.metrics_csv,
-                              settings.num_inference_steps, scales, unguided_csv, demo=isinstance(io, DemoIO),
-                              flow_from_edges=flow is not None and flow.from_edges)
-        log.info(summary[0].removeprefix("qvedit: "))
-        if unguided_csv is not None:
-            written.append(write_comparison(source, {"ttlg=off": sorted(layout.unguided[0].glob("*.png")),
-                                                     "guided": paths}, layout.unguided_comparison))
-        previews = [(path, "edge map | ttlg=off | guided") for path in written if path == layout.unguided_comparison]
-        previews += [(layout.previews[1], "edge map | output, every frame"), (layout.previews[0], "contact sheet")]
-        page = summary[:summary.index("next:")] if "next:" in summary else summary  # next steps: the terminal's
-        write_run_html(layout.run_dir, page, {**frame_settings(cfg), "device": device}, layout.metrics_csv, previews)
-        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
-            print("\n".join(summary), flush=True)
-    return frames.folder
-
-
-def edit_unguided(pipe, source, cfg: DictConfig, settings: RunSettings, layout: RunLayout, metrics,
-                  team: Team, flow: Optional[ClipFlow]) -> Path:
-    """``compare_unguided``: the same clip with guidance off, beside the guided one; returns its metrics.csv."""
-    frames_dir, metrics_csv = layout.unguided
-    frames = FrameWriter(frames_dir)
-    check_or_record(frames.folder, {**frame_settings(cfg), **{key: 0.0 for key in scale_keys()}})
-    log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
-    edit_clip(pipe, source, ClipOutputs(frames, metrics_csv, metrics), settings, TTLGSettings(), team, flow)
-    return metrics_csv
+    return Job.prepare(cfg, run_dir, team).run()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

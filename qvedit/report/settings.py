@@ -46,3 +46,19 @@ class Thresholds:
     lpips_prev_min: float = setting(0.005)
     lpips_init_min: float = setting(0.01)
     warp_ratio: float = setting(1.0)  # guided warp error / unguided, at most this (1.0: not worse)
+
+
+LOGGER_BACKENDS = ("none", "mlflow")
+
+
+@dataclass
+class LoggerSettings:
+    """``logger/``: experiment tracking. Logging reads what a run wrote and never changes its frames."""
+
+    backend: str = setting("none")
+    tracking_uri: Optional[str] = setting(None, path="output")  # null = sqlite:///<cwd>/runs/mlflow.db
+    experiment_name: str = setting("qvedit")
+
+    def __post_init__(self):
+        if self.backend not in LOGGER_BACKENDS:
+            raise QveditError(f"logger.backend={self.backend!r}: use none or mlflow (logger=mlflow)")

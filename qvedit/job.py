@@ -1,0 +1,159 @@
+"""One run of ``python -m qvedit``: the objects its config builds, checked before the model loads, and
+the steps that make and publish the clip.
+
+``Job.prepare(cfg, run_dir, team)`` instantiates every group once and checks everything that can be
+checked without the model (inputs, output folder, resume manifest, device, optical flow, tracking
+store); ``job.make()`` loads the model and makes the clip (and its unguided twin with
+``compare_unguided``); ``job.publish(...)`` writes the previews, the video, ``report.html`` and the
+summary, and fills the tracking run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from qvedit.config import RunSettings, frame_settings, scale_keys
+from qvedit.devices import check_device
+from qvedit.editor import cpu_speed_warnings, edit_clip
+from qvedit.errors import QveditError
+from qvedit.guidance.flow import ClipFlow
+from qvedit.guidance.settings import TTLGSettings
+from qvedit.io.frames import FrameWriter
+from qvedit.io.layout import RunLayout
+from qvedit.io.preview import write_comparison, write_previews
+from qvedit.io.settings import DemoIO
+from qvedit.io.source import FrameSource
+from qvedit.models.diffusers_compat import warn_if_untested_diffusers
+from qvedit.models.parallel import Team
+from qvedit.models.settings import ModelSettings, PerfSettings
+from qvedit.outputs import ClipOutputs, check_or_record
+from qvedit.report.html import write_run_html
+from qvedit.report.summary import run_summary
+from qvedit.report.tracking import JobTracking
+
+log = logging.getLogger("qvedit")
+
+
+def build(node: DictConfig, **kwargs):
+    """``instantiate`` that lets a QveditError through as itself, not wrapped by Hydra."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, QveditError):
+            raise err.__cause__ from None
+        raise
+
+
+def in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@dataclass
+class Job:
+    cfg: DictConfig
+    settings: RunSettings
+    team: Team
+    device: str
+    layout: RunLayout
+    io: object
+    source: FrameSource
+    outputs: ClipOutputs
+    ttlg: TTLGSettings
+    model: ModelSettings
+    perf: PerfSettings
+    flow: Optional[ClipFlow]
+    tracking: Optional[JobTracking]
+
+    @classmethod
+    def prepare(cls, cfg: DictConfig, run_dir: Path, team: Team) -> "Job":
+        """Build and check everything a run needs but the model (one instantiation per group)."""
+        settings = RunSettings.of(cfg)
+        device = team.device or settings.device
+        ttlg, io, metrics = build(cfg.ttlg), build(cfg.io), build(cfg.metrics)
+        model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
+        layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
+        source = io.open(layout)  # inputs are checked before the (slow) model load
+        frames = FrameWriter(layout.frames_dir)
+        check_or_record(frames.folder, frame_settings(cfg))
+        check_device(device)
+        outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
+                              layout.debug_dir)
+        if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
+            log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
+                     os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
+        flow_guided = ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0
+        flow = ClipFlow(flow_settings, source, source.init_image().size, torch.device(device)) \
+            if team.is_writer and (metrics.quality or flow_guided) else None
+        sweep_dir = Path(HydraConfig.get().sweep.dir) if in_sweep() else None
+        tracking = JobTracking.start(logger, cfg, run_dir, sweep_dir) if team.is_writer else None
+        return cls(cfg, settings, team, device, layout, io, source, outputs, ttlg, model, perf, flow, tracking)
+
+    def run(self) -> Path:
+        """Make and publish the clip; returns its frames folder. A failure marks the tracking run failed."""
+        try:
+            paths = self.make()
+            unguided_csv = self.make_unguided() if self.settings.compare_unguided and self.ttlg.enabled else None
+            if self.team.is_writer:
+                self.publish(paths, unguided_csv)
+        except BaseException:
+            if self.tracking is not None:
+                self.tracking.fail()
+            raise
+        if self.tracking is not None:
+            layout = self.layout
+            self.tracking.finish(layout.metrics_csv, [*layout.previews, layout.unguided_comparison, layout.report,
+                                                      layout.run_dir / ".hydra"])
+        return self.outputs.folder
+
+    def make(self) -> list[Path]:
+        warn_if_untested_diffusers()
+        full_model = type(self.model) is ModelSettings
+        for warning in cpu_speed_warnings(self.device, self.settings, self.source.init_image().size, full_model):
+            log.warning(warning)
+        self.pipe = self.model.load(self.device, self.settings.dtype)
+        self.perf.apply(self.pipe)
+        self.team.share_work(self.pipe)
+        return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow)
+
+    def make_unguided(self) -> Path:
+        """``compare_unguided``: the same clip with guidance off, beside the guided one; returns its metrics.csv."""
+        frames_dir, metrics_csv = self.layout.unguided
+        frames = FrameWriter(frames_dir)
+        check_or_record(frames.folder, {**frame_settings(self.cfg), **{key: 0.0 for key in scale_keys()}})
+        log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
+        edit_clip(self.pipe, self.source, ClipOutputs(frames, metrics_csv, self.outputs.metrics), self.settings,
+                  TTLGSettings(), self.team, self.flow)
+        return metrics_csv
+
+    def publish(self, paths: list[Path], unguided_csv: Optional[Path]) -> None:
+        """Previews, the source's own outputs (an mp4), report.html, and the summary on the terminal."""
+        layout, ttlg = self.layout, self.ttlg
+        written = write_previews(self.source, paths, layout) + self.source.finish(paths, layout)
+        scales = {name.removesuffix("_scale"): getattr(ttlg, name) for name in ttlg.scales() if getattr(ttlg, name)}
+        summary = run_summary(paths, all(p.exists() for p in paths), written, layout.metrics_csv,
+                              self.settings.num_inference_steps, scales, unguided_csv,
+                              demo=isinstance(self.io, DemoIO), flow_from_edges=self.flow is not None
+                              and self.flow.from_edges)
+        log.info(summary[0].removeprefix("qvedit: "))
+        previews = []
+        if unguided_csv is not None:
+            clips = {"ttlg=off": sorted(layout.unguided[0].glob("*.png")), "guided": paths}
+            previews.append((write_comparison(self.source, clips, layout.unguided_comparison),
+                             "edge map | ttlg=off | guided"))
+        previews += [(layout.previews[1], "edge map | output, every frame"), (layout.previews[0], "contact sheet")]
+        page = summary[:summary.index("next:")] if "next:" in summary else summary  # next steps: the terminal's
+        write_run_html(layout.run_dir, page, {**frame_settings(self.cfg), "device": self.device}, layout.metrics_csv,
+                       previews)
+        if not in_sweep():
+            print("\n".join(summary), flush=True)
