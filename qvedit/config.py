@@ -24,7 +24,7 @@ from qvedit.files import cache_dir
 from qvedit.guidance.settings import FlowSettings, TTLGSettings
 from qvedit.io.settings import IO_OPTIONS, FramesIO, VideoIO
 from qvedit.models.settings import ModelSettings, ParallelSettings, PerfSettings
-from qvedit.report.settings import LoggerSettings, MetricsSettings, Thresholds
+from qvedit.report.settings import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 
 # "Deform image 2 into the fine shape outlined by image 1": image 1 = edge map, image 2 = previous frame.
 DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
@@ -71,7 +71,7 @@ def schema(settings: type) -> type:
 
 ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSettings), schema(MetricsSettings)
 ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSettings), schema(ParallelSettings)
-FlowSchema, LoggerSchema = schema(FlowSettings), schema(LoggerSettings)
+FlowSchema, LoggerSchema, TuningSchema = schema(FlowSettings), schema(LoggerSettings), schema(TuningSettings)
 IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO)}  # each io/*.yaml picks one
 
 
@@ -88,6 +88,7 @@ class QveditConfig(RunSettings):
     perf: PerfSchema = field(default_factory=PerfSchema)
     parallel: ParallelSchema = field(default_factory=ParallelSchema)
     logger: LoggerSchema = field(default_factory=LoggerSchema)
+    tuning: TuningSchema = field(default_factory=TuningSchema)
 
 
 # -- key lists derived from the tags ----------------------------------------------------------------

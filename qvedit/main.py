@@ -8,6 +8,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +21,7 @@ from qvedit.io.layout import discard_if_empty, record_job_error
 from qvedit.job import Job, build, in_sweep
 from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
+from qvedit.report.tuning import trial_objectives
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -51,11 +53,14 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> Optional[tuple]:
     try:
         for problem in unknown_config_keys(cfg):
             raise QveditError(problem)
-        run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        run(cfg, run_dir)
+        if in_sweep():  # a search trial returns its objectives to the sweeper (None otherwise)
+            return trial_objectives(cfg, run_dir, Path(HydraConfig.get().sweep.dir), run)
     except QveditError as err:
         rank = torchrun_rank()
         print(f"qvedit: error{f' (rank {rank})' if rank else ''}: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+from omegaconf import OmegaConf
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -320,7 +321,7 @@ class SweepReport(Callback):
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         hydra = HydraConfig.get()
-        if hydra.mode != RunMode.MULTIRUN:
+        if hydra.mode != RunMode.MULTIRUN or _is_search(config):
             return
         if job_return.status.name == "FAILED":
             error = job_return._return_value
@@ -329,7 +330,8 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        self._report(sweep_dir, final=True)
+        if not _is_search(config):  # a search's trials have no twins; its results are the Pareto front
+            self._report(sweep_dir, final=True)
         failed = sorted(p.parent.name for p in sweep_dir.glob(f"*/{JOB_ERROR_FILE}"))
         if failed:
             print(f"qvedit: error: {len(failed)} job(s) failed ({', '.join(failed)}): "
@@ -345,6 +347,10 @@ class SweepReport(Callback):
             return
         if final:
             log.info("acceptance %s: %s", "PASS" if passed else "FAIL", report)
+
+
+def _is_search(config) -> bool:
+    return bool(OmegaConf.select(config, "tuning.objectives", default=None))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

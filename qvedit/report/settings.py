@@ -62,3 +62,19 @@ class LoggerSettings:
     def __post_init__(self):
         if self.backend not in LOGGER_BACKENDS:
             raise QveditError(f"logger.backend={self.backend!r}: use none or mlflow (logger=mlflow)")
+
+
+TUNING_OBJECTIVES = ("edge_loss", "gram_loss", "warp_error")
+
+
+@dataclass
+class TuningSettings:
+    """``tuning/``: what a search trial returns (``hparams_search=ttlg_optuna`` sets it): the guided / unguided
+    ratio of the mean of each named metrics.csv column, the unguided clip made once per sweep."""
+
+    objectives: list = setting(default_factory=list)
+
+    def __post_init__(self):
+        unknown = [name for name in self.objectives if name not in TUNING_OBJECTIVES]
+        if unknown:
+            raise QveditError(f"tuning.objectives names {unknown}: use {', '.join(TUNING_OBJECTIVES)}")

@@ -1,0 +1,1 @@
+"""qvedit's Optuna sweeper for Hydra (``hparams_search=ttlg_optuna``); see ``sweeper.py``."""

@@ -1,0 +1,132 @@
+"""Searching guidance settings (``hparams_search=ttlg_optuna``): a trial's objectives and the study's results.
+
+Each trial makes the clip with the settings the sampler chose and returns, for every name in
+``tuning.objectives``, the guided / unguided ratio of that metrics.csv column's mean (lower is
+better). The unguided clip has the trial's settings with guidance off, so it is the same for every
+trial: it is made once, into ``<sweep>/reference_off``, by the first trial that needs it (the others
+find it finished). At the end ``write_pareto`` writes the Pareto front and the best trade-off as a
+``ttlg`` preset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from qvedit.errors import QveditError
+from qvedit.files import atomic_path, write_text_atomic
+from qvedit.guidance.settings import TTLGSettings
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "reference_off"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Trials running side by side (Ray) make the reference one at a time."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def unguided(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with guidance off (every ttlg key at its default, so every trial's reference is the same),
+    nothing tracked and no twin."""
+    off = cfg.copy()
+    with open_dict(off):
+        for key, value in vars(TTLGSettings(vgg_weights=cfg.ttlg.vgg_weights)).items():
+            off.ttlg[key] = value
+        off.compare_unguided = False
+        off.logger.backend = "none"
+        off.tuning.objectives = []
+    return off
+
+
+def trial_objectives(cfg: DictConfig, run_dir: Path, sweep_dir: Path, run) -> Optional[tuple[float, ...]]:
+    """The objectives of the trial whose clip is in ``run_dir`` (None without ``tuning.objectives``);
+    ``run(cfg, folder)`` makes a clip (qvedit.main.run)."""
+    names = list(cfg.tuning.objectives)
+    if not names:
+        return None
+    reference = sweep_dir / REFERENCE
+    with _locked(sweep_dir / ".reference_off.lock"):
+        run(unguided(cfg), reference)  # a resume: nothing to do once the first trial made it
+    guided, off = pd.read_csv(run_dir / "metrics.csv"), pd.read_csv(reference / "metrics.csv")
+    missing = [name for name in names if name not in guided or guided[name].isna().all()]
+    if missing:
+        raise QveditError(f"tuning.objectives needs the metrics.csv column(s) {missing}: run with the quality "
+                          "metrics on (metrics=default)")
+    ratios = tuple(float(guided[name].mean() / off[name].mean()) for name in names)
+    log.info("trial objectives (guided / unguided): %s", ", ".join(f"{n} {r:.4f}" for n, r in zip(names, ratios)))
+    return ratios
+
+
+def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -> list[Path]:
+    """optuna_pareto.csv / .md / .png and ttlg_tuned.yaml (the Pareto trial with the lowest mean ratio)."""
+    front = [t for t in study.best_trials if t.values is not None]
+    if not front:
+        log.warning("the study has no finished trial: no Pareto front written")
+        return []
+    rows = [{"trial": t.number, **{n: v for n, v in zip(names, t.values)}, **t.params} for t in front]
+    table = pd.DataFrame(rows).sort_values(names[0])
+    best = min(front, key=lambda t: sum(t.values) / len(t.values))
+    with atomic_path(sweep_dir / "optuna_pareto.csv") as partial:
+        table.to_csv(partial, index=False)
+    lines = [f"# Pareto front of study {study.study_name} ({len(study.trials)} trials)", "",
+             f"Objectives (guided / unguided, lower is better): {', '.join(names)}. "
+             f"Best trade-off (lowest mean): trial {best.number}, written as ttlg_tuned.yaml.", "",
+             "| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
+    lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
+              for row in table.itertuples(index=False)]
+    written = [write_text_atomic(sweep_dir / "optuna_pareto.md", "\n".join(lines) + "\n"),
+               sweep_dir / "optuna_pareto.csv", _plot(study, names, best, sweep_dir / "optuna_pareto.png"),
+               write_preset(best.params, config, sweep_dir / "ttlg_tuned.yaml", best, names)]
+    log.info("Pareto front (%d trials) and the best trade-off preset: %s", len(front), sweep_dir / "ttlg_tuned.yaml")
+    return written
+
+
+def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list[str]) -> Path:
+    """A ``conf/ttlg/`` preset: the ttlg keys the trial chose, over the sweep's own ttlg settings."""
+    base = OmegaConf.to_container(config.ttlg, resolve=True) if "ttlg" in config else {}
+    values = {key: value for key, value in base.items() if not key.startswith("_")}
+    values.update({key.removeprefix("ttlg."): value for key, value in params.items() if key.startswith("ttlg.")})
+    scores = ", ".join(f"{n} {v:.4f}" for n, v in zip(names, trial.values))
+    header = (f"# Tuned by hparams_search=ttlg_optuna: trial {trial.number} of study in {out.parent}\n"
+              f"# ({scores}, guided / unguided). Copy to conf/ttlg/<name>.yaml and run with ttlg=<name>.\n")
+    return write_text_atomic(out, header + yaml.safe_dump(values, sort_keys=False))
+
+
+def _plot(study, names: list[str], best, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.trials if t.values is not None]
+    front = {t.number for t in study.best_trials}
+    x, y = names[0], names[-1] if len(names) > 1 else names[0]
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    for group, style in ((False, dict(c="#aaaaaa", label="trial")), (True, dict(c="#d62728", label="Pareto front"))):
+        points = [t for t in done if (t.number in front) == group]
+        axes.scatter([t.values[0] for t in points], [t.values[-1] for t in points], **style)
+    axes.scatter([best.values[0]], [best.values[-1]], marker="*", s=250, c="#1f77b4", label="ttlg_tuned.yaml")
+    axes.set_xlabel(f"{x} guided / unguided")
+    axes.set_ylabel(f"{y} guided / unguided")
+    axes.set_title(f"{len(done)} trials, lower is better")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(out) as partial:
+        figure.savefig(partial, dpi=100, format="png")
+    plt.close(figure)
+    return out

@@ -1,0 +1,61 @@
+"""hparams_search=ttlg_optuna: a small study on the demo clip, its reuse of the unguided clip, and its outputs."""
+
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from hydra_plugins.qvedit_optuna.sweeper import distribution
+from qvedit.config import register_schemas
+from tests.conftest import REPO, run_qvedit
+
+optuna = pytest.importorskip("optuna", reason="hparams_search needs the tuning extra")
+register_schemas()
+STUDY = ["experiment=tiny_cpu", "io=demo", "hparams_search=ttlg_optuna", "hydra.sweeper.n_trials=3",
+         "max_frames=3", "num_inference_steps=4"]
+
+
+def test_a_three_trial_study_reuses_the_unguided_clip_and_writes_its_front_and_a_preset(tmp_path):
+    sweep = tmp_path / "study"
+    result = run_qvedit(*STUDY, f"hydra.sweep.dir={sweep}", "-m")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert log.count("trial objectives (guided / unguided)") == 3
+    assert log.count("resuming at frame 3: frames 0..2 are already in") == 2  # the unguided clip made once
+    assert len(list((sweep / "reference_off" / "frames").glob("*.png"))) == 3
+    study = optuna.load_study(study_name="ttlg", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 and len(study.directions) == 3
+    front = pd.read_csv(sweep / "optuna_pareto.csv")
+    assert set(front["trial"]) == {t.number for t in study.best_trials}
+    assert {"edge_loss", "gram_loss", "warp_error", "ttlg.lr", "ttlg.last_steps"} <= set(front.columns)
+    assert (sweep / "optuna_pareto.png").is_file()
+    assert "Pareto front of study ttlg" in (sweep / "optuna_pareto.md").read_text()
+    assert not (sweep / "acceptance.md").exists()  # a search has no unguided twins to judge
+
+    preset = yaml.safe_load((sweep / "ttlg_tuned.yaml").read_text())
+    best = min(study.best_trials, key=lambda t: sum(t.values))
+    assert preset["lr"] == best.params["ttlg.lr"] and preset["temporal_mode"] == "flow"
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    shutil.copy(sweep / "ttlg_tuned.yaml", conf / "ttlg" / "tuned.yaml")
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        cfg = compose("config", overrides=["ttlg=tuned"])
+    assert cfg.ttlg.last_steps == best.params["ttlg.last_steps"]
+
+    again = run_qvedit(*STUDY, "hydra.sweeper.n_trials=4", f"hydra.sweep.dir={sweep}", "-m")  # resumable
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(optuna.load_study(study_name="ttlg", storage=f"sqlite:///{sweep / 'optuna.db'}").trials) == 4
+
+
+@pytest.mark.parametrize("text, kind, bounds", [
+    ("interval(0.01, 0.3)", "FloatDistribution", (0.01, 0.3)),
+    ("tag(log, interval(0.01, 0.3))", "FloatDistribution", (0.01, 0.3)),
+    ("range(2, 11)", "IntDistribution", (2, 10)),
+])
+def test_hydra_sweep_expressions_become_optuna_distributions(text, kind, bounds):
+    made = distribution("ttlg.lr", text)
+    assert type(made).__name__ == kind and (made.low, made.high) == bounds
+    assert made.log == text.startswith("tag(log")
+    assert distribution("ttlg.edge_op", "choice(sobel, laplacian)").choices == ("sobel", "laplacian")
