@@ -59,7 +59,8 @@ def test_output_paths_are_what_pairing_ignores():
     from qvedit.report.acceptance import UNPAIRED_KEYS
 
     assert set(UNPAIRED_KEYS) == {"seed", *output_path_keys()}
-    assert set(output_path_keys()) == {"io.out_frames_dir", "io.out_video", "io.edges_dir", "metrics.path", "debug_dir"}
+    assert set(output_path_keys()) == {"io.out_frames_dir", "io.out_video", "io.edges_dir", "metrics.path", "debug_dir",
+                                       "logger.tracking_uri"}
 
 
 def test_the_schema_loads_without_torch_diffusers_or_runtime_modules():
@@ -117,4 +118,5 @@ def test_no_module_is_over_400_lines():
 def test_every_conf_group_has_its_schema():
     groups = {f.name for f in dataclasses.fields(QveditConfig) if f.default_factory is not dataclasses.MISSING}
     groups.add("io")
-    assert groups == {p.name for p in (REPO / "conf").iterdir() if p.is_dir()} - {"experiment", "hydra"}
+    presets = {"experiment", "hparams_search", "hydra"}  # @package _global_ presets and Hydra's own groups
+    assert groups == {p.name for p in (REPO / "conf").iterdir() if p.is_dir()} - presets
