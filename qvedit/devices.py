@@ -7,9 +7,11 @@ import sys
 
 import torch
 
+from qvedit.config import DTYPE_NAMES
 from qvedit.errors import QveditError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+assert tuple(DTYPES) == DTYPE_NAMES
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from qvedit.config import RunSettings, frame_settings, register_schemas, scale_keys
+from qvedit.config import RunSettings, check_values, frame_settings, register_schemas, scale_keys
 from qvedit.devices import check_device
 from qvedit.editor import cpu_speed_warnings, edit_clip
 from qvedit.errors import QveditError
@@ -31,6 +31,7 @@ from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
 from qvedit.models.settings import ModelSettings
 from qvedit.outputs import ClipOutputs, check_or_record
+from qvedit.preflight import check_clip
 from qvedit.report.summary import run_summary
 
 log = logging.getLogger("qvedit")
@@ -56,6 +57,7 @@ def build(node: DictConfig, **kwargs):
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Edit the clip ``cfg`` describes into ``run_dir``; returns the folder the frames went to."""
+    check_values(cfg)  # every value, before anything is loaded
     settings = RunSettings.of(cfg)
     team = build(cfg.parallel).start(settings.device, settings.true_cfg_scale)
     try:
@@ -75,6 +77,7 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
     model, perf = build(cfg.model), build(cfg.perf)
     layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
     source = io.open(layout)  # inputs are checked before the (slow) model load
+    check_clip(settings, source)
     frames = FrameWriter(layout.frames_dir)
     check_or_record(frames.folder, frame_settings(cfg))
     check_device(device)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 TIMING_COLUMNS = ["seconds", "guided_steps", "peak_mem_mib"]
 QUALITY_COLUMNS = ["edge_loss", "gram_loss"]
 LPIPS_COLUMNS = ["lpips_to_init", "lpips_to_prev"]
+LPIPS_SMALLEST_INPUT = 16  # lpips' VGG16 pools 4 times before relu5_3
 
 # (backbone, device) -> LPIPS model, built once per process like the pipeline (VGG: losses.shared_vgg).
 _models: dict[tuple, torch.nn.Module] = {}
@@ -86,6 +87,10 @@ class FrameMetrics:
     def start(self, init: Image.Image) -> None:
         """Remember frame 0 (the Gram and LPIPS reference)."""
         if self.quality:
+            if min(init.size) < LPIPS_SMALLEST_INPUT:
+                log.warning("metrics: the frames are %dx%d, smaller than VGG16 takes: gram_loss and LPIPS are computed "
+                            "on them stretched to at least %d pixels a side (%d for gram_loss), so they say little",
+                            *init.size, LPIPS_SMALLEST_INPUT, losses.VGG_SMALLEST_INPUT)
             self.init = to_tensor(init).to(self.device)
             with torch.no_grad():
                 self.init_grams = self.vgg.grams(self.init, self.settings.gram_size)
@@ -106,7 +111,7 @@ class FrameMetrics:
 
     def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> float:
         """Both (1, 3, H, W) in [0, 1], resized to long side ``size``, compared in [-1, 1]."""
-        a = losses.resize_long_side(a, self.settings.size)
+        a = losses.at_least(losses.resize_long_side(a, self.settings.size), LPIPS_SMALLEST_INPUT)
         b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
         return float(self.lpips(a * 2 - 1, b * 2 - 1).mean())
 
