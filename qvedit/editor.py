@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
-from qvedit.devices import peak_memory_mib, reset_peak_memory
+from qvedit.devices import frame_memory, peak_memory_mib, reset_peak_memory
 from qvedit.errors import QveditError
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.guide import Guide, refuse_inference_mode
@@ -158,7 +158,8 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         reset_peak_memory(device)
         edge = source.edge_frame(index - 1, (width, height))
         generator = torch.Generator(device=device).manual_seed(frame_seed(settings.seed, index))
-        with condition_area(area), record_velocity(pipe.scheduler) as velocity:
+        with frame_memory(index, (gen_width, gen_height), pipe), condition_area(area), \
+                record_velocity(pipe.scheduler) as velocity:
             callback = None
             if guide is not None:
                 callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,

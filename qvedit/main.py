@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from qvedit import locks, stopping
 from qvedit.config import RunSettings, check_values, frame_settings, register_schemas, scale_keys
 from qvedit.devices import check_device
 from qvedit.editor import cpu_speed_warnings, edit_clip
@@ -33,6 +35,7 @@ from qvedit.models.settings import ModelSettings
 from qvedit.outputs import ClipOutputs, check_or_record
 from qvedit.preflight import check_clip
 from qvedit.report.summary import run_summary
+from qvedit.trust import command_line_problems, target_problem
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -46,7 +49,12 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def build(node: DictConfig, **kwargs):
-    """``instantiate`` that lets a QveditError through as itself, not wrapped by Hydra."""
+    """``instantiate`` that lets a QveditError through as itself, not wrapped by Hydra; only qvedit's own
+    ``_target_``s are instantiated (``qvedit.trust``)."""
+    problem = target_problem(node.get("_target_"))
+    if problem:
+        raise QveditError(f"{node._get_full_key(None)}._target_={node.get('_target_')!r} {problem}: use qvedit's own "
+                          "config groups")
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -64,6 +72,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         return edit(cfg, run_dir, team)
     finally:
         team.close()
+        locks.release_all()
 
 
 def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
@@ -119,6 +128,7 @@ def edit_unguided(pipe, source, cfg: DictConfig, settings: RunSettings, layout: 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
+    stopping.install()
     try:
         for problem in unknown_config_keys(cfg):
             raise QveditError(problem)
@@ -134,25 +144,25 @@ def hydra_main(cfg: DictConfig) -> None:
         if not rank:
             discard_if_empty(run_dir)  # twenty typos must not leave twenty empty run folders
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, stopping.Terminated) as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
         if torchrun_rank() == 0:
-            hydra = HydraConfig.get()
-            overrides = " ".join(o for o in hydra.overrides.task if not o.startswith("hydra.run.dir="))
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            launch = f"torchrun --nproc-per-node {world} -m qvedit" if world > 1 else "python -m qvedit"
-            print(f"qvedit: interrupted; the finished frames are kept. Resume with: {launch} {overrides} "
-                  f"hydra.run.dir={hydra.runtime.output_dir}", file=sys.stderr)
-        sys.exit(130)
+            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            print(f"qvedit: {how}; the finished frames and their metrics rows are kept. Resume with: "
+                  f"{stopping.resume_command(HydraConfig.get())}", file=sys.stderr)
+        sys.exit(stopping.EXIT_CODES.get(signum, 128 + signum))
 
 
 def main() -> None:
     """``python -m qvedit`` / ``qvedit``. Under torchrun, ranks other than 0 run in a scratch folder
     that is removed at exit: the run folder, its logs and its frames are rank 0's alone."""
-    typos = unknown_overrides(sys.argv[1:])
-    for problem in typos:
+    # one line per misspelt key; else the first key of a config from elsewhere that would run code
+    problems = unknown_overrides(sys.argv[1:]) or command_line_problems(sys.argv[1:], Path(__file__))[:1]
+    for problem in problems:
         print(f"qvedit: error: {problem}", file=sys.stderr)
-    if typos:
+    if problems:
         sys.exit(2)
+    logging.raiseExceptions = False  # a log line a full disk cannot take must not print a traceback
     overrides, scratch = follower_overrides()
     sys.argv += overrides
     try:

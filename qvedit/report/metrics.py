@@ -9,6 +9,7 @@ peak_mem_mib``; the quality columns are left out with ``metrics=none``, the LPIP
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from qvedit.errors import QveditError
-from qvedit.files import atomic_path
+from qvedit.files import append_whole, atomic_path
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.images import to_tensor
@@ -131,16 +132,21 @@ class MetricsLog:
             csv.writer(handle, lineterminator="\n").writerows([columns] + kept)
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerow([row.get(c, "") for c in self.columns])
+        line = io.StringIO()
+        csv.writer(line, lineterminator="\n").writerow([row.get(c, "") for c in self.columns])
+        append_whole(self.path, line.getvalue())
 
 
 def complete_rows(path: Path, columns: list[str]) -> list[list[str]]:
     """The whole rows of frames 1, 2, ... without a gap in an existing ``metrics.csv`` with these columns."""
     if not path.is_file():
         return []
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:  # damaged on disk: its frames are made again
+        log.warning("%s cannot be read (%s): its frames are made again", path, err)
+        return []
     if not rows or rows[0] != columns:
         return []
     kept = []
