@@ -66,8 +66,8 @@ def out_of_memory_message(index: int, size: tuple[int, int], device: torch.devic
     fix = f"{LOW_MEMORY_HINT}, or {smaller}" if device.type == "cuda" and not offloaded else f"use {smaller}"
     kept = f"frames 0..{index - 1} are kept" if index > 1 else "frame 0 is kept"
     where = f"GPU memory on {device}" if device.type == "cuda" else "memory"
-    return (f"frame {index} ({width}x{height}) ran out of {where} ({peak}): {fix}; {kept}, and the same command "
-            "goes on from frame " + str(index))
+    return (f"frame {index} (generated at {width}x{height}) ran out of {where} ({peak}): {fix}; {kept}, and the "
+            f"same command goes on from frame {index}")
 
 
 @contextlib.contextmanager

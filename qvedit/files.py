@@ -77,6 +77,8 @@ def atomic_path(final: str | os.PathLike, rename: bool = True) -> Iterator[Path]
         yield partial
         if rename:
             os.replace(partial, final)
+        else:
+            _staged.add(partial)
         finished = True
     except OSError as err:
         if err.errno in WRITE_ERRNOS:
@@ -87,9 +89,13 @@ def atomic_path(final: str | os.PathLike, rename: bool = True) -> Iterator[Path]
             partial.unlink(missing_ok=True)
 
 
+_staged: set[Path] = set()  # written with rename=False, not yet committed
+
+
 def commit_partial(final: str | os.PathLike) -> Path:
     """Rename what ``atomic_path(final, rename=False)`` wrote to ``final``."""
     final = Path(final)
+    _staged.discard(partial_path(final))
     try:
         os.replace(partial_path(final), final)
     except OSError as err:
@@ -98,6 +104,12 @@ def commit_partial(final: str | os.PathLike) -> Path:
             raise write_error(err, final) from None
         raise
     return final
+
+
+def drop_staged() -> None:
+    """Remove what was written with ``rename=False`` and never committed (a run that stopped in between)."""
+    while _staged:
+        _staged.pop().unlink(missing_ok=True)
 
 
 def append_whole(path: str | os.PathLike, text: str) -> None:

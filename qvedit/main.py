@@ -23,6 +23,7 @@ from qvedit.config import RunSettings, check_values, frame_settings, register_sc
 from qvedit.devices import check_device
 from qvedit.editor import cpu_speed_warnings, edit_clip
 from qvedit.errors import QveditError
+from qvedit.files import drop_staged
 from qvedit.guidance.settings import TTLGSettings
 from qvedit.io.frames import FrameWriter
 from qvedit.io.layout import RunLayout, discard_if_empty, record_job_error
@@ -72,6 +73,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         return edit(cfg, run_dir, team)
     finally:
         team.close()
+        drop_staged()
         locks.release_all()
 
 

@@ -122,7 +122,7 @@ class ClipOutputs:
         """Frame ``index``'s metrics row: its quality columns (measured here) and ``timing`` columns. The
         frame and its row appear together: a signal waits until both are there."""
         row = None if self._rows is None else {"frame": index, **self.metrics.score(frame, edge, previous), **timing}
-        with shielded():
-            self.frames.commit(index)
+        with shielded():  # the row first: a row whose frame is missing is dropped on resume
             if row is not None:
                 self._rows.append(row)
+            self.frames.commit(index)
