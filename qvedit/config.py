@@ -19,7 +19,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from qvedit.fields import setting, tags_of, walk
+from qvedit.errors import QveditError
+from qvedit.fields import setting, tags_of, value_problem, walk
 from qvedit.files import cache_dir
 from qvedit.guidance.settings import FlowSettings, TTLGSettings
 from qvedit.io.settings import IO_OPTIONS, FramesIO, VideoIO
@@ -29,6 +30,7 @@ from qvedit.report.settings import LoggerSettings, MetricsSettings, Thresholds, 
 # "Deform image 2 into the fine shape outlined by image 1": image 1 = edge map, image 2 = previous frame.
 DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
 PIPELINE_CONDITION_AREA = 1024 * 1024  # what diffusers encodes condition images at (checked by diffusers_compat)
+DTYPE_NAMES = ("bf16", "fp16", "fp32")  # qvedit.devices.DTYPES maps each to its torch dtype
 
 
 @dataclass
@@ -37,11 +39,13 @@ class GenerationSettings:
 
     prompt: str = setting(DEFAULT_PROMPT, frames=True)
     negative_prompt: str = setting(" ", frames=True)
-    num_inference_steps: int = setting(50, frames=True)
-    true_cfg_scale: float = setting(4.0, frames=True)
-    seed: int = setting(0, frames=True)
-    condition_area: Any = setting(PIPELINE_CONDITION_AREA, frames=True)  # a pixel count, or "output"
-    max_area: Optional[int] = setting(None, frames=True)
+    num_inference_steps: int = setting(50, frames=True, min=1, max=1000)
+    true_cfg_scale: float = setting(4.0, frames=True, min=0)
+    seed: int = setting(0, frames=True, min=0, max=2**63 - 1)
+    # a pixel count (at most 16 MP), or "output"; at least 32x32 so no side of a condition image rounds to 0
+    condition_area: Any = setting(PIPELINE_CONDITION_AREA, frames=True, min=32 * 32, max=4096 * 4096,
+                                  choices=("output",))
+    max_area: Optional[int] = setting(None, frames=True, min=16 * 16)
 
 
 @dataclass
@@ -49,8 +53,8 @@ class RunSettings(GenerationSettings):
     """The top-level keys: the generation settings, and where and how much a run makes."""
 
     device: str = setting("cuda")
-    dtype: str = setting("bf16", frames=True)
-    max_frames: Optional[int] = setting(None)  # may grow when a run is resumed
+    dtype: str = setting("bf16", frames=True, choices=DTYPE_NAMES)
+    max_frames: Optional[int] = setting(None, min=1)  # may grow when a run is resumed
     debug_dir: Optional[str] = setting(None, path="output")
     compare_unguided: bool = setting(False)  # also make the clip with guidance off, and compare the two
 
@@ -138,6 +142,18 @@ def frame_settings(cfg: DictConfig) -> dict[str, object]:
         if value is not _ABSENT:
             values[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
     return values
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Hold every key of ``cfg`` to its field's range and choices (``setting(min=, max=, choices=)``),
+    before anything is built or loaded: all the problems in one line, each with what the key takes."""
+    problems = []
+    for key, f in schema_fields().items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        if value is not _ABSENT:
+            problems.append(value_problem(key, value, f))
+    if any(problems):
+        raise QveditError("; ".join(p for p in problems if p))
 
 
 def frame_setting_defaults() -> dict[str, object]:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import resource
 import sys
+from typing import Iterator
 
 import torch
 
+from qvedit.config import DTYPE_NAMES
 from qvedit.errors import QveditError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+assert tuple(DTYPES) == DTYPE_NAMES
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -40,3 +45,39 @@ def peak_memory_mib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+# perf=low_memory's saving, measured (README, "Performance"): TTLG at 1024x1024 peaks at 43.4 GiB instead of 58.9
+LOW_MEMORY_HINT = ("pass perf=low_memory (the text encoder waits in CPU memory between prompts: 43 GiB instead of 59 "
+                   "at 1 MP)")
+
+
+def out_of_memory_message(index: int, size: tuple[int, int], device: torch.device, offloaded: bool,
+                          err: BaseException) -> str:
+    """One line for a frame that ran out of memory: the frame, its size, the peak, and what fits."""
+    width, height = size
+    peak = f"peak {peak_memory_mib(device) / 1024:.1f} GiB"
+    if device.type == "cuda":
+        peak += f" of {torch.cuda.get_device_properties(device).total_memory / 2**30:.1f} GiB"
+    tried = re.search(r"[Tt]ried to allocate ([\d.]+ [KMG]iB)", str(err))
+    if tried:
+        peak += f", then {tried[1]} more was asked"
+    smaller = f"a smaller max_area (max_area={width * height // 2} halves this frame's pixels)"
+    fix = f"{LOW_MEMORY_HINT}, or {smaller}" if device.type == "cuda" and not offloaded else f"use {smaller}"
+    kept = f"frames 0..{index - 1} are kept" if index > 1 else "frame 0 is kept"
+    where = f"GPU memory on {device}" if device.type == "cuda" else "memory"
+    return (f"frame {index} (generated at {width}x{height}) ran out of {where} ({peak}): {fix}; {kept}, and the "
+            f"same command goes on from frame {index}")
+
+
+@contextlib.contextmanager
+def frame_memory(index: int, size: tuple[int, int], pipe) -> Iterator[None]:
+    """Running out of memory inside frame ``index`` (generated at ``size`` = (W, H) by ``pipe``) becomes
+    one line (``out_of_memory_message``) instead of a traceback."""
+    try:
+        yield
+    except (torch.cuda.OutOfMemoryError, MemoryError) as err:
+        from qvedit.models.diffusers_compat import execution_device
+
+        offloaded = "offload" in pipe.__dict__.get("_qvedit_perf", ())
+        raise QveditError(out_of_memory_message(index, size, execution_device(pipe), offloaded, err)) from None

@@ -15,7 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
-from qvedit.devices import peak_memory_mib, reset_peak_memory
+from qvedit.devices import frame_memory, peak_memory_mib, reset_peak_memory
 from qvedit.errors import QveditError
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.flow import ClipFlow
@@ -40,21 +40,36 @@ def generation_size(width: int, height: int, max_area: Optional[int] = None) -> 
     return max(16, round(width / 16) * 16), max(16, round(height / 16) * 16)
 
 
-def vae_area(condition_area: int | str, width: int, height: int) -> int:
+def vae_area(condition_area: int | str, width: int, height: int, image_size: Optional[tuple[int, int]] = None) -> int:
     """The area (pixels) condition images are VAE-encoded at: a number, or ``output`` = W*H.
 
     Never so small that diffusers' rounding to multiples of 32 makes a side 0: the short side of
-    a W x H condition image stays >= 32 pixels.
+    a W x H condition image stays >= 32 pixels. The condition images have the init frame's size
+    ``image_size``, whose aspect ratio the generation size (multiples of 16) may not keep: where that
+    ratio would still round a side to 0, the area grows until it does not.
     """
     floor = 32 * 32 * max(width / height, height / width)
     if condition_area == "output":
-        return max(width * height, math.ceil(floor))
-    if isinstance(condition_area, int) and not isinstance(condition_area, bool) and condition_area >= 32 * 32:
-        return max(condition_area, math.ceil(floor))
+        area = max(width * height, math.ceil(floor))
+    elif isinstance(condition_area, int) and not isinstance(condition_area, bool) and condition_area >= 32 * 32:
+        area = max(condition_area, math.ceil(floor))
+    else:
+        area = None
+    if area is not None:
+        return area if image_size is None else no_zero_side(area, image_size[0] / image_size[1])
     raise QveditError(
         f"condition_area={condition_area!r} is not valid: use 'output' (the generation size) or a pixel count "
         f">= 1024 such as {PIPELINE_CONDITION_AREA} (the pipeline's default)"
     )
+
+
+def no_zero_side(area: int, ratio: float) -> int:
+    """The smallest area >= ``area`` at which diffusers' ``calculate_dimensions`` (sides sqrt(area * ratio)
+    and sqrt(area / ratio), rounded to multiples of 32) gives no side of 0."""
+    area = max(area, math.floor(256 * max(ratio, 1 / ratio)))
+    while round(math.sqrt(area * ratio) / 32) == 0 or round(math.sqrt(area / ratio) / 32) == 0:
+        area += 1
+    return area
 
 
 def cpu_speed_warnings(device: str, settings: RunSettings, init_size: tuple[int, int], full_model: bool) -> list[str]:
@@ -62,12 +77,12 @@ def cpu_speed_warnings(device: str, settings: RunSettings, init_size: tuple[int,
     if not device.startswith("cpu"):
         return []
     width, height = generation_size(*init_size, settings.max_area)
-    area = vae_area(settings.condition_area, width, height)
+    area = vae_area(settings.condition_area, width, height, init_size)
     warnings = []
     if full_model:
         warnings.append("the full 20.4 B-parameter model on the CPU takes hours per frame: use a GPU (device=cuda), "
                         "or experiment=tiny_cpu to try the whole path on the tiny model")
-    if area >= 4 * width * height:
+    if settings.condition_area != "output" and area >= 4 * width * height:
         warnings.append(
             f"condition_area={settings.condition_area}: each frame encodes its two condition images at {area} pixels, "
             f"{area // (width * height)}x the {width}x{height} frame, which on the CPU takes minutes per frame (tiny "
@@ -130,7 +145,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     init = source.init_image()
     width, height = init.size
     gen_width, gen_height = generation_size(width, height, settings.max_area)
-    area = vae_area(settings.condition_area, gen_width, gen_height)
+    area = vae_area(settings.condition_area, gen_width, gen_height, init.size)
     done = outputs.resume_point(init, total)
     previous = outputs.previous_frame(done, init)
     done, previous = team.agree((done, previous))
@@ -152,7 +167,8 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         edge = source.edge_frame(index - 1, (width, height))
         pair = flow.pair(index, edge) if flow is not None and team.is_writer else None
         generator = torch.Generator(device=device).manual_seed(frame_seed(settings.seed, index))
-        with condition_area(area), record_velocity(pipe.scheduler) as velocity:
+        with frame_memory(index, (gen_width, gen_height), pipe), condition_area(area), \
+                record_velocity(pipe.scheduler) as velocity:
             callback = None
             if guide is not None:
                 callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,

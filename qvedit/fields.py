@@ -9,11 +9,15 @@ that qvedit needs is derived from the tags, never typed:
 - ``path="input"`` / ``path="output"``: the value is a file or folder. Paths are left out of sweep
   folder names; output paths are also ignored when the acceptance report pairs guided and
   unguided jobs (where a job writes does not change what it computes).
+- ``min=`` / ``max=`` (numbers, both ends included) and ``choices=`` (the words a key takes): the
+  values a key accepts. ``qvedit.config.check_values`` holds a composed config to them before
+  anything is loaded; a numeric key must state its range (``tests/test_config.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
@@ -25,19 +29,79 @@ TAGS = "qvedit"
 class Tags:
     frames: bool = False
     path: Optional[str] = None  # None | "input" | "output"
+    min: Optional[float] = None
+    max: Optional[float] = None
+    choices: tuple = ()
+
+    @property
+    def ranged(self) -> bool:
+        return self.min is not None or self.max is not None
 
 
 def setting(default: Any = dataclasses.MISSING, *, frames: bool = False, path: Optional[str] = None,
+            min: Optional[float] = None, max: Optional[float] = None, choices: tuple = (),
             default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with qvedit's tags (see the module docstring)."""
     if path not in (None, "input", "output"):
         raise ValueError(f"path={path!r}: use None, 'input' or 'output'")
-    return dataclasses.field(default=default, default_factory=default_factory,
-                             metadata={TAGS: Tags(frames=frames, path=path)})
+    tags = Tags(frames=frames, path=path, min=min, max=max, choices=tuple(choices))
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={TAGS: tags})
 
 
 def tags_of(field: dataclasses.Field) -> Tags:
     return field.metadata.get(TAGS, Tags())
+
+
+def optional(field: dataclasses.Field) -> bool:
+    """Whether the key may be null: an ``Optional[...]`` field, or one whose default is None."""
+    return str(field.type).startswith("Optional") or field.default is None
+
+
+def integral(field: dataclasses.Field) -> bool:
+    """Whether a ranged field counts something (an int, or ``Any`` holding an int such as condition_area)."""
+    kind = str(field.type)
+    return "int" in kind or (kind == "Any" and isinstance(field.default, int) and not isinstance(field.default, bool))
+
+
+def accepted(field: dataclasses.Field) -> str:
+    """What a key takes, in words: ``an integer >= 1``, ``a number from 0 to 1``, ``bf16, fp16 or fp32``."""
+    tags = tags_of(field)
+    others = [*tags.choices] + (["null"] if optional(field) else [])
+    if not tags.ranged:
+        return ", ".join(others[:-1]) + f" or {others[-1]}" if len(others) > 1 else others[0]
+    integer = integral(field)
+    low, high = (None if v is None else int(v) if integer else v for v in (tags.min, tags.max))
+    span = f"from {low} to {high}" if None not in (low, high) else f">= {low}" if low is not None else f"<= {high}"
+    return f"{'an integer' if integer else 'a number'} {span}" + (f", or {' or '.join(others)}" if others else "")
+
+
+def value_problem(key: str, value: Any, field: dataclasses.Field) -> Optional[str]:
+    """Why ``value`` is not one the field ``key`` takes, saying what it takes; None when it is fine."""
+    tags = tags_of(field)
+    if not (tags.ranged or tags.choices):
+        return None
+    if value is None:
+        return None if optional(field) else f"{key} is null: set it to {accepted(field)}"
+    if isinstance(value, str) and value in tags.choices:
+        return None
+    if not tags.ranged or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{key}={value!r} is not valid: use {accepted(field)}"
+    if not math.isfinite(value):
+        return f"{key}={value} is not a finite number: use {accepted(field)}"
+    if integral(field) and not float(value).is_integer():
+        return f"{key}={value} is not a whole number: use {accepted(field)}"
+    if (tags.min is not None and value < tags.min) or (tags.max is not None and value > tags.max):
+        return f"{key}={value} is out of range: use {accepted(field)}"
+    return None
+
+
+def check_fields(settings: Any, prefix: str = "") -> None:
+    """Hold a settings object to its fields' ranges and choices: every problem in one QveditError line."""
+    from qvedit.errors import QveditError
+
+    problems = [value_problem(f"{prefix}{f.name}", getattr(settings, f.name), f) for f in dataclasses.fields(settings)]
+    if any(problems):
+        raise QveditError("; ".join(p for p in problems if p))
 
 
 def nested_schemas(cls: type) -> dict[str, type]:

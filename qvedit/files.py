@@ -4,17 +4,21 @@ Every file qvedit writes (frames, metrics, manifests, previews, videos, reports)
 temporary name beside its final path and renamed over it when complete, so a killed process never
 leaves a half-written file under a real name. The temporary name is ``.<stem>.<pid>.partial<suffix>``:
 hidden, private to the writing process (two processes may replace the same report at once), and it
-keeps the suffix, which ffmpeg needs to choose the container.
+keeps the suffix, which ffmpeg needs to choose the container. ``metrics.csv`` rows are appended whole
+or not at all. A full, read-only or failing disk is one line naming the folder and its free space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from qvedit.errors import QveditError
 
 PARTIAL_GLOB = ".*.partial*"  # what a killed writer may leave behind
 
@@ -29,18 +33,99 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.stem}.{os.getpid()}.partial{final.suffix}")
 
 
-@contextlib.contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path to write; renames it to ``final`` if the block ends without an error,
-    removes it otherwise. The parent folder is created if needed."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    partial = partial_path(final)
+# What a full, read-only, failing or over-quota disk raises on writing; each becomes one line.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}
+
+
+def size_text(count: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+def write_error(err: OSError, path: Path) -> QveditError:
+    """A failed write as one line: the file, the folder, what the OS said and the space left there."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
+        free = f"{size_text(shutil.disk_usage(folder).free)} free there"
+    except OSError:
+        free = "free space unknown"
+    return QveditError(f"cannot write {Path(path).name} in {folder}: {err.strerror or err} ({free}); free space or "
+                       "make the folder writable, then run the same command again: it keeps what is finished and goes "
+                       "on from there")
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, rename: bool = True) -> Iterator[Path]:
+    """Yields a temporary path to write; renames it to ``final`` if the block ends without an error,
+    removes it otherwise. The parent folder is created if needed. A write error of the disk (full,
+    read-only, failing) becomes a QveditError naming the folder and its free space.
+
+    ``rename=False`` keeps the finished temporary file for ``commit_partial(final)`` to rename later,
+    so a file can appear in the same instant as something else (a frame and its metrics row).
+    """
+    final = Path(final)
+    partial = partial_path(final)
+    finished = False
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         yield partial
-        os.replace(partial, final)
+        if rename:
+            os.replace(partial, final)
+        else:
+            _staged.add(partial)
+        finished = True
+    except OSError as err:
+        if err.errno in WRITE_ERRNOS:
+            raise write_error(err, final) from None
+        raise
     finally:
-        partial.unlink(missing_ok=True)
+        if rename or not finished:
+            partial.unlink(missing_ok=True)
+
+
+_staged: set[Path] = set()  # written with rename=False, not yet committed
+
+
+def commit_partial(final: str | os.PathLike) -> Path:
+    """Rename what ``atomic_path(final, rename=False)`` wrote to ``final``."""
+    final = Path(final)
+    _staged.discard(partial_path(final))
+    try:
+        os.replace(partial_path(final), final)
+    except OSError as err:
+        partial_path(final).unlink(missing_ok=True)
+        if err.errno in WRITE_ERRNOS:
+            raise write_error(err, final) from None
+        raise
+    return final
+
+
+def drop_staged() -> None:
+    """Remove what was written with ``rename=False`` and never committed (a run that stopped in between)."""
+    while _staged:
+        _staged.pop().unlink(missing_ok=True)
+
+
+def append_whole(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` to ``path`` whole or not at all: after a failed write the file is cut back to
+    its length before (a half-written line would look like a finished one)."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a", newline="") as handle:
+            handle.write(text)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        if err.errno in WRITE_ERRNOS:
+            raise write_error(err, path) from None
+        raise
 
 
 def write_text_atomic(final: str | os.PathLike, text: str) -> Path:

@@ -62,3 +62,18 @@ def to_rgb8_array(image: torch.Tensor) -> np.ndarray:
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) or (1, 3, H, W) in [0, 1] -> 8-bit RGB PIL image."""
     return Image.fromarray(to_rgb8_array(image))
+
+
+def unusable_image(path: Path, size: tuple[int, int]) -> str | None:
+    """Why the image file ``path`` is not a whole ``size`` = (W, H) image (it does not decode, or has
+    another size), or None when it is."""
+    try:
+        with Image.open(path) as image:
+            image.verify()  # the chunks' checksums: damage that still decodes
+        with Image.open(path) as image:
+            image.load()
+            if image.size != size:
+                return f"it is {image.size[0]}x{image.size[1]}, not {size[0]}x{size[1]}"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return f"it does not decode ({err})"
+    return None

@@ -38,15 +38,22 @@ from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.parallel import Team
 from qvedit.models.settings import ModelSettings, PerfSettings
 from qvedit.outputs import ClipOutputs, check_or_record
+from qvedit.preflight import check_clip
 from qvedit.report.html import write_run_html
 from qvedit.report.summary import run_summary
 from qvedit.report.tracking import JobTracking
+from qvedit.trust import target_problem
 
 log = logging.getLogger("qvedit")
 
 
 def build(node: DictConfig, **kwargs):
-    """``instantiate`` that lets a QveditError through as itself, not wrapped by Hydra."""
+    """``instantiate`` that lets a QveditError through as itself, not wrapped by Hydra; only qvedit's own
+    ``_target_``s are instantiated (``qvedit.trust``)."""
+    problem = target_problem(node.get("_target_"))
+    if problem:
+        raise QveditError(f"{node._get_full_key(None)}._target_={node.get('_target_')!r} {problem}: use qvedit's own "
+                          "config groups")
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -84,6 +91,7 @@ class Job:
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
         source = io.open(layout)  # inputs are checked before the (slow) model load
+        check_clip(settings, source)
         frames = FrameWriter(layout.frames_dir)
         check_or_record(frames.folder, frame_settings(cfg))
         check_device(device)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -15,13 +15,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qvedit.config import RunSettings, register_schemas
+from qvedit import locks, stopping
+from qvedit.config import RunSettings, check_values, register_schemas
 from qvedit.errors import QveditError
+from qvedit.files import drop_staged
 from qvedit.io.layout import discard_if_empty, record_job_error
 from qvedit.job import Job, build, in_sweep
 from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
 from qvedit.report.tuning import trial_objectives
+from qvedit.trust import command_line_problems
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -36,12 +39,15 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Edit the clip ``cfg`` describes into ``run_dir``; returns the folder the frames went to."""
+    check_values(cfg)  # every value, before anything is loaded
     settings = RunSettings.of(cfg)
     team = build(cfg.parallel).start(settings.device, settings.true_cfg_scale)
     try:
         return edit(cfg, run_dir, team)
     finally:
         team.close()
+        drop_staged()
+        locks.release_all()
 
 
 def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
@@ -54,6 +60,7 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[tuple]:
+    stopping.install()
     try:
         for problem in unknown_config_keys(cfg):
             raise QveditError(problem)
@@ -72,25 +79,25 @@ def hydra_main(cfg: DictConfig) -> Optional[tuple]:
         if not rank:
             discard_if_empty(run_dir)  # twenty typos must not leave twenty empty run folders
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, stopping.Terminated) as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
         if torchrun_rank() == 0:
-            hydra = HydraConfig.get()
-            overrides = " ".join(o for o in hydra.overrides.task if not o.startswith("hydra.run.dir="))
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            launch = f"torchrun --nproc-per-node {world} -m qvedit" if world > 1 else "python -m qvedit"
-            print(f"qvedit: interrupted; the finished frames are kept. Resume with: {launch} {overrides} "
-                  f"hydra.run.dir={hydra.runtime.output_dir}", file=sys.stderr)
-        sys.exit(130)
+            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+            print(f"qvedit: {how}; the finished frames and their metrics rows are kept. Resume with: "
+                  f"{stopping.resume_command(HydraConfig.get())}", file=sys.stderr)
+        sys.exit(stopping.EXIT_CODES.get(signum, 128 + signum))
 
 
 def main() -> None:
     """``python -m qvedit`` / ``qvedit``. Under torchrun, ranks other than 0 run in a scratch folder
     that is removed at exit: the run folder, its logs and its frames are rank 0's alone."""
-    typos = unknown_overrides(sys.argv[1:])
-    for problem in typos:
+    # one line per misspelt key; else the first key of a config from elsewhere that would run code
+    problems = unknown_overrides(sys.argv[1:]) or command_line_problems(sys.argv[1:], Path(__file__))[:1]
+    for problem in problems:
         print(f"qvedit: error: {problem}", file=sys.stderr)
-    if typos:
+    if problems:
         sys.exit(2)
+    logging.raiseExceptions = False  # a log line a full disk cannot take must not print a traceback
     overrides, scratch = follower_overrides()
     sys.argv += overrides
     try:

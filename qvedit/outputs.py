@@ -9,6 +9,7 @@ would change the frames is refused, naming the keys that differ.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -20,10 +21,13 @@ from qvedit.config import frame_setting_defaults
 from qvedit.errors import QveditError
 from qvedit.files import write_text_atomic
 from qvedit.guidance.flow import FlowPair
-from qvedit.images import read_rgb8
+from qvedit.images import read_rgb8, unusable_image
 from qvedit.io.frames import FrameWriter
 from qvedit.report.confdiff import diff_configs
 from qvedit.report.metrics import FrameMetrics, MetricsLog, complete_rows
+from qvedit.stopping import shielded
+
+log = logging.getLogger(__name__)
 
 MANIFEST = ".qvedit-run.yaml"  # io.layout.holds_nothing_of_its_own knows the name
 
@@ -33,7 +37,14 @@ def check_or_record(frames_dir: Path, settings: dict[str, object]) -> None:
     manifest = frames_dir / MANIFEST
     has_frames = (frames_dir / "00000.png").exists()
     if has_frames and manifest.is_file():
-        recorded = OmegaConf.to_container(OmegaConf.load(manifest))
+        try:
+            recorded = OmegaConf.to_container(OmegaConf.load(manifest))
+        except Exception as err:  # yaml's and OmegaConf's errors, undecodable bytes: damage of any kind
+            recorded = err
+        if not isinstance(recorded, dict):
+            raise QveditError(f"{manifest} is damaged ({type(recorded).__name__}): it records the settings the frames "
+                              f"in {frames_dir} were made with; restore it, or write to a new folder (another "
+                              "hydra.run.dir or io.out_frames_dir)")
         # Read a manifest of an earlier qvedit with today's keys: keys no longer recorded (the loaders'
         # _target_) are dropped, and keys added since take their default, which is what that run used.
         defaults = frame_setting_defaults()
@@ -72,8 +83,18 @@ class ClipOutputs:
         return self.frames.folder
 
     def resume_point(self, init: Image.Image, total: int) -> int:
-        """How many frames of this clip are already finished (0 for a new run)."""
+        """How many frames of this clip are already finished (0 for a new run).
+
+        Every finished frame is decoded: one damaged on disk (truncated, overwritten, another size) is
+        made again, with the frames after it.
+        """
         done = self.frames.finished()
+        for index in range(min(done, total)):
+            problem = unusable_image(self.frames.path(index), init.size)
+            if problem:
+                log.warning("%s: %s; making frames %d.. again", self.frames.path(index), problem, index)
+                done = index
+                break
         if done and not np.array_equal(np.asarray(read_rgb8(self.frames.path(0))), np.asarray(init)):
             raise QveditError(f"{self.folder} holds frames of another clip (its frame 0 is not this init frame): "
                               "write to a new folder (another hydra.run.dir or io.out_frames_dir)")
@@ -95,10 +116,16 @@ class ClipOutputs:
         return [self.frames.write(0, init)] if done == 0 else [self.frames.path(i) for i in range(done)]
 
     def write_frame(self, index: int, frame: Image.Image) -> Path:
-        return self.frames.write(index, frame)
+        """Write frame ``index`` under its temporary name; ``record`` makes it appear with its metrics row."""
+        return self.frames.stage(index, frame)
 
     def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
                flow: Optional[FlowPair] = None, **timing) -> None:
-        """Frame ``index``'s metrics row: its quality columns (measured here) and ``timing`` columns."""
-        if self._rows is not None:
-            self._rows.append({"frame": index, **self.metrics.score(frame, edge, previous, flow), **timing})
+        """Frame ``index``'s metrics row: its quality columns (measured here) and ``timing`` columns. The
+        frame and its row appear together: a signal waits until both are there."""
+        row = None if self._rows is None else {"frame": index, **self.metrics.score(frame, edge, previous, flow),
+                                               **timing}
+        with shielded():  # the row first: a row whose frame is missing is dropped on resume
+            if row is not None:
+                self._rows.append(row)
+            self.frames.commit(index)

@@ -1,25 +1,45 @@
-"""The bad-input battery: each case ends in a clear one-line error or is handled, never a traceback.
+"""The bad-input battery: each case ends in a clear one-line error or is handled, never a traceback,
+and nothing finished is lost.
 
 Cases run in-process through ``qvedit.main.run`` (the model loads once); ``tests/test_cli.py``
 shows that the command line turns a QveditError into one ``qvedit: error:`` line with exit code 2.
+Every case snapshots the files under its folder before the run it tests and checks afterwards that
+each one is still there with the same bytes (but those the case damaged on purpose), that no
+half-written file is left, that every frame decodes and that every frame has its metrics row.
+Faults the machine would have to produce (a full disk, out of GPU memory, a lock held by another
+process) are injected: the write or the model call raises the OS's or torch's own error.
 """
 
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from qvedit.config import register_schemas
 from qvedit.errors import QveditError
+from qvedit.files import PARTIAL_GLOB
 from qvedit.main import run
-from tests.conftest import REPO
+from qvedit.models.settings import TinyModel
+from tests.conftest import REPO, TINY_MODEL
 
 register_schemas()
 TINY = ["model=tiny", "device=cpu", "dtype=fp32", "num_inference_steps=2", "condition_area=output", "metrics=none"]
+METRICS = ["metrics=default", "metrics.vgg_weights=random"]
 
 
 def rgb(size=(40, 24), seed=0):
@@ -58,23 +78,49 @@ def frames_io(init, edges):
     return [f"io.init_frame='{init}'", f"io.edge_frames_dir='{edges}'"]  # quoted: paths may hold spaces
 
 
-# Each case: (name, setup(tmp) -> overrides, expected error fragment or None when it is handled).
-def empty_edges(t):
+@dataclass
+class Context:
+    """What a case's setup may use: pytest's monkeypatch, and things to undo after the run."""
+
+    mp: pytest.MonkeyPatch
+    later: list
+
+
+def plain(t):
+    return frames_io(*clip(t))
+
+
+@dataclass
+class Case:
+    name: str
+    setup: Callable  # (tmp folder, Context) -> overrides; may make an earlier run first
+    error: Optional[str]  # regex of the one-line message; None: handled, the clip is made
+    frames: Optional[int] = None  # frames in run/frames afterwards, when the case says
+    early: bool = False  # refused before the model loads
+    damaged: tuple = ()  # files (relative to the tmp folder) the setup damaged on purpose
+
+
+def earlier_run(t: Path, *extra: str, frames: int = 3) -> list[str]:
+    """A finished run of ``frames`` frames into t/run (metrics on); returns the overrides of the clip."""
+    overrides = frames_io(*clip(t)) + METRICS
+    execute(t, overrides + [f"max_frames={frames}", *extra])
+    return overrides
+
+
+# -- setups ----------------------------------------------------------------------------------------
+
+def empty_edges(t, ctx):
     init, edges = clip(t, edges=0)
     return frames_io(init, edges)
 
 
-def only_hidden(t):
-    return frames_io(*clip(t, names=[".1.png", ".2.png"]))
-
-
-def text_as_png(t):
+def text_as_png(t, ctx):
     init, edges = clip(t)
     (edges / "2.png").write_text("hello")
     return frames_io(init, edges)
 
 
-def truncated_png(t):
+def truncated_png(t, ctx):
     init, edges = clip(t)
     data = (edges / "2.png").read_bytes()
     (edges / "2.png").write_bytes(data[: len(data) // 2])
@@ -82,7 +128,7 @@ def truncated_png(t):
 
 
 def init_mode(mode):
-    def setup(t):
+    def setup(t, ctx):
         image = rgb()
         if mode == "I;16":
             image = Image.fromarray((np.asarray(image.convert("L"), np.uint16) * 257))
@@ -92,61 +138,340 @@ def init_mode(mode):
     return setup
 
 
+def corrupt_mp4(t, ctx):
+    data = video(t / "good.mp4", 5).read_bytes()
+    (t / "bad.mp4").write_bytes(data[: len(data) // 2])
+    return ["io=video", f"io.rgb_video={t / 'bad.mp4'}"]
+
+
+def failing_write(match: Callable[[str], bool], error: int, partial_bytes: bool = False):
+    """Setup: PIL saves to a temporary name for which ``match(name)`` holds fail with OSError ``error``
+    (after writing some bytes, like a disk that fills up in the middle of a file)."""
+    def setup(t, ctx):
+        original = Image.Image.save
+
+        def save(image, fp, *args, **kwargs):
+            if isinstance(fp, (str, Path)) and match(Path(fp).name):
+                Path(fp).write_bytes(b"\x89PNG half")
+                raise OSError(error, __import__("os").strerror(error))
+            return original(image, fp, *args, **kwargs)
+
+        ctx.mp.setattr(Image.Image, "save", save)
+        return plain(t) + METRICS
+    return setup
+
+
+def failing_row_append(t, ctx):
+    """The second metrics row fails half-written (EIO): the row is cut back, frame 2 is not kept."""
+    import qvedit.files as files
+
+    calls = []
+
+    class HalfWriter:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, text):
+            self.handle.write(text[:5])
+            self.handle.flush()
+            raise OSError(errno.EIO, "Input/output error")
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        handle = open(path, mode, *args, **kwargs)
+        if mode == "a":
+            calls.append(path)
+            if len(calls) == 2:
+                return HalfWriter(handle)
+        return handle
+
+    ctx.mp.setattr(files, "open", fake_open, raising=False)
+    return plain(t) + METRICS
+
+
+def failing_manifest(t, ctx):
+    original = Path.write_text
+
+    def write_text(path, *args, **kwargs):
+        if ".qvedit-run." in path.name:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        return original(path, *args, **kwargs)
+
+    ctx.mp.setattr(Path, "write_text", write_text)
+    return plain(t)
+
+
+def out_of_memory(error: type, at_call: int):
+    """The transformer raises ``error`` on its ``at_call``-th call (4 calls a frame: 2 steps, true CFG)."""
+    def setup(t, ctx):
+        pipe = TinyModel(TINY_MODEL).load(device="cpu", dtype="fp32")
+        calls, forward = [], pipe.transformer.forward
+
+        def failing(*args, **kwargs):
+            calls.append(1)
+            if len(calls) >= at_call:
+                raise error("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.10 GiB")
+            return forward(*args, **kwargs)
+
+        ctx.mp.setattr(pipe.transformer, "forward", failing)
+        return plain(t) + METRICS
+    return setup
+
+
+HOLDER = "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); " \
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'process %d on testhost' % os.getpid()); print('held', " \
+         "flush=True); time.sleep(float(sys.argv[2]))"
+
+
+def folder_held_by_another_process(seconds: float):
+    def setup(t, ctx):
+        (t / "run" / "frames").mkdir(parents=True)
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(t / "run" / "frames" / ".qvedit-lock"),
+                                   str(seconds)], stdout=subprocess.PIPE, text=True)
+        ctx.later.append(lambda: (holder.kill(), holder.wait(), holder.stdout.close()))
+        assert holder.stdout.readline().strip() == "held"
+        if seconds == 0:
+            holder.wait()  # it died: the kernel let go of its lock
+        return plain(t)
+    return setup
+
+
+def damaged_model(damage: Callable[[Path], None]):
+    def setup(t, ctx):
+        folder = t / "model"
+        shutil.copytree(TINY_MODEL, folder)
+        damage(folder)
+        return plain(t) + [f"model.model_id={folder}"]
+    return setup
+
+
+def truncate(relative: str, keep=0.5):
+    def damage(folder):
+        data = (folder / relative).read_bytes()
+        (folder / relative).write_bytes(data[: int(len(data) * keep)])
+    return damage
+
+
+def pickled_weights(folder):
+    from safetensors.torch import load_file
+
+    weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), folder / "vae" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+
+
+def damaged_after_a_run(damage: Callable[[Path], None]):
+    """A finished 3-frame run, then ``damage(run folder)`` before the same command runs again (4 frames)."""
+    def setup(t, ctx):
+        overrides = earlier_run(t)
+        (t / "before").mkdir()
+        for path in (t / "run" / "frames").glob("*.png"):
+            shutil.copy(path, t / "before" / path.name)
+        damage(t / "run")
+        return overrides
+    return setup
+
+
+def cut(relative: str):
+    def damage(run_dir):
+        data = (run_dir / relative).read_bytes()
+        (run_dir / relative).write_bytes(data[: len(data) // 3])
+    return damage
+
+
+def replace_image(relative: str, size):
+    def damage(run_dir):
+        rgb(size, seed=5).save(run_dir / relative)
+    return damage
+
+
+def garbage(relative: str):
+    def damage(run_dir):
+        (run_dir / relative).write_bytes(bytes(range(256)) * 3)
+    return damage
+
+
+def resumed_with(*changed: str):
+    def setup(t, ctx):
+        return earlier_run(t) + list(changed)
+    return setup
+
+
+def value(*overrides: str):
+    return lambda t, ctx: plain(t) + list(overrides)
+
+
 CASES = [
-    ("no inputs", lambda t: [], "io.init_frame and io.edge_frames_dir are not set"),
-    ("missing init frame", lambda t: [f"io.init_frame={t / 'nope.png'}", f"io.edge_frames_dir={t}"],
-     "init frame not found"),
-    ("missing edge folder", lambda t: frames_io(clip(t)[0], t / "nope"), "edge frame folder not found"),
-    ("edge folder is a file", lambda t: frames_io(clip(t)[0], clip(t)[0]), "is not a folder"),
-    ("empty edge folder", empty_edges, "no edge frames"),
-    ("only hidden files", only_hidden, "no edge frames"),
-    ("text file named .png", text_as_png, "cannot read image"),
-    ("truncated png mid-sequence", truncated_png, "2.png"),
-    ("missing video", lambda t: ["io=video", f"io.rgb_video={t / 'nope.mp4'}"], "not found"),
-    ("zero-frame video", lambda t: ["io=video", f"io.rgb_video={video(t / 'zero.mp4', 0)}"], "no video frames"),
-    ("corrupt mp4", lambda t: ["io=video", f"io.rgb_video={t / 'bad.mp4'}"], "cannot decode video|damaged"),
-    ("grayscale init", init_mode("L"), None),
-    ("RGBA init", init_mode("RGBA"), None),
-    ("16-bit init", init_mode("I;16"), None),
-    ("palette init", init_mode("P"), None),
-    ("edges larger than init", lambda t: frames_io(*clip(t, edge_size=(80, 48))), None),
-    ("edges smaller than init", lambda t: frames_io(*clip(t, edge_size=(20, 12))), None),
-    ("1x1 images", lambda t: frames_io(*clip(t, init=rgb((1, 1)), edge_size=(1, 1))), None),
-    ("spaces and non-ASCII in the path", lambda t: frames_io(*clip(t / "mes vidéos" / "clip 1")), None),
-    ("max_frames 0", lambda t: frames_io(*clip(t)) + ["max_frames=0"], "max_frames=0 must be >= 1"),
-    ("max_frames 1", lambda t: frames_io(*clip(t)) + ["max_frames=1"], None),
-    ("max_frames beyond the edges", lambda t: frames_io(*clip(t)) + ["max_frames=10"], "at most 4 output frames"),
-    ("output folder is a file", lambda t: frames_io(*clip(t)) + [f"io.out_frames_dir={clip(t)[0]}"], "is a file"),
-    ("unwritable output folder", lambda t: frames_io(*clip(t)) + ["io.out_frames_dir=/sys/qvedit-frames"],
-     "cannot create output folder"),
-    ("NaN in the latents", lambda t: frames_io(*clip(t)) + ["ttlg=edge", "ttlg.lr=nan", "ttlg.vgg_weights=random"],
-     "NaN"),
+    Case("no inputs", lambda t, ctx: [], "io.init_frame and io.edge_frames_dir are not set", early=True),
+    Case("missing init frame", lambda t, ctx: [f"io.init_frame={t / 'nope.png'}", f"io.edge_frames_dir={t}"],
+         "init frame not found", early=True),
+    Case("missing edge folder", lambda t, ctx: frames_io(clip(t)[0], t / "nope"), "edge frame folder not found",
+         early=True),
+    Case("edge folder is a file", lambda t, ctx: frames_io(clip(t)[0], clip(t)[0]), "is not a folder", early=True),
+    Case("empty edge folder", empty_edges, "no edge frames", early=True),
+    Case("only hidden files", lambda t, ctx: frames_io(*clip(t, names=[".1.png", ".2.png"])), "no edge frames",
+         early=True),
+    Case("text file named .png", text_as_png, "cannot read image", early=True),
+    Case("truncated png mid-sequence", truncated_png, "2.png", frames=2),
+    Case("missing video", lambda t, ctx: ["io=video", f"io.rgb_video={t / 'nope.mp4'}"], "not found", early=True),
+    Case("zero-frame video", lambda t, ctx: ["io=video", f"io.rgb_video={video(t / 'zero.mp4', 0)}"],
+         "no video frames", early=True),
+    Case("corrupt mp4", corrupt_mp4, "cannot decode video|damaged", early=True),
+    Case("grayscale init", init_mode("L"), None),
+    Case("RGBA init", init_mode("RGBA"), None),
+    Case("16-bit init", init_mode("I;16"), None),
+    Case("palette init", init_mode("P"), None),
+    Case("edges larger than init", lambda t, ctx: frames_io(*clip(t, edge_size=(80, 48))), None),
+    Case("edges smaller than init", lambda t, ctx: frames_io(*clip(t, edge_size=(20, 12))), None),
+    Case("1x1 images", lambda t, ctx: frames_io(*clip(t, init=rgb((1, 1)), edge_size=(1, 1))), None),
+    Case("spaces and non-ASCII in the path", lambda t, ctx: frames_io(*clip(t / "mes vidéos" / "clip 1")), None),
+    Case("max_frames 0", value("max_frames=0"), r"max_frames=0 is out of range: use an integer >= 1", early=True),
+    Case("max_frames 1", value("max_frames=1"), None, frames=1),
+    Case("max_frames beyond the edges", value("max_frames=10"), "at most 4 output frames", early=True),
+    Case("output folder is a file", lambda t, ctx: plain(t) + [f"io.out_frames_dir={clip(t)[0]}"], "is a file",
+         early=True),
+    Case("unwritable output folder", value("io.out_frames_dir=/sys/qvedit-frames"), "cannot create output folder",
+         early=True),
+    Case("NaN in the latents", value("ttlg=edge", "ttlg.lr=1e30", "ttlg.vgg_weights=random"), "NaN", frames=1),
+    # values out of range: one line with what the key takes, before the model loads
+    Case("no denoising steps", value("num_inference_steps=0"),
+         r"num_inference_steps=0 is out of range: use an integer from 1 to 1000", early=True),
+    Case("unknown dtype", value("dtype=bf8"), r"dtype='bf8' is not valid: use bf16, fp16 or fp32", early=True),
+    Case("negative seed", value("seed=-1"), r"seed=-1 is out of range", early=True),
+    Case("NaN CFG scale", value("true_cfg_scale=nan"), r"true_cfg_scale=nan is not a finite number", early=True),
+    Case("condition area too small", value("condition_area=100"),
+         r"condition_area=100 is out of range: use an integer from 1024 to 16777216, or output", early=True),
+    Case("condition area a word", value("condition_area=fast"), r"condition_area='fast' is not valid", early=True),
+    Case("max_area too small", value("max_area=10"), r"max_area=10 is out of range: use an integer >= 256, or null",
+         early=True),
+    Case("guide every 0th step", value("ttlg.every=0"), r"ttlg.every=0 is out of range: use an integer >= 1",
+         early=True),
+    Case("negative step size", value("ttlg.lr=-0.5"), r"ttlg.lr=-0.5 is out of range: use a number >= 0", early=True),
+    Case("negative last_steps", value("ttlg.last_steps=-1"), r"ttlg.last_steps=-1 is out of range", early=True),
+    Case("Gram loss below VGG's size", value("ttlg.gram_size=8"), r"ttlg.gram_size=8 is out of range: use an integer "
+         r">= 32", early=True),
+    Case("LPIPS size 4", value("metrics.size=4"), r"metrics.size=4 is out of range", early=True),
+    Case("fraction above 1", value("acceptance.edge_frames_fraction=1.5"),
+         r"acceptance.edge_frames_fraction=1.5 is out of range: use a number from 0 to 1", early=True),
+    Case("three CFG ranks", value("parallel.cfg_degree=3"), r"parallel.cfg_degree=3 is out of range: use an integer "
+         "from 1 to 2", early=True),
+    Case("several bad values at once", value("num_inference_steps=0", "ttlg.every=0"),
+         r"num_inference_steps=0 .*; ttlg.every=0 ", early=True),
+    # sizes every stage takes
+    Case("1x1 frames with the metrics on", lambda t, ctx: frames_io(*clip(t, init=rgb((1, 1)), edge_size=(1, 1)))
+         + METRICS, None),
+    Case("8x8 frames with Gram guidance", lambda t, ctx: frames_io(*clip(t, init=rgb((8, 8)), edge_size=(8, 8)))
+         + ["ttlg=gram", "ttlg.vgg_weights=random"] + METRICS, None),
+    Case("frames too elongated for the encoder", lambda t, ctx: frames_io(*clip(t, init=rgb((1, 300))))
+         + METRICS, r"the frames are 1x300, too elongated .* at most 200:1", early=True),
+    # writing fails: one line with the folder and its free space; no half-written file
+    Case("disk full writing frame 2", failing_write(lambda name: name.startswith(".00002."), errno.ENOSPC),
+         r"cannot write 00002.png in .*frames: No space left on device \(.* free there\)", frames=2),
+    Case("metrics row cut off by an I/O error", failing_row_append, r"cannot write metrics.csv in .*: Input/output "
+         "error", frames=2),
+    Case("read-only disk writing the preview", failing_write(lambda name: name.startswith(".preview."), errno.EROFS),
+         r"cannot write preview.(png|gif) in .*: Read-only file system", frames=4),
+    Case("quota exceeded recording the settings", failing_manifest, r"cannot write .qvedit-run.yaml .*Disk quota",
+         early=True),
+    # out of memory inside a frame: the frame, its size, the peak, the preset that fits
+    Case("CUDA out of memory in frame 2", out_of_memory(torch.cuda.OutOfMemoryError, at_call=5),
+         r"frame 2 \(generated at 32x32\) ran out of memory \(peak [\d.]+ GiB, then 20.00 GiB more was asked\): use a "
+         r"smaller max_area \(max_area=512 .*frames 0..1 are kept", frames=2),
+    Case("host memory out in frame 1", out_of_memory(MemoryError, at_call=1),
+         r"frame 1 \(generated at 32x32\) ran out of memory .*frame 0 is kept", frames=1),
+    # one writer per folder
+    Case("frames folder in use by another process", folder_held_by_another_process(60),
+         r"run/frames is in use by process \d+ on testhost, another qvedit run", early=True),
+    Case("lock of a process that died", folder_held_by_another_process(0), None),
+    # damaged inputs that look fine
+    Case("truncated safetensors in the model", damaged_model(truncate("vae/diffusion_pytorch_model.safetensors")),
+         r"model folder .* is damaged or incomplete: vae/diffusion_pytorch_model.safetensors is cut short", early=True),
+    Case("model folder lacking a component", damaged_model(lambda f: shutil.rmtree(f / "text_encoder")),
+         r"damaged or incomplete: text_encoder/ is missing", early=True),
+    Case("pickled weights in the model", damaged_model(pickled_weights),
+         r"vae/ has only pickled weights \(diffusion_pytorch_model.bin\), which qvedit does not load", early=True),
+    Case("a finished frame truncated before resuming", damaged_after_a_run(cut("frames/00002.png")), None,
+         damaged=("run/frames/00002.png",)),
+    Case("a finished frame of another size before resuming",
+         damaged_after_a_run(replace_image("frames/00001.png", (20, 20))), None, damaged=("run/frames/00001.png",)),
+    Case("metrics.csv garbage before resuming", damaged_after_a_run(garbage("metrics.csv")), None,
+         damaged=("run/metrics.csv",)),
+    Case("the settings record damaged before resuming", damaged_after_a_run(garbage("frames/.qvedit-run.yaml")),
+         r"frames/.qvedit-run.yaml is damaged .*: it records the settings", early=True,
+         damaged=("run/frames/.qvedit-run.yaml",)),
+    Case("resumed with another seed", resumed_with("seed=3"), r"holds frames made with other settings \(seed: 0 -> 3\)",
+         early=True),
+    Case("resumed with another init frame", lambda t, ctx: earlier_run(t) + [f"io.init_frame={clip(t / 'other', rgb(seed=9))[0]}"],
+         r"holds frames (made with other settings|of another clip)", early=True),
+    # configs are data: only qvedit's own _target_s are built
+    Case("a model _target_ that runs a command", value("model._target_=os.system"),
+         r"model._target_='os.system' is not qvedit's", early=True),
+    Case("a ttlg _target_ inside qvedit but not a setting", value("ttlg._target_=qvedit.files.write_text_atomic"),
+         r"ttlg._target_='qvedit.files.write_text_atomic' is not one of qvedit's settings classes", early=True),
 ]
 
-
-@pytest.mark.parametrize("name, setup, error", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(tiny_pipe, tmp_path, name, setup, error):
-    if name == "corrupt mp4":
-        data = video(tmp_path / "good.mp4", 5).read_bytes()
-        (tmp_path / "bad.mp4").write_bytes(data[: len(data) // 2])
-    overrides = setup(tmp_path)
-    if error is None:
-        frames = execute(tmp_path, overrides)
-        init = next(o.split("=", 1)[1].strip("'") for o in overrides if o.startswith("io.init_frame="))
-        written = sorted(frames.glob("*.png"))
-        expected = 1 if "max_frames=1" in overrides else 4
-        assert len(written) == expected
-        source = Image.open(init)
-        assert Image.open(written[-1]).size == source.size
-        assert np.asarray(Image.open(written[0])).shape == (source.size[1], source.size[0], 3)
-    else:
-        with pytest.raises(QveditError, match=error) as info:
-            execute(tmp_path, overrides)
-        assert "\n" not in str(info.value)
-        frames_dir = tmp_path / "run" / "frames"
-        if name == "truncated png mid-sequence":  # frames before the bad one are kept
-            assert sorted(p.name for p in frames_dir.glob("*.png")) == ["00000.png", "00001.png"]
+REWRITTEN = ("metrics.csv", "preview.png", "preview.gif", ".qvedit-lock")
 
 
-def test_the_battery_has_at_least_20_cases():
-    assert len(CASES) >= 20
+def snapshot(root: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def assert_nothing_lost(before: dict[Path, str], root: Path, damaged: set[Path]) -> None:
+    """Every file from before is there with its bytes (metrics.csv: its rows; previews and the lock are
+    rewritten by design), nothing half-written is left, every frame decodes, and every frame after 0
+    has its metrics row."""
+    for path, digest in before.items():
+        if path in damaged or path.name in REWRITTEN:
+            continue
+        assert path.is_file(), f"{path} was lost"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} changed"
+    assert not [p for p in root.rglob(PARTIAL_GLOB) if p.is_file()], "a half-written file was left"
+    for frames_dir in [p for p in root.rglob("frames") if p.is_dir()]:
+        frames = sorted(frames_dir.glob("*.png"))
+        for path in frames:
+            Image.open(path).load()
+        metrics = frames_dir.parent / "metrics.csv"
+        if metrics.is_file() and frames_dir.parent / "metrics.csv" not in damaged:
+            rows = pd.read_csv(metrics)["frame"].tolist()
+            assert rows == list(range(1, len(frames))), f"metrics rows {rows} for {len(frames)} frames"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(tiny_pipe, tmp_path, monkeypatch, case):
+    context = Context(monkeypatch, [])
+    overrides = case.setup(tmp_path, context)
+    before = snapshot(tmp_path)
+    if case.early:  # refused before the model loads: loading it would fail this test
+        monkeypatch.setattr("qvedit.models.loading._cached", lambda *a, **k: pytest.fail("the model loaded"))
+    try:
+        if case.error is None:
+            frames = execute(tmp_path, overrides)
+            init = next(o.split("=", 1)[1].strip("'") for o in overrides if o.startswith("io.init_frame="))
+            written = sorted(frames.glob("*.png"))
+            assert len(written) == (case.frames or 4)
+            source = Image.open(init)
+            assert Image.open(written[-1]).size == source.size
+            assert np.asarray(Image.open(written[0])).shape == (source.size[1], source.size[0], 3)
+            if (tmp_path / "before").is_dir():  # frames made again are the same bytes as the first time
+                for path in sorted((tmp_path / "before").glob("*.png")):
+                    assert (frames / path.name).read_bytes() == path.read_bytes(), path.name
+        else:
+            with pytest.raises(QveditError, match=case.error) as info:
+                execute(tmp_path, overrides)
+            assert "\n" not in str(info.value)
+            if case.frames is not None:
+                assert len(list((tmp_path / "run" / "frames").glob("*.png"))) == case.frames
+    finally:
+        for undo in context.later:
+            undo()
+    assert_nothing_lost(before, tmp_path, {tmp_path / d for d in case.damaged})
+
+
+def test_the_battery_has_at_least_40_cases():
+    assert len(CASES) >= 40

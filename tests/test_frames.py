@@ -91,7 +91,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case, message):
 def test_writer_writes_whole_files_only(tmp_path):
     writer = FrameWriter(tmp_path / "out")
     path = writer.write(3, Image.new("RGB", (4, 4), (1, 2, 3)))
-    assert path.name == "00003.png" and [p.name for p in (tmp_path / "out").iterdir()] == ["00003.png"]
+    assert path.name == "00003.png" and sorted(p.name for p in (tmp_path / "out").iterdir()) == [".qvedit-lock", "00003.png"]
     assert np.asarray(Image.open(path))[0, 0].tolist() == [1, 2, 3]
 
 

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from conftest import run_qvedit
+from conftest import REPO, run_qvedit
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e .[distributed]")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e .[distributed]")
@@ -123,3 +123,104 @@ def test_ray_gpu_shortfall_counts_the_gpus_ray_may_hand_out():
     assert ray_gpu_shortfall(launcher({}, {"num_gpus": 0}), visible_gpus=0) is None
     assert ray_gpu_shortfall(launcher({"address": "auto"}, {"num_gpus": 1}), visible_gpus=0) is None
     assert ray_gpu_shortfall(OmegaConf.create({"timeout_min": 60}), visible_gpus=0) is None  # SLURM: not ours
+
+
+FAKE_SLURM = {  # a cluster of one machine: enough of sbatch, srun, scontrol and sacct for submitit
+    "sbatch": '''
+import os, re, shutil, subprocess, sys
+from pathlib import Path
+state = Path(os.environ["FAKE_SLURM"])
+script = state / "job.sh"
+shutil.copy(sys.argv[-1], script)
+array = re.search(r"#SBATCH --array=0-(\\d+)", script.read_text())
+for task in range(int(array.group(1)) + 1) if array else [""]:  # one job: no array
+    subprocess.Popen([sys.executable, str(state / "bin" / "run_task"), str(task), "0"], start_new_session=True)
+print("Submitted batch job 4242")
+''',
+    "run_task": '''
+import os, subprocess, sys, time
+from pathlib import Path
+state, task, after = Path(os.environ["FAKE_SLURM"]), sys.argv[1], int(sys.argv[2])
+while after:  # a requeued job starts once the process it replaces has ended
+    try:
+        os.kill(after, 0)
+        time.sleep(0.1)
+    except ProcessLookupError:
+        break
+env = dict(os.environ, SLURM_JOB_ID="4242", SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NTASKS="1",
+           SLURM_JOB_NUM_NODES="1", SLURM_JOB_NODELIST="localhost", FAKE_SLURM_TASK=task)
+if task:
+    env.update(SLURM_JOB_ID=str(5000 + int(task)), SLURM_ARRAY_JOB_ID="4242", SLURM_ARRAY_TASK_ID=task)
+with open(state / f"task{task}.log", "a") as log:
+    subprocess.run(["bash", str(state / "job.sh")], env=env, stdout=log, stderr=log)
+''',
+    "srun": '''
+import os, sys
+from pathlib import Path
+args = sys.argv[1:]
+while args[0].startswith("--"):
+    args = args[2:] if args[0] in ("--output", "--error") else args[1:]
+with open(Path(os.environ["FAKE_SLURM"]) / f"task{os.environ['FAKE_SLURM_TASK']}.pids", "a") as pids:
+    pids.write(f"{os.getpid()}\\n")
+os.execvp(args[0], args)  # the job keeps this process id
+''',
+    "scontrol": '''
+import os, subprocess, sys
+from pathlib import Path
+state = Path(os.environ["FAKE_SLURM"])
+with open(state / "requeued", "a") as requeued:
+    requeued.write(" ".join(sys.argv[1:]) + "\\n")
+subprocess.Popen([sys.executable, str(state / "bin" / "run_task"), os.environ["FAKE_SLURM_TASK"], str(os.getppid())],
+                 start_new_session=True)
+''',
+    "sacct": 'print("JobID|State|NodeList")',
+}
+
+
+def test_a_preempted_slurm_job_is_requeued_into_the_same_folder_and_resumes_to_the_same_frames(tmp_path):
+    """submitit's preemption signal mid-clip: the job checkpoints (the plugin's checkpoint() gives the same
+    job again), asks SLURM to requeue it and exits; the requeued job runs in the same job folder, even
+    though the sweep folder's name holds the time to the microsecond, and resumes from its last frame."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    state = tmp_path / "slurm"
+    (state / "bin").mkdir(parents=True)
+    for name, code in FAKE_SLURM.items():
+        (state / "bin" / name).write_text(f"#!{sys.executable}\n{code}")
+        (state / "bin" / name).chmod(stat.S_IRWXU)
+    clip = ["experiment=tiny_cpu", "io=demo", "metrics.vgg_weights=random"]
+    whole = tmp_path / "whole"
+    assert run_qvedit(*clip, f"hydra.run.dir={whole}").returncode == 0
+    env = dict(os.environ, PATH=f"{state / 'bin'}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM=str(state),
+               PYTHONUNBUFFERED="1")
+    driver = subprocess.Popen([sys.executable, "-m", "qvedit", "-m", *clip, "seed=0", "hydra/launcher=slurm",
+                               f"hydra.sweep.dir={tmp_path}/sweep/" + "${now:%H-%M-%S-%f}"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "sweep").glob("*/0_seed=0/frames/00003.png")):
+            assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()[-3000:]
+            time.sleep(0.05)
+        job_pid = int((state / "task.pids").read_text().split()[0])
+        os.kill(job_pid, signal.SIGUSR2)  # SLURM's word that the job is preempted (submitit's signal)
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    log = (state / "task.log").read_text()
+    assert (state / "requeued").read_text().split() == ["requeue", "4242"], log[-3000:]
+    assert "this job is preempted" in log and re.search(r"resuming at frame [3-8]", log), log[-3000:]
+    assert len((state / "task.pids").read_text().split()) == 2  # the job ran twice
+    (sweep,) = (tmp_path / "sweep").iterdir()
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert job.name == "0_seed=0"
+    frames = sorted(p.name for p in (job / "frames").glob("*.png"))
+    assert frames == sorted(p.name for p in (whole / "frames").glob("*.png")) and len(frames) == 9
+    for name in frames:
+        assert (job / "frames" / name).read_bytes() == (whole / "frames" / name).read_bytes(), name
+    rows = (job / "metrics.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == [str(i) for i in range(1, 9)]

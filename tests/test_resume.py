@@ -3,6 +3,8 @@
 import os
 import random
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,9 +38,27 @@ def wait_for(path: Path, process: subprocess.Popen, timeout=180):
         time.sleep(0.05)
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert run_qvedit(*CLIP, f"hydra.run.dir={whole}").returncode == 0
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The clip made without interruption, once for the tests that stop and resume it."""
+    folder = tmp_path_factory.mktemp("whole")
+    assert run_qvedit(*CLIP, f"hydra.run.dir={folder}").returncode == 0
+    return folder
+
+
+def assert_same_clip(whole: Path, resumed: Path) -> None:
+    names = sorted(p.name for p in (whole / "frames").glob("*.png"))
+    assert names == sorted(p.name for p in (resumed / "frames").glob("*.png")) and len(names) == 9
+    for name in names:
+        assert (whole / "frames" / name).read_bytes() == (resumed / "frames" / name).read_bytes(), name
+    assert not list((resumed / "frames").glob(PARTIAL_GLOB))
+    rows = pd.read_csv(resumed / "metrics.csv")
+    assert rows["frame"].tolist() == list(range(1, 9))  # no duplicated or half-written row
+    pd.testing.assert_series_equal(rows["edge_loss"], pd.read_csv(whole / "metrics.csv")["edge_loss"])
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, whole):
+    killed = tmp_path / "killed"
     stop_after = random.Random().randint(1, 6)
     process = start(killed)
     wait_for(killed / "frames" / f"{stop_after:05d}.png", process)
@@ -52,15 +72,34 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     resumed_at = re.search(r"resuming at frame (\d+)", result.stdout + result.stderr)
     # A frame whose metrics row the kill cut off is made again, so resumption may start one frame earlier.
     assert resumed_at and len(kept) - 1 <= int(resumed_at.group(1)) <= len(kept)
-    names = sorted(p.name for p in (whole / "frames").glob("*.png"))
-    assert names == sorted(p.name for p in (killed / "frames").glob("*.png")) and len(names) == 9
-    for name in names:
-        assert (whole / "frames" / name).read_bytes() == (killed / "frames" / name).read_bytes(), name
-    assert not list((killed / "frames").glob(PARTIAL_GLOB))
-    rows = pd.read_csv(killed / "metrics.csv")
-    assert rows["frame"].tolist() == list(range(1, 9))  # no duplicated or half-written row
-    reference = pd.read_csv(whole / "metrics.csv")
-    pd.testing.assert_series_equal(rows["edge_loss"], reference["edge_loss"])
+    assert_same_clip(whole, killed)
+
+
+def test_sigterm_stops_cleanly_and_its_resume_command_equals_an_uninterrupted_run(tmp_path, whole):
+    """SIGTERM (preemption, docker stop): every frame on disk keeps its metrics row, the exit code is
+    143 with the command that resumes, and a second run into the folder meanwhile is refused."""
+    stopped = tmp_path / "stopped"
+    process = start(stopped)
+    wait_for(stopped / "frames" / f"{random.Random().randint(1, 5):05d}.png", process)
+    process.send_signal(signal.SIGSTOP)  # held still: the folder stays in use while the second run starts
+    second = run_qvedit(*CLIP, f"hydra.run.dir={stopped}")
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"frames is in use by process {process.pid} on " in second.stderr.strip().splitlines()[-1]
+    process.send_signal(signal.SIGTERM)  # taken as soon as it runs again, mid-frame
+    process.send_signal(signal.SIGCONT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr, stderr[-2000:]
+    frames = sorted(p.name for p in (stopped / "frames").glob("*.png"))
+    assert 2 <= len(frames) < 9 and not list((stopped / "frames").glob(PARTIAL_GLOB))
+    assert pd.read_csv(stopped / "metrics.csv")["frame"].tolist() == list(range(1, len(frames)))
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("qvedit: stopped by SIGTERM; the finished frames and their metrics rows are kept.")
+    command = shlex.split(message.split("Resume with: ")[1])
+    assert command[:3] == ["python", "-m", "qvedit"] and f"hydra.run.dir={stopped}" in command
+    result = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"resuming at frame {len(frames)}" in result.stdout + result.stderr
+    assert_same_clip(whole, stopped)
 
 
 def test_resume_with_other_settings_is_refused_listing_the_keys(tmp_path):
@@ -133,3 +172,40 @@ def test_a_manifest_written_before_the_settings_were_tagged_still_resumes(tmp_pa
     check_or_record(tmp_path, frame_settings(cfg))
     with pytest.raises(QveditError, match="parallel.ring_degree: 1 -> 2"):
         check_or_record(tmp_path, {**frame_settings(cfg), "parallel.ring_degree": 2})
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs (root can mount one); skipped where the machine does not allow it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                            text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}); test_bad_inputs.py injects the errors")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_freed(small_disk, whole):
+    run_dir = small_disk / "run"
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 80 * 1024))  # room for a few frames
+    command = [*CLIP, f"hydra.run.dir={run_dir}"]
+    full = run_qvedit(*command)
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-2000:]
+    (error,) = [line for line in full.stderr.splitlines() if line.startswith("qvedit: error:")]
+    assert re.search(r"cannot write \S+ in \S+: No space left on device \([\d.]+ (B|KiB) free there\); free space",
+                     error), error
+    frames = sorted((run_dir / "frames").glob("*.png"))
+    assert 1 <= len(frames) < 9
+    for path in frames:  # every frame written is whole
+        assert path.read_bytes() == (whole / "frames" / path.name).read_bytes()
+    assert not [p for p in run_dir.rglob(PARTIAL_GLOB) if p.is_file()]
+    if (run_dir / "metrics.csv").is_file():
+        rows = pd.read_csv(run_dir / "metrics.csv")["frame"].tolist()
+        assert rows == list(range(1, len(rows) + 1)) and len(rows) <= max(0, len(frames) - 1)
+    filler.unlink()
+    resumed = run_qvedit(*command)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_clip(whole, run_dir)

@@ -18,6 +18,7 @@ from qvedit.guidance.edges import edge_map
 
 # relu1_2, relu2_2, relu3_3, relu4_3 in torchvision's vgg16().features.
 STYLE_LAYERS = (3, 8, 15, 22)
+VGG_SMALLEST_INPUT = 8  # relu4_3 comes after 3 pools: a side below 8 pixels vanishes
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _RANDOM_SEED = 0
@@ -35,6 +36,18 @@ def resize_long_side(img: torch.Tensor, size: int | None) -> torch.Tensor:
     scale = size / long_side
     new_size = (max(1, round(height * scale)), max(1, round(width * scale)))
     return F.interpolate(img, size=new_size, mode="bilinear", antialias=True, align_corners=False)
+
+
+def at_least(img: torch.Tensor, side: int) -> torch.Tensor:
+    """(B,C,H,W) -> (B,C,max(H,side),max(W,side)): a side below ``side`` stretched to it (bilinear), else unchanged.
+
+    VGG16 halves its input at every pool and fails once a side reaches 0: tiny images are computed
+    at the smallest size it takes, so anything that already worked gets the same numbers.
+    """
+    height, width = img.shape[-2:]
+    if height >= side and width >= side:
+        return img
+    return F.interpolate(img, size=(max(height, side), max(width, side)), mode="bilinear", align_corners=False)
 
 
 def _resize_to(img: torch.Tensor, size: tuple[int, int], area_when_shrinking: bool) -> torch.Tensor:
@@ -204,7 +217,8 @@ class VGGStyle(torch.nn.Module):
 
     def grams(self, img: torch.Tensor, size: int | None = None) -> list[torch.Tensor]:
         """(B,3,H,W) in [0,1], any float dtype -> 4 Gram matrices (B,C,C), at long side ``size``."""
-        return [gram_matrix(f) for f in self(resize_long_side(img.to(torch.float32), size))]
+        small = resize_long_side(img.to(torch.float32), size)
+        return [gram_matrix(f) for f in self(at_least(small, VGG_SMALLEST_INPUT))]
 
 
 _shared: dict[tuple[str, str], VGGStyle] = {}

@@ -7,42 +7,37 @@ from dataclasses import dataclass
 from typing import Optional
 
 from qvedit.errors import QveditError
-from qvedit.fields import setting
+from qvedit.fields import check_fields, setting
 
 EDGE_OPS = ("sobel", "laplacian")  # qvedit.guidance.edges implements each
 VGG_WEIGHTS = ("imagenet", "random")
 TEMPORAL_MODES = ("plain", "flow")
 FLOW_METHODS = ("dis", "raft")
+VGG_MIN_SIZE = 32  # VGG16 halves the image 3 times before relu4_3: 32 pixels leave 4x4 features
 
 
 @dataclass
 class TTLGSettings:
     """Which losses guide the latents, how hard, and at which denoising steps."""
 
-    edge_scale: float = setting(0.0, frames=True)
-    gram_scale: float = setting(0.0, frames=True)
-    temporal_scale: float = setting(0.0, frames=True)
-    lr: float = setting(0.05, frames=True)
-    every: int = setting(1, frames=True)
-    start_step: Optional[int] = setting(None, frames=True)
-    end_step: Optional[int] = setting(None, frames=True)
-    last_steps: Optional[int] = setting(10, frames=True)
-    edge_size: Optional[int] = setting(256, frames=True)
-    gram_size: Optional[int] = setting(256, frames=True)
-    temporal_size: int = setting(64, frames=True)
+    edge_scale: float = setting(0.0, frames=True, min=0)
+    gram_scale: float = setting(0.0, frames=True, min=0)
+    temporal_scale: float = setting(0.0, frames=True, min=0)
+    lr: float = setting(0.05, frames=True, min=0)
+    every: int = setting(1, frames=True, min=1)
+    start_step: Optional[int] = setting(None, frames=True, min=0)
+    end_step: Optional[int] = setting(None, frames=True, min=0)
+    last_steps: Optional[int] = setting(10, frames=True, min=0)
+    edge_size: Optional[int] = setting(256, frames=True, min=1)
+    gram_size: Optional[int] = setting(256, frames=True, min=VGG_MIN_SIZE)
+    temporal_size: int = setting(64, frames=True, min=1)
     temporal_mode: str = setting("plain", frames=True)  # flow: the previous frame warped by the source flow
     edge_op: str = setting("sobel", frames=True)
     vgg_weights: str = setting("imagenet", frames=True)
     decode_checkpointing: bool = setting(True)  # recomputes the decoder in the backward: the same numbers
 
     def __post_init__(self):
-        for key in (*self.scales(), "lr"):
-            if getattr(self, key) < 0:
-                raise QveditError(f"ttlg.{key}={getattr(self, key)} is negative: use 0 (off) or a positive number")
-        if self.every < 1:
-            raise QveditError(f"ttlg.every={self.every} must be >= 1")
-        if self.last_steps is not None and self.last_steps < 0:
-            raise QveditError(f"ttlg.last_steps={self.last_steps} must be >= 0 (or null for all steps)")
+        check_fields(self, "ttlg.")
         if self.edge_op not in EDGE_OPS:
             raise QveditError(f"unknown edge op {self.edge_op!r}: set it to one of {', '.join(sorted(EDGE_OPS))}")
         if self.temporal_mode not in TEMPORAL_MODES:
@@ -76,13 +71,12 @@ class FlowSettings:
     ``ttlg.temporal_mode=flow``."""
 
     method: str = setting("dis", frames=True)
-    size: Optional[int] = setting(None, frames=True)  # long side the flow is computed at; null = frame size
+    size: Optional[int] = setting(None, frames=True, min=16)  # long side the flow is computed at; null = frame size
     raft_weights: str = setting("pretrained", frames=True)  # pretrained (torch hub cache) | random (tests only)
 
     def __post_init__(self):
+        check_fields(self, "flow.")
         if self.method not in FLOW_METHODS:
             raise QveditError(f"flow.method={self.method!r}: use dis (OpenCV, no weights) or raft (torchvision)")
         if self.raft_weights not in ("pretrained", "random"):
             raise QveditError(f"flow.raft_weights={self.raft_weights!r}: use pretrained, or random (tests only)")
-        if self.size is not None and self.size < 16:
-            raise QveditError(f"flow.size={self.size} is too small: use at least 16 (or null for the frame size)")

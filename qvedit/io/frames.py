@@ -9,7 +9,8 @@ from pathlib import Path
 from PIL import Image
 
 from qvedit.errors import QveditError
-from qvedit.files import atomic_path, remove_partials
+from qvedit import locks
+from qvedit.files import atomic_path, commit_partial, remove_partials
 from qvedit.images import check_readable, read_rgb8
 from qvedit.io.settings import RESIZE_MODES, check_resize
 
@@ -117,7 +118,11 @@ class FrameFolders:
 
 
 class FrameWriter:
-    """Writes ``00000.png, 00001.png ...`` into a folder; each file appears whole or not at all."""
+    """Writes ``00000.png, 00001.png ...`` into a folder; each file appears whole or not at all.
+
+    The writer holds the folder's lock (``qvedit.locks``) from the start: a second run into the
+    same folder is refused before it touches anything there.
+    """
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -129,6 +134,7 @@ class FrameWriter:
             raise QveditError(f"cannot create output folder {self.folder}: {err.strerror}") from None
         if not os.access(self.folder, os.W_OK):
             raise QveditError(f"output folder {self.folder} is not writable: set io.out_frames_dir elsewhere")
+        locks.hold(self.folder)
         remove_partials(self.folder)  # left by a killed run
 
     def path(self, index: int) -> Path:
@@ -138,6 +144,15 @@ class FrameWriter:
         with atomic_path(self.path(index)) as partial:
             image.save(partial, format="PNG")
         return self.path(index)
+
+    def stage(self, index: int, image: Image.Image) -> Path:
+        """Write frame ``index`` under its temporary name; ``commit(index)`` makes it appear."""
+        with atomic_path(self.path(index), rename=False) as partial:
+            image.save(partial, format="PNG")
+        return self.path(index)
+
+    def commit(self, index: int) -> Path:
+        return commit_partial(self.path(index))
 
     def finished(self) -> int:
         """How many frames 00000, 00001, ... are already there without a gap."""

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from qvedit.files import write_text_atomic
+
 JOB_ERROR_FILE = "error.txt"
 
 
@@ -83,8 +85,7 @@ def metrics_csv_of(run_dir: Path, metrics_path: Optional[str]) -> Path:
 
 def record_job_error(run_dir: Path, message: str) -> None:
     """Leave a sweep job's failure where the acceptance report finds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / JOB_ERROR_FILE).write_text(message.strip() + "\n")
+    write_text_atomic(run_dir / JOB_ERROR_FILE, message.strip() + "\n")
 
 
 def job_error(run_dir: Path) -> Optional[str]:
@@ -101,7 +102,7 @@ def holds_nothing_of_its_own(run_dir: Path) -> bool:
         relative = path.relative_to(run_dir)
         if path.is_dir() or relative.parts[0] == ".hydra" or (len(relative.parts) == 1 and path.suffix == ".log"):
             continue
-        if relative.name == ".qvedit-run.yaml":  # the frames manifest (outputs.MANIFEST)
+        if relative.name in (".qvedit-run.yaml", ".qvedit-lock"):  # the frames manifest and lock (outputs, locks)
             continue
         return False
     return True

@@ -51,6 +51,15 @@ def condition_area(area: int) -> Iterator[None]:
         module.VAE_IMAGE_SIZE = saved
 
 
+def condition_sizes(image_size: tuple[int, int], vae_area: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((W, H) of the vision-language encoder's condition image, (W, H) the VAE encodes) for an image of
+    ``image_size`` = (W, H): the pipeline derives both from the image's aspect ratio (``calculate_dimensions``,
+    sides rounded to multiples of 32, so an elongated image can get a side of 0)."""
+    module = _pipeline_module()
+    ratio = image_size[0] / image_size[1]
+    return module.calculate_dimensions(module.CONDITION_IMAGE_SIZE, ratio), module.calculate_dimensions(vae_area, ratio)
+
+
 def pipeline_condition_area() -> int:
     """The area diffusers encodes condition images at by default (1024 * 1024 in 0.42.1)."""
     return _pipeline_module().VAE_IMAGE_SIZE
@@ -254,7 +263,9 @@ def _has(owner, *names: str) -> Optional[str]:
 
 
 def _check_condition_area() -> Optional[str]:
-    return _has(_pipeline_module(), "VAE_IMAGE_SIZE") or _in_call("VAE_IMAGE_SIZE")
+    return (_has(_pipeline_module(), "VAE_IMAGE_SIZE", "CONDITION_IMAGE_SIZE", "calculate_dimensions")
+            or _in_call("CONDITION_IMAGE_SIZE, image_width / image_height",
+                        "calculate_dimensions(VAE_IMAGE_SIZE, image_width / image_height)"))
 
 
 def _check_velocity() -> Optional[str]:
@@ -320,7 +331,8 @@ class Adaptation:
 
 ADAPTATIONS = (
     Adaptation("condition_area", "condition_area key",
-               "module constant pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE, read by __call__ on every call",
+               "module constant pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE, read by __call__ on every call; "
+               "condition image sizes from calculate_dimensions(CONDITION_IMAGE_SIZE / VAE_IMAGE_SIZE, W / H)",
                _check_condition_area),
     Adaptation("record_velocity", "guidance x0 estimate",
                "__call__ calls scheduler.step(noise_pred, ...) once per step, then callback_on_step_end, and "

@@ -15,6 +15,7 @@ import torch
 
 from qvedit.devices import check_device, torch_dtype
 from qvedit.errors import QveditError
+from qvedit.models.integrity import check_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +53,32 @@ def _cached(key: tuple, make):
 def load_pretrained(model_id: str, device: str, dtype: str):
     """Load Qwen-Image-Edit-2509 from a hub id or a local folder, frozen, on ``device``.
 
-    Reuses the pipeline already loaded by this process when the arguments match.
+    Reuses the pipeline already loaded by this process when the arguments match. A local folder is
+    checked first (``integrity``), before the pipeline loaded now is let go.
     """
+    local = Path(model_id).expanduser().is_dir()
+    if local:
+        check_model_folder(Path(model_id).expanduser())
+
     def make():
         from diffusers import QwenImageEditPlusPipeline
 
         check_device(device)
         log.info("loading %s on %s (%s)", model_id, device, dtype)
         try:
-            pipe = QwenImageEditPlusPipeline.from_pretrained(str(model_id), dtype=torch_dtype(dtype))
+            # safetensors only: a pickled checkpoint (.bin, .pt) could run code when loaded
+            pipe = QwenImageEditPlusPipeline.from_pretrained(str(model_id), dtype=torch_dtype(dtype),
+                                                             use_safetensors=True)
         except QveditError:
             raise
-        except (OSError, ValueError, EnvironmentError) as err:
+        except Exception as err:  # a local folder: whatever the libraries raise on damage it did not catch
+            if not (local or isinstance(err, (OSError, ValueError))):
+                raise
+            where = (f"the folder {model_id} does not load" if local else
+                     "it is not a local pipeline folder and could not be fetched from the hub")
             raise QveditError(
-                f"cannot load model {model_id!r}: it is not a local pipeline folder and could not be fetched from "
-                f"the hub ({short_reason(err)}). Pass model.model_id=/path/to/Qwen-Image-Edit-2509, or try model=tiny"
+                f"cannot load model {model_id!r}: {where} ({short_reason(err)}). Pass "
+                "model.model_id=/path/to/Qwen-Image-Edit-2509 (safetensors weights), or try model=tiny"
             ) from None
         return pipe.to(device)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from qvedit.errors import QveditError
-from qvedit.fields import setting
+from qvedit.fields import check_fields, setting
 from qvedit.files import cache_dir
 
 TINY_MODEL_FOLDER = "tiny-qwen-image-edit-2509"  # in the cache folder; conf/model/tiny.yaml names it too
@@ -78,9 +78,9 @@ class ParallelSettings:
     CFG parallelism computes each pass exactly as one process does, so ``cfg_degree`` does not.
     """
 
-    ulysses_degree: int = setting(1, frames=True)
-    ring_degree: int = setting(1, frames=True)
-    cfg_degree: int = setting(1)
+    ulysses_degree: int = setting(1, frames=True, min=1)
+    ring_degree: int = setting(1, frames=True, min=1)
+    cfg_degree: int = setting(1, min=1, max=2)  # two passes to share: prompt and negative prompt
 
     @property
     def degree(self) -> int:
@@ -88,12 +88,7 @@ class ParallelSettings:
 
     def check(self, true_cfg_scale: float) -> None:
         """Refuse degrees that cannot work, before anything is loaded."""
-        if min(self.ulysses_degree, self.ring_degree, self.cfg_degree) < 1:
-            raise QveditError(f"parallel degrees must be >= 1 (1 = no splitting): ulysses_degree="
-                              f"{self.ulysses_degree}, ring_degree={self.ring_degree}, cfg_degree={self.cfg_degree}")
-        if self.cfg_degree > 2:
-            raise QveditError(f"parallel.cfg_degree={self.cfg_degree}: there are two passes to share (prompt and "
-                              "negative prompt), so 1 or 2")
+        check_fields(self, "parallel.")
         if self.cfg_degree == 2 and self.ulysses_degree * self.ring_degree > 1:
             raise QveditError("parallel.cfg_degree=2 does not combine with ulysses_degree/ring_degree > 1: "
                               "choose one (cfg_degree=2 measured faster on 2 GPUs, see README)")

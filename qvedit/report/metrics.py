@@ -10,6 +10,7 @@ when the ``lpips`` package is missing; ``warp_error`` is empty when no flow was 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from qvedit.errors import QveditError
-from qvedit.files import atomic_path
+from qvedit.files import append_whole, atomic_path
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.flow import FlowPair, warp_error
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 TIMING_COLUMNS = ["seconds", "guided_steps", "peak_mem_mib"]
 QUALITY_COLUMNS = ["edge_loss", "gram_loss", "warp_error"]
 LPIPS_COLUMNS = ["lpips_to_init", "lpips_to_prev"]
+LPIPS_SMALLEST_INPUT = 16  # lpips' VGG16 pools 4 times before relu5_3
 
 # (backbone, device) -> LPIPS model, built once per process like the pipeline (VGG: losses.shared_vgg).
 _models: dict[tuple, torch.nn.Module] = {}
@@ -91,6 +93,10 @@ class FrameMetrics:
     def start(self, init: Image.Image) -> None:
         """Remember frame 0 (the Gram and LPIPS reference)."""
         if self.quality:
+            if min(init.size) < LPIPS_SMALLEST_INPUT:
+                log.warning("metrics: the frames are %dx%d, smaller than VGG16 takes: gram_loss and LPIPS are computed "
+                            "on them stretched to at least %d pixels a side (%d for gram_loss), so they say little",
+                            *init.size, LPIPS_SMALLEST_INPUT, losses.VGG_SMALLEST_INPUT)
             self.init = to_tensor(init).to(self.device)
             with torch.no_grad():
                 self.init_grams = self.vgg.grams(self.init, self.settings.gram_size)
@@ -117,7 +123,7 @@ class FrameMetrics:
 
     def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> float:
         """Both (1, 3, H, W) in [0, 1], resized to long side ``size``, compared in [-1, 1]."""
-        a = losses.resize_long_side(a, self.settings.size)
+        a = losses.at_least(losses.resize_long_side(a, self.settings.size), LPIPS_SMALLEST_INPUT)
         b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
         return float(self.lpips(a * 2 - 1, b * 2 - 1).mean())
 
@@ -137,16 +143,21 @@ class MetricsLog:
             csv.writer(handle, lineterminator="\n").writerows([columns] + kept)
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerow([row.get(c, "") for c in self.columns])
+        line = io.StringIO()
+        csv.writer(line, lineterminator="\n").writerow([row.get(c, "") for c in self.columns])
+        append_whole(self.path, line.getvalue())
 
 
 def complete_rows(path: Path, columns: list[str]) -> list[list[str]]:
     """The whole rows of frames 1, 2, ... without a gap in an existing ``metrics.csv`` with these columns."""
     if not path.is_file():
         return []
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as err:  # damaged on disk: its frames are made again
+        log.warning("%s cannot be read (%s): its frames are made again", path, err)
+        return []
     if not rows or rows[0] != columns:
         return []
     kept = []

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from qvedit.errors import QveditError
-from qvedit.fields import setting
+from qvedit.fields import check_fields, setting
+from qvedit.guidance.settings import VGG_MIN_SIZE
 
 VGG_BACKBONES = ("imagenet", "random")
 
@@ -20,11 +21,12 @@ class MetricsSettings:
 
     quality: bool = setting(True)
     path: Optional[str] = setting(None, path="output")
-    size: int = setting(256)
-    gram_size: int = setting(256)
+    size: int = setting(256, min=VGG_MIN_SIZE)
+    gram_size: int = setting(256, min=VGG_MIN_SIZE)
     vgg_weights: str = setting("imagenet")
 
     def __post_init__(self):
+        check_fields(self, "metrics.")
         if self.vgg_weights not in VGG_BACKBONES:
             raise QveditError(f"metrics.vgg_weights={self.vgg_weights!r}: use imagenet or random (tests only)")
 
@@ -39,13 +41,13 @@ class MetricsSettings:
 class Thresholds:
     """The median-of-seeds acceptance criteria (spec §6.3); defaults are the specification's."""
 
-    frames: int = setting(8)
-    edge_ratio: float = setting(0.95)
-    edge_frames_fraction: float = setting(0.6)
-    gram_ratio: float = setting(0.98)
-    lpips_prev_min: float = setting(0.005)
-    lpips_init_min: float = setting(0.01)
-    warp_ratio: float = setting(1.0)  # guided warp error / unguided, at most this (1.0: not worse)
+    frames: int = setting(8, min=1)
+    edge_ratio: float = setting(0.95, min=0)
+    edge_frames_fraction: float = setting(0.6, min=0, max=1)
+    gram_ratio: float = setting(0.98, min=0)
+    lpips_prev_min: float = setting(0.005, min=0, max=1)
+    lpips_init_min: float = setting(0.01, min=0, max=1)
+    warp_ratio: float = setting(1.0, min=0)  # guided warp error / unguided, at most this (1.0: not worse)
 
 
 LOGGER_BACKENDS = ("none", "mlflow")

@@ -1,0 +1,78 @@
+"""One writer per folder: a run holds an OS lock on each folder it writes frames into.
+
+The lock is ``flock`` on ``<folder>/.qvedit-lock``: the kernel releases it when the process ends,
+however it ends, so a killed run leaves nothing stale behind. A second process that wants the
+folder is refused with the process (and host) that holds it, which the holder writes into the
+lock file. The lock file is written in place, not through ``qvedit.files.atomic_path``: ``flock``
+belongs to the file's inode, which a rename would replace. Within one process a folder may be
+taken again (a sweep, or a test, running one job after another); ``release_all`` ends a run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+from pathlib import Path
+
+from qvedit.errors import QveditError
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".qvedit-lock"
+
+_held: dict[Path, int] = {}  # folder -> the open lock file this process holds
+
+
+def _still_held(folder: Path) -> bool:
+    """Whether this process's lock on ``folder`` is on the lock file that is there now."""
+    fd = _held.get(folder)
+    if fd is None:
+        return False
+    try:
+        return os.fstat(fd).st_ino == (folder / LOCK_FILE).stat().st_ino
+    except OSError:
+        return False
+
+
+def hold(folder: Path) -> None:
+    """Take ``folder`` for this process, or raise a QveditError naming the process that has it."""
+    folder = Path(folder).resolve()
+    if _still_held(folder):
+        return
+    release(folder)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise QveditError(f"{folder} is in use by {holder}, another qvedit run writing frames there: let it finish "
+                          "or stop it, or write to a new folder (another hydra.run.dir or io.out_frames_dir)") from None
+    except OSError as err:  # a filesystem without locks (some NFS or Lustre mounts)
+        os.close(fd)
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        log.warning("cannot lock %s (%s): a second run into this folder would not be stopped", folder, err.strerror)
+        return
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+    except OSError:  # a full disk: the lock holds all the same, its holder is just not named
+        pass
+    _held[folder] = fd
+
+
+def release(folder: Path) -> None:
+    fd = _held.pop(Path(folder).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def release_all() -> None:
+    """Give back every folder this process holds (the end of a run)."""
+    for folder in list(_held):
+        release(folder)
