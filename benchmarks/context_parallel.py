@@ -1,7 +1,8 @@
-"""One frame on two GPUs vs one: context parallelism's outputs and its speed (needs 2 CUDA GPUs).
+"""One frame on two or four GPUs vs one: context parallelism's outputs and its speed (needs 2 CUDA GPUs).
 
     python benchmarks/context_parallel.py --out cp_results            # tiny equality + 1024² timing
     python benchmarks/context_parallel.py --out cp_results --skip-timing
+    python benchmarks/context_parallel.py --out cp4 --layouts "1 GPU,ulysses 2,ulysses 4,cfg 2 x ulysses 2"
 
 1. Outputs: the tiny model on the demo clip in bf16, one GPU vs ``torchrun --nproc-per-node 2``
    with parallel.ulysses_degree=2, ring_degree=2 and cfg_degree=2, guidance off and edge_gram.
@@ -36,7 +37,13 @@ LAUNCH = {
                "-m", "qvedit", "parallel.ring_degree=2"],
     "cfg 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
               "-m", "qvedit", "parallel.cfg_degree=2"],
+    "ulysses 4": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                  "-m", "qvedit", "parallel.ulysses_degree=4"],
+    # one Ulysses pair of GPUs per CFG pass: its frames should be those of "ulysses 2"
+    "cfg 2 x ulysses 2": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                          "-m", "qvedit", "parallel.cfg_degree=2", "parallel.ulysses_degree=2"],
 }
+SAME_FRAMES_AS = {"cfg 2 x ulysses 2": "ulysses 2"}
 
 
 def qvedit(layout: str, overrides: list[str], run_dir: Path) -> dict:
@@ -79,12 +86,14 @@ def synthetic_clip(folder: Path, size: int) -> list[str]:
 def write(out: Path, results: dict) -> None:
     (out / "context_parallel.json").write_text(json.dumps(results, indent=2))
     lines = ["# One frame on 2 GPUs vs 1", "", "## Outputs (tiny model, bf16, demo clip)", "",
-             "| run | ttlg | frames | max abs diff | mean abs diff | frame 1 mean abs diff |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| run | ttlg | frames | max abs diff | mean abs diff | frame 1 mean abs diff | vs its twin (max, mean) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in results["equality"]:
         d = row["vs 1 GPU"]
+        twin = next((v for k, v in row.items() if k.startswith("vs ") and k != "vs 1 GPU"), None)
+        versus_twin = f"{twin['max_abs']}, {twin['mean_abs']}" if twin else "-"
         lines.append(f"| {row['layout']} | {row['ttlg']} | {d['frames']} | {d['max_abs']} | {d['mean_abs']} | "
-                     f"{d['first_frame_mean_abs']} |")
+                     f"{d['first_frame_mean_abs']} | {versus_twin} |")
     if results["timing"]:
         lines += ["", f"## Speed ({results['timing_setup']})", "",
                   "| run | frame s | speed-up | run wall s | mean abs diff vs 1 GPU |",
@@ -120,6 +129,9 @@ def main() -> None:
                 row = {"layout": layout, "ttlg": ttlg, **qvedit(layout, overrides, run_dir)}
                 if layout != layouts[0]:
                     row["vs 1 GPU"] = frame_difference(out / f"tiny_{ttlg}_{layouts[0].replace(' ', '')}", run_dir)
+                    twin = SAME_FRAMES_AS.get(layout)
+                    if twin in layouts:
+                        row[f"vs {twin}"] = frame_difference(out / f"tiny_{ttlg}_{twin.replace(' ', '')}", run_dir)
                     results["equality"].append(row)
                 print(json.dumps(row), flush=True)
                 write(out, results)
@@ -132,6 +144,9 @@ def main() -> None:
             row = {"layout": layout, **qvedit(layout, overrides, run_dir)}
             if layout != layouts[0]:
                 row["vs 1 GPU"] = frame_difference(out / f"full_{layouts[0].replace(' ', '')}", run_dir)
+                twin = SAME_FRAMES_AS.get(layout)
+                if twin in layouts:
+                    row[f"vs {twin}"] = frame_difference(out / f"full_{twin.replace(' ', '')}", run_dir)
             results["timing"].append(row)
             print(json.dumps(row), flush=True)
             write(out, results)

@@ -54,6 +54,22 @@ def test_checkpointed_decode_has_the_same_gradient(tiny_pipe):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
 
 
+def test_a_smaller_guidance_decode_is_the_frame_at_about_that_size_with_a_gradient(tiny_pipe):
+    """ttlg.decode_size: latents resized before the decode give an image of the asked long side that
+    looks like the full decode made smaller, and the gradient still reaches every latent."""
+    latents = call(tiny_pipe, "latent")
+    full = LatentDecoder(tiny_pipe, 48, 64).decode(latents)
+    assert torch.equal(LatentDecoder(tiny_pipe, 48, 64, long_side=64).decode(latents), full)  # no smaller: as is
+    leaf = latents.clone().requires_grad_(True)
+    with torch.enable_grad():
+        small = LatentDecoder(tiny_pipe, 48, 64, long_side=32).decode(leaf)
+        small.pow(2).mean().backward()
+    assert small.shape == (1, 3, 24, 32)
+    shrunk = torch.nn.functional.interpolate(full, size=(24, 32), mode="area")
+    assert (small.detach() - shrunk).abs().mean() < (small.detach() - shrunk.flip(-1)).abs().mean()
+    assert leaf.grad.abs().sum() > 0 and torch.isfinite(leaf.grad).all()
+
+
 def test_x0_from_the_latents_after_the_step_equals_x0_before_it():
     """x0 = x_{t-1} - sigma_{t-1} v (what the callback computes) is the x_t - sigma_t v of the spec."""
     scheduler = FlowMatchEulerDiscreteScheduler()

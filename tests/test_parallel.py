@@ -104,15 +104,19 @@ def test_degrees_must_match_the_torchrun_process_count(monkeypatch):
         ParallelSettings(ring_degree=2).start("cuda")
     with pytest.raises(QveditError, match="multiply to 1"):
         ParallelSettings().start("cuda")
-    with pytest.raises(QveditError, match="must be >= 1"):
+    with pytest.raises(QveditError, match="out of range: use an integer >= 1"):
         ParallelSettings(ulysses_degree=0).start("cuda")
     with pytest.raises(QveditError, match="device=cpu: context parallelism"):
         ParallelSettings(ulysses_degree=2, ring_degree=2).start("cpu")
+    with pytest.raises(QveditError, match="torchrun started 4 processes but the parallel.* degrees multiply to 2"):
+        ParallelSettings(cfg_degree=2).start("cuda")
+    ParallelSettings(cfg_degree=2, ulysses_degree=2).check(4.0)  # one pair of GPUs per CFG pass: 4 processes
+    with pytest.raises(QveditError, match="device=cpu: context parallelism"):
+        ParallelSettings(cfg_degree=2, ulysses_degree=2).start("cpu")
 
 
 @pytest.mark.parametrize("settings, true_cfg_scale, message", [
-    (ParallelSettings(cfg_degree=3), 4.0, "1 or 2"),
-    (ParallelSettings(cfg_degree=2, ulysses_degree=2), 4.0, "does not combine"),
+    (ParallelSettings(cfg_degree=3), 4.0, "from 1 to 2"),
     (ParallelSettings(cfg_degree=2), 1.0, "raise true_cfg_scale above 1"),
 ])
 def test_cfg_parallelism_is_refused_where_it_cannot_work(settings, true_cfg_scale, message):

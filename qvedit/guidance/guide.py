@@ -113,7 +113,7 @@ class Guide:
         """The ``callback_on_step_end`` for one frame; edge_target (1, 1, H, W) in [0, 1]. With
         ``ttlg.temporal_mode=flow``, ``flow`` (frame to previous frame, from the source frames) moves the
         previous frame onto this one for the temporal loss, and its occlusions are left out."""
-        decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing)
+        decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing, self.settings.decode_size)
         self.guided_steps = 0
         self.temporal_target, self.temporal_mask = self.previous, None
         if self.settings.temporal_mode == "flow" and self.settings.temporal_scale > 0:

@@ -34,6 +34,8 @@ class TTLGSettings:
     temporal_mode: str = setting("plain", frames=True)  # flow: the previous frame warped by the source flow
     edge_op: str = setting("sobel", frames=True)
     vgg_weights: str = setting("imagenet", frames=True)
+    # long side (pixels) x0 is decoded at for the losses: the latents are resized first; null = the frame's size
+    decode_size: Optional[int] = setting(None, frames=True, min=16)
     decode_checkpointing: bool = setting(True)  # recomputes the decoder in the backward: the same numbers
 
     def __post_init__(self):

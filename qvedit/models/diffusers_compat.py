@@ -113,15 +113,22 @@ class LatentDecoder:
     ``decode(latents)``: latents (1, (H/16)*(W/16), C*4) packed -> image (1, 3, H, W) in [0, 1],
     equal to the pipeline's ``output_type="pt"`` image for the same latents. With
     ``checkpointing`` the VAE decoder keeps only block inputs and recomputes each block in the
-    backward pass, trading one more decoder forward for most of the activation memory.
+    backward pass, trading one more decoder forward for most of the activation memory. With
+    ``long_side`` smaller than the frame's, the latents are first resized (bilinear, antialiased) so
+    that the decoded image has about that long side: a cheaper decode for losses computed smaller.
     """
 
-    def __init__(self, pipe, height: int, width: int, checkpointing: bool = False):
+    def __init__(self, pipe, height: int, width: int, checkpointing: bool = False, long_side: Optional[int] = None):
         self.pipe = pipe
         self.vae = pipe.vae
         self.height = height
         self.width = width
         self.checkpointing = checkpointing
+        scale = self.pipe.vae_scale_factor
+        shrink = 1.0 if long_side is None else min(1.0, long_side / max(height, width))
+        # latent (h, w) to decode at; None = as unpacked
+        self.latent_size = None if shrink == 1.0 else (max(1, round(height // scale * shrink)),
+                                                       max(1, round(width // scale * shrink)))
         z_dim = self.vae.config.z_dim
         self.mean = torch.tensor(self.vae.config.latents_mean).view(1, z_dim, 1, 1, 1)
         self.inv_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z_dim, 1, 1, 1)
@@ -130,6 +137,9 @@ class LatentDecoder:
         z = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
         z = z.to(self.vae.dtype)
         z = z / self.inv_std.to(z.device, z.dtype) + self.mean.to(z.device, z.dtype)
+        if self.latent_size is not None:  # (B, C, 1, h, w): one latent frame
+            z = torch.nn.functional.interpolate(z[:, :, 0].float(), size=self.latent_size, mode="bilinear",
+                                                antialias=True, align_corners=False)[:, :, None].to(z.dtype)
         if self.checkpointing:
             image = self._decode_checkpointed(z)
         else:

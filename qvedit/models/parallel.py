@@ -13,6 +13,10 @@ every rank. Two ways to share a frame's work:
   single-GPU computation, so frames are the single-GPU frames. Diffusers has no CFG parallelism;
   ``CFGSplit`` adds it without touching the denoising loop (``diffusers_compat.CFGPasses`` wraps the
   transformer's forward).
+- both: with ``cfg_degree=2`` and a context degree C, the ranks form a (cfg, ring, ulysses) device
+  mesh: ranks 0..C-1 run the prompt pass with context parallelism among themselves, ranks C..2C-1
+  the negative-prompt pass, and rank i exchanges predictions with rank i +/- C. The frames are
+  those of context parallelism alone with degree C.
 
 Rank 0 is the only one that writes (frames, metrics, previews, logs) and the only one that runs
 the guidance step: it decodes x0 and takes the loss gradients on its full latents, then every rank
@@ -54,9 +58,9 @@ def start_team(settings: ParallelSettings, device: str) -> "Team":
             f"set parallel.ulysses_degree={world} or parallel.cfg_degree={world} (or --nproc-per-node "
             f"{settings.degree})")
     if not device.startswith("cuda"):
-        if settings.cfg_degree == 1:
+        if settings.context_degree > 1:
             raise QveditError(f"device={device}: context parallelism splits a frame across CUDA GPUs; "
-                              "use device=cuda (parallel.cfg_degree=2 also runs on the CPU)")
+                              "use device=cuda (parallel.cfg_degree=2 alone also runs on the CPU)")
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         return Team(rank=dist.get_rank(), size=dist.get_world_size(), device=device, settings=settings)
@@ -78,12 +82,19 @@ def share_transformer(pipe, settings: ParallelSettings, team: "Team") -> None:
     if settings.cfg_degree == 2 and not isinstance(getattr(pipe.transformer, "_qvedit_cfg_split", None), CFGSplit):
         team.check_same_weights(pipe.transformer)
         pipe.transformer._qvedit_cfg_split = CFGSplit(pipe.transformer, team)
-        log.info("CFG parallelism: prompt pass on rank 0, negative-prompt pass on rank 1")
+        log.info("CFG parallelism: prompt pass on ranks 0-%d, negative-prompt pass on ranks %d-%d",
+                 settings.context_degree - 1, settings.context_degree, team.size - 1)
     if settings.ulysses_degree * settings.ring_degree == 1 or parallel_config(pipe.transformer) is not None:
         return
     from diffusers import ContextParallelConfig
 
     team.check_same_weights(pipe.transformer)
+    mesh = None
+    if settings.cfg_degree == 2:  # each CFG pass on its own context-parallel group of ranks
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cuda", (2, settings.ring_degree, settings.ulysses_degree),
+                                mesh_dim_names=("cfg", "ring", "ulysses"))
     if settings.ring_degree > 1 and attention_backend(pipe.transformer) in (None, "native"):
         # Ring attention merges partial results by their log-sum-exp, which SDPA does not return.
         pipe.transformer.set_attention_backend("_native_cudnn")
@@ -92,14 +103,14 @@ def share_transformer(pipe, settings: ParallelSettings, team: "Team") -> None:
     # vary, and so do image token counts); diffusers has them for one split dimension only.
     config = ContextParallelConfig(
         ulysses_degree=settings.ulysses_degree, ring_degree=settings.ring_degree,
-        ulysses_anything=settings.ring_degree == 1, ring_anything=settings.ulysses_degree == 1)
+        ulysses_anything=settings.ring_degree == 1, ring_anything=settings.ulysses_degree == 1, mesh=mesh)
     try:
         pipe.transformer.enable_parallelism(config=config)
     except (ValueError, RuntimeError, NotImplementedError) as err:
         raise QveditError(f"context parallelism could not be enabled ({str(err).splitlines()[0]}): "
                           "try perf.attention_backend=_native_cudnn, or parallel.ring_degree=1") from None
-    log.info("context parallelism: ulysses %d x ring %d over %d GPUs", settings.ulysses_degree,
-             settings.ring_degree, team.size)
+    log.info("context parallelism: ulysses %d x ring %d over %d GPUs%s", settings.ulysses_degree,
+             settings.ring_degree, settings.context_degree, ", one group per CFG pass" if mesh is not None else "")
 
 
 class Team:
@@ -162,23 +173,33 @@ class Team:
 
 
 class CFGSplit:
-    """Runs the transformer's "cond" passes on rank 0 and its "uncond" passes on rank 1.
+    """Runs the transformer's "cond" passes on the first half of the ranks and its "uncond" passes on
+    the second half (rank 0 and rank 1 when no context parallelism shares a pass).
 
-    On rank 1 the cond pass returns at once with an empty tensor of the prediction's shape; the
-    uncond pass computes. On rank 0 it is the other way round. After the uncond pass both ranks
-    broadcast their prediction, which fills rank 0's uncond output and, in place, the tensor rank 1
-    returned from its cond pass (the pipeline only slices it before both are combined). Both ranks
-    then combine the same two tensors.
+    A rank that does not compute a pass returns at once with an empty tensor of the prediction's
+    shape. After the uncond pass, rank i and its peer i +/- C (C ranks share one pass) broadcast their
+    predictions to each other, which fills the uncond output of the cond rank and, in place, the
+    tensor the uncond rank returned from its cond pass (the pipeline only slices it before both are
+    combined). Every rank then combines the same two tensors.
     """
 
     def __init__(self, transformer: torch.nn.Module, team: "Team"):
         self.team = team
-        self.cond: Optional[torch.Tensor] = None  # this step's cond prediction (a placeholder on rank 1)
+        share = team.settings.context_degree
+        self.computes_cond = team.rank < share
+        self.cond_rank, self.uncond_rank = team.rank % share, team.rank % share + share
+        self.group = None  # the whole team when it is these two ranks
+        if team.size > 2:  # every rank creates every pair's group, in the same order
+            for first in range(share):
+                group = dist.new_group([first, first + share])
+                if first == self.cond_rank:
+                    self.group = group
+        self.cond: Optional[torch.Tensor] = None  # this step's cond prediction (a placeholder on uncond ranks)
         self.passes = CFGPasses(transformer, self.run_pass)
 
     def run_pass(self, name: str, compute: Callable, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """(B, S, C_in) tokens -> the (B, S, C_out) prediction of the pass ``name``."""
-        if (name == "cond") == (self.team.rank == 0):
+        if (name == "cond") == self.computes_cond:
             prediction = compute(hidden_states, *args, **kwargs)
         else:
             prediction = self.passes.placeholder(hidden_states)
@@ -189,8 +210,8 @@ class CFGSplit:
         else:
             if self.cond is None:
                 raise RuntimeError("CFG parallelism: an uncond pass without a cond pass before it")
-            dist.broadcast(self.cond, src=0)
-            dist.broadcast(prediction, src=1)
+            dist.broadcast(self.cond, src=self.cond_rank, group=self.group)
+            dist.broadcast(prediction, src=self.uncond_rank, group=self.group)
             self.cond = None
         return prediction
 

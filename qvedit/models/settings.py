@@ -75,7 +75,8 @@ class ParallelSettings:
     """``parallel/``: one frame on several GPUs (or CPU processes), started by torchrun.
 
     Context parallelism reorders the attention sums, so its degrees change frames in the last bits;
-    CFG parallelism computes each pass exactly as one process does, so ``cfg_degree`` does not.
+    CFG parallelism computes each pass exactly as one process does, so ``cfg_degree`` does not. The two
+    combine: ``cfg_degree=2, ulysses_degree=2`` runs each CFG pass on its own pair of GPUs (4 in all).
     """
 
     ulysses_degree: int = setting(1, frames=True, min=1)
@@ -84,14 +85,16 @@ class ParallelSettings:
 
     @property
     def degree(self) -> int:
-        return self.ulysses_degree * self.ring_degree * self.cfg_degree
+        return self.context_degree * self.cfg_degree
+
+    @property
+    def context_degree(self) -> int:
+        """How many GPUs share one transformer pass (context parallelism)."""
+        return self.ulysses_degree * self.ring_degree
 
     def check(self, true_cfg_scale: float) -> None:
         """Refuse degrees that cannot work, before anything is loaded."""
         check_fields(self, "parallel.")
-        if self.cfg_degree == 2 and self.ulysses_degree * self.ring_degree > 1:
-            raise QveditError("parallel.cfg_degree=2 does not combine with ulysses_degree/ring_degree > 1: "
-                              "choose one (cfg_degree=2 measured faster on 2 GPUs, see README)")
         if self.cfg_degree == 2 and true_cfg_scale <= 1:
             raise QveditError(f"parallel.cfg_degree=2 shares the two passes of true CFG, but true_cfg_scale="
                               f"{true_cfg_scale} runs one: raise true_cfg_scale above 1 or use ulysses_degree=2")
