@@ -140,7 +140,8 @@ def frame_settings(cfg: DictConfig) -> dict[str, object]:
     for key in schema_keys(lambda tags: tags.frames):
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT:
-            values[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
+            values[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, (ListConfig, DictConfig)) \
+                else value
     return values
 
 
@@ -158,8 +159,9 @@ def check_values(cfg: DictConfig) -> None:
 
 def frame_setting_defaults() -> dict[str, object]:
     """The schema default of every frame-affecting key (what a key added since an old manifest meant)."""
-    return {key: f.default for key, f in schema_fields().items()
-            if tags_of(f).frames and f.default is not dataclasses.MISSING}
+    defaults = {key: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for key, f in schema_fields().items() if tags_of(f).frames}  # a list's or dict's: its factory's
+    return {key: value for key, value in defaults.items() if value is not dataclasses.MISSING}
 
 
 def register_schemas() -> None:

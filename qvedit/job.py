@@ -3,7 +3,7 @@ the steps that make and publish the clip.
 
 ``Job.prepare(cfg, run_dir, team)`` instantiates every group once and checks everything that can be
 checked without the model (inputs, output folder, resume manifest, device, optical flow, tracking
-store); ``job.make()`` loads the model and makes the clip (and its unguided twin with
+store, LoRA files); ``job.make()`` loads the model and makes the clip (and its unguided twin with
 ``compare_unguided``); ``job.publish(...)`` writes the previews, the video, ``report.html`` and the
 summary, and fills the tracking run.
 """
@@ -92,6 +92,7 @@ class Job:
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
         source = io.open(layout)  # inputs are checked before the (slow) model load
         check_clip(settings, source)
+        model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
         frames = FrameWriter(layout.frames_dir)
         check_or_record(frames.folder, frame_settings(cfg))
         check_device(device)
@@ -129,7 +130,7 @@ class Job:
         full_model = type(self.model) is ModelSettings
         for warning in cpu_speed_warnings(self.device, self.settings, self.source.init_image().size, full_model):
             log.warning(warning)
-        self.pipe = self.model.load(self.device, self.settings.dtype)
+        self.pipe = self.model.load(self.device, self.settings.dtype, fuse_loras=self.perf.fuse_loras)
         self.perf.apply(self.pipe)
         self.team.share_work(self.pipe)
         return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow)

@@ -16,6 +16,9 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from qvedit.config import schema_fields
+from qvedit.models.settings import LoraSpec
+
+LIST_ENTRIES = {"model.loras": LoraSpec}  # keys holding a list of entries, and the dataclass an entry is
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -71,8 +74,31 @@ def unknown_overrides(argv: list[str]) -> list[str]:
     except (HydraException, SystemExit):  # malformed: Hydra says what is wrong with it
         return []
     known = set(known_names())
+    # keys holding a list or a dict (model.loras, model.scheduler): the keys below them are theirs to judge
+    below = tuple(f"{key}." for key, f in schema_fields().items() if f.default_factory is not dataclasses.MISSING)
     return [unknown_key_message(o.key_or_group, o.input_line) for o in overrides
-            if o.key_or_group.split(".")[0].split("/")[0] != "hydra" and o.key_or_group not in known]
+            if o.key_or_group.split(".")[0].split("/")[0] != "hydra" and o.key_or_group not in known
+            and not o.key_or_group.startswith(below)] + [problem for o in overrides for problem in entry_keys(o)]
+
+
+def entry_keys(override) -> list[str]:
+    """A misspelt key inside a list entry (``model.loras=[{path:a.safetensors,scal:1}]``,
+    ``model.loras.0.scal=1``), with the closest key an entry takes."""
+    key, value = override.key_or_group, override.value()
+    for name, schema in LIST_ENTRIES.items():
+        fields = [f.name for f in dataclasses.fields(schema)]
+        if key == name and isinstance(value, list):
+            typed = [(f"{name}[{i}].{k}", k) for i, entry in enumerate(value) if isinstance(entry, dict) for k in entry]
+        elif key.startswith(f"{name}.") and key.count(".") == name.count(".") + 2:
+            typed = [(key, key.rsplit(".", 1)[1])]
+        else:
+            continue
+        for where, typo in typed:
+            if typo not in fields:
+                guess = difflib.get_close_matches(typo, fields, n=1)
+                return [f"unknown key {where} ({override.input_line}): {f'did you mean {guess[0]}? ' if guess else ''}"
+                        f"an entry of {name} takes {', '.join(fields)}"]
+    return []
 
 
 def unknown_config_keys(cfg: DictConfig) -> list[str]:

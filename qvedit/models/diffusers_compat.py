@@ -331,6 +331,16 @@ def _check_context_parallel() -> Optional[str]:
     return _has(ModelMixin, "enable_parallelism", "set_attention_backend")
 
 
+def _check_lora_keys() -> Optional[str]:
+    from diffusers.loaders.peft import PeftAdapterMixin
+
+    source = inspect.getsource(PeftAdapterMixin.load_lora_adapter)
+    missing = [f for f in ('k.startswith(f"{prefix}.")', "set_peft_model_state_dict(") if f not in source]
+    return (f"PeftAdapterMixin.load_lora_adapter no longer contains {missing[0]!r}" if missing else
+            _has(_pipeline_module().QwenImageEditPlusPipeline, "lora_state_dict", "load_lora_weights", "set_adapters",
+                 "fuse_lora", "unload_lora_weights"))
+
+
 @dataclass(frozen=True)
 class Adaptation:
     name: str
@@ -363,6 +373,10 @@ ADAPTATIONS = (
     Adaptation("context parallelism", "parallel.ulysses_degree / ring_degree",
                "ContextParallelConfig(ulysses_anything, ring_anything), ModelMixin._parallel_config, "
                "processor._attention_backend", _check_context_parallel),
+    Adaptation("LoRA key check", "model.loras (qvedit/models/lora.py)",
+               "lora_state_dict gives diffusers-format keys transformer.<module>.lora_A/B.weight; load_lora_adapter "
+               "keeps only keys under transformer. and loads them with peft, warning only about keys of no module",
+               _check_lora_keys),
 )
 
 

@@ -1,7 +1,8 @@
 """Obtaining a ``QwenImageEditPlusPipeline``: real weights, the tiny offline model, or random weights.
 
 Real and tiny weights go through ``QwenImageEditPlusPipeline.from_pretrained``. A loaded pipeline is
-kept for the life of the process, so a multirun sweep loads it once and every job reuses it.
+kept for the life of the process, so a multirun sweep loads it once and every job reuses it. What a
+job sets up on it (LoRAs, scheduler) is a ``lora.Variant``: its LoRA files are part of the cache key.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import torch
 from qvedit.devices import check_device, torch_dtype
 from qvedit.errors import QveditError
 from qvedit.models.integrity import check_model_folder
+from qvedit.models.lora import PLAIN, Variant
 
 log = logging.getLogger(__name__)
 
-# (kind, model_id, device, dtype) -> pipeline; holds at most one pipeline.
+# (kind, model_id, device, dtype, LoRAs) -> pipeline; holds at most one pipeline.
 _loaded: dict[tuple, object] = {}
 
 
@@ -34,23 +36,26 @@ def quiet_library_bars() -> None:
         transformers_logging.disable_progress_bar()
 
 
-def _cached(key: tuple, make):
-    """The pipeline for ``key``: made once per process; a different key frees the previous one first."""
+def _cached(key: tuple, make, variant: Variant = PLAIN):
+    """The pipeline for ``key`` with ``variant``'s LoRAs: made once per process; a different key frees the
+    previous one first. ``variant``'s scales and scheduler are set on it at every call."""
     quiet_library_bars()
+    key = (*key, *variant.key())
     if key not in _loaded:
         _loaded.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         pipe = make()
+        variant.install(pipe)
         for component in pipe.components.values():
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False)
                 component.eval()
         _loaded[key] = pipe
-    return _loaded[key]
+    return variant.configure(_loaded[key])
 
 
-def load_pretrained(model_id: str, device: str, dtype: str):
+def load_pretrained(model_id: str, device: str, dtype: str, variant: Variant = PLAIN):
     """Load Qwen-Image-Edit-2509 from a hub id or a local folder, frozen, on ``device``.
 
     Reuses the pipeline already loaded by this process when the arguments match. A local folder is
@@ -82,7 +87,7 @@ def load_pretrained(model_id: str, device: str, dtype: str):
             ) from None
         return pipe.to(device)
 
-    return _cached(("pretrained", str(model_id), device, dtype), make)
+    return _cached(("pretrained", str(model_id), device, dtype), make, variant)
 
 
 def short_reason(err: Exception, limit: int = 200) -> str:
@@ -92,7 +97,7 @@ def short_reason(err: Exception, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
-def load_tiny(folder: str, device: str, dtype: str):
+def load_tiny(folder: str, device: str, dtype: str, variant: Variant = PLAIN):
     """The tiny offline model in ``folder``, built there first if it is missing."""
     folder = Path(folder).expanduser()
     if not (folder / "model_index.json").is_file():
@@ -100,11 +105,11 @@ def load_tiny(folder: str, device: str, dtype: str):
 
         log.info("building the tiny offline model in %s", folder)
         build_tiny_model(folder)
-    return load_pretrained(str(folder), device, dtype)
+    return load_pretrained(str(folder), device, dtype, variant)
 
 
-def load_random_full(device: str, dtype: str):
+def load_random_full(device: str, dtype: str, variant: Variant = PLAIN):
     """``model=random_full``: the full 2509 architecture with random weights, for timing only."""
     from qvedit.models.random_full import build_random_full_pipeline
 
-    return _cached(("random_full", device, dtype), lambda: build_random_full_pipeline(device, dtype))
+    return _cached(("random_full", device, dtype), lambda: build_random_full_pipeline(device, dtype), variant)

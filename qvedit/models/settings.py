@@ -6,8 +6,10 @@ Plain settings (what each key means: README, "Keys"); the work is done in ``load
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 from qvedit.errors import QveditError
 from qvedit.fields import check_fields, setting
@@ -17,16 +19,64 @@ TINY_MODEL_FOLDER = "tiny-qwen-image-edit-2509"  # in the cache folder; conf/mod
 
 
 @dataclass
+class LoraSpec:
+    """One entry of ``model.loras`` (README, "Few-step Lightning and LoRAs")."""
+
+    path: str = ""  # a .safetensors file, a folder holding one, or a hub id (owner/name)
+    weight_name: Optional[str] = None  # the file inside the folder or hub repo (null: pytorch_lora_weights.safetensors)
+    scale: float = 1.0
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf's containers (as Hydra hands them to a settings class) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [plain(v) for v in value]
+    return value
+
+
+@dataclass
 class ModelSettings:
     """``model=qwen_edit_2509``: real weights from a hub id or a local folder in the diffusers layout."""
 
     model_id: str = setting("Qwen/Qwen-Image-Edit-2509", frames=True, path="input")
+    # LoRAs loaded into the transformer; paths inside, so left out of sweep folder names like model_id
+    loras: List[LoraSpec] = setting(frames=True, path="input", default_factory=list)
+    # FlowMatchEulerDiscreteScheduler config values that replace the model's own; {} = the model's scheduler
+    scheduler: Dict[str, Any] = setting(frames=True, default_factory=dict)
 
-    def load(self, device: str, dtype: str):
-        """The frozen ``QwenImageEditPlusPipeline`` on ``device`` (reused within a process)."""
+    def __post_init__(self):
+        self.loras = [entry if isinstance(entry, LoraSpec) else LoraSpec(**plain(entry)) for entry in self.loras]
+        self.scheduler = plain(self.scheduler)
+        for i, lora in enumerate(self.loras):
+            if not isinstance(lora.path, str) or not lora.path.strip():
+                raise QveditError(f"model.loras[{i}].path is empty: give a .safetensors file, a folder holding one, "
+                                  "or a hub id such as lightx2v/Qwen-Image-Lightning")
+            scale = lora.scale
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+                raise QveditError(f"model.loras[{i}].scale={lora.scale!r} is not a finite number")
+
+    def check(self) -> None:
+        """What can be checked before the model loads: every LoRA file (a hub LoRA is fetched into the
+        Hugging Face cache now) and the scheduler keys."""
+        from qvedit.models.lora import check_scheduler, resolve_loras
+
+        resolve_loras(self.loras)
+        check_scheduler(self.scheduler)
+
+    def variant(self, fuse_loras: bool = True):
+        """The LoRAs and scheduler to set up on the loaded pipeline (``qvedit.models.lora.Variant``)."""
+        from qvedit.models.lora import Variant
+
+        return Variant.of(self.loras, fuse_loras, self.scheduler)
+
+    def load(self, device: str, dtype: str, fuse_loras: bool = True):
+        """The frozen ``QwenImageEditPlusPipeline`` on ``device`` (reused within a process), with this
+        model's LoRAs and scheduler."""
         from qvedit.models.loading import load_pretrained
 
-        return load_pretrained(self.model_id, device, dtype)
+        return load_pretrained(self.model_id, device, dtype, self.variant(fuse_loras))
 
 
 @dataclass
@@ -38,10 +88,10 @@ class TinyModel(ModelSettings):
         """The tiny model in qvedit's cache folder, where ``model=tiny`` keeps it."""
         return cls(str(cache_dir() / TINY_MODEL_FOLDER))
 
-    def load(self, device: str, dtype: str):
+    def load(self, device: str, dtype: str, fuse_loras: bool = True):
         from qvedit.models.loading import load_tiny
 
-        return load_tiny(self.model_id, device, dtype)
+        return load_tiny(self.model_id, device, dtype, self.variant(fuse_loras))
 
 
 @dataclass
@@ -49,10 +99,10 @@ class RandomFullModel(ModelSettings):
     """``model=random_full``: the full 2509 architecture with random weights (timing only);
     ``model_id`` is a label."""
 
-    def load(self, device: str, dtype: str):
+    def load(self, device: str, dtype: str, fuse_loras: bool = True):
         from qvedit.models.loading import load_random_full
 
-        return load_random_full(device, dtype)
+        return load_random_full(device, dtype, self.variant(fuse_loras))
 
 
 @dataclass
@@ -62,6 +112,9 @@ class PerfSettings:
     attention_backend: Optional[str] = setting(None)
     compile: bool = setting(False)
     offload_text_encoder: bool = setting(False)
+    # merge model.loras into the transformer's weights (no LoRA layers left to run); false keeps them as
+    # separate layers, so a sweep that changes only their scales reuses the loaded model
+    fuse_loras: bool = setting(True)
 
     def apply(self, pipe) -> None:
         """Set up ``pipe`` (once per pipeline and setting: a sweep reuses the pipeline)."""
