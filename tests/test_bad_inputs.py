@@ -415,7 +415,7 @@ CASES = [
          r"ttlg._target_='qvedit.files.write_text_atomic' is not one of qvedit's settings classes", early=True),
 ]
 
-REWRITTEN = ("metrics.csv", "preview.png", "preview.gif", ".qvedit-lock")
+REWRITTEN = ("metrics.csv", "preview.png", "preview.gif", "compare_unguided.gif", "report.html", ".qvedit-lock")
 
 
 def snapshot(root: Path) -> dict[Path, str]:
@@ -423,7 +423,7 @@ def snapshot(root: Path) -> dict[Path, str]:
 
 
 def assert_nothing_lost(before: dict[Path, str], root: Path, damaged: set[Path]) -> None:
-    """Every file from before is there with its bytes (metrics.csv: its rows; previews and the lock are
+    """Every file from before is there with its bytes (metrics.csv: its rows; previews, report.html and the lock are
     rewritten by design), nothing half-written is left, every frame decodes, and every frame after 0
     has its metrics row."""
     for path, digest in before.items():

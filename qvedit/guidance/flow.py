@@ -70,10 +70,16 @@ class DISFlow:
         self.cv2 = cv2
         self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
 
+    MIN_SIDE = 16  # OpenCV's DIS refuses images with both sides under 12 pixels
+
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        size = tuple(a.shape[-2:])
+        big = (max(size[0], self.MIN_SIDE), max(size[1], self.MIN_SIDE))
+        if big != size:  # tiny frames are enlarged for DIS, and its flow brought back to their size
+            a, b = (F.interpolate(x, size=big, mode="bilinear", align_corners=False) for x in (a, b))
         grey_a, grey_b = (np.ascontiguousarray(self._grey(image)) for image in (a, b))
         flow = self.dis.calc(grey_a, grey_b, None)  # (H, W, 2): a(x) ~ b(x + flow(x))
-        return torch.from_numpy(flow).permute(2, 0, 1)[None].to(a.device)
+        return resize_flow(torch.from_numpy(flow).permute(2, 0, 1)[None].to(a.device), size)
 
     @staticmethod
     def _grey(image: torch.Tensor) -> np.ndarray:
