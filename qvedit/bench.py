@@ -8,7 +8,12 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
 - ``off``: qvedit with ``ttlg=off``;  ``edge_gram``: qvedit with ``ttlg=edge_gram``, ``last_steps``;
 - ``off_cond_output`` / ``edge_gram_cond_output``: the same with ``condition_area=output``;
 - ``edge_gram_low_memory``: ``edge_gram`` with ``perf=low_memory`` (text encoder offloaded);
-- ``off_fast`` / ``plain_fast``: ``perf=fast`` (regional compile), after one warm-up frame.
+- ``off_fast`` / ``plain_fast``: ``perf=fast`` (regional compile), after one warm-up frame;
+- ``lightning_off`` / ``lightning_edge_gram``: ``experiment=lightning``'s steps, true CFG off, scheduler
+  values and guidance window (read from ``conf/experiment/lightning.yaml``); no LoRA is loaded: a fused
+  LoRA leaves the transformer's shapes and cost as they are;
+- ``edge_gram_decode512`` / ``lightning_edge_gram_decode512``: guidance decoding x0 at 512 pixels
+  (``ttlg.decode_size=512``).
 
 Per variant: seconds per frame, prompt encoding, transformer time per denoising step, VAE decode,
 peak GPU memory; guided variants also the added seconds per guided step. CUDA events time the
@@ -32,7 +37,18 @@ from PIL import Image
 from qvedit.models.random_full import RANDOM_WEIGHTS
 
 VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
-            "plain_fast", "off_fast")
+            "plain_fast", "off_fast", "lightning_off", "lightning_edge_gram", "edge_gram_decode512",
+            "lightning_edge_gram_decode512")
+
+
+def lightning_preset() -> dict:
+    """``experiment=lightning``'s steps, CFG, scheduler values and guidance window, from its YAML."""
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "experiment"
+                                                   / "lightning.yaml"))
+    return {"steps": preset["num_inference_steps"], "true_cfg_scale": preset["true_cfg_scale"],
+            "scheduler": preset["model"]["scheduler"], "ttlg": preset["ttlg"]}
 
 
 class PartTimer:
@@ -98,12 +114,20 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     init, edges = make_inputs(size, work)
     cuda = pipe.device.type == "cuda"
     timer = PartTimer(cuda)
+    from qvedit.models.lora import use_scheduler
+
     cond_output = variant.endswith("_cond_output")
-    guided = variant.startswith("edge_gram")
-    ttlg = TTLGSettings(edge_scale=1.0, gram_scale=0.2, last_steps=last_steps, vgg_weights="random") if guided \
-        else TTLGSettings()
-    settings = RunSettings(num_inference_steps=steps,
+    guided = "edge_gram" in variant
+    lightning = lightning_preset() if variant.startswith("lightning") else None
+    window = lightning["ttlg"] if lightning else {"last_steps": last_steps}
+    decode_size = 512 if variant.endswith("_decode512") else None
+    ttlg = TTLGSettings(edge_scale=1.0, gram_scale=0.2, vgg_weights="random", decode_size=decode_size, **window) \
+        if guided else TTLGSettings()
+    if lightning:
+        steps = lightning["steps"] if steps > 2 else steps  # (2: a warm-up)
+    settings = RunSettings(num_inference_steps=steps, true_cfg_scale=lightning["true_cfg_scale"] if lightning else 4.0,
                            condition_area="output" if cond_output else PIPELINE_CONDITION_AREA)
+    use_scheduler(pipe, lightning["scheduler"] if lightning else {})
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -113,7 +137,8 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
         if variant.startswith("plain"):
             edge = Image.open(sorted(edges.iterdir())[0]).convert("RGB")
             with torch.inference_mode():
-                pipe(image=[edge, Image.open(init)], prompt=settings.prompt, negative_prompt=" ", true_cfg_scale=4.0,
+                pipe(image=[edge, Image.open(init)], prompt=settings.prompt, negative_prompt=" ",
+                     true_cfg_scale=settings.true_cfg_scale,
                      num_inference_steps=steps, height=size, width=size,
                      generator=torch.Generator(pipe.device).manual_seed(frame_seed(0, 1)))
         else:
@@ -131,7 +156,7 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
     }
     if guided:
-        row["guided_steps"] = min(last_steps, steps)
+        row["guided_steps"] = sum(ttlg.guides_step(i, steps) for i in range(steps))
     return row
 
 
@@ -141,7 +166,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         same_size = {r["variant"]: r for r in rows if r["size"] == row["size"]}
         if "plain" in same_size:
             row["ratio_to_plain"] = row["seconds_per_frame"] / same_size["plain"]["seconds_per_frame"]
-        base = same_size.get(row["variant"].replace("edge_gram", "off"))
+        base = same_size.get(row["variant"].replace("edge_gram", "off").removesuffix("_decode512"))
         if row.get("guided_steps") and base and base is not row:
             extra = row["seconds_per_frame"] - base["seconds_per_frame"]
             row["added_s_per_guided_step"] = extra / row["guided_steps"]
