@@ -248,11 +248,17 @@ def attention_backend(transformer) -> Optional[str]:
 
 def _in_call(*fragments: str) -> Optional[str]:
     """None if every fragment appears in ``QwenImageEditPlusPipeline.__call__``, in this order."""
-    source, position = _call_source(), 0
+    return _in_source(None, *fragments)
+
+
+def _in_source(function: Optional[Callable], *fragments: str) -> Optional[str]:
+    """None if every fragment appears in ``function``'s source (None: ``__call__``'s), in this order."""
+    source = _call_source() if function is None else inspect.getsource(function)
+    where, position = "QwenImageEditPlusPipeline.__call__" if function is None else function.__qualname__, 0
     for fragment in fragments:
         found = source.find(fragment, position)
         if found < 0:
-            return f"QwenImageEditPlusPipeline.__call__ no longer contains {fragment!r} (after the fragments before it)"
+            return f"{where} no longer contains {fragment!r} (after the fragments before it)"
         position = found + len(fragment)
     return None
 
@@ -286,19 +292,12 @@ def _check_decode() -> Optional[str]:
 def _check_decoder_blocks() -> Optional[str]:
     from diffusers.models.autoencoders import autoencoder_kl_qwenimage as vae
 
-    for function, fragments in (
-        (vae.QwenImageDecoder3d.forward, ("self.conv_in(x)", "self.mid_block(", "for up_block in self.up_blocks",
-                                          "self.norm_out(x)", "self.nonlinearity(x)", "self.conv_out(x)")),
-        (vae.QwenImageMidBlock.forward, ("self.resnets[0](", "zip(self.attentions, self.resnets[1:])")),
-        (vae.QwenImageUpBlock.forward, ("for resnet in self.resnets", "self.upsamplers[0](x)")),
-        (vae.AutoencoderKLQwenImage._decode, ("self.post_quant_conv(z)", "torch.clamp(out, min=-1.0, max=1.0)")),
-    ):
-        source, position = inspect.getsource(function), 0
-        for fragment in fragments:
-            position = source.find(fragment, position)
-            if position < 0:
-                return f"{function.__qualname__} no longer contains {fragment!r}"
-    return None
+    return (_in_source(vae.QwenImageDecoder3d.forward, "self.conv_in(x)", "self.mid_block(",
+                       "for up_block in self.up_blocks", "self.norm_out(x)", "self.nonlinearity(x)", "self.conv_out(x)")
+            or _in_source(vae.QwenImageMidBlock.forward, "self.resnets[0](", "zip(self.attentions, self.resnets[1:])")
+            or _in_source(vae.QwenImageUpBlock.forward, "for resnet in self.resnets", "self.upsamplers[0](x)")
+            or _in_source(vae.AutoencoderKLQwenImage._decode, "self.post_quant_conv(z)",
+                          "torch.clamp(out, min=-1.0, max=1.0)"))
 
 
 def _check_prompt_encoding() -> Optional[str]:
@@ -319,6 +318,20 @@ def _check_context_parallel() -> Optional[str]:
     if "self._parallel_config" not in inspect.getsource(ModelMixin):
         return "ModelMixin no longer keeps self._parallel_config"
     return _has(ModelMixin, "enable_parallelism", "set_attention_backend")
+
+
+def _check_group_offload() -> Optional[str]:
+    # diffusers issue 12673 (Qwen-Image, streamed group offloading with record_stream: garbage images): tensors were
+    # recorded on the transfer stream; PR 12721 (2025-12-03, first in v0.36.0) hands down the compute stream instead.
+    from diffusers import DiffusionPipeline, ModelMixin
+    from diffusers.hooks.group_offloading import ModuleGroup
+
+    missing = {"use_stream", "record_stream"} - set(inspect.signature(ModelMixin.enable_group_offload).parameters)
+    return ((f"ModelMixin.enable_group_offload takes no {', '.join(sorted(missing))}" if missing else None)
+            or _in_source(ModuleGroup._onload_from_memory, "default_stream = ", "with context:",
+                          "default_stream=default_stream")
+            or _in_source(ModuleGroup._transfer_tensor_to_device, "record_stream(default_stream)")
+            or _in_source(DiffusionPipeline._execution_device.fget, "_get_group_onload_device"))
 
 
 @dataclass(frozen=True)
@@ -353,6 +366,9 @@ ADAPTATIONS = (
     Adaptation("context parallelism", "parallel.ulysses_degree / ring_degree",
                "ContextParallelConfig(ulysses_anything, ring_anything), ModelMixin._parallel_config, "
                "processor._attention_backend", _check_context_parallel),
+    Adaptation("streamed group offload", "perf.group_offload", "the fix of diffusers issue 12673 (PR 12721, v0.36.0): "
+               "ModuleGroup records tensors on the compute stream; _execution_device finds the onload device",
+               _check_group_offload),
 )
 
 
