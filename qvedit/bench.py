@@ -9,6 +9,8 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
 - ``off_cond_output`` / ``edge_gram_cond_output``: the same with ``condition_area=output``;
 - ``edge_gram_low_memory``: ``edge_gram`` with ``perf=low_memory`` (text encoder offloaded);
 - ``off_fast`` / ``plain_fast``: ``perf=fast`` (regional compile), after one warm-up frame;
+- ``off_fp8`` / ``edge_gram_fp8``: ``perf=fp8`` (FP8 matmuls, compiled), ``off_vram24`` / ``edge_gram_vram24``:
+  ``perf=vram24`` (group offloading), each on a freshly loaded pipeline, after one warm-up frame;
 - ``lightning_off`` / ``lightning_edge_gram``: ``experiment=lightning``'s steps, true CFG off, scheduler
   values and guidance window (read from ``conf/experiment/lightning.yaml``); no LoRA is loaded: a fused
   LoRA leaves the transformer's shapes and cost as they are;
@@ -38,7 +40,11 @@ from qvedit.models.random_full import RANDOM_WEIGHTS
 
 VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
             "plain_fast", "off_fast", "lightning_off", "lightning_edge_gram", "edge_gram_decode512",
-            "lightning_edge_gram_decode512")
+            "lightning_edge_gram_decode512", "off_fp8", "edge_gram_fp8", "off_vram24", "edge_gram_vram24")
+# Settings applied to the loaded pipeline (they stay with it: these stages come after the plain ones), and
+# presets that change the pipeline for good, so each gets a freshly loaded one (qvedit.models.loading).
+APPLIED = {"_low_memory": dict(offload_text_encoder=True), "_fast": dict(compile=True)}
+RELOADED = {"_fp8": dict(quantize="fp8", compile=True), "_vram24": dict(group_offload=True)}
 
 
 def lightning_preset() -> dict:
@@ -143,7 +149,8 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
                      generator=torch.Generator(pipe.device).manual_seed(frame_seed(0, 1)))
         else:
             out = Path(tempfile.mkdtemp(prefix=f"out-{variant}-", dir=work))  # a new clip, never a resumed one
-            edit_clip(pipe, FrameFolders(str(init), str(edges)), ClipOutputs(FrameWriter(out)), settings, ttlg)
+            frame = edit_clip(pipe, FrameFolders(str(init), str(edges)), ClipOutputs(FrameWriter(out)), settings,
+                              ttlg)[-1]
         if cuda:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -154,7 +161,10 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
         "transformer_passes": timer.count("transformer"),
         "decode_s": timer.seconds("decode"), "decode_calls": timer.count("decode"),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
     }
+    if not variant.startswith("plain"):
+        row["frame"] = str(frame)  # frame 1 as written (in ``work``)
     if guided:
         row["guided_steps"] = sum(ttlg.guides_step(i, steps) for i in range(steps))
     return row
@@ -197,38 +207,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-steps", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "off", "edge_gram"])
     parser.add_argument("--attention-backend", default=None, help="perf.attention_backend for every variant")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+                        help="default: fp32 for the tiny model, bf16 for random_full (the fp8 variants need bf16)")
     parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
 
-    from qvedit.models.settings import PerfSettings, RandomFullModel, TinyModel
+    from qvedit.errors import QveditError
+    from qvedit.models.settings import PerfSettings
 
-    if args.model == "tiny":
-        pipe = TinyModel.in_cache().load(args.device, "fp32")
-    else:
-        pipe = RandomFullModel().load(args.device, "bf16")
-    pipe.set_progress_bar_config(disable=True)
-    PerfSettings(attention_backend=args.attention_backend).apply(pipe)
-    rows = []
+    dtype = args.dtype or ("fp32" if args.model == "tiny" else "bf16")
+    stages = [([v for v in args.variants if not v.endswith((*APPLIED, *RELOADED))], {}, False)]
+    stages += [([v for v in args.variants if v.endswith(suffix)], perf, False) for suffix, perf in APPLIED.items()]
+    stages += [([v for v in args.variants if v.endswith(suffix)], perf, True) for suffix, perf in RELOADED.items()]
+    stages = [(variants, PerfSettings(attention_backend=args.attention_backend, **perf), reload)
+              for variants, perf, reload in stages if variants]
+    try:
+        for _, perf, _ in stages:
+            perf.check(args.device, dtype)
+    except QveditError as err:
+        print(f"qvedit.bench: error: {err}")
+        return 2
+    pipe, rows, report = None, [], None
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run_variant(pipe, args.variants[0], min(args.sizes), 2, 0, work)  # warm-up: kernels, allocator
-        # Settings that stay with the pipeline once applied (offload, compile) come last.
-        plain = [v for v in args.variants if not v.endswith(("_low_memory", "_fast"))]
-        stages = [(plain, None), ([v for v in args.variants if v.endswith("_low_memory")],
-                                  PerfSettings(offload_text_encoder=True)),
-                  ([v for v in args.variants if v.endswith("_fast")], PerfSettings(compile=True))]
-        for variants, perf in stages:
-            if variants and perf is not None:
-                perf.apply(pipe)
+        for number, (variants, perf, reload) in enumerate(stages):
+            if pipe is None or reload:
+                pipe = None  # the loader frees the pipeline loaded now before it loads the next
+                pipe = load_pipeline(args.model, args.device, dtype, perf if reload else None)
+                if number == 0:
+                    run_variant(pipe, variants[0], min(args.sizes), 2, 0, work)  # warm-up: kernels, allocator
+            perf.apply(pipe)
             for size in args.sizes:
                 for variant in variants:
-                    if variant.endswith("_fast"):
-                        run_variant(pipe, variant, size, 2, 0, work)  # compiles for this size
+                    if perf.compile or reload:  # compiles for this size; group offloading learns the block order
+                        run_variant(pipe, variant, size, 2, 0, work)
                     rows.append(run_variant(pipe, variant, size, args.steps, args.last_steps, work))
+                    rows[-1].pop("frame", None)  # in the temporary folder
                     print(json.dumps(rows[-1]), flush=True)
                     report = write_report(rows, args.model, pipe.device, Path(args.out))  # after every row
     print(markdown(report))
     return 0
+
+
+def load_pipeline(model: str, device: str, dtype: str, perf=None):
+    """The tiny or random_full pipeline (``perf``: the settings that change it for good, applied as it loads)."""
+    from qvedit.models.settings import RandomFullModel, TinyModel
+
+    pipe = (TinyModel.in_cache() if model == "tiny" else RandomFullModel()).load(device, dtype, perf)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def write_report(rows: list[dict], model: str, device: torch.device, out: Path) -> dict:

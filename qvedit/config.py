@@ -159,9 +159,13 @@ def check_values(cfg: DictConfig) -> None:
 
 def frame_setting_defaults() -> dict[str, object]:
     """The schema default of every frame-affecting key (what a key added since an old manifest meant)."""
-    defaults = {key: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                for key, f in schema_fields().items() if tags_of(f).frames}  # a list's or dict's: its factory's
-    return {key: value for key, value in defaults.items() if value is not dataclasses.MISSING}
+    defaults = {}
+    for key, f in schema_fields().items():
+        if tags_of(f).frames and f.default is not dataclasses.MISSING:
+            defaults[key] = f.default
+        elif tags_of(f).frames and f.default_factory is not dataclasses.MISSING:  # a list such as perf.fp8_keep_bf16
+            defaults[key] = f.default_factory()
+    return defaults
 
 
 def register_schemas() -> None:

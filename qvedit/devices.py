@@ -79,5 +79,5 @@ def frame_memory(index: int, size: tuple[int, int], pipe) -> Iterator[None]:
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
         from qvedit.models.diffusers_compat import execution_device
 
-        offloaded = "offload" in pipe.__dict__.get("_qvedit_perf", ())
+        offloaded = bool({"offload", "group_offload"} & set(pipe.__dict__.get("_qvedit_perf", ())))
         raise QveditError(out_of_memory_message(index, size, execution_device(pipe), offloaded, err)) from None

@@ -2,8 +2,8 @@
 the steps that make and publish the clip.
 
 ``Job.prepare(cfg, run_dir, team)`` instantiates every group once and checks everything that can be
-checked without the model (inputs, output folder, resume manifest, device, optical flow, tracking
-store, LoRA files); ``job.make()`` loads the model and makes the clip (and its unguided twin with
+checked without the model (inputs, output folder, resume manifest, device and perf settings, LoRA
+files, optical flow, tracking store); ``job.make()`` loads the model and makes the clip (and its unguided twin with
 ``compare_unguided``); ``job.publish(...)`` writes the previews, the video, ``report.html`` and the
 summary, and fills the tracking run.
 """
@@ -96,6 +96,7 @@ class Job:
         frames = FrameWriter(layout.frames_dir)
         check_or_record(frames.folder, frame_settings(cfg))
         check_device(device)
+        perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
         outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
                               layout.debug_dir)
         if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
@@ -130,7 +131,7 @@ class Job:
         full_model = type(self.model) is ModelSettings
         for warning in cpu_speed_warnings(self.device, self.settings, self.source.init_image().size, full_model):
             log.warning(warning)
-        self.pipe = self.model.load(self.device, self.settings.dtype, fuse_loras=self.perf.fuse_loras)
+        self.pipe = self.model.load(self.device, self.settings.dtype, self.perf)
         self.perf.apply(self.pipe)
         self.team.share_work(self.pipe)
         return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow)

@@ -408,6 +408,15 @@ CASES = [
          early=True),
     Case("resumed with another init frame", lambda t, ctx: earlier_run(t) + [f"io.init_frame={clip(t / 'other', rgb(seed=9))[0]}"],
          r"holds frames (made with other settings|of another clip)", early=True),
+    # perf settings that cannot work here or together: one line before the model loads
+    Case("FP8 matmuls on the CPU", value("perf=fp8"), r"perf.quantize=fp8 needs a CUDA GPU with FP8 tensor cores "
+         r"\(compute capability >= 8.9: Ada, Hopper or newer\), and device=cpu", early=True),
+    Case("group offloading on the CPU", value("perf=vram24"), r"perf.group_offload streams the model's weights "
+         "from CPU memory to a CUDA GPU, but device=cpu", early=True),
+    Case("compile with group offloading", value("perf=vram24", "perf.compile=true"),
+         "perf.compile does not combine with perf.group_offload", early=True),
+    Case("an unknown quantization", value("perf.quantize=int4"), r"perf.quantize='int4' is not valid: use none or fp8",
+         early=True),
     # configs are data: only qvedit's own _target_s are built
     Case("a model _target_ that runs a command", value("model._target_=os.system"),
          r"model._target_='os.system' is not qvedit's", early=True),

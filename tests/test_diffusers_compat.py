@@ -18,7 +18,7 @@ def test_the_assumption_holds_on_the_installed_diffusers(adaptation):
     problem = adaptation.check()
     assert problem is None, (f"diffusers changed under the adaptation {adaptation.name!r} ({adaptation.used_by}), "
                              f"which relies on: {adaptation.relies_on}. What changed: {problem}. Rewrite it in "
-                             "qvedit/models/diffusers_compat.py")
+                             "qvedit/models/diffusers_compat/")
 
 
 def test_condition_area_default_is_the_pipelines_own():
@@ -57,3 +57,19 @@ def test_the_tested_version_is_the_pinned_one():
 
     dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"diffusers=={compat.TESTED_DIFFUSERS}" in [d.split("#")[0].strip() for d in dependencies]
+
+
+def test_group_offloading_without_the_record_stream_fix_is_reported(monkeypatch):
+    """diffusers 0.35.2 recorded the tensors it copied on the transfer stream (issue 12673: Qwen-Image came
+    out as garbage under streamed group offloading with record_stream); 0.36.0 has the fix (PR 12721)."""
+    from diffusers.hooks.group_offloading import ModuleGroup
+
+    def _transfer_tensor_to_device(self, tensor, source_tensor):  # diffusers 0.35.2
+        tensor.data = source_tensor.to(self.onload_device, non_blocking=self.non_blocking)
+        if self.record_stream:
+            tensor.data.record_stream(self._torch_accelerator_module.current_stream())
+
+    monkeypatch.setattr(ModuleGroup, "_transfer_tensor_to_device", _transfer_tensor_to_device)
+    broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
+    assert list(broken) == ["streamed group offload"] and "record_stream(default_stream)" in broken[
+        "streamed group offload"]

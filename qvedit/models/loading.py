@@ -7,10 +7,12 @@ job sets up on it (LoRAs, scheduler) is a ``lora.Variant``: its LoRA files are p
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -18,10 +20,11 @@ from qvedit.devices import check_device, torch_dtype
 from qvedit.errors import QveditError
 from qvedit.models.integrity import check_model_folder
 from qvedit.models.lora import PLAIN, Variant
+from qvedit.models.settings import PerfSettings
 
 log = logging.getLogger(__name__)
 
-# (kind, model_id, device, dtype, LoRAs) -> pipeline; holds at most one pipeline.
+# (kind, model_id, device, dtype, LoRAs, *perf.pipeline_key()) -> pipeline; holds at most one pipeline.
 _loaded: dict[tuple, object] = {}
 
 
@@ -36,27 +39,52 @@ def quiet_library_bars() -> None:
         transformers_logging.disable_progress_bar()
 
 
-def _cached(key: tuple, make, variant: Variant = PLAIN):
+def _cached(key: tuple, make, device: str, perf: Optional[PerfSettings] = None, variant: Variant = PLAIN):
     """The pipeline for ``key`` with ``variant``'s LoRAs: made once per process; a different key frees the
-    previous one first. ``variant``'s scales and scheduler are set on it at every call."""
+    previous one first. ``variant``'s scales and scheduler are set on it at every call.
+
+    The ``perf`` settings that change the pipeline for good (``PerfSettings.pipeline_key``) are part of
+    the key and applied here, once, after the LoRAs: a job that asks for other values gets a freshly
+    loaded pipeline instead of one quantized or offloaded for an earlier job.
+    """
     quiet_library_bars()
-    key = (*key, *variant.key())
+    key = (*key, *variant.key(), *(perf.pipeline_key() if perf is not None else ()))
     if key not in _loaded:
-        _loaded.clear()
+        if _loaded:  # free the pipeline loaded now before the next one loads: compiled code and the
+            _loaded.clear()  # pipeline's own hooks and wrappers still refer to it
+            torch._dynamo.reset()
+            gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+            getattr(torch._C, "_host_emptyCache", lambda: None)()  # pinned chunks of group offloading
         pipe = make()
         variant.install(pipe)
         for component in pipe.components.values():
             if isinstance(component, torch.nn.Module):
                 component.requires_grad_(False)
                 component.eval()
+        if perf is not None and perf.pipeline_key():
+            from qvedit.models.perf import prepare_pipeline
+
+            prepare_pipeline(pipe, perf, device)
         _loaded[key] = pipe
     return variant.configure(_loaded[key])
 
 
-def load_pretrained(model_id: str, device: str, dtype: str, variant: Variant = PLAIN):
-    """Load Qwen-Image-Edit-2509 from a hub id or a local folder, frozen, on ``device``.
+def place(pipe, device: str, on_host: tuple = ()):
+    """``pipe`` with every component on ``device`` but those named in ``on_host``, left in CPU memory."""
+    if not on_host:
+        return pipe.to(device)
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and name not in on_host:
+            component.to(device)
+    return pipe
+
+
+def load_pretrained(model_id: str, device: str, dtype: str, perf: Optional[PerfSettings] = None,
+                    variant: Variant = PLAIN):
+    """Load Qwen-Image-Edit-2509 from a hub id or a local folder, frozen, on ``device`` (what ``perf``
+    places itself waits in CPU memory until it does).
 
     Reuses the pipeline already loaded by this process when the arguments match. A local folder is
     checked first (``integrity``), before the pipeline loaded now is let go.
@@ -85,9 +113,9 @@ def load_pretrained(model_id: str, device: str, dtype: str, variant: Variant = P
                 f"cannot load model {model_id!r}: {where} ({short_reason(err)}). Pass "
                 "model.model_id=/path/to/Qwen-Image-Edit-2509 (safetensors weights), or try model=tiny"
             ) from None
-        return pipe.to(device)
+        return place(pipe, device, perf.host_components() if perf is not None else ())
 
-    return _cached(("pretrained", str(model_id), device, dtype), make, variant)
+    return _cached(("pretrained", str(model_id), device, dtype), make, device, perf, variant)
 
 
 def short_reason(err: Exception, limit: int = 200) -> str:
@@ -97,7 +125,7 @@ def short_reason(err: Exception, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
-def load_tiny(folder: str, device: str, dtype: str, variant: Variant = PLAIN):
+def load_tiny(folder: str, device: str, dtype: str, perf: Optional[PerfSettings] = None, variant: Variant = PLAIN):
     """The tiny offline model in ``folder``, built there first if it is missing."""
     folder = Path(folder).expanduser()
     if not (folder / "model_index.json").is_file():
@@ -105,11 +133,13 @@ def load_tiny(folder: str, device: str, dtype: str, variant: Variant = PLAIN):
 
         log.info("building the tiny offline model in %s", folder)
         build_tiny_model(folder)
-    return load_pretrained(str(folder), device, dtype, variant)
+    return load_pretrained(str(folder), device, dtype, perf, variant)
 
 
-def load_random_full(device: str, dtype: str, variant: Variant = PLAIN):
-    """``model=random_full``: the full 2509 architecture with random weights, for timing only."""
+def load_random_full(device: str, dtype: str, perf: Optional[PerfSettings] = None, variant: Variant = PLAIN):
+    """``model=random_full``: the full 2509 architecture with random weights, for timing only. It is built
+    on the GPU (seeded: every build has the same weights), so ``perf`` moves what it offloads from there."""
     from qvedit.models.random_full import build_random_full_pipeline
 
-    return _cached(("random_full", device, dtype), lambda: build_random_full_pipeline(device, dtype), variant)
+    return _cached(("random_full", device, dtype), lambda: build_random_full_pipeline(device, dtype), device, perf,
+                   variant)

@@ -1,14 +1,17 @@
-"""``perf/`` at work: speed and memory settings that do not change what the method computes.
+"""``perf/`` at work: speed and memory settings.
 
-Applied once to the loaded pipeline: an attention kernel, regional ``torch.compile`` of the
-repeated transformer blocks, and keeping the 7B text encoder in CPU memory while the transformer
-runs (it is needed once per frame, for the prompt). Measured effects are in the README.
+``prepare_pipeline`` runs as the pipeline loads, for the settings that change its weights or where they
+live for good (they are part of the loader's cache key): FP8 matmuls (``qvedit.models.fp8``), FP8 weight
+storage, and streaming the transformer and text encoder from CPU memory (diffusers' group offloading).
+``apply_perf`` runs on the loaded pipeline: an attention kernel, regional ``torch.compile`` of the
+repeated transformer blocks, and keeping the 7B text encoder in CPU memory while the transformer runs
+(it is needed once per frame, for the prompt). Measured effects are in the README.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -17,6 +20,27 @@ from qvedit.models.diffusers_compat import before_prompt_encoding, execution_dev
 from qvedit.models.settings import PerfSettings
 
 log = logging.getLogger(__name__)
+
+
+def prepare_pipeline(pipe, settings: PerfSettings, device: str) -> None:
+    """Apply the settings of ``settings.pipeline_key()`` to a pipeline just loaded; components named by
+    ``settings.host_components()`` are still in CPU memory and are placed here."""
+    applied = pipe.__dict__.setdefault("_qvedit_perf", set())
+    if settings.quantize == "fp8":
+        from qvedit.models.fp8 import quantize_fp8
+
+        quantize_fp8(pipe.transformer, settings.fp8_keep_bf16, device)
+        applied.add("fp8")
+    if settings.layerwise_fp8_storage:
+        store_weights_in_fp8(pipe.transformer)  # before group offloading, so the CPU copies it streams are fp8
+        applied.add("fp8_storage")
+    if settings.group_offload:
+        group_offload(pipe, device)
+        applied.add("group_offload")
+    for name in settings.host_components():
+        component = getattr(pipe, name)
+        if not settings.group_offload and component.device != torch.device(device):
+            component.to(device)
 
 
 def apply_perf(pipe, settings: PerfSettings) -> None:
@@ -83,3 +107,85 @@ def offload_text_encoder(pipe) -> None:
     swap.load(pipe.transformer)
     before_prompt_encoding(pipe, lambda: swap.load(pipe.text_encoder))
     pipe.transformer.register_forward_pre_hook(lambda module, args: swap.load(module))
+
+
+def store_weights_in_fp8(transformer: torch.nn.Module) -> None:
+    """``perf.layerwise_fp8_storage``: the transformer's weights wait in float8 e4m3 and each layer is cast
+    to the compute dtype just before it runs (diffusers' layerwise casting; its default skip list keeps
+    the Qwen transformer's ``pos_embed`` and norms as they are). Half the memory and half the
+    host-to-device traffic under group offloading; the weights are rounded to 8 bits, so frames change."""
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=transformer.dtype)
+
+
+PINNED_CHUNK = 1 << 29  # 512 MiB, a power of two: PyTorch's pinned-memory allocator rounds every block up to one
+ALIGN = 512  # bytes between tensors in a chunk
+
+
+def chunk_plan(sizes: list[int], chunk: int = PINNED_CHUNK) -> tuple[list[tuple[int, int]], list[int]]:
+    """Pack tensors of ``sizes`` bytes into chunks, largest first, each into the first chunk with room:
+    returns ((chunk index, byte offset) per tensor, each chunk's size). A chunk is ``chunk`` bytes, or the
+    power of two that holds a larger tensor (the rest of it is filled like any other)."""
+    places: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+    chunks, used = [], []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        need = -(-sizes[i] // ALIGN) * ALIGN
+        room = next((c for c in range(len(chunks)) if chunks[c] - used[c] >= need), None)
+        if room is None:
+            chunks.append(max(chunk, 1 << (need - 1).bit_length()))
+            used.append(0)
+            room = len(chunks) - 1
+        places[i] = (room, used[room])
+        used[room] += need
+    return places, chunks
+
+
+def pin_in_place(module: torch.nn.Module, allocate: Optional[Callable[[int], torch.Tensor]] = None) -> int:
+    """Move every parameter and buffer of ``module`` into pinned CPU memory; returns the bytes pinned.
+
+    Group offloading with streams keeps a pinned CPU copy of each tensor, made by ``tensor.pin_memory()``,
+    which returns a tensor that is already pinned as it is. Pinned here first, that copy is the tensor
+    itself, so the model is held once. And diffusers' own per-tensor pinning would round every tensor up
+    to a power of two (PyTorch's pinned-memory allocator does; 38 GiB of transformer weights would take
+    60 GiB): here tensors are packed into 512 MiB chunks (``chunk_plan``: 39 GiB for the transformer, 16
+    for the text encoder) and become views of them. One chunk is filled at a time, and the tensors it
+    takes let go of their old memory, so a model still on the GPU, or in pageable memory, leaves it a
+    chunk at a time. ``allocate(nbytes)`` makes a chunk (tests pass pageable memory: pinning needs CUDA).
+    """
+    allocate = allocate or (lambda nbytes: torch.empty(nbytes, dtype=torch.uint8, pin_memory=True))
+    tensors = list({id(t): t for t in [*module.parameters(), *module.buffers()] if t.numel()}.values())
+    places, sizes = chunk_plan([t.numel() * t.element_size() for t in tensors])
+    for index, size in enumerate(sizes):
+        chunk = allocate(size)
+        for tensor, (_, offset) in [(t, place) for t, place in zip(tensors, places) if place[0] == index]:
+            nbytes = tensor.numel() * tensor.element_size()
+            view = chunk[offset:offset + nbytes].view(tensor.dtype).view(tensor.shape)
+            view.copy_(tensor.data)
+            tensor.data = view
+    return sum(sizes)
+
+
+def group_offload(pipe, device: str, use_stream: bool = True) -> None:
+    """``perf.group_offload``: the transformer and the text encoder live in CPU memory and reach the GPU a
+    piece at a time, the next piece copied on a side CUDA stream while the current one computes.
+
+    Transformer: diffusers' block-level group offloading, one of the 60 blocks per group (streams need
+    one), ``record_stream`` on (safe from diffusers 0.36.0: see ``diffusers_compat``, "streamed group
+    offload"). Text encoder (a transformers model, no ModelMixin): leaf-level group offloading, as
+    diffusers documents for such components. The VAE stays on the GPU: guidance decodes and
+    backpropagates through it at every guided step. ``use_stream=False`` (synchronous copies) is for
+    tests on the CPU.
+    """
+    from diffusers.hooks import apply_group_offloading
+
+    onload = torch.device(device)
+    streams = {"use_stream": use_stream, "record_stream": use_stream}
+    for component in (pipe.transformer, pipe.text_encoder):
+        if use_stream:
+            pin_in_place(component)
+    pipe.transformer.enable_group_offload(onload, offload_device=torch.device("cpu"), offload_type="block_level",
+                                          num_blocks_per_group=1, **streams)
+    apply_group_offloading(pipe.text_encoder, onload_device=onload, offload_device=torch.device("cpu"),
+                           offload_type="leaf_level", **streams)
+    pipe.vae.to(onload)
+    if onload.type == "cuda":
+        torch.cuda.empty_cache()

@@ -71,12 +71,13 @@ class ModelSettings:
 
         return Variant.of(self.loras, fuse_loras, self.scheduler)
 
-    def load(self, device: str, dtype: str, fuse_loras: bool = True):
+    def load(self, device: str, dtype: str, perf: Optional["PerfSettings"] = None):
         """The frozen ``QwenImageEditPlusPipeline`` on ``device`` (reused within a process), with this
-        model's LoRAs and scheduler."""
+        model's LoRAs and scheduler, and the ``perf`` settings that change its weights or where they live
+        already applied."""
         from qvedit.models.loading import load_pretrained
 
-        return load_pretrained(self.model_id, device, dtype, self.variant(fuse_loras))
+        return load_pretrained(self.model_id, device, dtype, perf, self.variant(perf.fuse_loras if perf else True))
 
 
 @dataclass
@@ -88,10 +89,10 @@ class TinyModel(ModelSettings):
         """The tiny model in qvedit's cache folder, where ``model=tiny`` keeps it."""
         return cls(str(cache_dir() / TINY_MODEL_FOLDER))
 
-    def load(self, device: str, dtype: str, fuse_loras: bool = True):
+    def load(self, device: str, dtype: str, perf: Optional["PerfSettings"] = None):
         from qvedit.models.loading import load_tiny
 
-        return load_tiny(self.model_id, device, dtype, self.variant(fuse_loras))
+        return load_tiny(self.model_id, device, dtype, perf, self.variant(perf.fuse_loras if perf else True))
 
 
 @dataclass
@@ -99,15 +100,27 @@ class RandomFullModel(ModelSettings):
     """``model=random_full``: the full 2509 architecture with random weights (timing only);
     ``model_id`` is a label."""
 
-    def load(self, device: str, dtype: str, fuse_loras: bool = True):
+    def load(self, device: str, dtype: str, perf: Optional["PerfSettings"] = None):
         from qvedit.models.loading import load_random_full
 
-        return load_random_full(device, dtype, self.variant(fuse_loras))
+        return load_random_full(device, dtype, perf, self.variant(perf.fuse_loras if perf else True))
+
+
+# perf.fp8_keep_bf16's default: the transformer's Linear layers that stay in bf16 under perf.quantize=fp8 (fnmatch
+# patterns over module names). SGLang's validated Qwen-Image / Qwen-Image-Edit FP8 fallback set; why each is kept:
+# qvedit/models/fp8.py.
+FP8_KEEP_BF16 = ("img_in", "txt_in", "time_text_embed.*", "*.img_mod.*", "*.txt_mod.*", "*.img_mlp.net.2",
+                 "norm_out.*", "proj_out")
 
 
 @dataclass
 class PerfSettings:
-    """``perf/``: speed and memory settings that do not change what the method computes."""
+    """``perf/``: speed and memory settings.
+
+    ``attention_backend``, ``compile``, ``offload_text_encoder`` and ``group_offload`` compute what the
+    plain pipeline computes; ``quantize=fp8`` and ``layerwise_fp8_storage`` round weights (and, for fp8,
+    activations) to 8 bits, so they change the frames and are recorded in the resume manifest.
+    """
 
     attention_backend: Optional[str] = setting(None)
     compile: bool = setting(False)
@@ -115,6 +128,67 @@ class PerfSettings:
     # merge model.loras into the transformer's weights (no LoRA layers left to run); false keeps them as
     # separate layers, so a sweep that changes only their scales reuses the loaded model
     fuse_loras: bool = setting(True)
+    quantize: str = setting("none", frames=True, choices=("none", "fp8"))
+    fp8_keep_bf16: list = setting(default_factory=lambda: list(FP8_KEEP_BF16), frames=True)
+    group_offload: bool = setting(False)
+    layerwise_fp8_storage: bool = setting(False, frames=True)
+
+    def __post_init__(self):
+        check_fields(self, "perf.")
+        self.fp8_keep_bf16 = [str(pattern) for pattern in self.fp8_keep_bf16]  # a ListConfig from Hydra
+
+    def check(self, device: str, dtype: str, processes: int = 1) -> None:
+        """Refuse settings that cannot work together or on ``device``, before the model loads."""
+        refused = self.conflict(processes)
+        if refused:
+            raise QveditError(refused)
+        if self.quantize == "fp8":
+            from qvedit.models.fp8 import check_fp8
+
+            check_fp8(device, dtype)
+        if self.group_offload and not device.startswith("cuda"):
+            raise QveditError(f"perf.group_offload streams the model's weights from CPU memory to a CUDA GPU, but "
+                              f"device={device} already holds them in CPU memory: use perf=default on the CPU")
+
+    def conflict(self, processes: int = 1) -> Optional[str]:
+        """Why these settings do not go together (one line), or None."""
+        fp8, streamed = self.quantize == "fp8", self.group_offload
+        if fp8 and self.layerwise_fp8_storage:
+            return ("perf.quantize=fp8 already stores the transformer's linear layers in fp8: leave "
+                    "perf.layerwise_fp8_storage=false")
+        if streamed and self.compile:
+            return ("perf.compile does not combine with perf.group_offload: the offload hooks move weights inside "
+                    "every block, which breaks the blocks' full-graph compile, and a streamed step waits on the "
+                    "host-to-device copies rather than on the GPU: leave perf.compile=false")
+        if self.layerwise_fp8_storage and self.compile:
+            return ("perf.compile does not combine with perf.layerwise_fp8_storage (not tried together: the casts run "
+                    "in hooks around every layer, inside the blocks that compile as one graph): leave one of them off")
+        if streamed and self.offload_text_encoder:
+            return ("perf.group_offload already keeps the text encoder in CPU memory (layer by layer): leave "
+                    "perf.offload_text_encoder=false")
+        if fp8 and (streamed or self.offload_text_encoder):
+            other = "group_offload" if streamed else "offload_text_encoder"
+            return (f"perf.quantize=fp8 does not combine with perf.{other} (not tried together: torchao's fp8 weights "
+                    "are tensor subclasses, which these offloads move by hand): use one of them")
+        if streamed and processes > 1:
+            return (f"perf.group_offload runs one GPU's model from CPU memory; it does not combine with parallel.* "
+                    f"degrees ({processes} processes): use perf=default under torchrun")
+        return None
+
+    def pipeline_key(self) -> tuple:
+        """The settings that change the loaded pipeline's weights or where they live, for good: part of the
+        loader's cache key, so a job with other values gets a freshly loaded pipeline."""
+        key = (("quantize", self.quantize, *self.fp8_keep_bf16),) if self.quantize != "none" else ()
+        return key + (("layerwise_fp8_storage",),) * self.layerwise_fp8_storage + (("group_offload",),) * \
+            self.group_offload
+
+    def host_components(self) -> tuple:
+        """Components the loader leaves in CPU memory for ``qvedit.models.perf.prepare_pipeline`` to place:
+        with group offloading the transformer and the text encoder never go to the GPU whole; fp8 moves the
+        transformer there layer by layer as it quantizes, fp8 storage after casting it."""
+        if self.group_offload:
+            return ("transformer", "text_encoder")
+        return ("transformer",) if self.quantize == "fp8" or self.layerwise_fp8_storage else ()
 
     def apply(self, pipe) -> None:
         """Set up ``pipe`` (once per pipeline and setting: a sweep reuses the pipeline)."""

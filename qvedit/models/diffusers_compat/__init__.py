@@ -2,7 +2,8 @@
 
 qvedit never edits site-packages and never copies the denoising loop; where the pipeline offers no
 argument for what qvedit needs, it adapts the pipeline at run time, and all of that is here. Each
-adaptation is listed in ``ADAPTATIONS`` with what it relies on; ``tests/test_diffusers_compat.py``
+adaptation is listed in ``ADAPTATIONS`` with what it relies on (the decode path lives in ``decode.py``, the
+CFG passes in ``cfg_passes.py``, beside this file); ``tests/test_diffusers_compat.py``
 runs every check, so a diffusers upgrade that breaks one fails with the adaptation's name. At start
 a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the adaptations at risk.
 """
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 import torch
-from torch.utils.checkpoint import checkpoint
+
+from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
+from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,6 @@ def _pipeline_module():
 
 def _call_source() -> str:
     return inspect.getsource(_pipeline_module().QwenImageEditPlusPipeline.__call__)
-
 
 # -- 1. condition area ------------------------------------------------------------------------------
 
@@ -99,78 +101,7 @@ def step_sigma(scheduler) -> float:
     """sigma of the latents the scheduler's last ``step`` returned (0 after the final step)."""
     return float(scheduler.sigmas[scheduler.step_index])
 
-
-# -- 3. decoding packed latents like the pipeline, with gradients -----------------------------------
-
-def execution_device(pipe) -> torch.device:
-    """The device the pipeline runs on (diffusers' private ``_execution_device``)."""
-    return pipe._execution_device
-
-
-class LatentDecoder:
-    """Differentiable decode of packed latents, along exactly the pipeline's own decode path.
-
-    ``decode(latents)``: latents (1, (H/16)*(W/16), C*4) packed -> image (1, 3, H, W) in [0, 1],
-    equal to the pipeline's ``output_type="pt"`` image for the same latents. With
-    ``checkpointing`` the VAE decoder keeps only block inputs and recomputes each block in the
-    backward pass, trading one more decoder forward for most of the activation memory. With
-    ``long_side`` smaller than the frame's, the latents are first resized (bilinear, antialiased) so
-    that the decoded image has about that long side: a cheaper decode for losses computed smaller.
-    """
-
-    def __init__(self, pipe, height: int, width: int, checkpointing: bool = False, long_side: Optional[int] = None):
-        self.pipe = pipe
-        self.vae = pipe.vae
-        self.height = height
-        self.width = width
-        self.checkpointing = checkpointing
-        scale = self.pipe.vae_scale_factor
-        shrink = 1.0 if long_side is None else min(1.0, long_side / max(height, width))
-        # latent (h, w) to decode at; None = as unpacked
-        self.latent_size = None if shrink == 1.0 else (max(1, round(height // scale * shrink)),
-                                                       max(1, round(width // scale * shrink)))
-        z_dim = self.vae.config.z_dim
-        self.mean = torch.tensor(self.vae.config.latents_mean).view(1, z_dim, 1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z_dim, 1, 1, 1)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        z = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
-        z = z.to(self.vae.dtype)
-        z = z / self.inv_std.to(z.device, z.dtype) + self.mean.to(z.device, z.dtype)
-        if self.latent_size is not None:  # (B, C, 1, h, w): one latent frame
-            z = torch.nn.functional.interpolate(z[:, :, 0].float(), size=self.latent_size, mode="bilinear",
-                                                antialias=True, align_corners=False)[:, :, None].to(z.dtype)
-        if self.checkpointing:
-            image = self._decode_checkpointed(z)
-        else:
-            image = self.vae.decode(z, return_dict=False)[0]
-        return (image[:, :, 0] / 2 + 0.5).clamp(0, 1)
-
-    def _decode_checkpointed(self, z: torch.Tensor) -> torch.Tensor:
-        """``vae.decode`` for one frame, block by block under activation checkpointing.
-
-        For a single latent frame the decoder's causal cache is empty, which is the same as
-        running every block with ``feat_cache=None``; that makes each block a pure function and
-        safe to recompute. A test holds this equal to ``vae.decode``.
-        """
-        if z.shape[2] != 1:
-            raise ValueError(f"checkpointed decode takes one latent frame, got {z.shape[2]}")
-        decoder = self.vae.decoder
-        blocks = [decoder.conv_in, *decoder.mid_block.resnets[:1]]
-        for attention, resnet in zip(decoder.mid_block.attentions, decoder.mid_block.resnets[1:]):
-            blocks += [attention, resnet]
-        for up_block in decoder.up_blocks:
-            blocks += list(up_block.resnets) + list(up_block.upsamplers or [])
-        x = self.vae.post_quant_conv(z)
-        for block in blocks:
-            x = checkpoint(block, x, use_reentrant=False)
-        x = checkpoint(self._head, x, use_reentrant=False)
-        return x.clamp(-1.0, 1.0)
-
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
-        decoder = self.vae.decoder
-        return decoder.conv_out(decoder.nonlinearity(decoder.norm_out(x)))
-
+# -- 3. decoding packed latents like the pipeline, with gradients: decode.py (LatentDecoder) ------------
 
 # -- 4. running code before each prompt encoding ----------------------------------------------------
 
@@ -185,58 +116,7 @@ def before_prompt_encoding(pipe, hook: Callable[[], None]) -> None:
 
     pipe.encode_prompt = encode_prompt_after_hook
 
-
-# -- 5. the two passes of true CFG ------------------------------------------------------------------
-
-class CFGPasses:
-    """Hands the transformer's "cond" and "uncond" passes of each step to ``run_pass``.
-
-    The pipeline calls the transformer twice per step, inside ``transformer.cache_context("cond")``
-    and then ``cache_context("uncond")``. With this installed, each such call becomes
-    ``run_pass(name, forward, hidden_states, *args, **kwargs)``, which returns the (B, S, C_out)
-    prediction; calls outside the two contexts run unchanged. ``out_features`` and ``dtype`` give the
-    prediction's last dimension and dtype, for a pass that is computed elsewhere.
-    """
-
-    def __init__(self, transformer: torch.nn.Module, run_pass: Callable):
-        self.context: Optional[str] = None
-        self.run_pass = run_pass
-        self.forward = transformer.forward
-        self.cache_context = transformer.cache_context
-        config = transformer.config
-        self.out_features = config.patch_size ** 2 * (config.out_channels or config.in_channels)
-        self.dtype = transformer.dtype  # the prediction's dtype: proj_out's
-        transformer.cache_context = self.named_pass
-        transformer.forward = self.split_forward
-
-    @contextlib.contextmanager
-    def named_pass(self, name: str, **kwargs):
-        self.context = name
-        try:
-            with self.cache_context(name, **kwargs):
-                yield
-        finally:
-            self.context = None
-
-    def split_forward(self, hidden_states: torch.Tensor, *args, **kwargs):
-        if self.context not in ("cond", "uncond"):
-            return self.forward(hidden_states, *args, **kwargs)
-        prediction = self.run_pass(self.context, self._prediction, hidden_states, *args, **kwargs)
-        if kwargs.get("return_dict", True):
-            from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-            return Transformer2DModelOutput(sample=prediction)
-        return (prediction,)
-
-    def _prediction(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """The transformer's own (B, S, C_out) prediction for this pass."""
-        output = self.forward(hidden_states, *args, **kwargs)
-        return output[0] if isinstance(output, tuple) else output.sample
-
-    def placeholder(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """An empty tensor shaped like this pass's prediction, to be filled by another process."""
-        return hidden_states.new_empty((*hidden_states.shape[:2], self.out_features), dtype=self.dtype)
-
+# -- 5. the two passes of true CFG: cfg_passes.py (CFGPasses) ------------------------------------------
 
 # -- 6. context parallelism -------------------------------------------------------------------------
 
@@ -258,11 +138,17 @@ def attention_backend(transformer) -> Optional[str]:
 
 def _in_call(*fragments: str) -> Optional[str]:
     """None if every fragment appears in ``QwenImageEditPlusPipeline.__call__``, in this order."""
-    source, position = _call_source(), 0
+    return _in_source(None, *fragments)
+
+
+def _in_source(function: Optional[Callable], *fragments: str) -> Optional[str]:
+    """None if every fragment appears in ``function``'s source (None: ``__call__``'s), in this order."""
+    source = _call_source() if function is None else inspect.getsource(function)
+    where, position = "QwenImageEditPlusPipeline.__call__" if function is None else function.__qualname__, 0
     for fragment in fragments:
         found = source.find(fragment, position)
         if found < 0:
-            return f"QwenImageEditPlusPipeline.__call__ no longer contains {fragment!r} (after the fragments before it)"
+            return f"{where} no longer contains {fragment!r} (after the fragments before it)"
         position = found + len(fragment)
     return None
 
@@ -296,19 +182,12 @@ def _check_decode() -> Optional[str]:
 def _check_decoder_blocks() -> Optional[str]:
     from diffusers.models.autoencoders import autoencoder_kl_qwenimage as vae
 
-    for function, fragments in (
-        (vae.QwenImageDecoder3d.forward, ("self.conv_in(x)", "self.mid_block(", "for up_block in self.up_blocks",
-                                          "self.norm_out(x)", "self.nonlinearity(x)", "self.conv_out(x)")),
-        (vae.QwenImageMidBlock.forward, ("self.resnets[0](", "zip(self.attentions, self.resnets[1:])")),
-        (vae.QwenImageUpBlock.forward, ("for resnet in self.resnets", "self.upsamplers[0](x)")),
-        (vae.AutoencoderKLQwenImage._decode, ("self.post_quant_conv(z)", "torch.clamp(out, min=-1.0, max=1.0)")),
-    ):
-        source, position = inspect.getsource(function), 0
-        for fragment in fragments:
-            position = source.find(fragment, position)
-            if position < 0:
-                return f"{function.__qualname__} no longer contains {fragment!r}"
-    return None
+    return (_in_source(vae.QwenImageDecoder3d.forward, "self.conv_in(x)", "self.mid_block(",
+                       "for up_block in self.up_blocks", "self.norm_out(x)", "self.nonlinearity(x)", "self.conv_out(x)")
+            or _in_source(vae.QwenImageMidBlock.forward, "self.resnets[0](", "zip(self.attentions, self.resnets[1:])")
+            or _in_source(vae.QwenImageUpBlock.forward, "for resnet in self.resnets", "self.upsamplers[0](x)")
+            or _in_source(vae.AutoencoderKLQwenImage._decode, "self.post_quant_conv(z)",
+                          "torch.clamp(out, min=-1.0, max=1.0)"))
 
 
 def _check_prompt_encoding() -> Optional[str]:
@@ -339,6 +218,20 @@ def _check_lora_keys() -> Optional[str]:
     return (f"PeftAdapterMixin.load_lora_adapter no longer contains {missing[0]!r}" if missing else
             _has(_pipeline_module().QwenImageEditPlusPipeline, "lora_state_dict", "load_lora_weights", "set_adapters",
                  "fuse_lora", "unload_lora_weights"))
+
+
+def _check_group_offload() -> Optional[str]:
+    # diffusers issue 12673 (Qwen-Image, streamed group offloading with record_stream: garbage images): tensors were
+    # recorded on the transfer stream; PR 12721 (2025-12-03, first in v0.36.0) hands down the compute stream instead.
+    from diffusers import DiffusionPipeline, ModelMixin
+    from diffusers.hooks.group_offloading import ModuleGroup
+
+    missing = {"use_stream", "record_stream"} - set(inspect.signature(ModelMixin.enable_group_offload).parameters)
+    return ((f"ModelMixin.enable_group_offload takes no {', '.join(sorted(missing))}" if missing else None)
+            or _in_source(ModuleGroup._onload_from_memory, "default_stream = ", "with context:",
+                          "default_stream=default_stream")
+            or _in_source(ModuleGroup._transfer_tensor_to_device, "record_stream(default_stream)")
+            or _in_source(DiffusionPipeline._execution_device.fget, "_get_group_onload_device"))
 
 
 @dataclass(frozen=True)
@@ -377,6 +270,9 @@ ADAPTATIONS = (
                "lora_state_dict gives diffusers-format keys transformer.<module>.lora_A/B.weight; load_lora_adapter "
                "keeps only keys under transformer. and loads them with peft, warning only about keys of no module",
                _check_lora_keys),
+    Adaptation("streamed group offload", "perf.group_offload", "the fix of diffusers issue 12673 (PR 12721, v0.36.0): "
+               "ModuleGroup records tensors on the compute stream; _execution_device finds the onload device",
+               _check_group_offload),
 )
 
 
