@@ -49,7 +49,7 @@ def peak_memory_mib(device: torch.device) -> float:
 
 # perf=low_memory's saving, measured (README, "Performance"): TTLG at 1024x1024 peaks at 43.4 GiB instead of 58.9
 LOW_MEMORY_HINT = ("pass perf=low_memory (the text encoder waits in CPU memory between prompts: 43 GiB instead of 59 "
-                   "at 1 MP)")
+                   "at 1 MP) or perf=vram24 (weights streamed from CPU memory: 5.4 GiB at 1 MP, 1.26x the time)")
 
 
 def out_of_memory_message(index: int, size: tuple[int, int], device: torch.device, offloaded: bool,
