@@ -6,14 +6,15 @@ before qvedit's code runs. So before Hydra reads a config folder given on the co
 YAML file in it is checked, and ``build`` checks each group's node again before instantiating it:
 
 - a ``_target_`` may only name one of qvedit's settings classes (``qvedit.*.settings``), one of its
-  Hydra callbacks, or a launcher or sweeper of Hydra itself or of the two launcher plugins;
+  Hydra callbacks, or a launcher or sweeper of Hydra itself, of the two launcher plugins or of
+  qvedit's Optuna sweeper plugin;
 - logging configs (``hydra.job_logging``, ``hydra.hydra_logging``) may only name ``logging`` classes
   (``class``, ``()``) and write to ``ext://sys.stdout`` or ``ext://sys.stderr``;
 - ``hydra.searchpath`` may not add config folders, which would bring in YAML unchecked.
 
 Anything else is refused in one line naming the file and the key. ``--experimental-rerun``, which
 unpickles a run's config (a pickle can run any code), is refused outright. Weights are read only
-from safetensors files or with ``torch.load(weights_only=True)`` (``tests/test_trust.py``).
+from safetensors files or with ``torch.load(weights_only=True)`` (``tests/test_bad_inputs.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Iterator, Optional
 import yaml
 
 PLUGIN_PACKAGES = ("hydra._internal.core_plugins.", "hydra_plugins.hydra_submitit_launcher.",
-                   "hydra_plugins.hydra_ray_launcher.")
+                   "hydra_plugins.hydra_ray_launcher.", "hydra_plugins.qvedit_optuna.")  # the last: qvedit's own
 LOGGING_KEYS = ("job_logging", "hydra_logging")
 LOG_STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
 
