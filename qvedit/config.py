@@ -66,11 +66,15 @@ class RunSettings(GenerationSettings):
 
 def schema(settings: type) -> type:
     """The structured-config node of a group: ``settings`` plus a ``_target_`` that instantiates it."""
-    return make_dataclass(
+    node = make_dataclass(
         f"{settings.__name__}Schema",
         [("_target_", str, field(default=f"{settings.__module__}.{settings.__qualname__}"))],
         bases=(settings,),
     )
+    # a module attribute under its own name, so a pickled config (a submitit job's) finds it again
+    node.__module__ = __name__
+    globals()[node.__name__] = node
+    return node
 
 
 ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSettings), schema(MetricsSettings)

@@ -186,3 +186,19 @@ def test_readme_documents_every_config_key_with_its_default():
         if not ok:
             wrong.append(f"{key}: README says {rows[key]!r}, the schema {default!r}")
     assert not wrong, wrong
+
+
+def test_a_composed_config_survives_pickling_with_its_schema():
+    """Launchers (submitit for SLURM, Ray) pickle the job's config: its schema classes must be found
+    again by name, or the job sees a node without its fields."""
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    from qvedit.keys import unknown_config_keys
+
+    cfg = make(["experiment=tiny_cpu", "io=demo", "perf=fp8"])
+    again = pickle.loads(pickle.dumps(cfg))
+    assert OmegaConf.get_type(again.model) is OmegaConf.get_type(cfg.model)
+    assert OmegaConf.get_type(again.io) is OmegaConf.get_type(cfg.io)
+    assert again == cfg and unknown_config_keys(again) == []

@@ -13,7 +13,6 @@ import itertools
 import math
 
 import numpy as np
-import pytest
 from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,7 +81,7 @@ def numbers(overrides_: list[str]) -> str:
     return " ".join(overrides_)
 
 
-@settings(max_examples=12, deadline=None, database=None, derandomize=False,
+@settings(max_examples=12, deadline=None, database=None, derandomize=True,  # the same examples in CI as here
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(chosen=overrides(), frames=images(), guided=st.booleans())
 def test_any_number_and_any_small_image_run_or_stop_with_one_line(tiny_pipe, tmp_path, chosen, frames, guided):
@@ -109,5 +108,3 @@ def test_any_number_and_any_small_image_run_or_stop_with_one_line(tiny_pipe, tmp
 def test_every_numeric_key_is_drawn():
     assert {"num_inference_steps", "true_cfg_scale", "seed", "condition_area", "max_area", "max_frames",
             "ttlg.lr", "ttlg.gram_size", "metrics.size", "acceptance.edge_ratio", "parallel.cfg_degree"} <= set(NUMERIC)
-    with pytest.raises(Exception):
-        assert not NUMERIC

@@ -76,7 +76,7 @@ def test_edges_made_from_rgb_frames_match_sobel_and_are_saved(rgb_video, tmp_pat
         edge = np.asarray(clip.edge_frame(k, clip.size))
         assert np.array_equal(edge[..., 0], expected) and np.array_equal(edge[..., 2], expected)
         assert np.array_equal(np.asarray(read_rgb8(edges_dir / f"{k + 1:05d}.png"))[..., 1], expected)
-    assert sorted(p.name for p in edges_dir.iterdir()) == [f"{i:05d}.png" for i in range(1, 6)]
+    assert sorted(p.name for p in edges_dir.glob("*.png")) == [f"{i:05d}.png" for i in range(1, 6)]
 
 
 def test_edge_video_of_another_size_is_resized(rgb_video, tmp_path):
