@@ -134,6 +134,17 @@ def write_text_atomic(final: str | os.PathLike, text: str) -> Path:
     return Path(final)
 
 
+def write_figure_png(figure, final: str | os.PathLike) -> Path:
+    """A matplotlib ``figure`` laid out and written as a PNG that appears whole or not at all; closed after."""
+    figure.tight_layout()
+    with atomic_path(final) as partial:
+        figure.savefig(partial, dpi=100, format="png")
+    import matplotlib.pyplot as plt  # here, not at the top: most users of this module draw nothing
+
+    plt.close(figure)
+    return Path(final)
+
+
 def remove_partials(folder: Path) -> None:
     """Delete what a killed writer left in ``folder`` (files never renamed to their final name)."""
     for stale in folder.glob(PARTIAL_GLOB):

@@ -59,6 +59,17 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized * scale.view(1, 2, 1, 1)
 
 
+def enlarged(a: torch.Tensor, b: torch.Tensor, min_side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (1, 3, H, W) frames enlarged alike (aspect kept) until the short side is ``min_side``, for a flow
+    method that cannot take smaller ones; its flow goes back to the frames' size with ``resize_flow``."""
+    size = a.shape[-2:]
+    scale = min_side / min(size)
+    if scale <= 1:
+        return a, b
+    big = (math.ceil(size[0] * scale), math.ceil(size[1] * scale))
+    return tuple(F.interpolate(x, size=big, mode="bilinear", align_corners=False) for x in (a, b))
+
+
 class DISFlow:
     """OpenCV's DIS optical flow (no weights; CPU). ``(a, b)`` (1, 3, H, W) in [0, 1] -> (1, 2, H, W) a -> b."""
 
@@ -74,9 +85,7 @@ class DISFlow:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         size = tuple(a.shape[-2:])
-        big = (max(size[0], self.MIN_SIDE), max(size[1], self.MIN_SIDE))
-        if big != size:  # tiny frames are enlarged for DIS, and its flow brought back to their size
-            a, b = (F.interpolate(x, size=big, mode="bilinear", align_corners=False) for x in (a, b))
+        a, b = enlarged(a, b, self.MIN_SIDE)
         grey_a, grey_b = (np.ascontiguousarray(self._grey(image)) for image in (a, b))
         flow = self.dis.calc(grey_a, grey_b, None)  # (H, W, 2): a(x) ~ b(x + flow(x))
         return resize_flow(torch.from_numpy(flow).permute(2, 0, 1)[None].to(a.device), size)
@@ -129,10 +138,7 @@ class RAFTFlow:
     @torch.no_grad()
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         size = tuple(a.shape[-2:])
-        scale = max(1.0, self.MIN_SIDE / min(size))
-        if scale > 1:  # small frames are enlarged for RAFT, and its flow brought back to their size
-            big = (math.ceil(size[0] * scale), math.ceil(size[1] * scale))
-            a, b = (F.interpolate(x, size=big, mode="bilinear", align_corners=False) for x in (a, b))
+        a, b = enlarged(a, b, self.MIN_SIDE)
         height, width = a.shape[-2:]
         pad = (0, (-width) % 8, 0, (-height) % 8)  # and sides divisible by 8
         a, b = (F.pad(x.to(self.device) * 2 - 1, pad, mode="replicate") for x in (a, b))

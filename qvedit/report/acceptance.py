@@ -23,7 +23,7 @@ from hydra.types import RunMode
 
 from qvedit.config import output_path_keys, scale_keys
 from qvedit.errors import QveditError
-from qvedit.files import atomic_path, write_text_atomic
+from qvedit.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
 from qvedit.report.confdiff import diff_configs, load_run
@@ -193,11 +193,7 @@ def plot(comparison: Comparison, column: str, out: Path) -> Optional[Path]:
     axes.set_ylabel(column)
     axes.set_title(f"{column}: seeds {comparison.seeds}, min-max band")
     axes.legend()
-    figure.tight_layout()
-    with atomic_path(out) as partial:
-        figure.savefig(partial, dpi=100, format="png")
-    plt.close(figure)
-    return out
+    return write_figure_png(figure, out)
 
 
 def thresholds_of(jobs: list[Job]) -> Thresholds:

@@ -21,7 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from qvedit.errors import QveditError
-from qvedit.files import atomic_path, write_text_atomic
+from qvedit.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.guidance.settings import TTLGSettings
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,4 @@ def _plot(study, names: list[str], best, out: Path) -> Path:
     axes.set_ylabel(f"{y} guided / unguided")
     axes.set_title(f"{len(done)} trials, lower is better")
     axes.legend()
-    figure.tight_layout()
-    with atomic_path(out) as partial:
-        figure.savefig(partial, dpi=100, format="png")
-    plt.close(figure)
-    return out
+    return write_figure_png(figure, out)
