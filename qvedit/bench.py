@@ -15,7 +15,9 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
   values and guidance window (read from ``conf/experiment/lightning.yaml``); no LoRA is loaded: a fused
   LoRA leaves the transformer's shapes and cost as they are;
 - ``edge_gram_decode512`` / ``lightning_edge_gram_decode512``: guidance decoding x0 at 512 pixels
-  (``ttlg.decode_size=512``).
+  (``ttlg.decode_size=512``);
+- ``off_first_frame_image`` / ``lightning_off_first_frame_image``: ``anchor.first_frame_image=true``, frame 0
+  as a third condition image (a longer transformer pass).
 
 Per variant: seconds per frame, prompt encoding, transformer time per denoising step, VAE decode,
 peak GPU memory; guided variants also the added seconds per guided step. CUDA events time the
@@ -40,7 +42,8 @@ from qvedit.models.random_full import RANDOM_WEIGHTS
 
 VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
             "plain_fast", "off_fast", "lightning_off", "lightning_edge_gram", "edge_gram_decode512",
-            "lightning_edge_gram_decode512", "off_fp8", "edge_gram_fp8", "off_vram24", "edge_gram_vram24")
+            "lightning_edge_gram_decode512", "off_fp8", "edge_gram_fp8", "off_vram24", "edge_gram_vram24",
+            "off_first_frame_image", "lightning_off_first_frame_image")
 # Settings applied to the loaded pipeline (they stay with it: these stages come after the plain ones), and
 # presets that change the pipeline for good, so each gets a freshly loaded one (qvedit.models.loading).
 APPLIED = {"_low_memory": dict(offload_text_encoder=True), "_fast": dict(compile=True)}
@@ -111,6 +114,7 @@ def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
 
 
 def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work: Path) -> dict:
+    from qvedit.anchor.settings import AnchorSettings
     from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
     from qvedit.editor import edit_clip, frame_seed
     from qvedit.guidance.settings import TTLGSettings
@@ -149,8 +153,9 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
                      generator=torch.Generator(pipe.device).manual_seed(frame_seed(0, 1)))
         else:
             out = Path(tempfile.mkdtemp(prefix=f"out-{variant}-", dir=work))  # a new clip, never a resumed one
+            anchor = AnchorSettings(first_frame_image=variant.endswith("_first_frame_image"))
             frame = edit_clip(pipe, FrameFolders(str(init), str(edges)), ClipOutputs(FrameWriter(out)), settings,
-                              ttlg)[-1]
+                              ttlg, anchor=anchor)[-1]
         if cuda:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - started

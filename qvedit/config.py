@@ -19,11 +19,12 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from qvedit.anchor.settings import AnchorSettings
 from qvedit.errors import QveditError
 from qvedit.fields import setting, tags_of, value_problem, walk
 from qvedit.files import cache_dir
 from qvedit.guidance.settings import FlowSettings, TTLGSettings
-from qvedit.io.settings import IO_OPTIONS, FramesIO, VideoIO
+from qvedit.io.settings import IO_OPTIONS, FramesIO, LongDemoIO, VideoIO
 from qvedit.models.settings import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.report.settings import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 
@@ -80,7 +81,9 @@ def schema(settings: type) -> type:
 ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSettings), schema(MetricsSettings)
 ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSettings), schema(ParallelSettings)
 FlowSchema, LoggerSchema, TuningSchema = schema(FlowSettings), schema(LoggerSettings), schema(TuningSettings)
-IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO)}  # each io/*.yaml picks one
+AnchorSchema = schema(AnchorSettings)
+IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO),  # each io/*.yaml picks one
+              "schema_demo_long": schema(LongDemoIO)}
 
 
 @dataclass
@@ -91,6 +94,7 @@ class QveditConfig(RunSettings):
     io: Any = MISSING  # one of IO_SCHEMAS, chosen by the io/*.yaml file
     ttlg: TTLGSchema = field(default_factory=TTLGSchema)
     flow: FlowSchema = field(default_factory=FlowSchema)
+    anchor: AnchorSchema = field(default_factory=AnchorSchema)
     metrics: MetricsSchema = field(default_factory=MetricsSchema)
     acceptance: ThresholdsSchema = field(default_factory=ThresholdsSchema)
     perf: PerfSchema = field(default_factory=PerfSchema)

@@ -1,4 +1,4 @@
-"""The rolling frame loop (spec §3.2): frame k+1 = pipe(image=[edge_k, frame k]), one at a time."""
+"""The rolling frame loop (docs/METHOD.md, section 2): frame k+1 = pipe(image=[edge_k, frame k]), one at a time."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from qvedit.anchor.color import ColorAnchor
+from qvedit.anchor.settings import AnchorSettings
 from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
 from qvedit.devices import frame_memory, peak_memory_mib, reset_peak_memory
 from qvedit.errors import QveditError
@@ -121,7 +123,7 @@ def output_frame_count(edge_count: int, max_frames: Optional[int]) -> int:
 
 def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSettings,
               ttlg: Optional[TTLGSettings] = None, team: Optional[Team] = None,
-              flow: Optional[ClipFlow] = None) -> list[Path]:
+              flow: Optional[ClipFlow] = None, anchor: Optional[AnchorSettings] = None) -> list[Path]:
     """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order. Returns the frame paths.
 
     Frames already in ``outputs``' folder (a resumed run) are kept and the loop goes on from the
@@ -133,9 +135,14 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
 
     ``flow`` (the source frames' optical flow; rank 0 only) feeds the warp-error metric and
     ``ttlg.temporal_mode=flow``, which needs it.
+
+    ``anchor`` (the drift defences, ``qvedit.anchor``): frame 0 as a third image, keyframes made from
+    frame 0, and each frame's colours moved toward frame 0's (source-adjusted) statistics before it is
+    written and followed; the same target feeds ``color_drift`` and ``ttlg.color_scale``.
     """
     team = team or Team()
     ttlg = ttlg or TTLGSettings()
+    anchor = anchor or AnchorSettings()
     if ttlg.enabled:
         refuse_inference_mode()
     if ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0 and team.is_writer and flow is None:
@@ -149,6 +156,8 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     done = outputs.resume_point(init, total)
     previous = outputs.previous_frame(done, init)
     done, previous = team.agree((done, previous))
+    wants_color = anchor.corrects_color or ttlg.color_scale > 0 or outputs.metrics.quality
+    color = ColorAnchor(anchor, init, source) if wants_color else None
     guide = Guide(ttlg, pipe, to_tensor(init), outputs.debug_dir) if ttlg.enabled and team.is_writer else None
     if guide is not None:
         guide.frame_done(to_tensor(previous))
@@ -167,15 +176,16 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         edge = source.edge_frame(index - 1, (width, height))
         pair = flow.pair(index, edge) if flow is not None and team.is_writer else None
         generator = torch.Generator(device=device).manual_seed(frame_seed(settings.seed, index))
+        color_target = color.target(index) if color is not None else None
         with frame_memory(index, (gen_width, gen_height), pipe), condition_area(area), \
                 record_velocity(pipe.scheduler) as velocity:
             callback = None
             if guide is not None:
                 callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,
-                                          settings.num_inference_steps, velocity, pair)
+                                          settings.num_inference_steps, velocity, pair, color_target)
             result = pipe(
-                image=[edge, previous],
-                prompt=settings.prompt,
+                image=anchor.condition_images(index, edge, previous, init),
+                prompt=anchor.prompt_for(settings.prompt),
                 negative_prompt=settings.negative_prompt,
                 true_cfg_scale=settings.true_cfg_scale,
                 num_inference_steps=settings.num_inference_steps,
@@ -189,11 +199,13 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         if frame.size != (width, height):
             frame = frame.resize((width, height), Image.Resampling.BICUBIC)
         frame = team.agree(frame)
+        if anchor.corrects_color:
+            frame = color.correct(frame, index)
         written.append(outputs.write_frame(index, frame))
         seconds = time.perf_counter() - started
         if guide is not None:
             guide.frame_done(to_tensor(frame))
-        outputs.record(index, frame, edge, previous, pair, seconds=round(seconds, 4),
+        outputs.record(index, frame, edge, previous, pair, color_target, seconds=round(seconds, 4),
                        guided_steps=guide.guided_steps if guide else 0,
                        peak_mem_mib=round(peak_memory_mib(device), 1))
         if team.is_writer and not bars:

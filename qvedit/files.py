@@ -134,9 +134,11 @@ def write_text_atomic(final: str | os.PathLike, text: str) -> Path:
     return Path(final)
 
 
-def write_figure_png(figure, final: str | os.PathLike) -> Path:
-    """A matplotlib ``figure`` laid out and written as a PNG that appears whole or not at all; closed after."""
-    figure.tight_layout()
+def write_figure_png(figure, final: str | os.PathLike, lay_out: bool = True) -> Path:
+    """A matplotlib ``figure`` laid out (unless the caller did: ``lay_out=False``) and written as a PNG that
+    appears whole or not at all; closed after."""
+    if lay_out:
+        figure.tight_layout()
     with atomic_path(final) as partial:
         figure.savefig(partial, dpi=100, format="png")
     import matplotlib.pyplot as plt  # here, not at the top: most users of this module draw nothing

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -23,6 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from qvedit.anchor.settings import AnchorSettings
 from qvedit.config import RunSettings, frame_settings, scale_keys
 from qvedit.devices import check_device
 from qvedit.editor import cpu_speed_warnings, edit_clip
@@ -39,6 +41,7 @@ from qvedit.models.parallel import Team
 from qvedit.models.settings import ModelSettings, PerfSettings
 from qvedit.outputs import ClipOutputs, check_or_record
 from qvedit.preflight import check_clip
+from qvedit.report.drift import plot_drift
 from qvedit.report.html import write_run_html
 from qvedit.report.summary import run_summary
 from qvedit.report.tracking import JobTracking
@@ -81,13 +84,14 @@ class Job:
     perf: PerfSettings
     flow: Optional[ClipFlow]
     tracking: Optional[JobTracking]
+    anchor: AnchorSettings
 
     @classmethod
     def prepare(cls, cfg: DictConfig, run_dir: Path, team: Team) -> "Job":
         """Build and check everything a run needs but the model (one instantiation per group)."""
         settings = RunSettings.of(cfg)
         device = team.device or settings.device
-        ttlg, io, metrics = build(cfg.ttlg), build(cfg.io), build(cfg.metrics)
+        ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
         source = io.open(layout)  # inputs are checked before the (slow) model load
@@ -107,7 +111,7 @@ class Job:
             if team.is_writer and (metrics.quality or flow_guided) else None
         sweep_dir = Path(HydraConfig.get().sweep.dir) if in_sweep() else None
         tracking = JobTracking.start(logger, cfg, run_dir, sweep_dir) if team.is_writer else None
-        return cls(cfg, settings, team, device, layout, io, source, outputs, ttlg, model, perf, flow, tracking)
+        return cls(cfg, settings, team, device, layout, io, source, outputs, ttlg, model, perf, flow, tracking, anchor)
 
     def run(self) -> Path:
         """Make and publish the clip; returns its frames folder. A failure marks the tracking run failed."""
@@ -134,7 +138,8 @@ class Job:
         self.pipe = self.model.load(self.device, self.settings.dtype, self.perf)
         self.perf.apply(self.pipe)
         self.team.share_work(self.pipe)
-        return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow)
+        return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow,
+                         self.anchor)
 
     def make_unguided(self) -> Path:
         """``compare_unguided``: the same clip with guidance off, beside the guided one; returns its metrics.csv."""
@@ -143,7 +148,7 @@ class Job:
         check_or_record(frames.folder, {**frame_settings(self.cfg), **{key: 0.0 for key in scale_keys()}})
         log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
         edit_clip(self.pipe, self.source, ClipOutputs(frames, metrics_csv, self.outputs.metrics), self.settings,
-                  TTLGSettings(), self.team, self.flow)
+                  TTLGSettings(), self.team, self.flow, self.anchor)
         return metrics_csv
 
     def publish(self, paths: list[Path], unguided_csv: Optional[Path]) -> None:
@@ -162,8 +167,20 @@ class Job:
             previews.append((write_comparison(self.source, clips, layout.unguided_comparison),
                              "edge map | ttlg=off | guided"))
         previews += [(layout.previews[1], "edge map | output, every frame"), (layout.previews[0], "contact sheet")]
+        drift = self.plot_drift(unguided_csv)
+        if drift is not None:
+            previews.append((drift, "drift per frame: colour, edge offset, LPIPS and Gram loss to frame 0"))
         page = summary[:summary.index("next:")] if "next:" in summary else summary  # next steps: the terminal's
         write_run_html(layout.run_dir, page, {**frame_settings(self.cfg), "device": self.device}, layout.metrics_csv,
                        previews)
         if not in_sweep():
             print("\n".join(summary), flush=True)
+
+    def plot_drift(self, unguided_csv: Optional[Path]) -> Optional[Path]:
+        """``drift.png``: each drift metric of the clip per frame, beside the unguided clip's when it was made."""
+        csvs = {"this clip": self.layout.metrics_csv} if unguided_csv is None else \
+            {"guided": self.layout.metrics_csv, "ttlg=off": unguided_csv}
+        if not all(path.is_file() for path in csvs.values()):
+            return None
+        clips = {name: {self.settings.seed: pd.read_csv(path)} for name, path in csvs.items()}
+        return plot_drift(clips, None, "drift over the clip", self.layout.drift_plot)

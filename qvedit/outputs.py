@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from qvedit.anchor.color import LabStats
 from qvedit.config import frame_setting_defaults
 from qvedit.errors import QveditError
 from qvedit.files import write_text_atomic
@@ -120,11 +121,11 @@ class ClipOutputs:
         return self.frames.stage(index, frame)
 
     def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
-               flow: Optional[FlowPair] = None, **timing) -> None:
+               flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None, **timing) -> None:
         """Frame ``index``'s metrics row: its quality columns (measured here) and ``timing`` columns. The
         frame and its row appear together: a signal waits until both are there."""
-        row = None if self._rows is None else {"frame": index, **self.metrics.score(frame, edge, previous, flow),
-                                               **timing}
+        row = None if self._rows is None else {
+            "frame": index, **self.metrics.score(frame, edge, previous, flow, color_target), **timing}
         with shielded():  # the row first: a row whose frame is missing is dropped on resume
             if row is not None:
                 self._rows.append(row)

@@ -54,8 +54,9 @@ def test_passing_sweep(tmp_path):
                                        "lpips_to_prev < lpips_to_init"}
     assert table["passed"].all()
     assert abs(table.set_index("criterion").loc["edge_loss ratio guided/off", "value"] - 0.9) < 1e-9
-    assert sorted(p.name for p in sweep.glob("*.png")) == [
-        "acceptance_edge_scale1.0_gram_scale0.2_edge_loss.png", "acceptance_edge_scale1.0_gram_scale0.2_gram_loss.png"]
+    assert sorted(p.name for p in sweep.glob("*.png")) == [  # the drift plot shows gram_loss and lpips_to_init
+        "acceptance_edge_scale1.0_gram_scale0.2_drift.png", "acceptance_edge_scale1.0_gram_scale0.2_edge_loss.png",
+        "acceptance_edge_scale1.0_gram_scale0.2_gram_loss.png"]
     assert main([str(sweep)]) == 0
 
 

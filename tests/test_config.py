@@ -57,11 +57,15 @@ def test_every_io_config_instantiates(name, clip, tmp_path):
         overrides = ["io=video", f"io.rgb_video={tmp_path / 'clip.mp4'}"]
     elif name == "demo":
         overrides = ["io=demo"]
+    elif name == "demo_long":
+        overrides = ["io=demo_long", "io.length=4"]
     else:
         overrides = [f"io={name}", f"io.init_frame={init}", f"io.edge_frames_dir={edges}"]
     io = instantiate(make(overrides).io)
     source = io.open(RunLayout.resolve(tmp_path / "run", io, MetricsSettings()))
     assert isinstance(source, FrameSource) and len(source) >= 1
+    if name == "demo_long":
+        assert len(source) == 3 and source.has_source_frames
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -52,8 +52,8 @@ def test_known_values(metrics):
 
 
 def test_columns(metrics):
-    assert metrics.columns == ["frame", "edge_loss", "gram_loss", "warp_error", "lpips_to_init", "lpips_to_prev",
-                               "seconds", "guided_steps", "peak_mem_mib"]
+    assert metrics.columns == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px",
+                               "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
     assert FrameMetrics(MetricsSettings(quality=False)).columns == ["frame", "seconds", "guided_steps", "peak_mem_mib"]
 
 
@@ -91,8 +91,10 @@ def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
         outputs.append(edit_clip(tiny_pipe, source, clip_outputs, settings, TTLGSettings(), flow=flow))
     assert [p.read_bytes() for p in outputs[0]] == [p.read_bytes() for p in outputs[1]]
     header, *rows = (tmp_path / "measured.csv").read_text().splitlines()
-    assert header.startswith("frame,edge_loss,gram_loss,warp_error,lpips_to_init,lpips_to_prev,seconds")
-    assert len(rows) == 3 and all(len(r.split(",")) == 9 for r in rows)
+    assert header.startswith("frame,edge_loss,gram_loss,warp_error,color_drift,edge_offset_px,lpips_to_init,"
+                             "lpips_to_prev,seconds")
+    assert len(rows) == 3 and all(len(r.split(",")) == 11 for r in rows)
+    assert all(float(r.split(",")[4]) > 0 and r.split(",")[5] != "" for r in rows)  # color_drift, edge_offset_px
     assert all(float(r.split(",")[3]) > 0 for r in rows)  # warp_error against the previous frame
     assert all(float(r.split(",")[-1]) > 0 for r in rows)  # peak memory is measured
 

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 from PIL import Image
 
+from qvedit.anchor.color import LabStats
 from qvedit.errors import QveditError
 from qvedit.guidance import losses
 from qvedit.guidance.edges import edge_map, edges_to_uint8
@@ -76,6 +77,7 @@ class Guide:
                 self.reference_grams = self.vgg.grams(init_image.to(self.device), settings.gram_size)
         self.previous = init_image.to(self.device)
         self.temporal_target, self.temporal_mask = self.previous, None  # set per frame by callback()
+        self.color_target: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (mean, std), each (3,); per frame
         self.guided_steps = 0  # in the frame being made
         self.x0_estimate = supports_x0_estimate(pipe.scheduler)
         if not self.x0_estimate:
@@ -93,6 +95,8 @@ class Guide:
         if s.temporal_scale > 0:
             terms.append((s.temporal_scale, losses.temporal_loss(image.float(), self.temporal_target, s.temporal_size,
                                                                  self.temporal_mask)))
+        if s.color_scale > 0:
+            terms.append((s.color_scale, losses.color_loss(image, *self.color_target)))
         return terms
 
     def image_gradient(self, image: torch.Tensor, edge_target: torch.Tensor) -> torch.Tensor:
@@ -109,12 +113,19 @@ class Guide:
         return gradient
 
     def callback(self, frame_index: int, edge_target: torch.Tensor, height: int, width: int,
-                 num_steps: int, velocity: VelocityRecorder, flow: Optional[FlowPair] = None) -> Callable:
+                 num_steps: int, velocity: VelocityRecorder, flow: Optional[FlowPair] = None,
+                 color_target: Optional[LabStats] = None) -> Callable:
         """The ``callback_on_step_end`` for one frame; edge_target (1, 1, H, W) in [0, 1]. With
         ``ttlg.temporal_mode=flow``, ``flow`` (frame to previous frame, from the source frames) moves the
-        previous frame onto this one for the temporal loss, and its occlusions are left out."""
+        previous frame onto this one for the temporal loss, and its occlusions are left out. ``color_target``:
+        the frame's target CIELAB statistics (``qvedit.anchor.color.ColorAnchor.target``), for ``ttlg.color_scale``."""
         decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing, self.settings.decode_size)
         self.guided_steps = 0
+        if self.settings.color_scale > 0:
+            if color_target is None:
+                raise ValueError("ttlg.color_scale needs the frame's colour target")
+            self.color_target = tuple(torch.as_tensor(v, dtype=torch.float32, device=self.device)
+                                      for v in (color_target.mean, color_target.std))
         self.temporal_target, self.temporal_mask = self.previous, None
         if self.settings.temporal_mode == "flow" and self.settings.temporal_scale > 0:
             if flow is None:

@@ -1,4 +1,4 @@
-"""Guidance losses on decoded frames: soft-edge L1, VGG16 Gram style, and temporal L1.
+"""Guidance losses on decoded frames: soft-edge L1, VGG16 Gram style, temporal L1 and CIELAB colour statistics.
 
 All inputs are images in [0,1]; every loss is differentiable with respect to its first argument
 and returns a 0-dim tensor.
@@ -90,6 +90,20 @@ def temporal_loss(img: torch.Tensor, prev: torch.Tensor, size: int | None = 64,
     mask = _resize_to(mask.to(device=small.device, dtype=small.dtype), tuple(small.shape[-2:]),
                       area_when_shrinking=True)
     return ((small - prev).abs() * mask).sum() / (mask.sum() * small.shape[1]).clamp(min=1)
+
+
+COLOR_SIZE = 128  # long side the colour statistics are taken at: means and deviations need few pixels
+
+
+def color_loss(img: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor) -> torch.Tensor:
+    """Squared distance of ``img``'s per-channel CIELAB mean and deviation (each (3,)) from the targets', in
+    Lab units squared: ``color_drift`` squared (``qvedit.anchor.color``). img (1, 3, H, W) in [0, 1];
+    the Lab conversion is kornia's (D65, as scikit-image's)."""
+    from kornia.color import rgb_to_lab
+
+    lab = rgb_to_lab(resize_long_side(img.float(), COLOR_SIZE).clamp(0, 1)).flatten(2)[0]  # (3, pixels)
+    mean, std = lab.mean(dim=1), lab.std(dim=1, unbiased=False)
+    return (mean - target_mean).pow(2).sum() + (std - target_std).pow(2).sum()
 
 
 def gram_matrix(feat: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ class TTLGSettings:
     edge_scale: float = setting(0.0, frames=True, min=0)
     gram_scale: float = setting(0.0, frames=True, min=0)
     temporal_scale: float = setting(0.0, frames=True, min=0)
+    color_scale: float = setting(0.0, frames=True, min=0)  # CIELAB mean/std against frame 0's (anchor colour target)
     lr: float = setting(0.05, frames=True, min=0)
     every: int = setting(1, frames=True, min=1)
     start_step: Optional[int] = setting(None, frames=True, min=0)

@@ -1,4 +1,9 @@
-"""A synthetic demo clip, made in code so the demo needs no files: a red ball rolling past a blue box.
+"""Synthetic demo clips, made in code so the demos need no files.
+
+- ``io=demo``: a red ball rolling past a blue box, 9 frames.
+- ``io=demo_long``: a camera panning along a landscape of hills, houses and trees while the light slowly
+  turns to sunset (darker and warmer), ``io.length`` frames (48 by default): long enough for drift to show,
+  with a real colour change in the source that drift measures must not count.
 
 ``demo_clip(...)`` writes ``init.png``, ``edges/00001.png ...`` (the project's own Sobel edges of
 frames 1..T-1) and ``source/00000.png ...`` (the scene's frames, for optical flow) the first time,
@@ -21,6 +26,7 @@ from qvedit.io.frames import FrameFolders
 DEMO_FOLDER = "demo-clip"  # in the cache folder; conf/io/demo.yaml names it too
 DEMO_SIZE = (64, 64)  # (W, H)
 DEMO_FRAMES = 9  # frame 0 + 8 edge frames
+LONG_DEMO_FOLDER = "demo-long-{length}"  # in the cache folder; conf/io/demo_long.yaml names it too
 
 
 def demo_frame(t: int, size: tuple[int, int] = DEMO_SIZE) -> np.ndarray:
@@ -39,42 +45,76 @@ def demo_frame(t: int, size: tuple[int, int] = DEMO_SIZE) -> np.ndarray:
     return (image * 255).round().astype(np.uint8)
 
 
-def write_demo_clip(folder: Path) -> None:
-    """Write the clip into ``folder`` atomically (a half-written clip never appears)."""
+def long_demo_frame(t: int, length: int, size: tuple[int, int] = DEMO_SIZE) -> np.ndarray:
+    """Frame t of ``length`` of the panning sunset scene as (H, W, 3) uint8: the view moves right by 0.75 pixel a
+    frame, and the light goes from midday to sunset over the clip (about 35% darker, shifted to orange)."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    x = x + 0.75 * t  # the camera pans right: the landscape moves left
+    phase = t / max(1, length - 1)
+    sky = np.stack([0.45 + 0.3 * y / height, 0.65 + 0.2 * y / height, np.full_like(y, 0.95)], axis=-1)
+    hill = 0.6 * height + 0.08 * height * np.sin(x / width * 2 * np.pi * 0.8) + 0.05 * height * np.sin(x / 7.0)
+    image = np.where((y > hill)[..., None], np.stack([0.2 + 0.1 * np.sin(x / 9.0), 0.55 + 0.1 * np.sin(x / 13.0),
+                                                      np.full_like(x, 0.2)], axis=-1), sky)
+    spacing = 0.55 * width
+    house_x = (x % spacing) - 0.25 * spacing
+    house = (abs(house_x) < 0.09 * width) & (y > hill - 0.16 * height) & (y < hill + 0.02 * height)
+    roof = (abs(house_x) < 0.12 * width - (hill - 0.16 * height - y)) & (y <= hill - 0.16 * height) & \
+        (y > hill - 0.28 * height)
+    image[house] = (0.85, 0.8, 0.7)
+    image[roof] = (0.7, 0.2, 0.15)
+    tree_x = ((x + 0.3 * spacing) % (0.37 * width)) - 0.1 * width
+    tree = (tree_x ** 2 / (0.05 * width) ** 2 + (y - hill + 0.08 * height) ** 2 / (0.1 * height) ** 2) < 1
+    image[tree & ~house & ~roof] = (0.1, 0.4, 0.15)
+    light = np.array([1.0 - 0.25 * phase, 1.0 - 0.45 * phase, 1.0 - 0.65 * phase], dtype=np.float32)
+    return (np.clip(image * light, 0, 1) * 255).round().astype(np.uint8)
+
+
+def write_demo_clip(folder: Path, frame=demo_frame, count: int = DEMO_FRAMES) -> None:
+    """Write a clip of ``count`` frames (``frame(t)`` -> (H, W, 3) uint8) into ``folder`` atomically (a
+    half-written clip never appears)."""
     with atomic_folder(folder, complete="init.png") as staging:
         (staging / "edges").mkdir()
-        Image.fromarray(demo_frame(0)).save(staging / "init.png")
-        for t in range(1, DEMO_FRAMES):
-            edges = sobel_edges(to_tensor(demo_frame(t)))
+        Image.fromarray(frame(0)).save(staging / "init.png")
+        for t in range(1, count):
+            edges = sobel_edges(to_tensor(frame(t)))
             Image.fromarray(edges_to_uint8(edges[0, 0])).save(staging / "edges" / f"{t:05d}.png")
-    write_source_frames(folder / "source")
+    write_source_frames(folder / "source", frame, count)
 
 
-def write_source_frames(folder: Path) -> None:
+def write_source_frames(folder: Path, frame=demo_frame, count: int = DEMO_FRAMES) -> None:
     """The scene's frames 0..T-1 (the source the edge maps were made from, for optical flow)."""
-    if (folder / f"{DEMO_FRAMES - 1:05d}.png").is_file():
+    if (folder / f"{count - 1:05d}.png").is_file():
         return
-    with atomic_folder(folder, complete=f"{DEMO_FRAMES - 1:05d}.png") as staging:
-        for t in range(DEMO_FRAMES):
-            Image.fromarray(demo_frame(t)).save(staging / f"{t:05d}.png")
+    with atomic_folder(folder, complete=f"{count - 1:05d}.png") as staging:
+        for t in range(count):
+            Image.fromarray(frame(t)).save(staging / f"{t:05d}.png")
 
 
 def demo_clip(init_frame: str, edge_frames_dir: str, resize: str = "area",
-              source_frames_dir: str | None = None) -> FrameFolders:
-    """The ``io=demo`` source: the demo clip, made in the cache folder on first use.
+              source_frames_dir: str | None = None, length: int | None = None) -> FrameFolders:
+    """The ``io=demo`` source (``length=None``) or the ``io=demo_long`` one (``length`` frames): the demo
+    clip, made in the cache folder on first use.
 
-    The clip is only ever written to ``<cache>/demo-clip`` (where conf/io/demo.yaml points); an
-    ``io.init_frame`` elsewhere must already exist, so a typo never fills a new folder with a clip.
+    The clip is only ever written to ``<cache>/demo-clip`` or ``<cache>/demo-long-<length>`` (where
+    conf/io/demo.yaml and demo_long.yaml point); an ``io.init_frame`` elsewhere must already exist, so a
+    typo never fills a new folder with a clip.
     """
     init = Path(init_frame).expanduser()
-    home = cache_dir() / DEMO_FOLDER
+    if length is None:
+        home, frame, count, option = cache_dir() / DEMO_FOLDER, demo_frame, DEMO_FRAMES, "io=demo"
+    else:
+        home, count, option = cache_dir() / LONG_DEMO_FOLDER.format(length=length), length, "io=demo_long"
+
+        def frame(t: int) -> np.ndarray:
+            return long_demo_frame(t, length)
     if not init.is_file():
         if init.parent.resolve() != home.resolve():
-            raise QveditError(f"io.init_frame={init} does not exist, and io=demo makes its clip only in {home}: "
+            raise QveditError(f"io.init_frame={init} does not exist, and {option} makes its clip only in {home}: "
                               "leave io.init_frame unset for the demo, or use io=frames for your own frames")
-        write_demo_clip(home)
+        write_demo_clip(home, frame, count)
     source = Path(source_frames_dir).expanduser() if source_frames_dir else None
     if source is not None and source.resolve() == (home / "source").resolve():
-        write_source_frames(source)  # a cache made before the demo had source frames
+        write_source_frames(source, frame, count)  # a cache made before the demo had source frames
     return FrameFolders(str(init), str(Path(edge_frames_dir).expanduser()), resize,
                         str(source) if source is not None else None)

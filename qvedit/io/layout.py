@@ -5,6 +5,7 @@ By default everything is inside the run folder (``hydra.run.dir``, or a sweep jo
     <run>/frames/00000.png ...   io.out_frames_dir      (the resume manifest .qvedit-run.yaml too)
     <run>/metrics.csv            metrics.path
     <run>/preview.png, .gif      previews
+    <run>/drift.png              the drift metrics per frame (and the unguided clip's, with compare_unguided)
     <run>/report.html            the run's page: summary, previews, settings, per-frame table
     <run>/output.mp4             io.out_video           (io=video)
     <run>/edges/00001.png ...    io.edges_dir           (io=video, edges made from the RGB video)
@@ -71,6 +72,11 @@ class RunLayout:
     def unguided_comparison(self) -> Path:
         """``edge | ttlg=off | guided`` GIF of a ``compare_unguided`` run."""
         return self.run_dir / "compare_unguided.gif"
+
+    @property
+    def drift_plot(self) -> Path:
+        """The drift metrics of the clip per frame (qvedit.report.drift.plot_drift)."""
+        return self.run_dir / "drift.png"
 
     @property
     def previews(self) -> tuple[Path, Path]:

@@ -51,6 +51,18 @@ class DemoIO(FramesIO):
 
 
 @dataclass
+class LongDemoIO(DemoIO):
+    """``io=demo_long``: the long synthetic clip (a pan while the light turns to sunset), made on first use."""
+
+    length: int = setting(48, frames=True, min=2, max=10_000)  # output frames, frame 0 included
+
+    def open(self, layout: "RunLayout") -> "FrameSource":
+        from qvedit.io.demo import demo_clip
+
+        return demo_clip(self.init_frame, self.edge_frames_dir, self.resize, self.source_frames_dir, self.length)
+
+
+@dataclass
 class VideoIO:
     """``io=video``: video files in, an mp4 and a frame folder out."""
 
@@ -69,4 +81,4 @@ class VideoIO:
         return VideoClip(self, edges_dir=layout.edges_dir)
 
 
-IO_OPTIONS = (FramesIO, DemoIO, VideoIO)
+IO_OPTIONS = (FramesIO, DemoIO, LongDemoIO, VideoIO)

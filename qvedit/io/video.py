@@ -87,7 +87,8 @@ def _check_file(path: str, what: str, key: str) -> Path:
 class _FrameStream:
     """Frames of one video, decoded in order by a single ffmpeg process: ``frame(i)`` for rising i.
 
-    Asking for an earlier frame than the last one restarts decoding from the start.
+    Asking for an earlier frame than the last one restarts decoding from the start; asking for the last one
+    again gives it back without decoding (the flow and the colour target both read source frame i).
     """
 
     def __init__(self, path: Path):
@@ -95,6 +96,7 @@ class _FrameStream:
         self._frames = None  # the read_frames generator, positioned before frame self._next
         self._next = 0
         self._size = (0, 0)
+        self._last: Optional[tuple[int, np.ndarray]] = None  # (index, frame) of the frame decoded last
 
     def open(self) -> dict:
         """Start decoding from frame 0; returns ffmpeg's metadata (``size`` = (W, H), ``fps``)."""
@@ -112,6 +114,8 @@ class _FrameStream:
 
     def frame(self, index: int) -> np.ndarray:
         """Video frame ``index`` as an (H, W, 3) uint8 array; the frames before it are skipped."""
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
         if self._frames is None or index < self._next:
             self.open()
         while True:
@@ -134,7 +138,8 @@ class _FrameStream:
             self._next += 1
             if self._next - 1 == index:
                 width, height = self._size
-                return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+                self._last = (index, np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3))
+                return self._last[1]
 
     def close(self) -> None:
         """Stop the ffmpeg process, if one is running."""

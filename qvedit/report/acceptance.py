@@ -26,7 +26,8 @@ from qvedit.errors import QveditError
 from qvedit.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
-from qvedit.report.confdiff import diff_configs, load_run
+from qvedit.report.confdiff import diff_configs, group_contexts, load_run
+from qvedit.report.drift import drift_by_setting, drift_table, judge_drift, plot_drift
 from qvedit.report.settings import Thresholds
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,15 @@ class Comparison:
     off: dict  # seed -> Job
     frames: int = 0
     criteria: list = field(default_factory=list)
+    context: str = ""  # the settings (not ttlg, not seed) that tell this comparison from the sweep's others
+
+    @property
+    def title(self) -> str:
+        return f"ttlg {self.label} vs ttlg=off" + (f" ({self.context})" if self.context else "")
+
+    def metrics(self, guided: bool) -> dict:
+        """{seed: metrics.csv table} of the guided or the off jobs."""
+        return {seed: job.metrics for seed, job in (self.on if guided else self.off).items()}
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
@@ -106,7 +116,8 @@ def pair_jobs(jobs: list[Job]) -> tuple[list[Comparison], list[str]]:
         messages.append(f"{len(from_edges)} job(s) had no source frames (io.source_frames_dir): their warp_error "
                         f"uses optical flow estimated between edge maps ({', '.join(from_edges[:3])}"
                         f"{' ...' if len(from_edges) > 3 else ''})")
-    for members in groups.values():
+    contexts = group_contexts(list(groups))
+    for key, members in groups.items():
         off = {job.config["seed"]: job for job in members if not job.guided}
         variants: dict[str, dict] = {}
         for job in members:
@@ -121,7 +132,8 @@ def pair_jobs(jobs: list[Job]) -> tuple[list[Comparison], list[str]]:
             if len(seeds) == 1:
                 messages.append(f"ttlg {label}: only seed {seeds[0]} has both runs; the acceptance check judges on "
                                 "the median of 3 seeds (seed=0,1,2)")
-            comparisons.append(Comparison(label, seeds, {s: on[s] for s in seeds}, {s: off[s] for s in seeds}))
+            comparisons.append(Comparison(label, seeds, {s: on[s] for s in seeds}, {s: off[s] for s in seeds},
+                                          context=contexts[key]))
         if not variants and off:
             messages.append(f"{len(off)} ttlg=off job(s) without a guided twin: nothing to compare them with")
     return comparisons, messages
@@ -160,6 +172,8 @@ def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
     if float(guided.get("ttlg.gram_scale") or 0) > 0:
         ratio_criterion("gram_loss", "gram_loss ratio guided/off", limits.gram_ratio)
     ratio_criterion("warp_error", "warp_error ratio guided/off", limits.warp_ratio)
+    value, passed, note = judge_drift(comparison.metrics(True), comparison.metrics(False), n, limits.drift_ratio)
+    criteria.append(Criterion("color_drift last quarter guided/off", value, f"<= {limits.drift_ratio}", passed, note))
     prev, init = frame_table(comparison.on, "lpips_to_prev", n), frame_table(comparison.on, "lpips_to_init", n)
     if prev is None or init is None:
         criteria.append(Criterion("lpips", None, "-", None, "no LPIPS columns (lpips not installed or metrics=none)"))
@@ -246,7 +260,9 @@ def judge_sweep(sweep_dir: Path, limits: Optional[Thresholds] = None) -> SweepVe
 
 
 def plot_name(comparison: Comparison, column: str) -> str:
-    return f"acceptance_{comparison.label.replace(',', '_').replace('=', '')}_{column}.png"
+    name = comparison.label + (f"_{comparison.context}" if comparison.context else "")
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name.replace("=", ""))
+    return f"acceptance_{safe}_{column}.png"
 
 
 def markdown(verdict: SweepVerdict, plots: bool) -> str:
@@ -263,7 +279,7 @@ def markdown(verdict: SweepVerdict, plots: bool) -> str:
     if verdict.messages:
         lines += ["", "## Notes", ""] + [f"- {m}" for m in verdict.messages]
     for comparison in verdict.comparisons:
-        lines += ["", f"## ttlg {comparison.label} vs ttlg=off", "",
+        lines += ["", f"## {comparison.title}", "",
                   f"Seeds {comparison.seeds}, frames 1..{comparison.frames}, median over seeds. "
                   f"Thresholds: {asdict(verdict.limits)}.", "",
                   "| criterion | value | threshold | verdict | detail |", "| --- | --- | --- | --- | --- |"]
@@ -276,9 +292,12 @@ def markdown(verdict: SweepVerdict, plots: bool) -> str:
             f"{comparison.on[s].path.name} vs {comparison.off[s].path.name}" for s in comparison.seeds), ""]
         lines += [f"Config keys that differ ({off.path.name} -> {on.path.name}):", ""]
         lines += [f"- `{key}`: {a!r} -> {b!r}" for key, a, b in diff_configs(off.config, on.config)]
+        lines += ["", "Drift (median over seeds):", "", *drift_table(comparison)]
         if plots:
-            lines += [f"\n![{column}]({plot_name(comparison, column)})" for column in PLOTTED
+            lines += [f"\n![{column}]({plot_name(comparison, column)})" for column in (*PLOTTED, "drift")
                       if (verdict.sweep_dir / plot_name(comparison, column)).is_file()]
+    if len(verdict.comparisons) > 1:
+        lines += ["", "## Drift by setting", "", *drift_by_setting(verdict.comparisons)]
     return "\n".join(lines) + "\n"
 
 
@@ -293,11 +312,14 @@ def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> 
     """Judge the sweep and write acceptance.md / .csv, the plots and report.html into it.
     Returns (all passed, acceptance.md)."""
     verdict = judge_sweep(Path(sweep_dir), limits)
+    written = set()
     for comparison in verdict.comparisons:
-        for column in PLOTTED:
-            target = verdict.sweep_dir / plot_name(comparison, column)
-            if not plot(comparison, column, target):
-                target.unlink(missing_ok=True)
+        clips = {f"ttlg {comparison.label}": comparison.metrics(True), "ttlg=off": comparison.metrics(False)}
+        written |= {plot(comparison, column, verdict.sweep_dir / plot_name(comparison, column)) for column in PLOTTED}
+        written.add(plot_drift(clips, comparison.frames, comparison.title,
+                               verdict.sweep_dir / plot_name(comparison, "drift")))
+    for stale in set(verdict.sweep_dir.glob("acceptance_*.png")) - written:  # of comparisons the sweep no longer has
+        stale.unlink(missing_ok=True)
     report = verdict.sweep_dir / "acceptance.md"
     write_text_atomic(report, markdown(verdict, plots=True))
     with atomic_path(verdict.sweep_dir / "acceptance.csv") as partial:

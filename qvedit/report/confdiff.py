@@ -48,6 +48,17 @@ def diff_configs(a: dict[str, object], b: dict[str, object]) -> list[tuple[str, 
             if a.get(key, MISSING) != b.get(key, MISSING)]
 
 
+def group_contexts(groups: list[tuple]) -> dict[tuple, str]:
+    """For each group of jobs (its sorted (key, repr(value)) settings), ``key=value`` of the settings whose values
+    differ between the groups of the sweep (``anchor.color='mean_std'``), so its comparisons can be told apart."""
+    varying = sorted({key for group in groups for key, _ in group
+                      if len({dict(other).get(key) for other in groups}) > 1})
+    def shown(value: str) -> str:  # the repr of a word without its quotes
+        return value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+
+    return {group: ",".join(f"{key}={shown(dict(group).get(key, '-'))}" for key in varying) for group in groups}
+
+
 def format_diff(run_a: str | Path, run_b: str | Path) -> tuple[str, bool]:
     """A readable report of the differences and whether there are any."""
     (config_a, overrides_a), (config_b, overrides_b) = load_run(run_a), load_run(run_b)

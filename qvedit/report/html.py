@@ -21,6 +21,7 @@ from qvedit.images import read_rgb8
 from qvedit.io.preview import cell_size, comparison_gif
 from qvedit.report.acceptance import PLOTTED, Comparison, SweepVerdict, plot_name
 from qvedit.report.confdiff import diff_configs
+from qvedit.report.drift import DRIFT_COLUMNS, median_trends
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def write_sweep_html(verdict: SweepVerdict) -> Path:
     comparisons = [_comparison(verdict, c) for c in verdict.comparisons]
     return _render("sweep.html", verdict.sweep_dir / REPORT, name=verdict.sweep_dir.name, verdict=verdict,
                    passed_count=sum(bool(c.passed) for c in verdict.judged), jobs=jobs,
-                   limits=vars(verdict.limits), comparisons=comparisons)
+                   limits=vars(verdict.limits), comparisons=comparisons,
+                   by_setting=_by_setting(verdict.comparisons) if len(verdict.comparisons) > 1 else [])
 
 
 def _comparison(verdict: SweepVerdict, comparison: Comparison) -> dict:
@@ -71,9 +73,34 @@ def _comparison(verdict: SweepVerdict, comparison: Comparison) -> dict:
                            verdict.sweep_dir / name):
             gifs.append({"seed": seed, "file": name})
     columns, table = _frame_table(comparison)
-    return {"label": comparison.label, "seeds": comparison.seeds, "frames": comparison.frames, "criteria": criteria,
+    drift_plot = plot_name(comparison, "drift")
+    return {"title": comparison.title, "drift": _drift_rows(comparison),
+            "drift_plot": drift_plot if (verdict.sweep_dir / drift_plot).is_file() else None,
+            "label": comparison.label, "seeds": comparison.seeds, "frames": comparison.frames, "criteria": criteria,
             "plots": plots, "gifs": gifs, "table_columns": columns, "table": table, "off_name": off.path.name,
             "on_name": on.path.name, "differing": diff_configs(off.config, on.config)}
+
+
+def _drift_rows(comparison: Comparison) -> list[dict]:
+    """Per drift column: guided and off, the median over seeds of the last-quarter mean, growth and slope."""
+    sides = [median_trends(comparison.metrics(guided), comparison.frames) for guided in (True, False)]
+    return [{"column": column, "cells": [f(t) for t in (sides[0][column], sides[1][column])
+                                         for f in (lambda t: _number(t.last_quarter), lambda t: _number(t.growth, 3),
+                                                   lambda t: f"{t.slope:+.3g}")]}
+            for column in DRIFT_COLUMNS if column in sides[0] and column in sides[1]]
+
+
+def _by_setting(comparisons: list) -> list[dict]:
+    """The sweep's settings side by side on drift (last-quarter mean, growth), off and guided each."""
+    rows = []
+    for comparison in comparisons:
+        for guided in (False, True):
+            trends = median_trends(comparison.metrics(guided), comparison.frames)
+            cells = [_number(getattr(trends.get(c), name, None), digits) for c in ("color_drift", "edge_offset_px")
+                     for name, digits in (("last_quarter", 4), ("growth", 3))]
+            rows.append({"setting": comparison.context or "-", "ttlg": comparison.label if guided else "off",
+                         "cells": cells})
+    return rows
 
 
 def _frame_table(comparison: Comparison) -> tuple[list[str], list[list[str]]]:

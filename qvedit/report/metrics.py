@@ -1,9 +1,10 @@
 """Per-frame quality metrics (docs/METHOD.md, section 4) and ``metrics.csv``.
 
 Metrics are computed from the frames as written, after generation: they never feed back into it.
-Columns: ``frame, edge_loss, gram_loss, warp_error, lpips_to_init, lpips_to_prev, seconds,
-guided_steps, peak_mem_mib``; the quality columns are left out with ``metrics=none``, the LPIPS ones
-when the ``lpips`` package is missing; ``warp_error`` is empty when no flow was computed;
+Columns: ``frame, edge_loss, gram_loss, warp_error, color_drift, edge_offset_px, lpips_to_init,
+lpips_to_prev, seconds, guided_steps, peak_mem_mib``; the quality columns are left out with ``metrics=none``,
+the LPIPS ones when the ``lpips`` package is missing; ``warp_error`` is empty when no flow was computed;
+``color_drift`` (``qvedit.anchor.color``) and ``edge_offset_px`` (``qvedit.report.drift``) measure drift;
 ``clip_consistency`` is there only with open_clip and its weights (``qvedit.report.clip``).
 """
 
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from qvedit.anchor.color import LabStats, color_drift, lab_stats
 from qvedit.errors import QveditError
 from qvedit.files import append_whole, atomic_path
 from qvedit.guidance import losses
@@ -27,12 +29,13 @@ from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.flow import FlowPair, warp_error
 from qvedit.images import to_tensor
 from qvedit.report.clip import load_clip
+from qvedit.report.drift import edge_offset_px
 from qvedit.report.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
 
 TIMING_COLUMNS = ["seconds", "guided_steps", "peak_mem_mib"]
-QUALITY_COLUMNS = ["edge_loss", "gram_loss", "warp_error"]
+QUALITY_COLUMNS = ["edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px"]
 LPIPS_COLUMNS = ["lpips_to_init", "lpips_to_prev"]
 LPIPS_SMALLEST_INPUT = 16  # lpips' VGG16 pools 4 times before relu5_3
 
@@ -103,8 +106,9 @@ class FrameMetrics:
 
     @torch.no_grad()
     def score(self, frame: Image.Image, edge: Image.Image, previous: Image.Image,
-              flow: Optional[FlowPair] = None) -> dict:
-        """The quality columns of a frame's row; ``warp_error`` only with the frame's source ``flow``."""
+              flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None) -> dict:
+        """The quality columns of a frame's row; ``warp_error`` only with the frame's source ``flow``,
+        ``color_drift`` only with its target colour statistics (``qvedit.anchor.color.ColorAnchor``)."""
         if not self.quality:
             return {}
         image = to_tensor(frame).to(self.device)
@@ -114,6 +118,9 @@ class FrameMetrics:
         }
         if flow is not None:
             row["warp_error"] = warp_error(image, to_tensor(previous), flow)
+        if color_target is not None:
+            row["color_drift"] = color_drift(lab_stats(frame), color_target)
+        row["edge_offset_px"] = edge_offset_px(frame, edge)
         if self.clip is not None:
             row["clip_consistency"] = self.clip.consistency(frame, previous)
         if self.lpips is not None:

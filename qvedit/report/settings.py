@@ -48,6 +48,7 @@ class Thresholds:
     lpips_prev_min: float = setting(0.005, min=0, max=1)
     lpips_init_min: float = setting(0.01, min=0, max=1)
     warp_ratio: float = setting(1.0, min=0)  # guided warp error / unguided, at most this (1.0: not worse)
+    drift_ratio: float = setting(1.0, min=0)  # guided color_drift over the last quarter / unguided, at most this
 
 
 LOGGER_BACKENDS = ("none", "mlflow")

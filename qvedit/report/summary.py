@@ -6,7 +6,11 @@ import csv
 from pathlib import Path
 from typing import Optional
 
-QUALITY = ("edge_loss", "gram_loss", "warp_error", "lpips_to_prev")
+import pandas as pd
+
+from qvedit.report.drift import clip_trends, describe
+
+QUALITY = ("edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px", "lpips_to_prev")
 
 
 def column_means(metrics_csv: Path) -> dict[str, float]:
@@ -45,6 +49,9 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
     measured = [f"{name} {means[name]:.4g}" for name in QUALITY if name in means]
     if measured:
         lines.append(f"  mean over frames: {', '.join(measured)} ({metrics_csv})")
+    trends = clip_trends(pd.read_csv(metrics_csv)) if means else {}
+    if trends:
+        lines.append(f"  drift, last quarter of the frames (growth over the first quarter, slope): {describe(trends)}")
     if flow_from_edges and "warp_error" in means:
         lines.append("  warp_error: flow estimated between edge maps (set io.source_frames_dir to the original frames)")
     if unguided_csv is not None:
@@ -64,7 +71,7 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
 
 def compare_to_unguided(guided: dict[str, float], unguided: dict[str, float], folder: Path) -> list[str]:
     """How the guided clip's losses compare with the same clip made without guidance."""
-    pairs = [(name, guided[name], unguided[name]) for name in ("edge_loss", "gram_loss", "warp_error")
+    pairs = [(name, guided[name], unguided[name]) for name in ("edge_loss", "gram_loss", "warp_error", "color_drift")
              if name in guided and name in unguided and unguided[name] > 0]
     if not pairs:
         return ["  unguided twin: no edge_loss / gram_loss to compare (metrics=none?)"]

@@ -1,0 +1,149 @@
+"""Colour statistics in CIELAB: how far a frame's colours have wandered from frame 0's, and holding them there.
+
+A frame's colour statistics are the per-channel mean and standard deviation of its CIELAB values (L in
+0..100, a and b about -100..100; D65 white, scikit-image's ``rgb2lab``). The target of frame i is frame 0's
+statistics; where the source frames are known, moved by the source's own change from its frame 0 to its
+frame i (the mean shifted by the source's shift, the deviation scaled by the source's ratio), so that a scene
+that really darkens or warms is not counted as drift and is not undone. ``color_drift`` is the Euclidean
+distance between a frame's six numbers and its target's, in Lab units (a uniform cast of 5 in L gives 5).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+from skimage import color as skcolor
+from skimage import exposure
+
+from qvedit.anchor.settings import AnchorSettings
+from qvedit.io.source import FrameSource
+
+STATS_SIDE = 256  # statistics are taken on the frame shrunk to this long side (area): the same numbers, faster
+MIN_STD = 1e-3  # a flat channel keeps its deviation ratio finite
+
+
+@dataclass(frozen=True)
+class LabStats:
+    """Per-channel CIELAB mean and standard deviation, each shaped (3,) for (L, a, b)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def moved_by(self, before: "LabStats", after: "LabStats") -> "LabStats":
+        """These statistics changed as a source changed from ``before`` to ``after``."""
+        return LabStats(self.mean + (after.mean - before.mean),
+                        self.std * after.std / np.maximum(before.std, MIN_STD))
+
+
+def to_lab(image: Image.Image) -> np.ndarray:
+    """8-bit RGB -> (H, W, 3) float64 CIELAB."""
+    return skcolor.rgb2lab(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
+
+
+def from_lab(lab: np.ndarray) -> Image.Image:
+    """(H, W, 3) CIELAB -> 8-bit RGB (colours outside sRGB clipped)."""
+    with warnings.catch_warnings():  # colours outside sRGB are expected here, and clipped
+        warnings.simplefilter("ignore", UserWarning)
+        rgb = np.clip(skcolor.lab2rgb(lab), 0.0, 1.0)
+    return Image.fromarray(np.rint(rgb * 255.0).astype(np.uint8))
+
+
+def shrunk(image: Image.Image) -> Image.Image:
+    scale = STATS_SIDE / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.BOX)
+
+
+def lab_stats(image: Image.Image) -> LabStats:
+    """The colour statistics of an 8-bit RGB image."""
+    lab = to_lab(shrunk(image)).reshape(-1, 3)
+    return LabStats(lab.mean(axis=0), lab.std(axis=0))
+
+
+def color_drift(stats: LabStats, target: LabStats) -> float:
+    """Distance (Lab units) between a frame's six colour numbers and its target's."""
+    return float(np.sqrt(np.sum((stats.mean - target.mean) ** 2) + np.sum((stats.std - target.std) ** 2)))
+
+
+MATCH_PASSES = 3  # colours pushed out of sRGB are clipped, which moves the statistics: match again (5.4 -> 0.5 Lab)
+
+
+def stats_of(lab: np.ndarray) -> LabStats:
+    pixels = lab.reshape(-1, 3)
+    return LabStats(pixels.mean(axis=0), pixels.std(axis=0))
+
+
+def match_mean_std(image: Image.Image, target: LabStats, strength: float = 1.0) -> Image.Image:
+    """``image`` with each CIELAB channel moved to ``target``'s mean and deviation; ``strength`` in [0, 1]
+    moves the statistics that share of the way (0: unchanged, 1: matched).
+
+    The change is one affine map per Lab channel. Clipping the result to sRGB moves its statistics again, so
+    the map is refined ``MATCH_PASSES`` times on the shrunk frame (where the statistics are measured) and
+    applied to the whole frame once."""
+    small = to_lab(shrunk(image))
+    own = stats_of(small)
+    goal = LabStats(own.mean + strength * (target.mean - own.mean), own.std + strength * (target.std - own.std))
+    scale, shift = np.ones(3), np.zeros(3)
+    for _ in range(MATCH_PASSES):
+        now = stats_of(to_lab(from_lab(small * scale + shift)))
+        ratio = goal.std / np.maximum(now.std, MIN_STD)
+        scale, shift = scale * ratio, (shift - now.mean) * ratio + goal.mean
+    return from_lab(to_lab(image) * scale + shift)
+
+
+def match_histogram(image: Image.Image, reference: Image.Image, strength: float = 1.0) -> Image.Image:
+    """``image`` with each RGB channel's histogram matched to ``reference``'s (scikit-image
+    ``exposure.match_histograms``), blended with the image by ``strength`` in [0, 1]."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    matched = exposure.match_histograms(pixels, np.asarray(reference.convert("RGB"), dtype=np.float64),
+                                        channel_axis=-1)
+    return Image.fromarray(np.clip(np.rint(pixels + strength * (matched - pixels)), 0, 255).astype(np.uint8))
+
+
+class ColorAnchor:
+    """Frame 0's colours as the target of every later frame, moved by the source's own change.
+
+    ``target(i)`` gives frame i's target statistics; ``correct(frame, i)`` applies ``anchor.color``. Source
+    frames are read through ``source.source_frame`` (rising order) when ``source.has_source_frames``.
+    """
+
+    def __init__(self, settings: AnchorSettings, first: Image.Image, source: Optional[FrameSource] = None):
+        """first: frame 0 (8-bit RGB), whose size every frame has."""
+        self.settings = settings
+        self.first = first
+        self.first_stats = lab_stats(first)
+        self.source = source if source is not None and source.has_source_frames else None
+        self.source_first = lab_stats(self.source.source_frame(0, first.size)) if self.source else None
+        self._targets: dict[int, LabStats] = {0: self.first_stats}
+
+    @property
+    def follows_source(self) -> bool:
+        """Whether targets move with the source frames (else every target is frame 0's statistics)."""
+        return self.source is not None
+
+    def target(self, index: int) -> LabStats:
+        """Frame ``index``'s target colour statistics."""
+        if index not in self._targets:
+            self._targets = {0: self.first_stats}  # one frame at a time: keep the cache small
+            stats = self.first_stats
+            if self.source is not None:
+                stats = stats.moved_by(self.source_first, lab_stats(self.source.source_frame(index, self.first.size)))
+            self._targets[index] = stats
+        return self._targets[index]
+
+    def correct(self, frame: Image.Image, index: int) -> Image.Image:
+        """``frame`` (8-bit RGB at frame 0's size) with ``anchor.color`` applied toward its target."""
+        mode, strength = self.settings.color, self.settings.color_strength
+        if mode == "none" or strength == 0:
+            return frame
+        target = self.target(index)
+        if mode == "mean_std":
+            return match_mean_std(frame, target, strength)
+        reference = self.first if self.source is None else match_mean_std(self.first, target)
+        return match_histogram(frame, reference, strength)

@@ -1,0 +1,46 @@
+"""``anchor/``: what holds a long clip to frame 0 (what each key means: README, "Keys" and "Long clips and drift").
+
+Every frame is an edit of the frame before it, so a clip is a chain of edits, and chains drift (colours, detail,
+a creeping shift). Each defence here is off by default and changes the frames (a frame setting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from qvedit.fields import setting
+
+# "Deform image 2 into the fine shape outlined by image 1, keeping the appearance of image 3 (its colours,
+# textures and style), and output one image": image 1 = edge map, image 2 = previous frame, image 3 = frame 0.
+THREE_IMAGE_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，并保持图 3 的外观（颜色、质感与风格），生成一张图像输出"
+COLOR_MODES = ("none", "mean_std", "histogram")  # qvedit.anchor.color implements each
+
+
+@dataclass
+class AnchorSettings:
+    """The drift defences: frame 0 as a third image, keyframes made from frame 0, colours held to frame 0's."""
+
+    first_frame_image: bool = setting(False, frames=True)  # image=[edge_k, frame k, frame 0]
+    prompt: str = setting(THREE_IMAGE_PROMPT, frames=True)  # the prompt of the three-image call
+    every: Optional[int] = setting(None, frames=True, min=1)  # frames N, 2N, ... follow frame 0, not the previous
+    color: str = setting("none", frames=True, choices=COLOR_MODES)
+    color_strength: float = setting(1.0, frames=True, min=0, max=1)  # 0 = unchanged, 1 = fully matched
+
+    def from_first_frame(self, index: int) -> bool:
+        """Whether frame ``index`` (>= 1) is made from frame 0 instead of the frame before it."""
+        return self.every is not None and index % self.every == 0
+
+    def condition_images(self, index: int, edge, previous, first):
+        """The pipeline's ``image`` list for frame ``index``: [edge map, the frame it follows] and, with
+        ``first_frame_image``, frame 0 as the third image."""
+        follows = first if self.from_first_frame(index) else previous
+        return [edge, follows, first] if self.first_frame_image else [edge, follows]
+
+    def prompt_for(self, two_image_prompt: str) -> str:
+        """The prompt of the call: the run's own for two images, ``anchor.prompt`` for three."""
+        return self.prompt if self.first_frame_image else two_image_prompt
+
+    @property
+    def corrects_color(self) -> bool:
+        return self.color != "none" and self.color_strength > 0
