@@ -150,19 +150,18 @@ class Job:
             if self.first_frame_only:
                 return []
         if self.starts_over:
-            self.start_over(self.outputs.folder)
+            self.restart_clip(self.outputs.folder)
         return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow)
 
     @property
     def first_frame_only(self) -> bool:
         return self.first_frame is not None and self.first_frame.settings.only
 
-    def start_over(self, folder: Path) -> None:
+    def restart_clip(self, folder: Path) -> None:
         """first_frame.pick changed: the clip in ``folder`` began with another candidate; make it again."""
         removed = start_over(folder, frame_settings(self.cfg))
-        log.info("first_frame.pick=%d: frame 0 is now candidate %d, so the clip starts over; the %d frames in %s "
-                 "that began with another candidate are replaced", self.first_frame.settings.pick,
-                 self.first_frame.settings.pick, removed, folder)
+        log.info("first_frame.pick=%d: frame 0 is now that candidate, so the clip starts over; the %d frames in %s "
+                 "that began with another candidate are replaced", self.first_frame.settings.pick, removed, folder)
 
     def make_unguided(self) -> Path:
         """``compare_unguided``: the same clip with guidance off, beside the guided one; returns its metrics.csv."""
