@@ -24,7 +24,7 @@ from qvedit.errors import QveditError
 from qvedit.fields import setting, tags_of, value_problem, walk
 from qvedit.files import cache_dir
 from qvedit.guidance.settings import FlowSettings, TTLGSettings
-from qvedit.io.settings import IO_OPTIONS, FramesIO, LongDemoIO, VideoIO
+from qvedit.io.settings import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, VideoIO
 from qvedit.models.settings import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.report.settings import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 
@@ -81,7 +81,7 @@ def schema(settings: type) -> type:
 ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSettings), schema(MetricsSettings)
 ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSettings), schema(ParallelSettings)
 FlowSchema, LoggerSchema, TuningSchema = schema(FlowSettings), schema(LoggerSettings), schema(TuningSettings)
-AnchorSchema = schema(AnchorSettings)
+AnchorSchema, FirstFrameSchema = schema(AnchorSettings), schema(FirstFrameSettings)
 IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO),  # each io/*.yaml picks one
               "schema_demo_long": schema(LongDemoIO)}
 
@@ -101,6 +101,7 @@ class QveditConfig(RunSettings):
     parallel: ParallelSchema = field(default_factory=ParallelSchema)
     logger: LoggerSchema = field(default_factory=LoggerSchema)
     tuning: TuningSchema = field(default_factory=TuningSchema)
+    first_frame: FirstFrameSchema = field(default_factory=FirstFrameSchema)
 
 
 # -- key lists derived from the tags ----------------------------------------------------------------

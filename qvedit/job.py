@@ -31,6 +31,7 @@ from qvedit.editor import cpu_speed_warnings, edit_clip
 from qvedit.errors import QveditError
 from qvedit.guidance.flow import ClipFlow
 from qvedit.guidance.settings import TTLGSettings
+from qvedit.io.first_frame import START_OVER_KEYS, EditedFirstFrame, FirstFrameEdit
 from qvedit.io.frames import FrameWriter
 from qvedit.io.layout import RunLayout
 from qvedit.io.preview import write_comparison, write_previews
@@ -39,7 +40,7 @@ from qvedit.io.source import FrameSource
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.parallel import Team
 from qvedit.models.settings import ModelSettings, PerfSettings
-from qvedit.outputs import ClipOutputs, check_or_record
+from qvedit.outputs import ClipOutputs, check_or_record, start_over
 from qvedit.preflight import check_clip
 from qvedit.report.drift import plot_drift
 from qvedit.report.html import write_run_html
@@ -85,6 +86,8 @@ class Job:
     flow: Optional[ClipFlow]
     tracking: Optional[JobTracking]
     anchor: AnchorSettings
+    first_frame: Optional[FirstFrameEdit] = None  # frame 0 edited from the source's (first_frame.prompt)
+    starts_over: bool = False  # the frames folder holds a clip whose frame 0 was another candidate
 
     @classmethod
     def prepare(cls, cfg: DictConfig, run_dir: Path, team: Team) -> "Job":
@@ -93,12 +96,15 @@ class Job:
         device = team.device or settings.device
         ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
+        first_frame_settings = build(cfg.first_frame)
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
         source = io.open(layout)  # inputs are checked before the (slow) model load
         check_clip(settings, source)
         model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
         frames = FrameWriter(layout.frames_dir)
-        check_or_record(frames.folder, frame_settings(cfg))
+        starts_over = check_or_record(frames.folder, frame_settings(cfg), START_OVER_KEYS)
+        first_frame = FirstFrameEdit.prepare(first_frame_settings, cfg, settings, source, layout, team) \
+            if first_frame_settings.prompt is not None else None
         check_device(device)
         perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
         outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
@@ -111,15 +117,20 @@ class Job:
             if team.is_writer and (metrics.quality or flow_guided) else None
         sweep_dir = Path(HydraConfig.get().sweep.dir) if in_sweep() else None
         tracking = JobTracking.start(logger, cfg, run_dir, sweep_dir) if team.is_writer else None
-        return cls(cfg, settings, team, device, layout, io, source, outputs, ttlg, model, perf, flow, tracking, anchor)
+        return cls(cfg, settings, team, device, layout, io, source, outputs, ttlg, model, perf, flow, tracking, anchor,
+                   first_frame, starts_over)
 
     def run(self) -> Path:
         """Make and publish the clip; returns its frames folder. A failure marks the tracking run failed."""
         try:
             paths = self.make()
-            unguided_csv = self.make_unguided() if self.settings.compare_unguided and self.ttlg.enabled else None
-            if self.team.is_writer:
-                self.publish(paths, unguided_csv)
+            if self.first_frame_only:
+                if self.team.is_writer:
+                    self.publish_first_frame()
+            else:
+                unguided_csv = self.make_unguided() if self.settings.compare_unguided and self.ttlg.enabled else None
+                if self.team.is_writer:
+                    self.publish(paths, unguided_csv)
         except BaseException:
             if self.tracking is not None:
                 self.tracking.fail()
@@ -127,7 +138,7 @@ class Job:
         if self.tracking is not None:
             layout = self.layout
             self.tracking.finish(layout.metrics_csv, [*layout.previews, layout.unguided_comparison, layout.report,
-                                                      layout.run_dir / ".hydra"])
+                                                      layout.first_frame, layout.run_dir / ".hydra"])
         return self.outputs.folder
 
     def make(self) -> list[Path]:
@@ -138,14 +149,32 @@ class Job:
         self.pipe = self.model.load(self.device, self.settings.dtype, self.perf)
         self.perf.apply(self.pipe)
         self.team.share_work(self.pipe)
+        if self.first_frame is not None:  # the picked candidate is frame 0 from here on
+            self.source = EditedFirstFrame(self.source, self.first_frame.make(self.pipe))
+            if self.first_frame_only:
+                return []
+        if self.starts_over:
+            self.restart_clip(self.outputs.folder)
         return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow,
                          self.anchor)
+
+    @property
+    def first_frame_only(self) -> bool:
+        return self.first_frame is not None and self.first_frame.settings.only
+
+    def restart_clip(self, folder: Path) -> None:
+        """first_frame.pick changed: the clip in ``folder`` began with another candidate; make it again."""
+        removed = start_over(folder, frame_settings(self.cfg))
+        log.info("first_frame.pick=%d: frame 0 is now that candidate, so the clip starts over; the %d frames in %s "
+                 "that began with another candidate are replaced", self.first_frame.settings.pick, removed, folder)
 
     def make_unguided(self) -> Path:
         """``compare_unguided``: the same clip with guidance off, beside the guided one; returns its metrics.csv."""
         frames_dir, metrics_csv = self.layout.unguided
         frames = FrameWriter(frames_dir)
-        check_or_record(frames.folder, {**frame_settings(self.cfg), **{key: 0.0 for key in scale_keys()}})
+        unguided = {**frame_settings(self.cfg), **{key: 0.0 for key in scale_keys()}}
+        if check_or_record(frames.folder, unguided, START_OVER_KEYS):
+            start_over(frames.folder, unguided)
         log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
         edit_clip(self.pipe, self.source, ClipOutputs(frames, metrics_csv, self.outputs.metrics), self.settings,
                   TTLGSettings(), self.team, self.flow, self.anchor)
@@ -159,7 +188,8 @@ class Job:
         summary = run_summary(paths, all(p.exists() for p in paths), written, layout.metrics_csv,
                               self.settings.num_inference_steps, scales, unguided_csv,
                               demo=isinstance(self.io, DemoIO), flow_from_edges=self.flow is not None
-                              and self.flow.from_edges)
+                              and self.flow.from_edges,
+                              frame0=self.first_frame.describe() if self.first_frame is not None else None)
         log.info(summary[0].removeprefix("qvedit: "))
         previews = []
         if unguided_csv is not None:
@@ -172,7 +202,16 @@ class Job:
             previews.append((drift, "drift per frame: colour, edge offset, LPIPS and Gram loss to frame 0"))
         page = summary[:summary.index("next:")] if "next:" in summary else summary  # next steps: the terminal's
         write_run_html(layout.run_dir, page, {**frame_settings(self.cfg), "device": self.device}, layout.metrics_csv,
-                       previews)
+                       previews, self.first_frame.report_section() if self.first_frame is not None else None)
+        if not in_sweep():
+            print("\n".join(summary), flush=True)
+
+    def publish_first_frame(self) -> None:
+        """``first_frame.only``: the candidates and their sheet are made; report.html and the summary say so."""
+        summary = self.first_frame.summary()
+        log.info(summary[0].removeprefix("qvedit: "))
+        write_run_html(self.layout.run_dir, summary[:summary.index("next:")], {**frame_settings(self.cfg),
+                       "device": self.device}, self.layout.metrics_csv, [], self.first_frame.report_section())
         if not in_sweep():
             print("\n".join(summary), flush=True)
 

@@ -33,8 +33,12 @@ log = logging.getLogger(__name__)
 MANIFEST = ".qvedit-run.yaml"  # io.layout.holds_nothing_of_its_own knows the name
 
 
-def check_or_record(frames_dir: Path, settings: dict[str, object]) -> None:
-    """Refuse to add frames to a folder made with other settings; remember these settings otherwise."""
+def check_or_record(frames_dir: Path, settings: dict[str, object], start_over_on: tuple[str, ...] = ()) -> bool:
+    """Refuse to add frames to a folder made with other settings; remember these settings otherwise.
+
+    Frames that differ from ``settings`` only in keys of ``start_over_on`` (``first_frame.pick``: frame 0
+    changed) are not refused: this returns True and records nothing, and the caller makes the clip again
+    from frame 0 with ``start_over``. Returns False otherwise."""
     manifest = frames_dir / MANIFEST
     has_frames = (frames_dir / "00000.png").exists()
     if has_frames and manifest.is_file():
@@ -51,17 +55,30 @@ def check_or_record(frames_dir: Path, settings: dict[str, object]) -> None:
         defaults = frame_setting_defaults()
         before = {key: recorded.get(key, defaults.get(key)) for key in settings}
         differing = diff_configs(before, settings)
+        if differing and all(key in start_over_on for key, _, _ in differing):
+            return True
         if differing:
             listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differing)
             raise QveditError(
                 f"{frames_dir} holds frames made with other settings ({listed}): resume with the same settings, "
                 "or write to a new folder (another hydra.run.dir or io.out_frames_dir)"
             )
-        return
+        return False
     if has_frames:
         raise QveditError(f"{frames_dir} already holds frames that qvedit did not record: choose an empty folder "
                           "(another hydra.run.dir or io.out_frames_dir)")
     write_text_atomic(manifest, OmegaConf.to_yaml(OmegaConf.create(settings)))
+    return False
+
+
+def start_over(frames_dir: Path, settings: dict[str, object]) -> int:
+    """Remove the frames of ``frames_dir`` (a clip whose frame 0 changed), the last first so that a kill
+    leaves a shorter clip, then record ``settings``. Returns how many frames were removed."""
+    frames = sorted(Path(frames_dir).glob("[0-9][0-9][0-9][0-9][0-9].png"), reverse=True)
+    for path in frames:
+        path.unlink()
+    write_text_atomic(Path(frames_dir) / MANIFEST, OmegaConf.to_yaml(OmegaConf.create(settings)))
+    return len(frames)
 
 
 class ClipOutputs:

@@ -6,13 +6,15 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from qvedit.errors import QveditError
 from qvedit import locks
 from qvedit.files import atomic_path, commit_partial, remove_partials
-from qvedit.images import check_readable, read_rgb8
-from qvedit.io.settings import RESIZE_MODES, check_resize
+from qvedit.guidance.edges import edge_map, edges_to_uint8
+from qvedit.images import check_readable, read_rgb8, to_tensor
+from qvedit.io.settings import RESIZE_MODES, check_edge_op, check_resize
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
@@ -55,39 +57,51 @@ def resized(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Ima
 class FrameFolders:
     """Frame-folder mode (spec §2.1-1): an init frame and a folder of T-1 edge frames (a ``FrameSource``).
 
+    With ``source_frames_dir`` (the original frames 0..T-1) the init frame may be left out (frame 0 is
+    the source's first frame) and so may the edge folder: edge frame k is then made from source frame
+    k+1 with ``edge_op``, as for a video, and saved in ``edges_dir`` (``EdgeMaker``).
     Frames are read one at a time (``edge_frame(k)``) so memory does not grow with T.
     """
 
     fps = 8.0  # frames carry no rate: previews play at 8 frames per second
 
     def __init__(self, init_frame: str | None, edge_frames_dir: str | None, resize: str = "area",
-                 source_frames_dir: str | None = None):
-        missing = [key for key, value in (("io.init_frame", init_frame), ("io.edge_frames_dir", edge_frames_dir))
-                   if not value]
-        if missing:
-            raise QveditError(
-                f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: pass "
-                "io.init_frame=INIT.png io.edge_frames_dir=EDGES/ (or try: python -m qvedit experiment=demo)"
-            )
+                 source_frames_dir: str | None = None, edge_op: str = "sobel", edges_dir: Path | None = None):
+        if not source_frames_dir:
+            missing = [key for key, value in (("io.init_frame", init_frame), ("io.edge_frames_dir", edge_frames_dir))
+                       if not value]
+            if missing:
+                raise QveditError(
+                    f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: pass "
+                    "io.init_frame=INIT.png io.edge_frames_dir=EDGES/, or io.source_frames_dir=FRAMES/ alone (frame 0 "
+                    "is its first frame, the edge maps are made from the others); or try python -m qvedit experiment=demo"
+                )
         check_resize(resize)
-        self.init_path = Path(init_frame)
-        self.edge_dir = Path(edge_frames_dir)
         self.resize = resize
-        if not self.init_path.is_file():
+        self.init_path = Path(init_frame) if init_frame else None
+        if self.init_path is not None and not self.init_path.is_file():
             raise QveditError(f"init frame not found: {self.init_path} (set io.init_frame=PATH)")
-        self.edge_paths = list_edge_frames(self.edge_dir)
+        self.edge_dir = Path(edge_frames_dir) if edge_frames_dir else None
+        self.edge_paths = list_edge_frames(self.edge_dir) if self.edge_dir else []
         for path in self.edge_paths:  # headers only: catch a non-image before hours of generation
             check_readable(path)
+        self.edges = None if self.edge_dir else EdgeMaker(edge_op, edges_dir)
         self.source_paths = self._source_frames(Path(source_frames_dir)) if source_frames_dir else []
+        self.init_path = self.init_path or self.source_paths[0]
 
     def _source_frames(self, folder: Path) -> list[Path]:
-        """The original frames 0..T-1 the edge maps came from: as many as the edge maps + 1, frame 0's size."""
+        """The original frames 0..T-1 the edge maps came from: as many as the edge maps + 1 (all of them
+        when the edge maps are made from them), frame 0's size."""
         paths = list_images(folder, "io.source_frames_dir", "source frame")
-        wanted = len(self.edge_paths) + 1
+        if self.edges is not None and len(paths) < 2:
+            raise QveditError(f"io.source_frames_dir {folder} holds only 1 frame and io.edge_frames_dir is not set, "
+                              "so there are no later frames to make edge maps from: give the whole clip, or pass "
+                              "io.edge_frames_dir=EDGES/")
+        wanted = len(paths) if self.edges is not None else len(self.edge_paths) + 1
         if len(paths) < wanted:
             raise QveditError(f"io.source_frames_dir {folder} holds {len(paths)} frames but the clip has {wanted} "
                               f"(frame 0 and one per edge map): give all the original frames, or leave it unset")
-        size = read_rgb8(self.init_path).size
+        size = read_rgb8(self.init_path or paths[0]).size
         for path in paths[:wanted]:
             check_readable(path)
             with Image.open(path) as image:
@@ -107,14 +121,34 @@ class FrameFolders:
         return read_rgb8(self.init_path)
 
     def edge_frame(self, k: int, size: tuple[int, int]) -> Image.Image:
+        if self.edges is not None:
+            return resized(self.edges.edge(k + 1, read_rgb8(self.source_paths[k + 1])), size, self.resize)
         return resized(read_rgb8(self.edge_paths[k]), size, self.resize)
 
     def __len__(self) -> int:
-        return len(self.edge_paths)
+        return len(self.source_paths) - 1 if self.edges is not None else len(self.edge_paths)
 
     def finish(self, frame_paths: list[Path], layout) -> list[Path]:
         """Frame folders need nothing after the last frame."""
         return []
+
+
+class EdgeMaker:
+    """Edge maps made from source frames with ``edge_op`` (the project's Sobel or Laplacian, 0..255 grey),
+    each also saved as ``00001.png ...`` in ``folder`` (the edge of output frame i named i) when given.
+    Used where a clip comes without edge maps: a video, or a folder of source frames."""
+
+    def __init__(self, edge_op: str, folder: Path | None = None):
+        check_edge_op(edge_op)
+        self.op = edge_op
+        self.writer = FrameWriter(folder) if folder else None
+
+    def edge(self, index: int, frame: Image.Image | np.ndarray) -> Image.Image:
+        """The edge map of output frame ``index``, made from its source ``frame`` (8-bit RGB), as RGB."""
+        grey = Image.fromarray(edges_to_uint8(edge_map(to_tensor(frame), self.op)), mode="L")
+        if self.writer is not None:
+            self.writer.write(index, grey)
+        return grey.convert("RGB")
 
 
 class FrameWriter:

@@ -10,6 +10,8 @@ By default everything is inside the run folder (``hydra.run.dir``, or a sweep jo
     <run>/output.mp4             io.out_video           (io=video)
     <run>/edges/00001.png ...    io.edges_dir           (io=video, edges made from the RGB video)
     <run>/unguided/frames/, metrics.csv                 the same clip with guidance off (compare_unguided)
+    <run>/first_frame/candidate_00.png ...              frame 0 edited from the source's (first_frame.prompt):
+                                                        the candidates, candidates.png, candidates.yaml
     <run>/error.txt              a sweep job's one-line failure, for the acceptance report
     debug_dir                    guidance debug images (only when set)
 
@@ -62,6 +64,11 @@ class RunLayout:
     def unguided(self) -> tuple[Path, Path]:
         """(frames folder, metrics.csv) of the clip made again without guidance (``compare_unguided``)."""
         return self.run_dir / "unguided" / "frames", self.run_dir / "unguided" / "metrics.csv"
+
+    @property
+    def first_frame(self) -> Path:
+        """The first-frame candidates' folder (``qvedit.io.first_frame``)."""
+        return self.run_dir / "first_frame"
 
     @property
     def report(self) -> Path:

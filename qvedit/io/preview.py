@@ -295,6 +295,16 @@ def comparison_gif(edge_images: list, clips: dict[str, list], out_path, fps: flo
     return _save_atomic(next(images), out_path, "GIF", save_all=True, append_images=images, duration=delay, loop=0)
 
 
+def candidate_sheet(source: Image.Image, candidates: list[Image.Image], labels: list[str], title: str,
+                    out_path) -> Path:
+    """A PNG of one row ``source frame 0 | candidate 0 | candidate 1 ...`` (``first_frame.prompt``): the
+    columns titled ``labels`` (the source's first), under ``title``; cells as ``contact_sheet``'s."""
+    cell = cell_size(source.size)
+    layout = preview_layout(cell, 1, [title], columns=tuple(labels))
+    row = (None, _shrunk(source, cell), *(_shrunk(image, cell) for image in candidates))
+    return _save_atomic(_compose(layout, title, [row], _no_edge_cell(cell)), out_path, "PNG")
+
+
 def write_previews(source: FrameSource, frame_paths: list[Path], layout: RunLayout) -> list[Path]:
     """``preview.png`` (contact sheet) and ``preview.gif`` (edge | output) of a finished clip.
 

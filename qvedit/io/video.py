@@ -22,11 +22,10 @@ from PIL import Image
 
 from qvedit.errors import QveditError
 from qvedit.files import atomic_path
-from qvedit.guidance.edges import EDGE_OPS, edge_map, edges_to_uint8
-from qvedit.images import read_rgb8, to_rgb8, to_tensor
-from qvedit.io.frames import FrameWriter, resized
+from qvedit.images import read_rgb8, to_rgb8
+from qvedit.io.frames import EdgeMaker, resized
 from qvedit.io.layout import RunLayout
-from qvedit.io.settings import VideoIO, check_resize
+from qvedit.io.settings import VideoIO, check_edge_op, check_resize
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +170,12 @@ class VideoClip:
                 "or pass io.edge_video=edges.mp4 too)"
             )
         check_resize(settings.resize)
-        if settings.edge_op not in EDGE_OPS:
-            raise QveditError(f"edge op {settings.edge_op!r} (for edges made from io.rgb_video) is not supported: "
-                              f"use one of {', '.join(sorted(EDGE_OPS))}")
+        check_edge_op(settings.edge_op)
         self.settings = settings
         self.rgb_path = _check_file(settings.rgb_video, "RGB video", "io.rgb_video")
         self.edge_path = _check_file(settings.edge_video, "edge video", "io.edge_video") if settings.edge_video \
             else None
-        self.edges_writer = FrameWriter(edges_dir) if edges_dir and self.edge_path is None else None
+        self.edges = EdgeMaker(settings.edge_op, edges_dir) if self.edge_path is None else None
 
         if self.edge_path is None:
             rgb_frames = decodable_frames(self.rgb_path)
@@ -241,13 +238,7 @@ class VideoClip:
         frame = self._edges.frame(k + self._offset)
         if k == self._count - 1:
             self._edges.close()
-        if self.edge_path is not None:
-            edge = to_rgb8(Image.fromarray(frame))
-        else:
-            grey = Image.fromarray(edges_to_uint8(edge_map(to_tensor(frame), self.settings.edge_op)), mode="L")
-            if self.edges_writer is not None:
-                self.edges_writer.write(k + 1, grey)
-            edge = grey.convert("RGB")
+        edge = to_rgb8(Image.fromarray(frame)) if self.edges is None else self.edges.edge(k + 1, frame)
         return resized(edge, size, self.settings.resize)
 
     def __len__(self) -> int:

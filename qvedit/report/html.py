@@ -160,15 +160,16 @@ def _edge_maps(job_dir: Path, frames: int) -> list:
 
 
 def write_run_html(run_dir: Path, summary: list[str], settings: dict, metrics_csv: Path,
-                   previews: list[tuple[Path, str]]) -> Path:
-    """``<run>/report.html``: what the run made, its previews, settings and per-frame table."""
+                   previews: list[tuple[Path, str]], first_frame: Optional[dict] = None) -> Path:
+    """``<run>/report.html``: what the run made, its previews, settings and per-frame table; with
+    ``first_frame`` (``FirstFrameEdit.report_section``) the first-frame candidates too."""
     metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
     rows = [[_number(value, 6) if isinstance(value, float) else str(value) for value in row]
             for row in metrics.itertuples(index=False)]
     images = [{"file": _relative(path, run_dir), "caption": caption} for path, caption in previews if path.is_file()]
     return _render("run.html", run_dir / REPORT, name=run_dir.name, summary=[line.strip() for line in summary],
                    previews=images, settings=sorted(settings.items()), metrics_file=_relative(metrics_csv, run_dir),
-                   columns=list(metrics.columns), rows=rows)
+                   columns=list(metrics.columns), rows=rows, first_frame=first_frame)
 
 
 def _relative(path: Path, folder: Path) -> str:

@@ -29,16 +29,20 @@ def column_means(metrics_csv: Path) -> dict[str, float]:
 
 def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metrics_csv: Path,
                 steps: int, scales: dict[str, float], unguided_csv: Optional[Path] = None,
-                demo: bool = False, flow_from_edges: bool = False) -> list[str]:
+                demo: bool = False, flow_from_edges: bool = False, frame0: Optional[str] = None) -> list[str]:
     """The lines printed at the end of a run.
 
     ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided_csv``: the metrics
     of the same clip made without guidance (``compare_unguided=true``); ``demo``: add the next steps
-    a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps.
+    a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps;
+    ``frame0``: where frame 0 came from when it is not the input (``first_frame.prompt``).
     """
     where = frames[0].parent if frames_kept else ", ".join(str(p) for p in outputs if p.suffix == ".mp4")
-    lines = [f"qvedit: made frames 1..{len(frames) - 1} of {len(frames)} (frame 0 is the input) -> {where}"
+    origin = "the input" if frame0 is None else "the edited first frame"
+    lines = [f"qvedit: made frames 1..{len(frames) - 1} of {len(frames)} (frame 0 is {origin}) -> {where}"
              + ("" if frames_kept else " (PNG frames deleted: io.keep_frames=false)")]
+    if frame0 is not None:
+        lines.append(f"  {frame0}")
     means = column_means(metrics_csv)
     if scales:
         weights = ", ".join(f"{name} {value:g}" for name, value in scales.items())
