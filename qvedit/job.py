@@ -29,6 +29,7 @@ from qvedit.editor import cpu_speed_warnings, edit_clip
 from qvedit.errors import QveditError
 from qvedit.guidance.flow import ClipFlow
 from qvedit.guidance.settings import TTLGSettings
+from qvedit.guidance.tiny_decoder import check_decoder
 from qvedit.io.frames import FrameWriter
 from qvedit.io.layout import RunLayout
 from qvedit.io.preview import write_comparison, write_previews
@@ -37,6 +38,7 @@ from qvedit.io.source import FrameSource
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.parallel import Team
 from qvedit.models.settings import ModelSettings, PerfSettings
+from qvedit.models.step_cache import check_cache
 from qvedit.outputs import ClipOutputs, check_or_record
 from qvedit.preflight import check_clip
 from qvedit.report.html import write_run_html
@@ -93,10 +95,12 @@ class Job:
         source = io.open(layout)  # inputs are checked before the (slow) model load
         check_clip(settings, source)
         model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
+        check_decoder(ttlg)  # ttlg.decoder=tiny: its weights file is there and fits
         frames = FrameWriter(layout.frames_dir)
         check_or_record(frames.folder, frame_settings(cfg))
         check_device(device)
         perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
+        check_cache(perf)  # perf.cache: settings diffusers takes
         outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
                               layout.debug_dir)
         if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
