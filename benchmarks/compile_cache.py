@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     report = {"model": args.model, "preset": args.preset, "size": args.size, "steps": args.steps,
               "device": args.device, "date": time.strftime("%Y-%m-%d"), "rows": rows}
     Path(args.out).write_text(json.dumps(report, indent=2))
-    lines = [f"perf={args.preset}, model={args.model}, {args.size}², {args.steps} steps, {args.device}, {report['date']}",
+    lines = [f"perf={args.preset}, model={args.model}, {args.size}², {args.steps} steps, {args.device}, "
+             f"{report['date']}",
              "", "| process | first frame s | process s | compile cache MiB |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['process']} | {r.get('first_frame_s', r.get('error'))} | {r['process_s']} | "
               f"{r['compile_cache_mib']} |" for r in rows]

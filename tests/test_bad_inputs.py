@@ -435,7 +435,7 @@ CASES = [
     Case("step cache with group offloading", value("perf=vram24", "perf.cache=taylorseer"),
          "perf.cache does not combine with perf.group_offload", early=True),
     Case("step cache computing no step in full", value("perf.cache=taylorseer", "perf.cache_start_step=0"),
-         r"perf.cache_start_step=0 is not valid: use an integer >= 1", early=True),
+         r"perf.cache_start_step=0 is out of range: use an integer >= 1", early=True),
     # configs are data: only qvedit's own _target_s are built
     Case("a model _target_ that runs a command", value("model._target_=os.system"),
          r"model._target_='os.system' is not qvedit's", early=True),

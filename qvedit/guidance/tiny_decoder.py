@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from qvedit.errors import QveditError
 from qvedit.guidance.settings import TTLGSettings
-from qvedit.models.integrity import PICKLED_SUFFIXES, safetensors_problem
+from qvedit.models.integrity import safetensors_problem
 
 log = logging.getLogger(__name__)
 

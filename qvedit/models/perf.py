@@ -91,7 +91,15 @@ def use_compile_cache() -> Path:
     under the system's temporary folder, which may be emptied between runs)."""
     import torch._functorch.config
     import torch._inductor.config
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # PyTorch's own default, spelt out
+        def default_cache_dir() -> str:
+            import getpass
+            import tempfile
+
+            return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
 
     folder = cache_dir() / "torch-compile"
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

@@ -188,8 +188,8 @@ class PerfSettings:
                     "bring their weights to the GPU and start copying the next ones: leave perf.cache=none")
         if self.cache != "none" and processes > 1:
             return (f"perf.cache does not combine with parallel.* degrees ({processes} processes; not tried together: "
-                    "the cache's hooks would sit beside the hooks that split and gather each pass): leave perf.cache=none "
-                    "under torchrun")
+                    "the cache's hooks would sit beside the hooks that split and gather each pass): leave "
+                    "perf.cache=none under torchrun")
         if streamed and processes > 1:
             return (f"perf.group_offload runs one GPU's model from CPU memory; it does not combine with parallel.* "
                     f"degrees ({processes} processes): use perf=default under torchrun")

@@ -314,7 +314,8 @@ ADAPTATIONS = (
                _check_step_cache),
     Adaptation("step cache around compiled blocks", "perf.compile with perf.cache (qvedit.models.perf.compile_blocks)",
                "_repeated_blocks names QwenImageTransformerBlock; HookRegistry.register_hook wraps module.forward as "
-               "it finds it (the compiled forward) and puts its own forward on the instance", _check_cache_around_compiled_blocks),
+               "it finds it (the compiled forward) and puts its own forward on the instance",
+               _check_cache_around_compiled_blocks),
 )
 
 
