@@ -16,6 +16,14 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
   LoRA leaves the transformer's shapes and cost as they are;
 - ``edge_gram_decode512`` / ``lightning_edge_gram_decode512``: guidance decoding x0 at 512 pixels
   (``ttlg.decode_size=512``);
+- ``lightning_edge_gram_tiny`` / ``lightning_edge_gram_tiny_decode512``: guidance decoding with the tiny decoder
+  (``ttlg.decoder=tiny``) with random weights (``ttlg.tiny_decoder=random``: timing only), at the frame's size / 512;
+- ``*_cache`` (``off_cache``, ``edge_gram_cache``, ``lightning_off_cache``, ``lightning_edge_gram_cache``,
+  ``off_cache_fp8``, ``edge_gram_cache_fp8``): the same with ``perf.cache=taylorseer`` (its defaults); each row
+  says how much faster it is than the variant without ``_cache`` and how far its frame is, in 8-bit levels;
+- ``fastest_off`` / ``fastest_edge_gram``: ``experiment=fastest`` (composed from ``conf/``: steps, CFG, scheduler,
+  guidance, ``perf=fp8`` and its step cache; tiny decoder weights random), on a freshly loaded pipeline;
+  ``fastest_edge_gram_nocache``: the same without the step cache;
 - ``off_first_frame_image`` / ``lightning_off_first_frame_image``: ``anchor.first_frame_image=true``, frame 0
   as a third condition image (a longer transformer pass).
 
@@ -43,11 +51,42 @@ from qvedit.models.random_full import RANDOM_WEIGHTS
 VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
             "plain_fast", "off_fast", "lightning_off", "lightning_edge_gram", "edge_gram_decode512",
             "lightning_edge_gram_decode512", "off_fp8", "edge_gram_fp8", "off_vram24", "edge_gram_vram24",
-            "off_first_frame_image", "lightning_off_first_frame_image")
+            "lightning_edge_gram_tiny", "lightning_edge_gram_tiny_decode512", "off_cache", "edge_gram_cache",
+            "lightning_off_cache", "lightning_edge_gram_cache", "off_cache_fp8", "edge_gram_cache_fp8", "fastest_off",
+            "fastest_edge_gram", "fastest_edge_gram_nocache", "off_first_frame_image",
+            "lightning_off_first_frame_image")
 # Settings applied to the loaded pipeline (they stay with it: these stages come after the plain ones), and
 # presets that change the pipeline for good, so each gets a freshly loaded one (qvedit.models.loading).
 APPLIED = {"_low_memory": dict(offload_text_encoder=True), "_fast": dict(compile=True)}
 RELOADED = {"_fp8": dict(quantize="fp8", compile=True), "_vram24": dict(group_offload=True)}
+
+
+def stage_of(variant: str) -> str:
+    """The suffix of ``APPLIED`` / ``RELOADED`` whose pipeline the variant runs on ("" for the plain one);
+    ``experiment=fastest`` runs with ``perf=fp8``."""
+    if variant.startswith("fastest"):
+        return "_fp8"
+    return next((suffix for suffix in (*APPLIED, *RELOADED) if variant.endswith(suffix)), "")
+
+
+def uncached(variant: str) -> str:
+    """The variant a cached one is compared with: the same without the step cache."""
+    return variant + "_nocache" if variant.startswith("fastest") else variant.replace("_cache", "")
+
+
+def fastest_preset() -> dict:
+    """``experiment=fastest`` as composed from ``conf/``: steps, CFG, scheduler, guidance and perf settings."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from qvedit.config import register_schemas
+
+    register_schemas()
+    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parent.parent / "conf")):
+        cfg = OmegaConf.to_container(compose("config", overrides=["experiment=fastest"]))
+    drop = lambda node: {k: v for k, v in node.items() if k != "_target_"}  # noqa: E731
+    return {"steps": cfg["num_inference_steps"], "true_cfg_scale": cfg["true_cfg_scale"],
+            "scheduler": cfg["model"]["scheduler"], "ttlg": drop(cfg["ttlg"]), "perf": drop(cfg["perf"])}
 
 
 def lightning_preset() -> dict:
@@ -126,18 +165,29 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     timer = PartTimer(cuda)
     from qvedit.models.lora import use_scheduler
 
+    from qvedit.models.settings import PerfSettings
+    from qvedit.models.step_cache import use_step_cache
+
     cond_output = variant.endswith("_cond_output")
     guided = "edge_gram" in variant
-    lightning = lightning_preset() if variant.startswith("lightning") else None
+    fastest = fastest_preset() if variant.startswith("fastest") else None
+    lightning = fastest or (lightning_preset() if variant.startswith("lightning") else None)
     window = lightning["ttlg"] if lightning else {"last_steps": last_steps}
-    decode_size = 512 if variant.endswith("_decode512") else None
-    ttlg = TTLGSettings(edge_scale=1.0, gram_scale=0.2, vgg_weights="random", decode_size=decode_size, **window) \
+    decode = {"decode_size": 512 if variant.endswith("_decode512") else None,
+              "decoder": "tiny" if "_tiny" in variant else "vae", "tiny_decoder": "random"}
+    if fastest:
+        window, decode = fastest["ttlg"], {"tiny_decoder": "random"}  # the published weights may not be here
+    ttlg = TTLGSettings(**{"edge_scale": 1.0, "gram_scale": 0.2, **window, **decode, "vgg_weights": "random"}) \
         if guided else TTLGSettings()
     if lightning:
         steps = lightning["steps"] if steps > 2 else steps  # (2: a warm-up)
     settings = RunSettings(num_inference_steps=steps, true_cfg_scale=lightning["true_cfg_scale"] if lightning else 4.0,
                            condition_area="output" if cond_output else PIPELINE_CONDITION_AREA)
     use_scheduler(pipe, lightning["scheduler"] if lightning else {})
+    cache = {key: value for key, value in fastest["perf"].items() if key.startswith("cache")} if fastest else \
+        {"cache": "taylorseer" if "_cache" in variant else "none"}
+    cache = PerfSettings(**cache) if not variant.endswith("_nocache") else PerfSettings()
+    use_step_cache(pipe.transformer, cache)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -172,6 +222,11 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
         row["frame"] = str(frame)  # frame 1 as written (in ``work``)
     if guided:
         row["guided_steps"] = sum(ttlg.guides_step(i, steps) for i in range(steps))
+    if cache.cache != "none":
+        from qvedit.models.step_cache import fresh_steps
+
+        full = fresh_steps(cache, steps)
+        row["steps_in_full"] = len(full) if full is not None else None
     return row
 
 
@@ -181,25 +236,44 @@ def summarise(rows: list[dict]) -> list[dict]:
         same_size = {r["variant"]: r for r in rows if r["size"] == row["size"]}
         if "plain" in same_size:
             row["ratio_to_plain"] = row["seconds_per_frame"] / same_size["plain"]["seconds_per_frame"]
-        base = same_size.get(row["variant"].replace("edge_gram", "off").removesuffix("_decode512"))
+        base = same_size.get(row["variant"].replace("edge_gram", "off").replace("_tiny", "").removesuffix("_decode512")
+                             .removesuffix("_nocache"))
         if row.get("guided_steps") and base and base is not row:
             extra = row["seconds_per_frame"] - base["seconds_per_frame"]
             row["added_s_per_guided_step"] = extra / row["guided_steps"]
             row["added_fraction"] = extra / base["seconds_per_frame"]
+        reference = same_size.get(uncached(row["variant"]))
+        if reference is not None and reference is not row:
+            row["speedup_vs_uncached"] = reference["seconds_per_frame"] / row["seconds_per_frame"]
     return rows
+
+
+def compare_frames(rows: list[dict], frames: dict) -> None:
+    """Each cached variant's frame against its uncached variant's (same size), in 8-bit levels: max and mean over
+    pixels and channels. ``frames``: (size, variant) -> (H, W, 3) uint8."""
+    for row in rows:
+        reference = frames.get((row["size"], uncached(row["variant"])))
+        frame = frames.get((row["size"], row["variant"]))
+        if reference is not None and frame is not None and uncached(row["variant"]) != row["variant"]:
+            levels = np.abs(frame.astype(np.int16) - reference.astype(np.int16))
+            row["levels_vs_uncached_max"], row["levels_vs_uncached_mean"] = int(levels.max()), float(levels.mean())
 
 
 def markdown(report: dict) -> str:
     lines = [f"{report['device']}, torch {report['torch']}, diffusers {report['diffusers']}, {report['date']}, "
-             f"model={report['model']}" + (f" ({RANDOM_WEIGHTS})" if report["model"] == "random_full" else ""), "",
+             f"model={report['model']}" + (f" ({RANDOM_WEIGHTS})" if report["model"] == "random_full" else "")
+             + (f"; {report['tiny_decoder']}" if report.get("tiny_decoder") else ""), "",
              "| size | steps | variant | s/frame | vs plain | prompt s | transformer s/step | decode s | peak GiB "
-             "| s per guided step |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| s per guided step | steps in full | x vs uncached | levels vs uncached (max / mean) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
         def f(key, fmt="{:.3f}"):
             return fmt.format(r[key]) if r.get(key) is not None else "-"
         lines.append(f"| {r['size']}² | {r['steps']} | {r['variant']} | {f('seconds_per_frame', '{:.2f}')} | "
                      f"{f('ratio_to_plain')} | {f('prompt_encoding_s')} | {f('transformer_s_per_step')} | "
-                     f"{f('decode_s')} | {f('peak_gib', '{:.1f}')} | {f('added_s_per_guided_step')} |")
+                     f"{f('decode_s')} | {f('peak_gib', '{:.1f}')} | {f('added_s_per_guided_step')} | "
+                     f"{f('steps_in_full', '{}')} | {f('speedup_vs_uncached', '{:.2f}')} | "
+                     f"{f('levels_vs_uncached_max', '{}')} / {f('levels_vs_uncached_mean', '{:.2f}')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -221,9 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     from qvedit.models.settings import PerfSettings
 
     dtype = args.dtype or ("fp32" if args.model == "tiny" else "bf16")
-    stages = [([v for v in args.variants if not v.endswith((*APPLIED, *RELOADED))], {}, False)]
-    stages += [([v for v in args.variants if v.endswith(suffix)], perf, False) for suffix, perf in APPLIED.items()]
-    stages += [([v for v in args.variants if v.endswith(suffix)], perf, True) for suffix, perf in RELOADED.items()]
+    stages = [([v for v in args.variants if not stage_of(v)], {}, False)]
+    stages += [([v for v in args.variants if stage_of(v) == suffix], perf, False) for suffix, perf in APPLIED.items()]
+    stages += [([v for v in args.variants if stage_of(v) == suffix], perf, True) for suffix, perf in RELOADED.items()]
     stages = [(variants, PerfSettings(attention_backend=args.attention_backend, **perf), reload)
               for variants, perf, reload in stages if variants]
     try:
@@ -232,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     except QveditError as err:
         print(f"qvedit.bench: error: {err}")
         return 2
-    pipe, rows, report = None, [], None
+    pipe, rows, report, frames = None, [], None, {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for number, (variants, perf, reload) in enumerate(stages):
@@ -247,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                     if perf.compile or reload:  # compiles for this size; group offloading learns the block order
                         run_variant(pipe, variant, size, 2, 0, work)
                     rows.append(run_variant(pipe, variant, size, args.steps, args.last_steps, work))
-                    rows[-1].pop("frame", None)  # in the temporary folder
+                    if "frame" in rows[-1]:  # in the temporary folder
+                        frames[size, variant] = np.asarray(Image.open(rows[-1].pop("frame")).convert("RGB"))
+                    compare_frames(rows, frames)
                     print(json.dumps(rows[-1]), flush=True)
                     report = write_report(rows, args.model, pipe.device, Path(args.out))  # after every row
     print(markdown(report))
@@ -271,6 +347,8 @@ def write_report(rows: list[dict], model: str, device: torch.device, out: Path) 
               "rows": summarise(rows)}
     if model == "random_full":
         report["note"] = RANDOM_WEIGHTS
+    if any("_tiny" in r["variant"] or r["variant"].startswith("fastest") for r in rows):
+        report["tiny_decoder"] = "ttlg.tiny_decoder=random: the tiny decoder's cost, not its images"
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     (out / "bench.md").write_text(markdown(report))

@@ -31,6 +31,7 @@ from qvedit.editor import cpu_speed_warnings, edit_clip
 from qvedit.errors import QveditError
 from qvedit.guidance.flow import ClipFlow
 from qvedit.guidance.settings import TTLGSettings
+from qvedit.guidance.tiny_decoder import check_decoder
 from qvedit.io.first_frame import START_OVER_KEYS, EditedFirstFrame, FirstFrameEdit
 from qvedit.io.frames import FrameWriter
 from qvedit.io.layout import RunLayout
@@ -40,6 +41,7 @@ from qvedit.io.source import FrameSource
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.parallel import Team
 from qvedit.models.settings import ModelSettings, PerfSettings
+from qvedit.models.step_cache import check_cache
 from qvedit.outputs import ClipOutputs, check_or_record, start_over
 from qvedit.preflight import check_clip
 from qvedit.report.drift import plot_drift
@@ -101,12 +103,14 @@ class Job:
         source = io.open(layout)  # inputs are checked before the (slow) model load
         check_clip(settings, source)
         model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
+        check_decoder(ttlg)  # ttlg.decoder=tiny: its weights file is there and fits
         frames = FrameWriter(layout.frames_dir)
         starts_over = check_or_record(frames.folder, frame_settings(cfg), START_OVER_KEYS)
         first_frame = FirstFrameEdit.prepare(first_frame_settings, cfg, settings, source, layout, team) \
             if first_frame_settings.prompt is not None else None
         check_device(device)
         perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
+        check_cache(perf)  # perf.cache: settings diffusers takes
         outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
                               layout.debug_dir)
         if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs

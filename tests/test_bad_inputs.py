@@ -302,6 +302,15 @@ def resumed_with(*changed: str):
     return setup
 
 
+def misfit_tiny_decoder(t, ctx):
+    from safetensors.torch import save_file
+
+    import torch
+
+    save_file({"decoder.1.weight": torch.zeros(256, 4, 3, 3)}, t / "taew2_1.safetensors")
+    return plain(t) + ["ttlg=edge", "ttlg.decoder=tiny", f"ttlg.tiny_decoder={t}"]
+
+
 def value(*overrides: str):
     return lambda t, ctx: plain(t) + list(overrides)
 
@@ -417,6 +426,16 @@ CASES = [
          "perf.compile does not combine with perf.group_offload", early=True),
     Case("an unknown quantization", value("perf.quantize=int4"), r"perf.quantize='int4' is not valid: use none or fp8",
          early=True),
+    # ttlg.decoder=tiny (its weights) and perf.cache (what it combines with): one line before the model loads
+    Case("tiny decoder weights that do not fit", misfit_tiny_decoder, r"ttlg.tiny_decoder: .*/taew2_1.safetensors does "
+         r"not hold the taew2_1 tiny decoder: decoder.1.weight has shape \[256, 4, 3, 3\] where the decoder takes "
+         r"\[256, 16, 3, 3\]", early=True),
+    Case("tiny decoder without weights", value("ttlg=edge", "ttlg.decoder=tiny"), "ttlg.decoder=tiny needs its weights",
+         early=True),
+    Case("step cache with group offloading", value("perf=vram24", "perf.cache=taylorseer"),
+         "perf.cache does not combine with perf.group_offload", early=True),
+    Case("step cache computing no step in full", value("perf.cache=taylorseer", "perf.cache_start_step=0"),
+         r"perf.cache_start_step=0 is out of range: use an integer >= 1", early=True),
     # configs are data: only qvedit's own _target_s are built
     Case("a model _target_ that runs a command", value("model._target_=os.system"),
          r"model._target_='os.system' is not qvedit's", early=True),

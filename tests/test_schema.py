@@ -32,9 +32,11 @@ def test_frame_affecting_keys_are_the_tagged_ones():
     assert not keys & {"parallel.cfg_degree", "ttlg.decode_checkpointing", "device", "max_frames", "debug_dir",
                        "io.out_frames_dir", "model._target_", "ttlg._target_"}
     assert not [k for k in keys if k.split(".")[0] in ("metrics", "acceptance")]
-    # of perf, only what rounds weights to 8 bits changes frames
+    # of perf, only what rounds weights to 8 bits or reuses work across steps changes frames
+    cache = {"perf.cache", "perf.cache_interval", "perf.cache_start_step", "perf.cache_stop_step", "perf.cache_order",
+             "perf.cache_threshold"}
     assert {k for k in keys if k.startswith("perf.")} == {"perf.quantize", "perf.fp8_keep_bf16",
-                                                          "perf.layerwise_fp8_storage"}
+                                                          "perf.layerwise_fp8_storage", *cache}
     video = set(frame_settings(make(["io=video"])))
     assert {"io.rgb_video", "io.edge_video", "io.edge_op"} <= video and "io.keep_frames" not in video
 

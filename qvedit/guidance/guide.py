@@ -4,7 +4,8 @@ At the end of a denoising step diffusers calls ``callback_on_step_end`` with the
 The callback estimates the clean sample x0 = x_{t-1} - sigma_{t-1} * v (v: the velocity the
 scheduler just used, recorded by ``diffusers_compat.record_velocity``), decodes x0 along the
 pipeline's own decode path (``diffusers_compat.LatentDecoder``), scores it with the edge / Gram /
-temporal losses, and moves the latents one normalised gradient step down that loss.
+temporal losses, and moves the latents one normalised gradient step down that loss. With
+``ttlg.decoder=tiny`` taehv's tiny decoder (``tiny_decoder``) decodes x0 instead of the VAE.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from qvedit.guidance import losses
 from qvedit.guidance.edges import edge_map, edges_to_uint8
 from qvedit.guidance.flow import FlowPair, warp
 from qvedit.guidance.settings import TTLGSettings
+from qvedit.guidance.tiny_decoder import tiny_decoder
 from qvedit.images import to_pil
 from qvedit.models.diffusers_compat import LatentDecoder, VelocityRecorder, execution_device, step_sigma
 
@@ -79,6 +81,8 @@ class Guide:
         self.temporal_target, self.temporal_mask = self.previous, None  # set per frame by callback()
         self.color_target: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (mean, std), each (3,); per frame
         self.guided_steps = 0  # in the frame being made
+        self.tiny = tiny_decoder(settings.tiny_decoder, pipe.vae, pipe.vae_scale_factor, self.device) \
+            if settings.decoder == "tiny" else None
         self.x0_estimate = supports_x0_estimate(pipe.scheduler)
         if not self.x0_estimate:
             log.warning("%s has no x0 estimate here: guidance decodes the latents themselves",
@@ -119,7 +123,8 @@ class Guide:
         ``ttlg.temporal_mode=flow``, ``flow`` (frame to previous frame, from the source frames) moves the
         previous frame onto this one for the temporal loss, and its occlusions are left out. ``color_target``:
         the frame's target CIELAB statistics (``qvedit.anchor.color.ColorAnchor.target``), for ``ttlg.color_scale``."""
-        decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing, self.settings.decode_size)
+        decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing, self.settings.decode_size,
+                                self.tiny)
         self.guided_steps = 0
         if self.settings.color_scale > 0:
             if color_target is None:

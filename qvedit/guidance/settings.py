@@ -13,6 +13,7 @@ EDGE_OPS = ("sobel", "laplacian")  # qvedit.guidance.edges implements each
 VGG_WEIGHTS = ("imagenet", "random")
 TEMPORAL_MODES = ("plain", "flow")
 FLOW_METHODS = ("dis", "raft")
+GUIDANCE_DECODERS = ("vae", "tiny")
 VGG_MIN_SIZE = 32  # VGG16 halves the image 3 times before relu4_3: 32 pixels leave 4x4 features
 
 
@@ -38,6 +39,10 @@ class TTLGSettings:
     # long side (pixels) x0 is decoded at for the losses: the latents are resized first; null = the frame's size
     decode_size: Optional[int] = setting(None, frames=True, min=16)
     decode_checkpointing: bool = setting(True)  # recomputes the decoder in the backward: the same numbers
+    # what decodes x0 for the losses: the pipeline's VAE, or taehv's tiny decoder (qvedit/guidance/tiny_decoder.py)
+    decoder: str = setting("vae", frames=True, choices=GUIDANCE_DECODERS)
+    # ttlg.decoder=tiny: its weights (a taew2_1 .safetensors file, a folder, a hub id), or random (tests, timing)
+    tiny_decoder: Optional[str] = setting(None, frames=True, path="input")
 
     def __post_init__(self):
         check_fields(self, "ttlg.")

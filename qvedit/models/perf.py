@@ -4,20 +4,25 @@
 live for good (they are part of the loader's cache key): FP8 matmuls (``qvedit.models.fp8``), FP8 weight
 storage, and streaming the transformer and text encoder from CPU memory (diffusers' group offloading).
 ``apply_perf`` runs on the loaded pipeline: an attention kernel, regional ``torch.compile`` of the
-repeated transformer blocks, and keeping the 7B text encoder in CPU memory while the transformer runs
-(it is needed once per frame, for the prompt). Measured effects are in the README.
+repeated transformer blocks (its kernels kept in qvedit's cache folder), keeping the 7B text encoder in CPU
+memory while the transformer runs (it is needed once per frame, for the prompt), and diffusers' step cache
+(``qvedit.models.step_cache``). Measured effects are in the README.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from qvedit.errors import QveditError
+from qvedit.files import cache_dir
 from qvedit.models.diffusers_compat import before_prompt_encoding, execution_device
 from qvedit.models.settings import PerfSettings
+from qvedit.models.step_cache import use_step_cache, without_step_cache
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +59,56 @@ def apply_perf(pipe, settings: PerfSettings) -> None:
                               f"({str(err).splitlines()[0]}): use null (PyTorch SDPA) or another backend") from None
         applied.add(("attention", settings.attention_backend))
     if settings.compile and "compile" not in applied:
-        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        without_step_cache(pipe.transformer)  # the blocks are compiled bare; the cache's hooks go around them below
+        use_compile_cache()
+        compile_blocks(pipe.transformer)
         applied.add("compile")
     if settings.offload_text_encoder and "offload" not in applied:
         offload_text_encoder(pipe)
         applied.add("offload")
+    if settings.cache != "none" or "_qvedit_cache" in vars(pipe.transformer):
+        use_step_cache(pipe.transformer, settings)
+
+
+def compile_blocks(transformer: torch.nn.Module) -> None:
+    """``perf.compile``: the ``forward`` of each repeated block (the 60 ``QwenImageTransformerBlock``s, diffusers'
+    ``_repeated_blocks``) compiled as one full graph, which serves every block alike.
+
+    diffusers' ``compile_repeated_blocks`` compiles each block's whole call instead, and the step cache's hooks
+    (``perf.cache``) then run inside the compiled code, where their per-step decisions break the graph. With
+    ``forward`` compiled, the hooks, registered afterwards, wrap it and stay in eager Python, so the cache can be
+    switched on and off without compiling again (``diffusers_compat``: "step cache around compiled blocks").
+    """
+    for module in transformer.modules():
+        if type(module).__name__ in transformer._repeated_blocks:
+            module.forward = torch.compile(module.forward, fullgraph=True)
+
+
+def use_compile_cache() -> Path:
+    """Keep what ``torch.compile`` makes (inductor's FX graph and AOT autograd caches, Triton's kernels) in
+    ``<qvedit cache>/torch-compile``, so a later process on this machine loads it instead of compiling again;
+    returns the folder. A ``TORCHINDUCTOR_CACHE_DIR`` the user set is kept (PyTorch's own default is a folder
+    under the system's temporary folder, which may be emptied between runs)."""
+    import torch._functorch.config
+    import torch._inductor.config
+
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # PyTorch's own default, spelt out
+        def default_cache_dir() -> str:
+            import getpass
+            import tempfile
+
+            return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+
+    folder = cache_dir() / "torch-compile"
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    os.environ.setdefault("TRITON_CACHE_DIR", str(Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "triton"))
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 class PinnedSwap:

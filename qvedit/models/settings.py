@@ -113,13 +113,17 @@ FP8_KEEP_BF16 = ("img_in", "txt_in", "time_text_embed.*", "*.img_mod.*", "*.txt_
                  "norm_out.*", "proj_out")
 
 
+STEP_CACHES = ("none", "taylorseer", "first_block")  # qvedit.models.step_cache builds each from diffusers.hooks
+
+
 @dataclass
 class PerfSettings:
     """``perf/``: speed and memory settings.
 
     ``attention_backend``, ``compile``, ``offload_text_encoder`` and ``group_offload`` compute what the
     plain pipeline computes; ``quantize=fp8`` and ``layerwise_fp8_storage`` round weights (and, for fp8,
-    activations) to 8 bits, so they change the frames and are recorded in the resume manifest.
+    activations) to 8 bits, and ``cache`` reuses the transformer's work across denoising steps, so they change
+    the frames and are recorded in the resume manifest.
     """
 
     attention_backend: Optional[str] = setting(None)
@@ -132,6 +136,15 @@ class PerfSettings:
     fp8_keep_bf16: list = setting(default_factory=lambda: list(FP8_KEEP_BF16), frames=True)
     group_offload: bool = setting(False)
     layerwise_fp8_storage: bool = setting(False, frames=True)
+    # diffusers' step caches on the transformer (README "Step caching"): taylorseer, a fixed schedule of steps in
+    # full with the others extrapolated; first_block, adaptive (the rest of a step skipped when its first block
+    # changed little); none: every step in full
+    cache: str = setting("none", frames=True, choices=STEP_CACHES)
+    cache_interval: int = setting(5, frames=True, min=1)  # taylorseer: after the start, one step in full every N
+    cache_start_step: int = setting(3, frames=True, min=1)  # taylorseer: steps 0 .. N-1 in full
+    cache_stop_step: Optional[int] = setting(None, frames=True, min=1)  # taylorseer: steps from N on in full
+    cache_order: int = setting(1, frames=True, min=0, max=4)  # taylorseer: order of the Taylor extrapolation
+    cache_threshold: float = setting(0.05, frames=True, min=0)  # first_block: relative change that recomputes
 
     def __post_init__(self):
         check_fields(self, "perf.")
@@ -170,6 +183,13 @@ class PerfSettings:
             other = "group_offload" if streamed else "offload_text_encoder"
             return (f"perf.quantize=fp8 does not combine with perf.{other} (not tried together: torchao's fp8 weights "
                     "are tensor subclasses, which these offloads move by hand): use one of them")
+        if self.cache != "none" and streamed:
+            return ("perf.cache does not combine with perf.group_offload: a cached step skips the blocks whose calls "
+                    "bring their weights to the GPU and start copying the next ones: leave perf.cache=none")
+        if self.cache != "none" and processes > 1:
+            return (f"perf.cache does not combine with parallel.* degrees ({processes} processes; not tried together: "
+                    "the cache's hooks would sit beside the hooks that split and gather each pass): leave "
+                    "perf.cache=none under torchrun")
         if streamed and processes > 1:
             return (f"perf.group_offload runs one GPU's model from CPU memory; it does not combine with parallel.* "
                     f"degrees ({processes} processes): use perf=default under torchrun")

@@ -234,6 +234,40 @@ def _check_group_offload() -> Optional[str]:
             or _in_source(DiffusionPipeline._execution_device.fget, "_get_group_onload_device"))
 
 
+def _check_step_cache() -> Optional[str]:
+    import re
+
+    from diffusers import DiffusionPipeline, QwenImageTransformer2DModel
+    from diffusers.hooks import taylorseer_cache
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+    from diffusers.models.transformers.transformer_qwenimage import QwenImageTransformerBlock
+
+    hook = taylorseer_cache.TaylorSeerCacheHook
+    lite = (any(re.fullmatch(p, "transformer_blocks.7") for p in taylorseer_cache._BLOCK_IDENTIFIERS)
+            and any(re.fullmatch(p, "proj_out") for p in taylorseer_cache._PROJ_OUT_IDENTIFIERS))
+    try:
+        TransformerBlockRegistry.get(QwenImageTransformerBlock)
+    except ValueError:
+        return "TransformerBlockRegistry has no QwenImageTransformerBlock (the first block cache needs it)"
+    return ((None if lite else "TaylorSeer's lite mode no longer matches transformer_blocks.N and proj_out")
+            or _has(QwenImageTransformer2DModel, "enable_cache", "disable_cache", "is_cache_enabled")
+            or _in_source(hook._measure_should_compute, "current_step < self.disable_cache_before_step",
+                          "(current_step - self.disable_cache_before_step - 1) % self.cache_interval == 0",
+                          "current_step >= self.disable_cache_after_step")
+            or _in_call("self.maybe_free_model_hooks()")
+            or _in_source(DiffusionPipeline.maybe_free_model_hooks, "component._reset_stateful_cache()"))
+
+
+def _check_cache_around_compiled_blocks() -> Optional[str]:
+    from diffusers import QwenImageTransformer2DModel
+    from diffusers.hooks import HookRegistry
+
+    if "QwenImageTransformerBlock" not in (QwenImageTransformer2DModel._repeated_blocks or ()):
+        return "QwenImageTransformer2DModel._repeated_blocks no longer names QwenImageTransformerBlock"
+    return _in_source(HookRegistry.register_hook, "forward = self._module_ref.forward", "fn_ref.forward = forward",
+                      "self._module_ref.forward = ")
+
+
 @dataclass(frozen=True)
 class Adaptation:
     name: str
@@ -273,6 +307,15 @@ ADAPTATIONS = (
     Adaptation("streamed group offload", "perf.group_offload", "the fix of diffusers issue 12673 (PR 12721, v0.36.0): "
                "ModuleGroup records tensors on the compute stream; _execution_device finds the onload device",
                _check_group_offload),
+    Adaptation("step cache", "perf.cache (qvedit/models/step_cache.py)",
+               "transformer.enable_cache / disable_cache; TaylorSeerCacheHook's schedule of steps in full (start, "
+               "interval, stop); its lite mode hooks transformer_blocks.N and proj_out; QwenImageTransformerBlock in "
+               "TransformerBlockRegistry; __call__ ends in maybe_free_model_hooks, which resets the cache's state",
+               _check_step_cache),
+    Adaptation("step cache around compiled blocks", "perf.compile with perf.cache (qvedit.models.perf.compile_blocks)",
+               "_repeated_blocks names QwenImageTransformerBlock; HookRegistry.register_hook wraps module.forward as "
+               "it finds it (the compiled forward) and puts its own forward on the instance",
+               _check_cache_around_compiled_blocks),
 )
 
 

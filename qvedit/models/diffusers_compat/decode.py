@@ -23,10 +23,16 @@ class LatentDecoder:
     backward pass, trading one more decoder forward for most of the activation memory. With
     ``long_side`` smaller than the frame's, the latents are first resized (bilinear, antialiased) so
     that the decoded image has about that long side: a cheaper decode for losses computed smaller.
+
+    ``tiny`` (``ttlg.decoder=tiny``, ``qvedit.guidance.tiny_decoder``) decodes instead of the VAE: it takes the
+    unpacked latents as the diffusion model makes them, before the pipeline's de-normalisation, one frame
+    (B, C, h, w), and returns the image in [0, 1].
     """
 
-    def __init__(self, pipe, height: int, width: int, checkpointing: bool = False, long_side: Optional[int] = None):
+    def __init__(self, pipe, height: int, width: int, checkpointing: bool = False, long_side: Optional[int] = None,
+                 tiny: Optional[torch.nn.Module] = None):
         self.pipe = pipe
+        self.tiny = tiny
         self.vae = pipe.vae
         self.height = height
         self.width = width
@@ -43,10 +49,13 @@ class LatentDecoder:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         z = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
         z = z.to(self.vae.dtype)
-        z = z / self.inv_std.to(z.device, z.dtype) + self.mean.to(z.device, z.dtype)
+        if self.tiny is None:
+            z = z / self.inv_std.to(z.device, z.dtype) + self.mean.to(z.device, z.dtype)
         if self.latent_size is not None:  # (B, C, 1, h, w): one latent frame
             z = torch.nn.functional.interpolate(z[:, :, 0].float(), size=self.latent_size, mode="bilinear",
                                                 antialias=True, align_corners=False)[:, :, None].to(z.dtype)
+        if self.tiny is not None:
+            return self.tiny(z[:, :, 0])
         if self.checkpointing:
             image = self._decode_checkpointed(z)
         else:

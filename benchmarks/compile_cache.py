@@ -1,0 +1,102 @@
+"""The first frame of a compiled preset in a first and in a second process: what keeping torch.compile's kernels in
+qvedit's cache folder saves (needs CUDA for the default random_full model).
+
+    python benchmarks/compile_cache.py --out compile_cache.json                          # perf=fp8, 1024², random_full
+    python benchmarks/compile_cache.py --preset fast --size 512 --out fast.json
+    python benchmarks/compile_cache.py --model tiny --device cpu --preset fast --size 64 --out cpu.json   # a CPU proof
+
+Runs ``python -m qvedit model=<model> perf=<preset> ...`` --processes times (2) one after another, each making
+frame 1 of a random --size² clip (--steps steps, true CFG off, ``ttlg=off``, ``metrics=none``) with
+``QVEDIT_CACHE`` set to one fresh folder (--cache to give one) and PyTorch's own cache variables unset, so the
+compile caches go to ``<QVEDIT_CACHE>/torch-compile`` (``qvedit.models.perf.use_compile_cache``). The first
+process compiles and fills it; the later ones load from it. Per process: its wall seconds (Python start, model
+build, the frame), the first frame's own seconds (``metrics.csv``), and the size of the compile cache after it.
+Writes --out (JSON) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+
+
+def make_clip(folder: Path, size: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "init.png")
+    (folder / "edges").mkdir(exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(folder / "edges" / "1.png")
+    return folder / "init.png", folder / "edges"
+
+
+def one_process(args, cache: Path, clip: tuple[Path, Path], run_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env.update(QVEDIT_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "qvedit", f"model={args.model}", f"perf={args.preset}", f"device={args.device}",
+               f"dtype={args.dtype}", f"io.init_frame={clip[0]}", f"io.edge_frames_dir={clip[1]}", "max_frames=2",
+               f"num_inference_steps={args.steps}", "true_cfg_scale=1.0", "metrics=none", f"hydra.run.dir={run_dir}"]
+    if args.model == "tiny":
+        command.append("condition_area=output")  # 1 MP condition images take minutes a frame on a CPU
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    row = {"process_s": round(wall, 2), "returncode": result.returncode,
+           "compile_cache_mib": round(folder_bytes(cache / "torch-compile") / 2**20, 1)}
+    if result.returncode != 0:
+        row["error"] = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "(no output)"
+        return row
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        row["first_frame_s"] = float(next(csv.DictReader(handle))["seconds"])
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="random_full", choices=("random_full", "tiny"))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default=None, help="default: bf16 (random_full), fp32 (tiny)")
+    parser.add_argument("--preset", default="fp8", choices=("fp8", "fast"))
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--cache", default=None, help="QVEDIT_CACHE for every process (default: a fresh folder)")
+    parser.add_argument("--out", default="compile_cache.json")
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("fp32" if args.model == "tiny" else "bf16")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        cache = Path(args.cache) if args.cache else work / "qvedit-cache"
+        clip = make_clip(work, args.size)
+        for number in range(1, args.processes + 1):
+            rows.append({"process": number, **one_process(args, cache, clip, work / f"run{number}")})
+            print(json.dumps(rows[-1]), flush=True)
+    report = {"model": args.model, "preset": args.preset, "size": args.size, "steps": args.steps,
+              "device": args.device, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    lines = [f"perf={args.preset}, model={args.model}, {args.size}², {args.steps} steps, {args.device}, "
+             f"{report['date']}",
+             "", "| process | first frame s | process s | compile cache MiB |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['process']} | {r.get('first_frame_s', r.get('error'))} | {r['process_s']} | "
+              f"{r['compile_cache_mib']} |" for r in rows]
+    print("\n".join(lines))
+    return 0 if all(r["returncode"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

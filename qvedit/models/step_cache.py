@@ -1,0 +1,100 @@
+"""``perf.cache`` at work: diffusers' own step caches (``diffusers.hooks``) on the transformer.
+
+- ``taylorseer``: ``TaylorSeerCacheConfig`` in diffusers' lite mode. On a step in full every block runs and
+  the transformer's output (``proj_out``) is recorded; on the steps between, every block returns at once and
+  the output is extrapolated from the last steps in full with a Taylor series of order ``perf.cache_order``.
+  Which steps run in full is a fixed schedule, the same whatever the weights: steps ``0 .. start-1``, then
+  ``start + 1 + k * interval``, and every step from ``perf.cache_stop_step`` on (``fresh_steps``). Memory:
+  one output per order and CFG pass (1.5 MiB at 1024²), where the full TaylorSeer keeps every attention output
+  of every block.
+- ``first_block``: ``FirstBlockCacheConfig``. The first block always runs; when its output moved by less than
+  ``perf.cache_threshold`` (relative mean change) since the last step in full, the other blocks are skipped and
+  their last contribution is added again. Which steps run depends on the weights, so its speed on random
+  weights means nothing.
+
+The two CFG passes keep separate state (the pipeline runs them inside ``cache_context("cond")`` and
+``("uncond")``). State is reset before every frame is made (``use_step_cache``, and the pipeline itself at
+the end of every call), so each frame starts from steps in full.
+
+With guidance the callback replaces the latents after the scheduler's step; the next step's transformer call
+takes them as its input. A step in full therefore computes on the guided latents and its output is what the
+extrapolation builds on; an extrapolated step does not see the latents at all (its velocity is the
+extrapolation), but the scheduler adds it to the guided latents, so a guidance step is never lost, only not
+reacted to until the next step in full. The first block cache compares the first block's output, which a
+guided change of the latents moves: it reads as a change, so the step is more likely computed in full.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from qvedit.errors import QveditError
+from qvedit.models.settings import PerfSettings
+
+log = logging.getLogger(__name__)
+
+
+def cache_config(settings: PerfSettings):
+    """The diffusers config ``perf.cache`` names, or None for ``none``."""
+    from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    if settings.cache == "taylorseer":
+        return TaylorSeerCacheConfig(cache_interval=settings.cache_interval,
+                                     disable_cache_before_step=settings.cache_start_step,
+                                     disable_cache_after_step=settings.cache_stop_step, max_order=settings.cache_order,
+                                     taylor_factors_dtype=torch.float32, use_lite_mode=True)
+    if settings.cache == "first_block":
+        return FirstBlockCacheConfig(threshold=settings.cache_threshold)
+    return None
+
+
+def check_cache(settings: PerfSettings) -> None:
+    """Before the model loads: diffusers takes these cache settings."""
+    try:
+        cache_config(settings)
+    except (TypeError, ValueError) as err:
+        raise QveditError(f"perf.cache={settings.cache}: diffusers refuses these settings "
+                          f"({' '.join(str(err).split())})") from None
+
+
+def fresh_steps(settings: PerfSettings, num_steps: int) -> Optional[list[int]]:
+    """The steps (0-based, of ``num_steps``) each CFG pass computes in full under ``perf.cache`` (the schedule of
+    diffusers' ``TaylorSeerCacheHook``); None for ``first_block``, whose steps depend on the weights."""
+    if settings.cache == "none":
+        return list(range(num_steps))
+    if settings.cache != "taylorseer":
+        return None
+    start, stop, interval = settings.cache_start_step, settings.cache_stop_step, settings.cache_interval
+    return [i for i in range(num_steps)
+            if i < start or (i - start - 1) % interval == 0 or (stop is not None and i >= stop)]
+
+
+def use_step_cache(transformer, settings: PerfSettings) -> None:
+    """Give ``transformer`` exactly the cache ``settings`` asks for (none: no cache hooks), with fresh state.
+
+    A cache of other settings is removed first, so the jobs of a sweep can each have their own. The hooks wrap
+    each block's ``forward`` as it is now: with ``perf.compile`` they wrap the compiled ``forward`` and run in
+    eager Python themselves (``qvedit.models.perf.compile_blocks``).
+    """
+    from diffusers.hooks import HookRegistry
+
+    wanted = cache_config(settings)
+    key = repr(wanted)
+    if transformer.__dict__.get("_qvedit_cache") != key:
+        if transformer.is_cache_enabled:
+            transformer.disable_cache()
+        if wanted is not None:
+            transformer.enable_cache(wanted)
+            log.info("perf.cache: %s", key)
+        transformer._qvedit_cache = key
+    HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
+
+
+def without_step_cache(transformer) -> None:
+    """Remove qvedit's cache hooks from ``transformer`` (before its blocks are compiled)."""
+    if transformer.is_cache_enabled:
+        transformer.disable_cache()
+    transformer.__dict__.pop("_qvedit_cache", None)

@@ -1,0 +1,35 @@
+"""qvedit.bench's variants for the tiny guidance decoder, the step cache and experiment=fastest, on the CPU."""
+
+import json
+
+from qvedit import bench
+from qvedit.models.settings import PerfSettings
+from qvedit.models.step_cache import fresh_steps
+
+
+def test_cached_and_tiny_decoder_variants_report_speed_and_frame_difference(tmp_path, tiny_pipe, monkeypatch):
+    monkeypatch.setattr("qvedit.config.PIPELINE_CONDITION_AREA", 32 * 32)  # small conditions: seconds on the CPU
+    assert bench.main(["--model", "tiny", "--device", "cpu", "--sizes", "32", "--steps", "6", "--variants", "off",
+                       "off_cache", "lightning_off", "lightning_edge_gram_tiny", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {row["variant"]: row for row in report["rows"]}
+    cached = rows["off_cache"]
+    assert cached["steps_in_full"] == len(fresh_steps(PerfSettings(cache="taylorseer"), 6)) == 4
+    assert cached["transformer_passes"] == 12  # the transformer runs every step: the cache skips its blocks
+    assert cached["speedup_vs_uncached"] > 0 and cached["levels_vs_uncached_max"] >= 0
+    assert 0 <= cached["levels_vs_uncached_mean"] <= cached["levels_vs_uncached_max"]
+    tiny = rows["lightning_edge_gram_tiny"]
+    assert tiny["guided_steps"] == 7 and "added_s_per_guided_step" in tiny and tiny["decode_calls"] == 1
+    assert "tiny decoder's cost" in report["tiny_decoder"]
+    assert "| 32² | 6 | off_cache |" in (tmp_path / "bench.md").read_text()
+
+
+def test_fastest_runs_as_composed_on_the_fp8_pipeline():
+    preset = bench.fastest_preset()
+    assert (preset["steps"], preset["true_cfg_scale"], preset["ttlg"]["decoder"]) == (4, 1.0, "tiny")
+    assert (preset["perf"]["quantize"], preset["perf"]["cache"]) == ("fp8", "taylorseer")
+    assert fresh_steps(PerfSettings(**preset["perf"]), 4) == [0, 1, 2]
+    assert [bench.stage_of(v) for v in ("fastest_edge_gram", "edge_gram_cache_fp8", "edge_gram_cache", "off_fast")] \
+        == ["_fp8", "_fp8", "", "_fast"]
+    assert [bench.uncached(v) for v in ("edge_gram_cache_fp8", "lightning_off_cache", "fastest_edge_gram")] \
+        == ["edge_gram_fp8", "lightning_off", "fastest_edge_gram_nocache"]
