@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -13,7 +14,9 @@ from typing import Optional
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from qvedit import locks, stopping
 from qvedit.config import RunSettings, check_values, register_schemas
@@ -25,6 +28,7 @@ from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
 from qvedit.report.tuning import trial_objectives
 from qvedit.trust import command_line_problems
+from qvedit.values import hydra_error_line, override_problems
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -92,7 +96,10 @@ def main() -> None:
     """``python -m qvedit`` / ``qvedit``. Under torchrun, ranks other than 0 run in a scratch folder
     that is removed at exit: the run folder, its logs and its frames are rank 0's alone."""
     # one line per misspelt key; else the first key of a config from elsewhere that would run code
-    problems = unknown_overrides(sys.argv[1:]) or command_line_problems(sys.argv[1:], Path(__file__))[:1]
+    # then the values no group or key takes (all in one line), before Hydra says it in many
+    argv = sys.argv[1:]
+    problems = unknown_overrides(argv) or ["; ".join(override_problems(argv))] * bool(override_problems(argv)) \
+        or command_line_problems(argv, Path(__file__))[:1]
     for problem in problems:
         print(f"qvedit: error: {problem}", file=sys.stderr)
     if problems:
@@ -100,8 +107,17 @@ def main() -> None:
     logging.raiseExceptions = False  # a log line a full disk cannot take must not print a traceback
     overrides, scratch = follower_overrides()
     sys.argv += overrides
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print in several lines; qvedit says it in one
     try:
         hydra_main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if full_error == "1":  # the user asked for Hydra's stack trace
+            raise
+        print(f"qvedit: error: {hydra_error_line(err)}", file=sys.stderr)
+        sys.exit(2)
     finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

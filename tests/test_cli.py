@@ -147,3 +147,58 @@ def test_misspelt_key_fails_before_running(tmp_path):
     result = qvedit("ttlg.edge_scal=1", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "edge_scal" in result.stderr
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("ttlg=edgegram", ["ttlg=edgegram is not an option of ttlg: did you mean edge_gram?", "edge_gram_flow, "]),
+    ("experiment=tiny", ["did you mean tiny_cpu?"]),
+    ("num_inference_steps=abc", ["num_inference_steps=abc is not valid", "an integer from 1 to 1000"]),
+    ("ttlg.lr=abc", ["ttlg.lr takes a number >= 0"]),
+    ("compare_unguided=maybe", ["compare_unguided takes true or false"]),
+    ("model.scheduler={bogus_key:1}", ["bogus_key is not a FlowMatchEulerDiscreteScheduler setting", "shift, "]),
+    ("+model.scheduler={bogus_key:1}", ["bogus_key is not a FlowMatchEulerDiscreteScheduler setting"]),
+    ("model.loras=abc", ["model.loras=abc is not valid", "a list of entries", "path, weight_name, scale"]),
+    ("seed=0,abc", ["seed=abc is not valid"]),  # each value of a sweep
+])
+def test_a_value_hydra_would_refuse_is_named_with_what_the_key_takes(override, fragments):
+    from qvedit.values import override_problems
+
+    (problem,) = override_problems(["experiment=demo", override, "-m"])
+    for fragment in fragments:
+        assert fragment in problem
+
+
+def test_values_a_key_takes_pass(tmp_path):
+    from qvedit.values import override_problems
+
+    assert override_problems(["ttlg=edge_gram,off", "seed=range(3)", "ttlg.lr=interval(0.01,0.1)", "max_area=null",
+                              "'model.loras=[{path:a.safetensors,scale:0.5}]'", "+model.scheduler={shift:3.0}",
+                              f"io.init_frame={tmp_path}/x.png", "io.rgb_video=${oc.env:HOME}/a.mp4", "-m"]) == []
+
+
+def test_a_bad_value_is_one_line_and_exit_2_before_hydra_runs(tmp_path):
+    result = qvedit("experiment=demo", "ttlg=edgegram", f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(result, "did you mean edge_gram?")
+    assert "HYDRA_FULL_ERROR" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_what_hydra_refuses_while_composing_is_one_line(tmp_path):
+    """A dict key its node does not hold yet (Hydra's struct mode) needs a +: the line says so."""
+    result = qvedit("experiment=demo", "model.scheduler={shift:3.0}", f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(result, "model.scheduler holds no key shift", "+model.scheduler.shift=")
+    assert "HYDRA_FULL_ERROR" not in result.stderr
+
+
+def test_a_missing_option_hydra_finds_while_composing_names_the_closest(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from qvedit.config import register_schemas
+    from qvedit.values import hydra_error_line
+    from tests.conftest import REPO
+
+    register_schemas()
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")), \
+            pytest.raises(HydraException) as info:
+        compose("config", overrides=["ttlg=edgegram"])
+    assert hydra_error_line(info.value).startswith("ttlg=edgegram is not an option of ttlg: did you mean edge_gram?")
