@@ -90,6 +90,7 @@ class Job:
         ttlg, io, metrics = build(cfg.ttlg), build(cfg.io), build(cfg.metrics)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
+        layout.check()
         source = io.open(layout)  # inputs are checked before the (slow) model load
         check_clip(settings, source)
         model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys

@@ -22,7 +22,7 @@ from qvedit import locks, stopping
 from qvedit.config import RunSettings, check_values, register_schemas
 from qvedit.errors import QveditError
 from qvedit.files import drop_staged
-from qvedit.io.layout import discard_if_empty, record_job_error
+from qvedit.io.layout import discard_if_empty, file_in_the_way, record_job_error
 from qvedit.job import Job, build, in_sweep
 from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
@@ -115,6 +115,14 @@ def main() -> None:
         if full_error == "1":  # the user asked for Hydra's stack trace
             raise
         print(f"qvedit: error: {hydra_error_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # Hydra making the run or sweep folder where a file (or no permission) is in the way
+        if full_error == "1" or not err.filename:
+            raise
+        blocked = file_in_the_way(Path(err.filename))
+        print(f"qvedit: error: cannot create {err.filename}: {err.strerror}"
+              f"{f' ({blocked} is a file)' if blocked else ''}: choose another hydra.run.dir (hydra.sweep.dir for a "
+              "sweep)", file=sys.stderr)
         sys.exit(2)
     finally:
         if full_error is None:

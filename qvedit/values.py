@@ -17,7 +17,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qvedit.config import QveditConfig
+from qvedit.config import QveditConfig, schema_fields
 from qvedit.fields import accepted, nested_schemas, optional, tags_of
 from qvedit.io.settings import IO_OPTIONS
 from qvedit.keys import config_groups
@@ -42,9 +42,9 @@ def takes(cls: type, leaf: str) -> str:
     kind = typing.get_type_hints(cls)[leaf]
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     kind = args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
-    origin = typing.get_origin(kind)
+    origin = typing.get_origin(kind) or kind
     if origin is list:
-        entry = typing.get_args(kind)[0]
+        entry = (typing.get_args(kind) or (None,))[0]
         if dataclasses.is_dataclass(entry):
             names = [f.name for f in dataclasses.fields(entry)]
             words = (f"a list of entries such as [{{{names[0]}:...}}] (an entry takes {', '.join(names)})")
@@ -150,6 +150,10 @@ def hydra_error_line(err: Exception) -> str:
     key = getattr(cause, "full_key", None)
     if isinstance(cause, OmegaConfBaseException) and key:
         message = " ".join(str(getattr(cause, "msg", None) or cause).split("\n")[0].split())
+        group, _, leaf = key.rpartition(".")
+        if key in schema_fields() and "not in" in message:  # io.rgb_video with io=frames
+            return (f"{key} is not a key of the {group} option in use: it belongs to another {group} option, chosen "
+                    f"with {group}=...")
         if "not in struct" in message and "." in key:  # a key a dict node (model.scheduler) does not hold yet
             parent, _, leaf = key.rpartition(".")
             return (f"{parent} holds no key {leaf} to change: add it with + (+{key}=...) or ++ "
