@@ -24,6 +24,7 @@ from qvedit.errors import QveditError
 from qvedit.files import drop_staged
 from qvedit.io.layout import discard_if_empty, file_in_the_way, record_job_error
 from qvedit.job import Job, build, in_sweep
+from qvedit.launchers import register_plugins
 from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
 from qvedit.report.tuning import trial_objectives
@@ -105,6 +106,7 @@ def main() -> None:
     if problems:
         sys.exit(2)
     logging.raiseExceptions = False  # a log line a full disk cannot take must not print a traceback
+    register_plugins()  # hparams_search=ttlg_optuna from any folder, not only the repository root
     overrides, scratch = follower_overrides()
     sys.argv += overrides
     full_error = os.environ.get("HYDRA_FULL_ERROR")

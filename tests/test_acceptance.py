@@ -179,3 +179,30 @@ def test_the_html_report_holds_the_verdict_and_every_criterion(tmp_path):
     assert all(f"<td>{escape(name)}</td>" in html for name in table["criterion"])
     assert all(f'src="{p.name}"' in html for p in sweep.glob("acceptance_*.png"))
     assert "src=\"/" not in html and "file://" not in html  # relative links only
+
+
+def test_a_plot_keeps_its_legend_off_the_data_inside_the_canvas_with_whole_frame_ticks(tmp_path):
+    """The longest label a sweep makes (flow guidance) and 4 frames (where matplotlib would tick 1.25, 1.5)."""
+    from qvedit.report.acceptance import judge_sweep, plot_figure
+
+    sweep = tmp_path / "sweep"
+    rng = np.random.default_rng(0)
+    flow = {"edge_scale": 1.0, "gram_scale": 0.2, "temporal_scale": 1.0, "temporal_mode": "flow"}
+    for seed in (0, 1):
+        edge, gram = 0.06 + 0.01 * rng.random(4), 0.001 + 0.0001 * rng.random(4)
+        make_job(sweep, f"{seed}_seed={seed},ttlg=off", seed, {}, edge, gram)
+        make_job(sweep, f"{2 + seed}_seed={seed},ttlg=edge_gram_flow", seed, flow, edge * 0.9, gram * 0.9)
+    (comparison,) = judge_sweep(sweep).comparisons
+    figure = plot_figure(comparison, "edge_loss")
+    figure.tight_layout()
+    renderer = figure.canvas.get_renderer()
+    canvas = figure.bbox
+    (axes,) = figure.axes
+    for artist in (figure, axes.get_legend(), axes.xaxis.label, axes.yaxis.label, axes.title):
+        box = artist.get_tightbbox(renderer) if artist is figure else artist.get_window_extent(renderer)
+        assert canvas.x0 - 1 <= box.x0 and box.x1 <= canvas.x1 + 1 and canvas.y0 - 1 <= box.y0 \
+            and box.y1 <= canvas.y1 + 1, (artist, box, canvas)
+    assert not axes.get_legend().get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))
+    ticks = [t for t in axes.get_xticks() if 1 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert any("temporal_mode=flow" in text.get_text().replace("\n", "") for text in axes.get_legend().get_texts())

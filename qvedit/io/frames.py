@@ -53,7 +53,7 @@ def resized(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Ima
 
 
 class FrameFolders:
-    """Frame-folder mode (spec §2.1-1): an init frame and a folder of T-1 edge frames (a ``FrameSource``).
+    """Frame-folder mode (docs/METHOD.md, section 1): an init frame and a folder of T-1 edge frames (a ``FrameSource``).
 
     Frames are read one at a time (``edge_frame(k)``) so memory does not grow with T.
     """

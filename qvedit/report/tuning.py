@@ -110,6 +110,8 @@ def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list
 def _plot(study, names: list[str], best, out: Path) -> Path:
     import matplotlib
 
+    from qvedit.report.acceptance import legend_below
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -124,5 +126,5 @@ def _plot(study, names: list[str], best, out: Path) -> Path:
     axes.set_xlabel(f"{x} guided / unguided")
     axes.set_ylabel(f"{y} guided / unguided")
     axes.set_title(f"{len(done)} trials, lower is better")
-    axes.legend()
+    legend_below(axes, columns=3)
     return write_figure_png(figure, out)
