@@ -35,6 +35,7 @@ from qvedit.io.preview import write_comparison, write_previews
 from qvedit.io.settings import DemoIO
 from qvedit.io.source import FrameSource
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
+from qvedit.models.fp8 import torchao_only_for_fp8
 from qvedit.models.parallel import Team
 from qvedit.models.settings import ModelSettings, PerfSettings
 from qvedit.outputs import ClipOutputs, check_or_record
@@ -89,6 +90,7 @@ class Job:
         device = team.device or settings.device
         ttlg, io, metrics = build(cfg.ttlg), build(cfg.io), build(cfg.metrics)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
+        torchao_only_for_fp8(perf.quantize)  # before model.check may import diffusers
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
         layout.check()
         source = io.open(layout)  # inputs are checked before the (slow) model load
@@ -165,6 +167,6 @@ class Job:
         previews += [(layout.previews[1], "edge map | output, every frame"), (layout.previews[0], "contact sheet")]
         page = summary[:summary.index("next:")] if "next:" in summary else summary  # next steps: the terminal's
         write_run_html(layout.run_dir, page, {**frame_settings(self.cfg), "device": self.device}, layout.metrics_csv,
-                       previews)
+                       previews, videos=[p for p in written if p.suffix == ".mp4"])
         if not in_sweep():
             print("\n".join(summary), flush=True)

@@ -35,6 +35,9 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
     where = frames[0].parent if frames_kept else ", ".join(str(p) for p in outputs if p.suffix == ".mp4")
     lines = [f"qvedit: made frames 1..{len(frames) - 1} of {len(frames)} (frame 0 is the input) -> {where}"
              + ("" if frames_kept else " (PNG frames deleted: io.keep_frames=false)")]
+    videos = [p for p in outputs if p.suffix == ".mp4"]
+    if frames_kept and videos:  # io=video: the mp4 is what most users came for
+        lines.append(f"  video: {', '.join(str(p) for p in videos)}")
     means = column_means(metrics_csv)
     if scales:
         weights = ", ".join(f"{name} {value:g}" for name, value in scales.items())
