@@ -63,9 +63,18 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
     return Job.prepare(cfg, run_dir, team).run()
 
 
+def stop_message(signum: int) -> str:
+    """What a stopped run says: how it stopped, what it kept, and the command that goes on from there
+    (rank 0's to say under torchrun)."""
+    if torchrun_rank():
+        return ""
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return f"qvedit: {how}; {stopping.kept_text()}. Resume with: {stopping.resume_command(HydraConfig.get())}"
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[tuple]:
-    stopping.install()
+    stopping.install(message=stop_message)
     try:
         for problem in unknown_config_keys(cfg):
             raise QveditError(problem)
@@ -87,9 +96,7 @@ def hydra_main(cfg: DictConfig) -> Optional[tuple]:
     except (KeyboardInterrupt, stopping.Terminated) as stop:
         signum = getattr(stop, "signum", signal.SIGINT)
         if torchrun_rank() == 0:
-            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-            print(f"qvedit: {how}; the finished frames and their metrics rows are kept. Resume with: "
-                  f"{stopping.resume_command(HydraConfig.get())}", file=sys.stderr)
+            print(stop_message(signum), file=sys.stderr)
         sys.exit(stopping.EXIT_CODES.get(signum, 128 + signum))
 
 

@@ -93,7 +93,8 @@ def test_sigterm_stops_cleanly_and_its_resume_command_equals_an_uninterrupted_ru
     assert 2 <= len(frames) < 9 and not list((stopped / "frames").glob(PARTIAL_GLOB))
     assert pd.read_csv(stopped / "metrics.csv")["frame"].tolist() == list(range(1, len(frames)))
     message = stderr.strip().splitlines()[-1]
-    assert message.startswith("qvedit: stopped by SIGTERM; the finished frames and their metrics rows are kept.")
+    assert message.startswith(f"qvedit: stopped by SIGTERM; frames 1..{len(frames) - 1} and their metrics rows are "
+                              f"kept in {stopped / 'frames'}. Resume with: "), message
     command = shlex.split(message.split("Resume with: ")[1])
     assert command[:3] == ["python", "-m", "qvedit"] and f"hydra.run.dir={stopped}" in command
     result = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -209,3 +210,31 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_free
     resumed = run_qvedit(*command)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert_same_clip(whole, run_dir)
+
+
+# One computation that does not return for minutes on any CPU (Python cannot run a signal handler inside it),
+# after saying which frames are finished.
+LONG_COMPUTATION = """
+import sys, torch
+from qvedit import stopping
+stopping.install(message=lambda signum: f"stopped by {signum}; {stopping.kept_text()}")
+if sys.argv[1] != "none":
+    stopping.finished(sys.argv[1], 3)
+matrix = torch.rand(3000, 3000)
+print("computing", flush=True)
+torch.linalg.matrix_power(matrix, 2**62 - 1)
+print("the computation ended", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kept, said", [("frames", "frames 1..3 and their metrics rows are kept in frames"),
+                                         ("none", "no frame was finished (frame 0 is the input)")])
+def test_sigterm_inside_a_long_computation_stops_it_and_says_what_was_kept(kept, said):
+    """The 1 MP condition encoding on the CPU is one such computation: the stop comes without waiting for it."""
+    process = subprocess.Popen([sys.executable, "-c", LONG_COMPUTATION, kept], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "computing\n"
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate()
+    assert process.returncode == 143 and "the computation ended" not in stdout, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"stopped by {int(signal.SIGTERM)}; {said}"
