@@ -36,6 +36,7 @@ from qvedit.io.settings import DemoIO
 from qvedit.io.source import FrameSource
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.fp8 import torchao_only_for_fp8
+from qvedit.models.loading import availability_problem
 from qvedit.models.parallel import Team
 from qvedit.models.settings import ModelSettings, PerfSettings
 from qvedit.outputs import ClipOutputs, check_or_record
@@ -95,13 +96,24 @@ class Job:
         layout.check()
         source = io.open(layout)  # inputs are checked before the (slow) model load
         check_clip(settings, source)
-        model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
-        frames = FrameWriter(layout.frames_dir)
-        check_or_record(frames.folder, frame_settings(cfg))
-        check_device(device)
-        perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
-        outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
-                              layout.debug_dir)
+        full_model = type(model) is ModelSettings
+        for warning in cpu_speed_warnings(device, settings, source.init_image().size, full_model):
+            log.warning(warning)
+        # Whether the model can load at all comes first, said together with what fails after it (the VGG
+        # weights of the metrics), so one run names every problem a user must fix before loading.
+        unloadable = availability_problem(model.model_id) if full_model and team.is_writer else None
+        try:
+            model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
+            frames = FrameWriter(layout.frames_dir)
+            check_or_record(frames.folder, frame_settings(cfg))
+            check_device(device)
+            perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
+            outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
+                                  layout.debug_dir)
+        except QveditError as err:
+            raise QveditError(f"{unloadable}; and {err}" if unloadable else str(err)) from None
+        if unloadable:
+            raise QveditError(unloadable)
         if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
             log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                      os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
@@ -131,9 +143,6 @@ class Job:
 
     def make(self) -> list[Path]:
         warn_if_untested_diffusers()
-        full_model = type(self.model) is ModelSettings
-        for warning in cpu_speed_warnings(self.device, self.settings, self.source.init_image().size, full_model):
-            log.warning(warning)
         self.pipe = self.model.load(self.device, self.settings.dtype, self.perf)
         self.perf.apply(self.pipe)
         self.team.share_work(self.pipe)

@@ -1,7 +1,6 @@
 """``python -m qvedit`` as a user runs it: the demo end to end, and bad input as one-line errors."""
 
 import re
-import time
 
 import pytest
 import yaml
@@ -11,10 +10,8 @@ from tests.conftest import run_qvedit as qvedit
 
 
 def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(tmp_path):
-    started = time.monotonic()
-    result = qvedit("experiment=demo", f"hydra.run.dir={tmp_path}")
+    result = qvedit("experiment=demo", f"hydra.run.dir={tmp_path}")  # how long it takes: README, measured
     assert result.returncode == 0, result.stderr[-2000:]
-    assert time.monotonic() - started < 120
     frames = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
     assert frames == [f"{i:05d}.png" for i in range(9)]
     header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
@@ -103,11 +100,14 @@ def test_the_demo_never_writes_its_clip_outside_the_cache(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
-def test_unknown_model_offline_is_a_clear_error(tmp_path, clip):
+def test_unknown_model_offline_is_a_clear_error_with_every_problem_before_loading(tmp_path, clip):
+    """Offline without the model nor the VGG weights: both in the one line, the model first (it matters most)."""
     init, edges = clip
     result = qvedit("model.model_id=nobody/no-such-model", f"io.init_frame={init}", f"io.edge_frames_dir={edges}",
-                    "device=cpu", "metrics=none", f"hydra.run.dir={tmp_path}")
-    one_line_error(result, "cannot load model 'nobody/no-such-model'", "model=tiny")
+                    "device=cpu", f"hydra.run.dir={tmp_path}", env={"TORCH_HOME": str(tmp_path / "torch")})
+    one_line_error(result, "cannot load model 'nobody/no-such-model' offline", "model=tiny", "vgg16-397923af.pth")
+    error = next(line for line in result.stderr.splitlines() if line.startswith("qvedit: error:"))
+    assert error.index("cannot load model") < error.index("vgg16-397923af.pth")
     assert "stacktrace" not in result.stderr.lower()  # nothing points at a traceback that is never shown
     assert "full 20.4 B-parameter model on the CPU takes hours per frame" in result.stdout + result.stderr
 

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra_plugins.qvedit_optuna.sweeper import distribution
 from qvedit.config import register_schemas
 from tests.browser import assert_page_is_whole
-from tests.conftest import REPO, run_qvedit
+from tests.conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 
 optuna = pytest.importorskip("optuna", reason="hparams_search needs the tuning extra")
 register_schemas()
@@ -44,7 +44,7 @@ def run_installed(folder, *args) -> subprocess.CompletedProcess:
     """``python -m qvedit ARGS`` from ``folder``, as after ``pip install -e .``: the repository is not on sys.path."""
     folder.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-c", AS_INSTALLED, *args], cwd=folder, capture_output=True, text=True,
-                          timeout=900, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                          timeout=SAFETY_TIMEOUT_S, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
 
 def test_a_three_trial_study_reuses_the_unguided_clip_and_writes_its_front_and_a_preset(tmp_path):
