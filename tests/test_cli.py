@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from tests.browser import assert_page_is_whole
+from tests.conftest import REPO
 from tests.conftest import run_qvedit as qvedit
 
 
@@ -31,10 +32,27 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(tmp_path):
     change = re.search(r"guided vs unguided .*: edge_loss ([\d.]+) vs ([\d.]+) \(([-+]\d+)%\)", out)
     assert change and float(change[1]) < float(change[2])  # guidance lowered the edge loss
     assert "next:" in out and "experiment=acceptance_demo -m" in out and "experiment=tiny_cpu" in out
+    assert summary_shape(out.split("qvedit: made frames", 1)[1], tmp_path) == summary_shape(readme_demo_output(), None)
     assert f"look: {tmp_path / 'preview.png'}" in out
     # stderr is a pipe here, not a terminal: a log line per frame, no progress-bar escape codes
     assert "frame 8 of 8 done in" in result.stdout + result.stderr
     assert "\x1b[" not in result.stdout + result.stderr and "\x1b[" not in (tmp_path / "main.log").read_text()
+
+
+def readme_demo_output() -> str:
+    """The demo's printed lines as the README shows them (its first code block after the demo's paragraph)."""
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index("qvedit: made frames 1..8 of 9", readme.index("The demo builds")):]
+    return block[:block.index("```")].split("qvedit: made frames", 1)[1]
+
+
+def summary_shape(text: str, run_dir) -> list[str]:
+    """The lines with numbers and the run folder blanked: the README's sample and a run must match in shape
+    (the numbers' last digits depend on the CPU)."""
+    if run_dir is not None:
+        text = text.replace(str(run_dir), "RUN")
+    text = re.sub(r"runs/\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}", "RUN", text)
+    return [re.sub(r"[-+]?\d[\d.e-]*", "N", line).rstrip() for line in text.strip().splitlines()]
 
 
 def test_help_is_qvedits_own(tmp_path):
