@@ -372,7 +372,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qvedit.accept", description=__doc__.splitlines()[0],
         epilog="Without threshold options the sweep's acceptance.md, .csv and plots are rewritten and printed. "
-               "With any, the report is a what-if: printed only, the sweep's files stay as they are.")
+               "With any, the report is a what-if: printed only, the sweep's files stay as they are. The criteria "
+               "and their defaults: docs/METHOD.md, section 5 (\"Does guidance work? The acceptance check\").")
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. runs/multirun/2026-11-26/12-00-00")
     for name, default in asdict(Thresholds()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None,
