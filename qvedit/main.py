@@ -100,14 +100,24 @@ def hydra_main(cfg: DictConfig) -> Optional[tuple]:
         sys.exit(stopping.EXIT_CODES.get(signum, 128 + signum))
 
 
+def raised_by_hydra(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err`` outside the standard library's file code is Hydra's."""
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    inner = [name for name in frames if Path(name).name not in ("pathlib.py", "os.py", "shutil.py")]
+    return bool(inner) and f"{os.sep}hydra{os.sep}" in inner[-1]
+
+
 def main() -> None:
     """``python -m qvedit`` / ``qvedit``. Under torchrun, ranks other than 0 run in a scratch folder
     that is removed at exit: the run folder, its logs and its frames are rank 0's alone."""
     # one line per misspelt key; else the first key of a config from elsewhere that would run code
     # then the values no group or key takes (all in one line), before Hydra says it in many
     argv = sys.argv[1:]
-    problems = unknown_overrides(argv) or ["; ".join(override_problems(argv))] * bool(override_problems(argv)) \
-        or command_line_problems(argv, Path(__file__))[:1]
+    problems = unknown_overrides(argv) or ["; ".join(override_problems(argv))] or []
+    problems = [p for p in problems if p] or command_line_problems(argv, Path(__file__))[:1]
     for problem in problems:
         print(f"qvedit: error: {problem}", file=sys.stderr)
     if problems:
@@ -126,7 +136,7 @@ def main() -> None:
         print(f"qvedit: error: {hydra_error_line(err)}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:  # Hydra making the run or sweep folder where a file (or no permission) is in the way
-        if full_error == "1" or not err.filename:
+        if full_error == "1" or not err.filename or not raised_by_hydra(err):
             raise
         blocked = file_in_the_way(Path(err.filename))
         print(f"qvedit: error: cannot create {err.filename}: {err.strerror}"

@@ -220,3 +220,10 @@ def test_a_missing_option_hydra_finds_while_composing_names_the_closest(tmp_path
             pytest.raises(HydraException) as info:
         compose("config", overrides=["ttlg=edgegram"])
     assert hydra_error_line(info.value).startswith("ttlg=edgegram is not an option of ttlg: did you mean edge_gram?")
+
+
+def test_a_run_folder_below_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    result = qvedit("experiment=demo", f"hydra.run.dir={tmp_path / 'afile' / 'run'}")
+    one_line_error(result, f"cannot create {tmp_path / 'afile' / 'run'}: Not a directory ({tmp_path / 'afile'} is a "
+                           "file)", "hydra.run.dir")

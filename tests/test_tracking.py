@@ -80,3 +80,12 @@ def test_logger_mlflow_without_mlflow_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(QveditError, match=r'pip install -e "\.\[tracking\]"'):
         MlflowStore(LoggerSettings(backend="mlflow"))
+
+
+@pytest.mark.parametrize("uri", ["foo://bar", "sqlite:///{tmp}/afile/mlflow.db"])
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line(tmp_path, uri):
+    """An unknown scheme (MLflow raised a KeyError or its own exception), a database below a file."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(QveditError, match="cannot be used") as info:
+        MlflowStore(LoggerSettings(backend="mlflow", tracking_uri=uri.format(tmp=tmp_path)))
+    assert "\n" not in str(info.value) and "logger=none" in str(info.value)
