@@ -99,8 +99,11 @@ def _start_watcher() -> None:
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    if signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False) != -1:  # someone else's (an event loop): theirs
-        signal.set_wakeup_fd(-1)
+    previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    if previous != -1:  # someone else's (an event loop): theirs it stays
+        signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
         return
     thread = threading.Thread(target=_watch, args=(read_fd,), name="qvedit-stop-watcher", daemon=True)
     thread.start()
