@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -277,19 +278,33 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("random_full", "tiny"), default="random_full")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--last-steps", type=int, default=10)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "off", "edge_gram"])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0],
+                                     epilog="Each variant is described in the module's docstring (qvedit/bench.py); "
+                                            "README, \"Performance\", has the figures measured with it.")
+    parser.add_argument("--model", choices=("random_full", "tiny"), default="random_full",
+                        help="random_full: the full 2509 architecture, random weights, timing only (a GPU); tiny: "
+                             "the offline toy model, to try the benchmark on the CPU (default: %(default)s)")
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default: %(default)s)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], metavar="PIXELS",
+                        help="square frame sides to time, each a multiple of 16 (default: 512 1024)")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps per frame (default: %(default)s)")
+    parser.add_argument("--last-steps", type=int, default=10,
+                        help="guided variants guide the last N steps, as ttlg.last_steps (default: %(default)s)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "off", "edge_gram"],
+                        metavar="VARIANT", help=f"what to time, in this order: {', '.join(VARIANTS)} (default: "
+                                                "plain off edge_gram)")
     parser.add_argument("--attention-backend", default=None, help="perf.attention_backend for every variant")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
                         help="default: fp32 for the tiny model, bf16 for random_full (the fp8 variants need bf16)")
-    parser.add_argument("--out", default=".", help="folder for bench.json and bench.md")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=None, help="folder for bench.json and bench.md (default: a new "
+                                                    "runs/bench/<date>/<time>/, as a run's folder)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else Path("runs") / "bench" / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
 
     from qvedit.errors import QveditError
     from qvedit.models.settings import PerfSettings
@@ -306,28 +321,58 @@ def main(argv: list[str] | None = None) -> int:
     except QveditError as err:
         print(f"qvedit.bench: error: {err}")
         return 2
+    for warning in cpu_warnings(args.model, args.device, args.sizes, args.variants):
+        progress(f"warning: {warning}")
+    total, done = len(args.variants) * len(args.sizes), 0
     pipe, rows, report, frames = None, [], None, {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for number, (variants, perf, reload) in enumerate(stages):
             if pipe is None or reload:
                 pipe = None  # the loader frees the pipeline loaded now before it loads the next
+                progress(f"loading the {args.model} pipeline on {args.device} ({dtype})")
                 pipe = load_pipeline(args.model, args.device, dtype, perf if reload else None)
                 if number == 0:
+                    progress(f"warm-up: {variants[0]} at {min(args.sizes)}², 2 steps")
                     run_variant(pipe, variants[0], min(args.sizes), 2, 0, work)  # warm-up: kernels, allocator
             perf.apply(pipe)
             for size in args.sizes:
                 for variant in variants:
+                    done += 1
+                    progress(f"{done} of {total}: {variant} at {size}², {args.steps} steps")
                     if perf.compile or reload:  # compiles for this size; group offloading learns the block order
                         run_variant(pipe, variant, size, 2, 0, work)
                     rows.append(run_variant(pipe, variant, size, args.steps, args.last_steps, work))
                     if "frame" in rows[-1]:  # in the temporary folder
                         frames[size, variant] = np.asarray(Image.open(rows[-1].pop("frame")).convert("RGB"))
                     compare_frames(rows, frames)
+                    progress(f"{done} of {total}: {variant} at {size}² took {rows[-1]['seconds_per_frame']:.2f} s")
                     print(json.dumps(rows[-1]), flush=True)
-                    report = write_report(rows, args.model, pipe.device, Path(args.out))  # after every row
+                    report = write_report(rows, args.model, pipe.device, out)  # after every row
     print(markdown(report))
+    progress(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
     return 0
+
+
+def progress(line: str) -> None:
+    """One line on stderr as the benchmark goes (stdout holds the JSON rows and the table)."""
+    print(f"qvedit.bench: {line}", file=sys.stderr, flush=True)
+
+
+def cpu_warnings(model: str, device: str, sizes: list[int], variants: list[str]) -> list[str]:
+    """What ``python -m qvedit`` would warn of on the CPU for these sizes and variants (none on a GPU)."""
+    from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
+    from qvedit.editor import cpu_speed_warnings
+
+    areas = {"output" if v.endswith("_cond_output") else PIPELINE_CONDITION_AREA for v in variants}
+    found = []
+    for size in sizes:
+        for area in sorted(areas, key=str):
+            for warning in cpu_speed_warnings(device, RunSettings(condition_area=area), (size, size),
+                                              model == "random_full"):
+                if warning not in found:
+                    found.append(warning)
+    return found
 
 
 def load_pipeline(model: str, device: str, dtype: str, perf=None):

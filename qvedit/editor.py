@@ -108,7 +108,7 @@ def checked_frame(image: torch.Tensor, frame_index: int) -> Image.Image:
 
 
 def output_frame_count(edge_count: int, max_frames: Optional[int]) -> int:
-    """T, the number of output frames including frame 0 (spec §3.1, capped by max_frames)."""
+    """T, the number of output frames including frame 0 (docs/METHOD.md, section 1; capped by max_frames)."""
     if max_frames is None:
         return edge_count + 1
     if max_frames < 1:

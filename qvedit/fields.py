@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
@@ -78,6 +79,8 @@ def accepted(field: dataclasses.Field) -> str:
 def value_problem(key: str, value: Any, field: dataclasses.Field) -> Optional[str]:
     """Why ``value`` is not one the field ``key`` takes, saying what it takes; None when it is fine."""
     tags = tags_of(field)
+    if tags.path and isinstance(value, str):
+        return path_problem(key, value)
     if not (tags.ranged or tags.choices):
         return None
     if value is None:
@@ -92,6 +95,20 @@ def value_problem(key: str, value: Any, field: dataclasses.Field) -> Optional[st
         return f"{key}={value} is not a whole number: use {accepted(field)}"
     if (tags.min is not None and value < tags.min) or (tags.max is not None and value > tags.max):
         return f"{key}={value} is out of range: use {accepted(field)}"
+    return None
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # bytes: what Linux file systems take for one name and for a whole path
+
+
+def path_problem(key: str, value: str) -> Optional[str]:
+    """A path no file system takes (a name over 255 bytes, or a path over 4096), said before anything is written."""
+    if len(os.fsencode(value)) >= PATH_MAX:
+        return f"{key} is a path of {len(os.fsencode(value))} bytes: at most {PATH_MAX - 1} are taken"
+    longest = max(value.replace("\\", "/").split("/"), key=lambda part: len(os.fsencode(part)))
+    if len(os.fsencode(longest)) > NAME_MAX:
+        return (f"{key}={value[:60]}...: the name {longest[:20]}... is {len(os.fsencode(longest))} bytes, longer than "
+                f"the {NAME_MAX} a file system takes for one name")
     return None
 
 

@@ -39,6 +39,8 @@ from qvedit.io.preview import write_comparison, write_previews
 from qvedit.io.settings import DemoIO
 from qvedit.io.source import FrameSource
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
+from qvedit.models.fp8 import torchao_only_for_fp8
+from qvedit.models.loading import availability_problem
 from qvedit.models.parallel import Team
 from qvedit.models.settings import ModelSettings, PerfSettings
 from qvedit.models.step_cache import check_cache
@@ -99,20 +101,33 @@ class Job:
         ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
         first_frame_settings = build(cfg.first_frame)
+        torchao_only_for_fp8(perf.quantize)  # before model.check may import diffusers
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
+        layout.check()
         source = io.open(layout)  # inputs are checked before the (slow) model load
         check_clip(settings, source)
-        model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
-        check_decoder(ttlg)  # ttlg.decoder=tiny: its weights file is there and fits
-        frames = FrameWriter(layout.frames_dir)
-        starts_over = check_or_record(frames.folder, frame_settings(cfg), START_OVER_KEYS)
-        first_frame = FirstFrameEdit.prepare(first_frame_settings, cfg, settings, source, layout, team) \
-            if first_frame_settings.prompt is not None else None
-        check_device(device)
-        perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
-        check_cache(perf)  # perf.cache: settings diffusers takes
-        outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
-                              layout.debug_dir)
+        full_model = type(model) is ModelSettings
+        for warning in cpu_speed_warnings(device, settings, source.init_image().size, full_model):
+            log.warning(warning)
+        # Whether the model can load at all comes first, said together with what fails after it (the VGG
+        # weights of the metrics), so one run names every problem a user must fix before loading.
+        unloadable = availability_problem(model.model_id) if full_model and team.is_writer else None
+        try:
+            model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
+            check_decoder(ttlg)  # ttlg.decoder=tiny: its weights file is there and fits
+            frames = FrameWriter(layout.frames_dir)
+            starts_over = check_or_record(frames.folder, frame_settings(cfg), START_OVER_KEYS)
+            first_frame = FirstFrameEdit.prepare(first_frame_settings, cfg, settings, source, layout, team) \
+                if first_frame_settings.prompt is not None else None
+            check_device(device)
+            perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
+            check_cache(perf)  # perf.cache: settings diffusers takes
+            outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
+                                  layout.debug_dir)
+        except QveditError as err:
+            raise QveditError(f"{unloadable}; and {err}" if unloadable else str(err)) from None
+        if unloadable:
+            raise QveditError(unloadable)
         if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
             log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                      os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
@@ -147,9 +162,6 @@ class Job:
 
     def make(self) -> list[Path]:
         warn_if_untested_diffusers()
-        full_model = type(self.model) is ModelSettings
-        for warning in cpu_speed_warnings(self.device, self.settings, self.source.init_image().size, full_model):
-            log.warning(warning)
         self.pipe = self.model.load(self.device, self.settings.dtype, self.perf)
         self.perf.apply(self.pipe)
         self.team.share_work(self.pipe)
@@ -206,7 +218,8 @@ class Job:
             previews.append((drift, "drift per frame: colour, edge offset, LPIPS and Gram loss to frame 0"))
         page = summary[:summary.index("next:")] if "next:" in summary else summary  # next steps: the terminal's
         write_run_html(layout.run_dir, page, {**frame_settings(self.cfg), "device": self.device}, layout.metrics_csv,
-                       previews, self.first_frame.report_section() if self.first_frame is not None else None)
+                       previews, self.first_frame.report_section() if self.first_frame is not None else None,
+                       videos=[p for p in written if p.suffix == ".mp4"])
         if not in_sweep():
             print("\n".join(summary), flush=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -13,18 +14,22 @@ from typing import Optional
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from qvedit import locks, stopping
 from qvedit.config import RunSettings, check_values, register_schemas
 from qvedit.errors import QveditError
 from qvedit.files import drop_staged
-from qvedit.io.layout import discard_if_empty, record_job_error
+from qvedit.io.layout import discard_if_empty, file_in_the_way, record_job_error
 from qvedit.job import Job, build, in_sweep
+from qvedit.launchers import register_plugins
 from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
 from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
 from qvedit.report.tuning import trial_objectives
 from qvedit.trust import command_line_problems
+from qvedit.values import hydra_error_line, override_problems
 
 log = logging.getLogger("qvedit")
 register_schemas()
@@ -58,9 +63,18 @@ def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
     return Job.prepare(cfg, run_dir, team).run()
 
 
+def stop_message(signum: int) -> str:
+    """What a stopped run says: how it stopped, what it kept, and the command that goes on from there
+    (rank 0's to say under torchrun)."""
+    if torchrun_rank():
+        return ""
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return f"qvedit: {how}; {stopping.kept_text()}. Resume with: {stopping.resume_command(HydraConfig.get())}"
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[tuple]:
-    stopping.install()
+    stopping.install(message=stop_message)
     try:
         for problem in unknown_config_keys(cfg):
             raise QveditError(problem)
@@ -82,26 +96,55 @@ def hydra_main(cfg: DictConfig) -> Optional[tuple]:
     except (KeyboardInterrupt, stopping.Terminated) as stop:
         signum = getattr(stop, "signum", signal.SIGINT)
         if torchrun_rank() == 0:
-            how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-            print(f"qvedit: {how}; the finished frames and their metrics rows are kept. Resume with: "
-                  f"{stopping.resume_command(HydraConfig.get())}", file=sys.stderr)
+            print(stop_message(signum), file=sys.stderr)
         sys.exit(stopping.EXIT_CODES.get(signum, 128 + signum))
+
+
+def raised_by_hydra(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err`` outside the standard library's file code is Hydra's."""
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    inner = [name for name in frames if Path(name).name not in ("pathlib.py", "os.py", "shutil.py")]
+    return bool(inner) and f"{os.sep}hydra{os.sep}" in inner[-1]
 
 
 def main() -> None:
     """``python -m qvedit`` / ``qvedit``. Under torchrun, ranks other than 0 run in a scratch folder
     that is removed at exit: the run folder, its logs and its frames are rank 0's alone."""
     # one line per misspelt key; else the first key of a config from elsewhere that would run code
-    problems = unknown_overrides(sys.argv[1:]) or command_line_problems(sys.argv[1:], Path(__file__))[:1]
+    # then the values no group or key takes (all in one line), before Hydra says it in many
+    argv = sys.argv[1:]
+    problems = unknown_overrides(argv) or ["; ".join(override_problems(argv))] or []
+    problems = [p for p in problems if p] or command_line_problems(argv, Path(__file__))[:1]
     for problem in problems:
         print(f"qvedit: error: {problem}", file=sys.stderr)
     if problems:
         sys.exit(2)
     logging.raiseExceptions = False  # a log line a full disk cannot take must not print a traceback
+    register_plugins()  # hparams_search=ttlg_optuna from any folder, not only the repository root
     overrides, scratch = follower_overrides()
     sys.argv += overrides
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it would print in several lines; qvedit says it in one
     try:
         hydra_main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if full_error == "1":  # the user asked for Hydra's stack trace
+            raise
+        print(f"qvedit: error: {hydra_error_line(err)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # Hydra making the run or sweep folder where a file (or no permission) is in the way
+        if full_error == "1" or not err.filename or not raised_by_hydra(err):
+            raise
+        blocked = file_in_the_way(Path(err.filename))
+        print(f"qvedit: error: cannot create {err.filename}: {err.strerror}"
+              f"{f' ({blocked} is a file)' if blocked else ''}: choose another hydra.run.dir (hydra.sweep.dir for a "
+              "sweep)", file=sys.stderr)
+        sys.exit(2)
     finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

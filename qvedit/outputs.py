@@ -26,7 +26,7 @@ from qvedit.images import read_rgb8, unusable_image
 from qvedit.io.frames import FrameWriter
 from qvedit.report.confdiff import diff_configs
 from qvedit.report.metrics import FrameMetrics, MetricsLog, complete_rows
-from qvedit.stopping import shielded
+from qvedit.stopping import finished, shielded
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class ClipOutputs:
         if self.metrics_csv:
             self._rows = MetricsLog(self.metrics_csv, self.metrics.columns, keep_frames_before=done)
         self.metrics.start(init)
+        finished(self.folder, done - 1)
         return [self.frames.write(0, init)] if done == 0 else [self.frames.path(i) for i in range(done)]
 
     def write_frame(self, index: int, frame: Image.Image) -> Path:
@@ -147,3 +148,4 @@ class ClipOutputs:
             if row is not None:
                 self._rows.append(row)
             self.frames.commit(index)
+            finished(self.folder, index)

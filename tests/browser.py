@@ -9,9 +9,11 @@ import pytest
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def open_in_chromium(page_path: Path) -> dict:
-    """Load ``page_path`` and return what a reader would meet: console errors, page errors, failed
-    requests, and each image's (src, loaded width). Skips without Chromium, unless CI requires it."""
+def open_in_chromium(page_path: Path, width: int = 1280) -> dict:
+    """Load ``page_path`` in a window ``width`` pixels wide and return what a reader would meet: console
+    errors, page errors, failed requests, each image's (src, loaded width), the links, and how many pixels
+    the page is wider than the window (``overflow``: a horizontal scrollbar when > 0). Skips without
+    Chromium, unless CI requires it."""
     if CHROMIUM is None:
         if os.environ.get("QVEDIT_REQUIRE_BROWSER") == "1":
             pytest.fail("Chromium is required here (QVEDIT_REQUIRE_BROWSER=1) but not installed: apt-get install chromium")
@@ -24,7 +26,7 @@ def open_in_chromium(page_path: Path) -> dict:
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--no-first-run"])
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": width, "height": 800})
             page.on("console", lambda m: found["console_errors"].append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda err: found["page_errors"].append(str(err)))
             page.on("requestfailed", lambda request: found["failed"].append(request.url))
@@ -34,6 +36,12 @@ def open_in_chromium(page_path: Path) -> dict:
             found["images"] = page.evaluate(
                 "Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
             found["links"] = page.evaluate("Array.from(document.links).map(a => a.getAttribute('href'))")
+            found["overflow"] = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            found["text"] = page.evaluate("document.body.innerText")
+            found["fonts"] = page.evaluate(
+                "Object.fromEntries(Array.from(document.querySelectorAll('[lang]')).map("
+                "e => [e.textContent, getComputedStyle(e).fontFamily]))")
         finally:
             browser.close()
     return found
@@ -43,6 +51,7 @@ def assert_page_is_whole(page_path: Path) -> dict:
     """The page loads without errors, every image it shows is there and decodes, every link is relative
     and points at a file that exists."""
     found = open_in_chromium(page_path)
+    assert found["overflow"] <= 0, f"the page is {found['overflow']} px wider than a 1280 px window"
     assert not found["console_errors"] and not found["page_errors"] and not found["failed"], found
     assert found["images"] and all(width > 0 for _, width in found["images"]), found["images"]
     for href in found["links"]:

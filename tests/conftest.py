@@ -1,9 +1,15 @@
 """Shared fixtures: the tiny offline pipeline (built once per session) and small clips on disk.
 
 Everything the tests, and the processes they start (Ray, torchrun, multiprocessing, qvedit's cache),
-write to a temporary folder goes into one folder made for the session and removed at its end, so
-nothing is left in the system's temporary folder; pytest's own ``tmp_path`` folders stay where
-pytest keeps them.
+write to a temporary folder goes into one folder made for the session (``TMPDIR`` points there) and
+removed at its end; pytest's own ``tmp_path`` folders stay where pytest keeps them.
+
+The session's folder is its own: its name is new (``mkdtemp``), qvedit's cache (``QVEDIT_CACHE``: the
+tiny model, the demo clip) is inside it whatever the caller's environment says, and only the process
+that made it removes it. Before, the folder was found again through an inherited environment variable,
+so any pytest session started from the session's environment (a nested run, a second run from a shell
+that had the variable) took the same folder as its own and removed it when it ended, the demo clip of
+the first session with it ("image not found: .../qvedit-cache/demo-clip/edges/00002.png").
 """
 
 import os
@@ -11,18 +17,21 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# This file is imported twice (as conftest and as tests.conftest): the second import finds the first's folder.
-if "QVEDIT_TESTS_TMP" not in os.environ:
-    os.environ["QVEDIT_TESTS_SYSTEM_TMP"] = tempfile.gettempdir()
+# This file is imported twice (as conftest and as tests.conftest) and by processes the tests start (a
+# multiprocessing child unpickling a test's function): the owner's pid says whose folder it is.
+if os.environ.get("QVEDIT_TESTS_TMP_OWNER") != str(os.getpid()):
     os.environ["QVEDIT_TESTS_TMP"] = tempfile.mkdtemp(prefix="qvedit-tests-")
+    os.environ["QVEDIT_TESTS_TMP_OWNER"] = str(os.getpid())
+    os.environ.setdefault("QVEDIT_TESTS_SYSTEM_TMP", tempfile.gettempdir())
 SYSTEM_TMP = Path(os.environ["QVEDIT_TESTS_SYSTEM_TMP"])
 SESSION_TMP = Path(os.environ["QVEDIT_TESTS_TMP"])
+OWNER = int(os.environ["QVEDIT_TESTS_TMP_OWNER"])
 # Before anything imports hydra/huggingface: never touch the network, keep test artefacts apart.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(SYSTEM_TMP))  # pytest's tmp_path root stays put
 os.environ["TMPDIR"] = str(SESSION_TMP)  # Ray, torch and multiprocessing make their folders here
 tempfile.tempdir = None  # re-read TMPDIR
-os.environ.setdefault("QVEDIT_CACHE", str(SESSION_TMP / "qvedit-cache"))
+os.environ["QVEDIT_CACHE"] = str(SESSION_TMP / "qvedit-cache")  # the session's own, never a shared one
 
 import subprocess
 import sys
@@ -61,22 +70,25 @@ def clip(tmp_path):
     return write_clip(tmp_path / "clip")
 
 
-def run_qvedit(*args, module="qvedit", timeout=600, env=None) -> subprocess.CompletedProcess:
+SAFETY_TIMEOUT_S = 3600  # only a process that truly hangs meets it; a busy machine is slow, not wrong
+
+
+def run_qvedit(*args, module="qvedit", timeout=SAFETY_TIMEOUT_S, env=None) -> subprocess.CompletedProcess:
     """``python -m qvedit ARGS`` (or another module) from the repository root, output captured."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+    if os.getpid() == OWNER:  # only the session that made the folder removes it
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_in_the_system_temp_folder():
-    """Fails the session's last test if anything new appeared in the system temp folder (pytest's
-    own ``pytest-of-*`` and this session's folder aside)."""
-    before = set(os.listdir(SYSTEM_TMP))
+def scratch_folders_are_removed():
+    """Fails the session's last test if a torchrun follower's scratch run folder (``qvedit-rank*``, made in
+    ``TMPDIR``, to be removed at its exit) is still in the session's folder. Only the session's own folder
+    is looked at: the system's temporary folder is every program's."""
     yield
-    left = sorted(set(os.listdir(SYSTEM_TMP)) - before - {SESSION_TMP.name}
-                  - {name for name in os.listdir(SYSTEM_TMP) if name.startswith("pytest-of-")})
-    assert not left, f"tests left {left} in {SYSTEM_TMP}"
+    left = sorted(p.name for p in SESSION_TMP.glob("qvedit-rank*"))
+    assert not left, f"scratch folders left in {SESSION_TMP}: {left}"

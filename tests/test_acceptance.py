@@ -180,3 +180,52 @@ def test_the_html_report_holds_the_verdict_and_every_criterion(tmp_path):
     assert all(f"<td>{escape(name)}</td>" in html for name in table["criterion"])
     assert all(f'src="{p.name}"' in html for p in sweep.glob("acceptance_*.png"))
     assert "src=\"/" not in html and "file://" not in html  # relative links only
+
+
+def test_a_plot_keeps_its_legend_off_the_data_inside_the_canvas_with_whole_frame_ticks(tmp_path):
+    """The longest label a sweep makes (flow guidance) and 4 frames (where matplotlib would tick 1.25, 1.5)."""
+    from qvedit.report.acceptance import judge_sweep, plot_figure
+
+    sweep = tmp_path / "sweep"
+    rng = np.random.default_rng(0)
+    flow = {"edge_scale": 1.0, "gram_scale": 0.2, "temporal_scale": 1.0, "temporal_mode": "flow"}
+    for seed in (0, 1):
+        edge, gram = 0.06 + 0.01 * rng.random(4), 0.001 + 0.0001 * rng.random(4)
+        make_job(sweep, f"{seed}_seed={seed},ttlg=off", seed, {}, edge, gram)
+        make_job(sweep, f"{2 + seed}_seed={seed},ttlg=edge_gram_flow", seed, flow, edge * 0.9, gram * 0.9)
+    (comparison,) = judge_sweep(sweep).comparisons
+    figure = plot_figure(comparison, "edge_loss")
+    figure.tight_layout()
+    renderer = figure.canvas.get_renderer()
+    canvas = figure.bbox
+    (axes,) = figure.axes
+    for artist in (figure, axes.get_legend(), axes.xaxis.label, axes.yaxis.label, axes.title):
+        box = artist.get_tightbbox(renderer) if artist is figure else artist.get_window_extent(renderer)
+        assert canvas.x0 - 1 <= box.x0 and box.x1 <= canvas.x1 + 1 and canvas.y0 - 1 <= box.y0 \
+            and box.y1 <= canvas.y1 + 1, (artist, box, canvas)
+    assert not axes.get_legend().get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))
+    ticks = [t for t in axes.get_xticks() if 1 <= t <= 4]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert any("temporal_mode=flow" in text.get_text().replace("\n", "") for text in axes.get_legend().get_texts())
+
+
+def test_the_sweep_page_fits_1280_pixels_and_its_title_has_the_date(tmp_path):
+    """Real job names (every override, no space to break at) and a failed job's message."""
+    from tests.browser import assert_page_is_whole
+
+    sweep = tmp_path / "multirun" / "2026-12-01" / "07-29-44"
+    rng = np.random.default_rng(0)
+    long = "max_frames=9,num_inference_steps=8,seed={seed},ttlg.last_steps=3,ttlg.lr=0.05,ttlg={ttlg},io=demo"
+    for seed in (0, 1):
+        edge, gram = 0.06 + 0.01 * rng.random(8), 0.001 + 0.0001 * rng.random(8)
+        make_job(sweep, f"{seed}_" + long.format(seed=seed, ttlg="off"), seed, {}, edge, gram)
+        make_job(sweep, f"{2 + seed}_" + long.format(seed=seed, ttlg="edge_gram_flow"), seed,
+                 {"edge_scale": 1.0, "gram_scale": 0.2}, edge * 0.9, gram * 0.9)
+    failed = make_job(sweep, "4_" + long.format(seed=2, ttlg="edge_gram_flow"), 2, {"edge_scale": 1.0}, None, None)
+    (failed / JOB_ERROR_FILE).write_text("max_frames=99 but the 8 edge frames allow at most 9 output frames: " * 3)
+    for job in sweep.iterdir():
+        (job / "report.html").write_text("<!doctype html><title>job</title>")
+    write_report(sweep)
+    page = assert_page_is_whole(sweep / "report.html")  # also: not wider than a 1280 px window
+    assert page["title"].startswith("qvedit sweep 2026-12-01 07-29-44: ")
+    assert "FAILED: max_frames=99" in page["text"]

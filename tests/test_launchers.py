@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from conftest import REPO, run_qvedit
+from conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e .[distributed]")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e .[distributed]")
@@ -25,7 +25,7 @@ def test_ray_sweep_runs_jobs_as_ray_tasks_and_matches_the_local_launcher(tmp_pat
     ray_dir, local_dir = tmp_path / "ray", tmp_path / "local"
     result = run_qvedit(*DEMO_SWEEP, "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2",
                         "hydra.launcher.ray.remote.num_gpus=0", f"hydra.sweep.dir={ray_dir}",
-                        timeout=300, env={"RAY_DEDUP_LOGS": "0", **ONE_THREAD})
+                        timeout=SAFETY_TIMEOUT_S, env={"RAY_DEDUP_LOGS": "0", **ONE_THREAD})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Ray Launcher is launching 2 jobs" in result.stdout + result.stderr
     # Each job ran in a Ray worker process (Ray prefixes their output with the task name and pid).
@@ -36,7 +36,7 @@ def test_ray_sweep_runs_jobs_as_ray_tasks_and_matches_the_local_launcher(tmp_pat
     report = (ray_dir / "acceptance.md").read_text()
     assert all(f"{job.name} |" in report for job in ray_dir.glob("*_seed=*"))
 
-    local = run_qvedit(*DEMO_SWEEP, f"hydra.sweep.dir={local_dir}", timeout=300, env=ONE_THREAD)
+    local = run_qvedit(*DEMO_SWEEP, f"hydra.sweep.dir={local_dir}", timeout=SAFETY_TIMEOUT_S, env=ONE_THREAD)
     assert local.returncode == 0, local.stderr[-3000:]
     ray_frames, local_frames = job_frames(ray_dir), job_frames(local_dir)
     first, second = sorted(ray_frames)
@@ -68,7 +68,7 @@ def test_slurm_preset_renders_the_submission_parameters(tmp_path):
                         "hydra.launcher.gpus_per_node=2", "hydra.launcher.timeout_min=90",
                         "hydra.launcher.setup=[module load cuda]", "hydra.launcher.array_parallelism=1",
                         f"hydra.sweep.dir={sweep_dir}",
-                        timeout=120, env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+                        timeout=SAFETY_TIMEOUT_S, env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     assert result.returncode != 0  # the fake sbatch refused the array
     assert "test cluster takes no jobs" in result.stdout + result.stderr
     text = script.read_text()
@@ -82,7 +82,7 @@ def test_slurm_preset_renders_the_submission_parameters(tmp_path):
 
 
 def test_slurm_preset_defaults_compose():
-    result = run_qvedit("hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher", timeout=120)
+    result = run_qvedit("hydra/launcher=slurm", "--cfg", "hydra", "--package", "hydra.launcher", timeout=SAFETY_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     for line in ("partition: null", "gpus_per_node: 1", "timeout_min: 240", "name: qvedit",
                  "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"):
@@ -90,7 +90,7 @@ def test_slurm_preset_defaults_compose():
 
 
 def test_ray_preset_gives_each_job_one_gpu_and_no_deprecation_notice():
-    result = run_qvedit("hydra/launcher=ray", "--cfg", "hydra", "--package", "hydra.launcher", timeout=120)
+    result = run_qvedit("hydra/launcher=ray", "--cfg", "hydra", "--package", "hydra.launcher", timeout=SAFETY_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     assert "_target_: hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher" in result.stdout
     assert "num_gpus: 1" in result.stdout.split("remote:")[1]
@@ -102,7 +102,7 @@ def test_a_ray_sweep_that_could_never_start_is_refused_before_ray_starts(tmp_pat
     sweep_dir = tmp_path / "sweep"
     result = run_qvedit("-m", "experiment=tiny_cpu", "io=demo", "hydra/launcher=ray", "seed=0,1",
                         f"hydra.sweep.dir={sweep_dir}",
-                        env={"CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+                        env={"CUDA_VISIBLE_DEVICES": ""}, timeout=SAFETY_TIMEOUT_S)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(
         "qvedit: error: each Ray job asks for hydra.launcher.ray.remote.num_gpus=1 GPU(s) but the local Ray has 0")
@@ -211,7 +211,7 @@ def test_a_preempted_slurm_job_is_requeued_into_the_same_folder_and_resumes_to_t
             time.sleep(0.05)
         job_pid = int((state / "task.pids").read_text().split()[0])
         os.kill(job_pid, signal.SIGUSR2)  # SLURM's word that the job is preempted (submitit's signal)
-        output, _ = driver.communicate(timeout=300)
+        output, _ = driver.communicate(timeout=SAFETY_TIMEOUT_S)
     finally:
         driver.kill()
     assert driver.returncode == 0, output[-3000:]

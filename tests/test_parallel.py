@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import REPO, run_qvedit
+from conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 from qvedit.errors import QveditError
 from qvedit.models.parallel import Team, follower_overrides
 from qvedit.models.settings import ParallelSettings
@@ -127,12 +127,12 @@ def test_cfg_parallelism_is_refused_where_it_cannot_work(settings, true_cfg_scal
 def test_cfg_parallel_torchrun_on_two_cpu_processes_gives_the_single_process_frames(tmp_path):
     one_thread = {"OMP_NUM_THREADS": "1"}  # torchrun sets it for its workers; CPU sums depend on it
     clip = [*CLIP, "max_frames=4"]
-    single = run_qvedit(*clip, f"hydra.run.dir={tmp_path / 'single'}", env=one_thread, timeout=300)
+    single = run_qvedit(*clip, f"hydra.run.dir={tmp_path / 'single'}", env=one_thread, timeout=SAFETY_TIMEOUT_S)
     assert single.returncode == 0, single.stderr[-3000:]
     team = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "qvedit",
          *clip, "parallel.cfg_degree=2", f"hydra.run.dir={tmp_path / 'team'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=SAFETY_TIMEOUT_S,
         env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path), **one_thread))
     assert team.returncode == 0, team.stderr[-3000:]
     assert "CFG parallelism" in team.stdout + team.stderr
@@ -159,7 +159,7 @@ def test_only_rank0_keeps_a_run_folder(monkeypatch):
 
 def test_cli_names_torchrun_when_degrees_ask_for_processes(tmp_path):
     result = run_qvedit(*CLIP, "parallel.ulysses_degree=2", f"hydra.run.dir={tmp_path / 'run'}",
-                        env={"WORLD_SIZE": "1"}, timeout=120)
+                        env={"WORLD_SIZE": "1"}, timeout=SAFETY_TIMEOUT_S)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "qvedit: error: parallel.* degrees ask for 2 processes, but this is one process: "

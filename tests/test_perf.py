@@ -1,6 +1,7 @@
 """perf/ settings and the benchmark entry on the CPU (the GPU figures are measured with the device tool)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,9 +25,15 @@ def test_default_perf_changes_nothing(tiny_pipe):
     assert "encode_prompt" not in vars(tiny_pipe)
 
 
-def test_bench_runs_and_reports_every_column(tmp_path, tiny_pipe):
+def test_bench_runs_and_reports_every_column(tmp_path, tiny_pipe, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # without --out it writes a new folder under runs/, as a run does
     assert bench_main(["--model", "tiny", "--device", "cpu", "--sizes", "64", "--steps", "2", "--last-steps", "2",
-                       "--variants", "off_cond_output", "edge_gram_cond_output", "--out", str(tmp_path)]) == 0
+                       "--variants", "off_cond_output", "edge_gram_cond_output"]) == 0
+    (tmp_path,) = [p.parent for p in (tmp_path / "runs" / "bench").glob("*/*/bench.json")]
+    said = capsys.readouterr().err  # progress as it goes: each variant when it starts and when it is done
+    for line in ("qvedit.bench: 1 of 2: off_cond_output at 64², 2 steps", "qvedit.bench: 2 of 2: edge_gram_cond_output "
+                 "at 64² took ", f"qvedit.bench: wrote {Path('runs') / 'bench'}"):
+        assert line in said, said
     report = json.loads((tmp_path / "bench.json").read_text())
     off, guided = report["rows"]
     assert (off["variant"], guided["variant"]) == ("off_cond_output", "edge_gram_cond_output")
@@ -36,17 +43,28 @@ def test_bench_runs_and_reports_every_column(tmp_path, tiny_pipe):
     assert "| 64² | 2 | edge_gram_cond_output |" in (tmp_path / "bench.md").read_text()
 
 
+def test_bench_explains_every_option_and_warns_as_the_main_command_does():
+    from qvedit.bench import build_parser, cpu_warnings
+
+    assert all(action.help for action in build_parser()._actions)
+    (warning,) = cpu_warnings("tiny", "cpu", [64], ["off", "off_cond_output"])
+    assert "condition_area=1048576" in warning and "pass condition_area=output" in warning
+    assert len(cpu_warnings("random_full", "cpu", [64], ["off_cond_output"])) == 1  # the full model on the CPU
+    assert cpu_warnings("random_full", "cuda", [1024], ["off"]) == []
+
+
 # -- perf.quantize=fp8 and perf=vram24 on the CPU (the GPU side: benchmarks/perf_presets.py) ---------
 
 import copy  # noqa: E402
-import time  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from qvedit.models import fp8  # noqa: E402
 from qvedit.models.settings import FP8_KEEP_BF16  # noqa: E402
-from tests.conftest import TINY_MODEL, run_qvedit  # noqa: E402
+from tests.conftest import REPO, SAFETY_TIMEOUT_S, TINY_MODEL, run_qvedit  # noqa: E402
 
 # the tiny transformer (2 blocks): which Linear layers get FP8 matmuls under the default keep list
 TINY_FP8 = {f"transformer_blocks.{b}.{layer}" for b in (0, 1) for layer in (
@@ -216,15 +234,28 @@ def test_fp8_storage_rounds_the_weights_and_still_makes_the_frame(tiny_pipe, cli
 
 def test_fp8_on_the_cpu_is_one_line_before_the_model_loads(tmp_path, clip):
     init, edges = clip
-    started = time.perf_counter()
     result = run_qvedit("model=tiny", "device=cpu", "perf=fp8", "metrics=none", f"io.init_frame={init}",
                         f"io.edge_frames_dir={edges}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("qvedit: error:")]
     assert len(errors) == 1 and "perf.quantize=fp8 needs a CUDA GPU" in errors[0], result.stderr[-2000:]
     assert " on cpu (" not in result.stderr  # the loader's "loading <model> on cpu (bf16)" never came
-    assert time.perf_counter() - started < 120
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_without_fp8_never_imports_torchao(tmp_path, clip):
+    """torchao (installed with the fp8 and test extras) warns on import: only perf.quantize=fp8 imports it."""
+    init, edges = clip
+    code = ("import runpy, sys\n"
+            "try:\n    runpy.run_module('qvedit', run_name='__main__')\nexcept SystemExit as stop:\n"
+            "    assert not stop.code, stop.code\n"
+            "print('torchao imported:', sys.modules.get('torchao') is not None)")
+    result = subprocess.run([sys.executable, "-c", code, "experiment=tiny_cpu", "metrics=none", "max_frames=2",
+                             "num_inference_steps=2", f"io.init_frame={init}", f"io.edge_frames_dir={edges}",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "torchao imported: False" in result.stdout
+    assert "torchao" not in result.stderr  # none of its import warnings
 
 
 def test_bench_refuses_a_preset_the_device_cannot_run_before_loading(tmp_path, capsys, monkeypatch):
@@ -280,7 +311,7 @@ def test_the_preset_benchmark_runs_on_the_cpu_and_records_what_it_refuses(tmp_pa
     out = tmp_path / "presets.json"
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "perf_presets.py"), "--device", "cpu",
                              "--models", "tiny", "--size", "64", "--steps", "2", "--last-steps", "2",
-                             "--condition-area-output", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                             "--condition-area-output", "--out", str(out)], capture_output=True, text=True, timeout=SAFETY_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {(r["preset"], r["ttlg"]): r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {("default", "off"), ("default", "edge_gram"), ("default", "edge_gram (again)"),

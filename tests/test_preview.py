@@ -68,7 +68,8 @@ def test_cell_size_rule():
 
 def test_shown_frames_caption():
     assert (shown_frames_caption(sampled_rows(9, 8), 9)
-            == "frames 0, 1, 2, 3, 5, 6, 7, 8 of 0..8 (8 of 9 shown; 4 skipped)")
+            == "frames 0, 1, 2, 3, 5, 6, 7, 8 of 0..8 (8 of 9 shown; frame 4 skipped)")
+    assert shown_frames_caption([0, 1, 3, 5], 6) == "frames 0, 1, 3, 5 of 0..5 (4 of 6 shown; frames 2, 4 skipped)"
     assert shown_frames_caption(sampled_rows(9, 9), 9) == "all 9 frames (0..8)"
     assert shown_frames_caption([0], 1) == "1 frame (0)"
     long = shown_frames_caption(sampled_rows(1000, 8), 1000)

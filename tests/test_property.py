@@ -1,5 +1,6 @@
-"""Whatever a user types for a number and whatever small image they give, a run succeeds or stops with
-one line: hypothesis draws values for the schema's numeric keys and small random images.
+"""Whatever a user types for a number, a path, a logger or tuning key, and whatever small image they give,
+a run succeeds or stops with one line: hypothesis draws values for the schema's numeric keys and small
+random images, and odd text for the logger, tuning and path keys.
 
 The keys are read from the schema, with the range each field declares (``setting(min=, max=)``), so
 a key added later is drawn too. Each example sets a few keys: in range (kept small where a value
@@ -14,6 +15,7 @@ import math
 
 import numpy as np
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -21,13 +23,24 @@ from PIL import Image
 from qvedit.config import register_schemas, schema_fields
 from qvedit.errors import QveditError
 from qvedit.fields import integral, optional, tags_of
+from qvedit.keys import unknown_overrides
 from qvedit.main import run
-from tests.conftest import REPO
+from qvedit.values import hydra_error_line, override_problems
+from tests.conftest import REPO, write_clip
 
 register_schemas()
 BASE = ["model=tiny", "device=cpu", "dtype=fp32", "num_inference_steps=2", "condition_area=output",
         "metrics.vgg_weights=random", "ttlg.vgg_weights=random", "max_frames=3"]
 NUMERIC = {key: f for key, f in schema_fields().items() if tags_of(f).ranged}
+# the logger, tuning and path keys io=frames has (model.model_id aside: a new folder builds a tiny model there)
+TEXT = sorted(key for key, f in schema_fields().items()
+              if (key.startswith(("logger.", "tuning.")) or tags_of(f).path) and key != "model.model_id"
+              and (not key.startswith("io.") or key.split(".")[1] in ("init_frame", "edge_frames_dir",
+                                                                       "out_frames_dir", "source_frames_dir")))
+# odd values ({d}: the example's folder, holding a file "afile"); quoted as text, or given as Hydra reads them
+ODD_TEXT = ["", " ", "foo://bar", "{d}/afile/below", "{d}/afile", "{d}/new/deep/x", "{d}/" + "n" * 300,
+            "{d}/名 前/x.png", "sqlite:///{d}/afile/x.db", "http://127.0.0.1:9", "mlflow", "none", "edge_loss"]
+ODD_RAW = ["null", "[edge_loss]", "[bogus]", "[]", "[1,2]", "{a:1}", "3"]
 examples = itertools.count()
 
 
@@ -108,3 +121,54 @@ def test_any_number_and_any_small_image_run_or_stop_with_one_line(tiny_pipe, tmp
 def test_every_numeric_key_is_drawn():
     assert {"num_inference_steps", "true_cfg_scale", "seed", "condition_area", "max_area", "max_frames",
             "ttlg.lr", "ttlg.gram_size", "metrics.size", "acceptance.edge_ratio", "parallel.cfg_degree"} <= set(NUMERIC)
+
+
+@st.composite
+def text_overrides(draw) -> list[str]:
+    """``key=value`` for 1 to 3 of the logger, tuning and path keys (``{d}`` left for the example's folder)."""
+    keys = draw(st.lists(st.sampled_from(TEXT), min_size=1, max_size=3, unique=True))
+    chosen = []
+    for key in keys:
+        quoted = draw(st.sampled_from(ODD_TEXT).map(lambda text: "'" + text.replace("'", "\\'") + "'"))
+        chosen.append(f"{key}={draw(st.one_of(st.just(quoted), st.sampled_from(ODD_RAW)))}")
+    return chosen
+
+
+def one_line(message: str) -> None:
+    assert "\n" not in message and message.strip(), repr(message)
+
+
+@settings(max_examples=14, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(chosen=text_overrides(), backend=st.sampled_from(["none", "mlflow"]))
+def test_any_logger_tuning_or_path_value_runs_or_stops_with_one_line(tiny_pipe, tmp_path, chosen, backend):
+    """What ``python -m qvedit`` checks before Hydra runs, what Hydra refuses while composing, and the run:
+    each either goes on or says one line."""
+    folder = tmp_path / f"example{next(examples)}"
+    init, edges = write_clip(folder / "clip", size=(16, 16), edges=1)
+    (folder / "afile").write_text("a file where a folder might be wanted")
+    chosen = [override.replace("{d}", str(folder)) for override in chosen]
+    overrides = [*BASE, "max_frames=2", "metrics=none", f"logger={backend}", f"io.init_frame={init}",
+                 f"io.edge_frames_dir={edges}", f"logger.tracking_uri='sqlite:///{folder}/afile/mlflow.db'", *chosen]
+    problems = unknown_overrides(overrides) + override_problems(overrides)
+    for problem in problems:
+        one_line(problem)
+    if problems:
+        return
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+            cfg = compose("config", overrides=overrides)
+    except HydraException as err:
+        one_line(hydra_error_line(err))
+        return
+    try:
+        frames_dir = run(cfg, folder / "run")
+    except QveditError as err:
+        one_line(str(err))
+        return
+    assert len(sorted(frames_dir.glob("*.png"))) == 2
+
+
+def test_the_text_keys_drawn_include_the_logger_tuning_and_output_paths():
+    assert {"logger.tracking_uri", "logger.backend", "logger.experiment_name", "tuning.objectives", "metrics.path",
+            "debug_dir", "io.out_frames_dir", "io.init_frame", "model.loras"} <= set(TEXT)

@@ -10,7 +10,7 @@ from qvedit.errors import QveditError
 from qvedit.main import run
 from qvedit.report.settings import LoggerSettings
 from qvedit.report.tracking import MlflowStore
-from tests.conftest import REPO, run_qvedit
+from tests.conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 
 mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs the tracking extra")
 register_schemas()
@@ -69,7 +69,7 @@ def test_a_sweep_is_a_parent_run_with_the_verdict_and_its_jobs_nested(tmp_path):
 
 def test_a_store_that_cannot_be_reached_fails_the_run_at_once_in_one_line(tmp_path):
     result = run_qvedit(*CLIP, "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9",
-                        f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+                        f"hydra.run.dir={tmp_path / 'run'}", timeout=SAFETY_TIMEOUT_S)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("qvedit: error:")]
     assert len(errors) == 1 and "http://127.0.0.1:9 cannot be used" in errors[0] and "logger=none" in errors[0]
@@ -80,3 +80,12 @@ def test_logger_mlflow_without_mlflow_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(QveditError, match=r'pip install -e "\.\[tracking\]"'):
         MlflowStore(LoggerSettings(backend="mlflow"))
+
+
+@pytest.mark.parametrize("uri", ["foo://bar", "sqlite:///{tmp}/afile/mlflow.db"])
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line(tmp_path, uri):
+    """An unknown scheme (MLflow raised a KeyError or its own exception), a database below a file."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(QveditError, match="cannot be used") as info:
+        MlflowStore(LoggerSettings(backend="mlflow", tracking_uri=uri.format(tmp=tmp_path)))
+    assert "\n" not in str(info.value) and "logger=none" in str(info.value)

@@ -32,6 +32,8 @@ def test_video_in_video_out(tmp_path):
     assert out.shape == (5, 32, 48, 3)
     assert abs(iio.immeta(run / "output.mp4")["fps"] - 12) < 0.01
     assert (run / "preview.png").is_file() and (run / "preview.gif").is_file()
+    assert f"  video: {run / 'output.mp4'}" in result.stdout.splitlines()  # the summary names the mp4 ...
+    assert '<a href="output.mp4">output.mp4</a>' in (run / "report.html").read_text()  # ... and so does the page
 
 
 def test_edge_video_of_another_size_and_frames_not_kept(tmp_path):

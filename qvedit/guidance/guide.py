@@ -1,4 +1,4 @@
-"""Test-time loss guidance (spec §4): gradient steps on the latents inside the denoising loop.
+"""Test-time loss guidance (docs/METHOD.md, section 3): gradient steps on the latents inside the denoising loop.
 
 At the end of a denoising step diffusers calls ``callback_on_step_end`` with the latents x_{t-1}.
 The callback estimates the clean sample x0 = x_{t-1} - sigma_{t-1} * v (v: the velocity the

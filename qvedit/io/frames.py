@@ -55,7 +55,7 @@ def resized(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Ima
 
 
 class FrameFolders:
-    """Frame-folder mode (spec §2.1-1): an init frame and a folder of T-1 edge frames (a ``FrameSource``).
+    """Frame-folder mode (docs/METHOD.md, section 1): an init frame and a folder of T-1 edge frames (a ``FrameSource``).
 
     With ``source_frames_dir`` (the original frames 0..T-1) the init frame may be left out (frame 0 is
     the source's first frame) and so may the edge folder: edge frame k is then made from source frame

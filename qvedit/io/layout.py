@@ -60,6 +60,21 @@ class RunLayout:
             debug_dir=Path(debug_dir) if debug_dir and writer else None,
         )
 
+    def check(self) -> None:
+        """Every output path can be made: no part of it is a file (checked before anything is written)."""
+        from qvedit.errors import QveditError
+
+        for key, path, folder in (("hydra.run.dir", self.run_dir, self.run_dir),
+                                  ("io.out_frames_dir", self.frames_dir, self.frames_dir),
+                                  ("metrics.path", self.metrics_csv, self.metrics_csv.parent),
+                                  ("io.out_video", self.video, self.video.parent),
+                                  ("io.edges_dir", self.edges_dir, self.edges_dir),
+                                  ("debug_dir", self.debug_dir, self.debug_dir)):
+            blocked = file_in_the_way(folder) if folder is not None else None
+            if blocked is not None:
+                raise QveditError(f"{key}={path}: {blocked} is a file, not a folder: choose another path (or move "
+                                  "the file)")
+
     @property
     def unguided(self) -> tuple[Path, Path]:
         """(frames folder, metrics.csv) of the clip made again without guidance (``compare_unguided``)."""
@@ -89,6 +104,14 @@ class RunLayout:
     def previews(self) -> tuple[Path, Path]:
         """(contact sheet PNG, animated GIF)."""
         return self.run_dir / "preview.png", self.run_dir / "preview.gif"
+
+
+def file_in_the_way(folder: Path) -> Optional[Path]:
+    """The file that ``folder`` or one of its parents is, if any (a folder cannot be made below it)."""
+    for part in (Path(folder), *Path(folder).parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
 
 
 def metrics_csv_of(run_dir: Path, metrics_path: Optional[str]) -> Path:

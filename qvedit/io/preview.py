@@ -83,14 +83,16 @@ def sampled_rows(count: int, max_rows: int) -> list[int]:
 
 def shown_frames_caption(indices: list[int], total: int) -> str:
     """Which of the frames 0..total-1 a preview shows, e.g. ``all 9 frames (0..8)`` or
-    ``frames 0, 1, 2, 3, 5, 6, 7, 8 of 0..8 (8 of 9 shown; 4 skipped)``; up to 3 skipped frames are named."""
+    ``frames 0, 1, 2, 3, 5, 6, 7, 8 of 0..8 (8 of 9 shown; frame 4 skipped)``; up to 3 skipped frames are
+    named ("frames 4, 7 skipped")."""
     if total < 1:
         raise ValueError(f"total={total} must be >= 1")
     if list(indices) == list(range(total)):
         return "1 frame (0)" if total == 1 else f"all {total} frames (0..{total - 1})"
     shown = set(indices)
     skipped = [i for i in range(total) if i not in shown]
-    note = f"; {', '.join(map(str, skipped))} skipped" if len(skipped) <= 3 else ""
+    named = f"frame {skipped[0]}" if len(skipped) == 1 else f"frames {', '.join(map(str, skipped))}"
+    note = f"; {named} skipped" if len(skipped) <= 3 else ""  # more: "8 of 1000 shown" says it
     return (f"frames {', '.join(map(str, indices))} of 0..{total - 1} "
             f"({len(indices)} of {total} shown{note})")
 

@@ -1,4 +1,4 @@
-"""Video-file mode (spec §2.1-2): frame 0 and edge frames decoded from video files, and mp4 output.
+"""Video-file mode (docs/METHOD.md, section 1): frame 0 and edge frames decoded from video files, and mp4 output.
 
 Decoding and encoding go through the ffmpeg binary that the ``imageio-ffmpeg`` wheel ships. Frames
 are decoded as 8-bit RGB (``rgb24``), one decoded frame per video frame (``-fps_mode passthrough``:
@@ -148,7 +148,7 @@ class _FrameStream:
 
 
 class VideoClip:
-    """Video-file mode (spec §2.1-2): frame 0 from ``rgb_video``, edge frames from ``edge_video``.
+    """Video-file mode (docs/METHOD.md, section 1): frame 0 from ``rgb_video``, edge frames from ``edge_video``.
 
     ``rgb_video``: only its first frame is used when ``edge_video`` is given. ``edge_video``: T-1 frames,
     its frame 0 is the edge of output frame 1. Without ``edge_video`` the edges are made from frames

@@ -39,6 +39,7 @@ quantized. FP8 changes the velocity the scheduler integrates, not how the guidan
 from __future__ import annotations
 
 import logging
+import sys
 from fnmatch import fnmatchcase
 from typing import Iterable
 
@@ -73,6 +74,23 @@ def fp8_layers(transformer: torch.nn.Module, patterns: Iterable[str] = FP8_KEEP_
         if isinstance(module, torch.nn.Linear):
             split["fp8" if fp8_layer_filter(name, module, patterns) else "bf16"].append(name)
     return split
+
+
+def torchao_only_for_fp8(quantize) -> None:
+    """Keep torchao out of a process that does not quantize (``perf.quantize`` other than fp8).
+
+    Where torchao is installed (the fp8 and test extras), transformers imports it with its quantizers
+    when the model loads, and torchao's import prints warnings (torch's ``register_constant`` deprecation
+    for its enums, "Unable to import torchao Tensor objects") on every run. Marking it absent in
+    ``sys.modules`` before diffusers or transformers are imported makes both see it as not installed;
+    a process that imported them already (a test session) is left as it is, so they never see two answers.
+    An fp8 job later in the same process (a sweep) takes the mark away and imports torchao itself.
+    """
+    if quantize == "fp8":
+        if "torchao" in sys.modules and sys.modules["torchao"] is None:
+            del sys.modules["torchao"]
+    elif not any(name in sys.modules for name in ("torchao", "diffusers", "transformers")):
+        sys.modules["torchao"] = None
 
 
 def torchao_fp8():

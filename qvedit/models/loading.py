@@ -118,6 +118,33 @@ def load_pretrained(model_id: str, device: str, dtype: str, perf: Optional[PerfS
     return _cached(("pretrained", str(model_id), device, dtype), make, device, perf, variant)
 
 
+def availability_problem(model_id: str) -> Optional[str]:
+    """Why ``model_id`` cannot be loaded at all, found before anything loads (None when it can, or may):
+    not a local folder and not in the Hugging Face cache, while offline or with the hub out of reach."""
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        return None  # its files are checked when it loads (integrity)
+    from huggingface_hub import constants, file_exists, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(str(model_id), "model_index.json"), str):
+            return None
+    except Exception:  # not a hub id either ("a/b/c", an empty string): from_pretrained says what it is
+        return None
+    fix = ("download it first (huggingface-cli download Qwen/Qwen-Image-Edit-2509) or pass "
+           "model.model_id=/path/to/Qwen-Image-Edit-2509 (safetensors weights), or try model=tiny")
+    if constants.HF_HUB_OFFLINE:
+        return (f"cannot load model {model_id!r} offline (HF_HUB_OFFLINE): it is not a local folder and not in the "
+                f"Hugging Face cache {constants.HF_HUB_CACHE}: {fix}")
+    try:
+        found = file_exists(str(model_id), "model_index.json")
+    except Exception as err:  # no network, a proxy, a hub that is down
+        return (f"cannot load model {model_id!r}: it is not a local folder, not in the Hugging Face cache, and the "
+                f"hub cannot be reached ({short_reason(err, 120)}): {fix}")
+    return None if found else (f"cannot load model {model_id!r}: it is not a local folder and the hub has no "
+                               f"pipeline of that name: {fix}")
+
+
 def short_reason(err: Exception, limit: int = 200) -> str:
     """The library's message in one line, without sentences that point at a traceback nobody is shown."""
     text = " ".join(str(err).split()) or type(err).__name__

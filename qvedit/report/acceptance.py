@@ -1,4 +1,4 @@
-"""The median-of-seeds acceptance report (spec §6.3) of a sweep (``python -m qvedit.accept SWEEP_DIR``).
+"""The median-of-seeds acceptance report (docs/METHOD.md, section 5) of a sweep (``python -m qvedit.accept SWEEP_DIR``).
 
 Every job folder of the sweep holds ``.hydra/config.yaml`` and ``metrics.csv``. Guided jobs are
 paired with their ``ttlg=off`` twins (same config but ``ttlg`` and ``seed``), frames 1..N are
@@ -190,28 +190,47 @@ def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
 
 def plot(comparison: Comparison, column: str, out: Path) -> Optional[Path]:
     """Per-frame ``column``, off vs guided: median over seeds with a min-max band."""
+    figure = plot_figure(comparison, column)
+    return None if figure is None else write_figure_png(figure, out)
+
+
+def plot_figure(comparison: Comparison, column: str):
+    """The figure ``plot`` writes (None without the column): the legend below the axes, where it covers no
+    data and no label; whole-number frame ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     tables = {"ttlg=off": frame_table(comparison.off, column, comparison.frames),
               f"ttlg {comparison.label}": frame_table(comparison.on, column, comparison.frames)}
     if any(t is None for t in tables.values()):
         return None
-    figure, axes = plt.subplots(figsize=(6, 3.5))
+    figure, axes = plt.subplots(figsize=(6, 4))
     for name, table in tables.items():
         axes.plot(table.index, table.median(axis=1), marker="o", label=f"{name} (median)")
         axes.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.25)
     axes.set_xlabel("frame")
     axes.set_ylabel(column)
     axes.set_title(f"{column}: seeds {comparison.seeds}, min-max band")
-    axes.legend()
-    return write_figure_png(figure, out)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    legend_below(axes)
+    return figure
+
+
+def legend_below(axes, columns: int = 1) -> None:
+    """The legend under the axes (outside the data), long labels wrapped to the figure's width."""
+    import textwrap
+
+    handles, labels = axes.get_legend_handles_labels()
+    width = int(axes.figure.get_figwidth() * 72 / 7 / columns)  # characters of ~7 pt that fit the figure
+    axes.legend(handles, [textwrap.fill(label.replace(",", ", "), width) for label in labels], loc="upper center", ncol=columns,
+                bbox_to_anchor=(0.5, -0.18), frameon=False, fontsize="small")
 
 
 def thresholds_of(jobs: list[Job]) -> Thresholds:
-    """The thresholds the sweep was configured with (acceptance/ group), else the spec's."""
+    """The thresholds the sweep was configured with (acceptance/ group), else the defaults."""
     for job in jobs:
         values = {k.split(".", 1)[1]: v for k, v in job.config.items() if k.startswith("acceptance.")}
         values.pop("_target_", None)
@@ -375,7 +394,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qvedit.accept", description=__doc__.splitlines()[0],
         epilog="Without threshold options the sweep's acceptance.md, .csv and plots are rewritten and printed. "
-               "With any, the report is a what-if: printed only, the sweep's files stay as they are.")
+               "With any, the report is a what-if: printed only, the sweep's files stay as they are. The criteria "
+               "and their defaults: docs/METHOD.md, section 5 (\"Does guidance work? The acceptance check\").")
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. runs/multirun/2026-11-26/12-00-00")
     for name, default in asdict(Thresholds()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None,

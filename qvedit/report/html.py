@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -39,6 +40,20 @@ def _render(template: str, out: Path, **values) -> Path:
     return write_text_atomic(out, html)
 
 
+def page_name(folder: Path) -> str:
+    """How a page names its folder: with the date where the default layout keeps it in the folder above
+    (``runs/2026-12-01/07-29-44`` -> ``2026-12-01 07-29-44``), else the folder's own name."""
+    folder = Path(folder)
+    date = folder.resolve().parent.name
+    return f"{date} {folder.name}" if re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) else folder.name
+
+
+def has_cjk(text: str) -> bool:
+    """Whether ``text`` holds Chinese, Japanese or Korean characters (the default prompt does)."""
+    return any("\u2e80" <= char <= "\u9fff" or "\uac00" <= char <= "\ud7af" or "\uf900" <= char <= "\ufaff"
+               or "\uff00" <= char <= "\uffef" for char in str(text))
+
+
 def _number(value, digits: int = 4) -> str:
     return "-" if value is None or pd.isna(value) else f"{value:.{digits}g}"
 
@@ -53,7 +68,7 @@ def write_sweep_html(verdict: SweepVerdict) -> Path:
                      "seconds": "-" if metrics is None else _number(metrics["seconds"].mean(), 3),
                      "peak": "-" if metrics is None else _number(metrics["peak_mem_mib"].max(), 6)})
     comparisons = [_comparison(verdict, c) for c in verdict.comparisons]
-    return _render("sweep.html", verdict.sweep_dir / REPORT, name=verdict.sweep_dir.name, verdict=verdict,
+    return _render("sweep.html", verdict.sweep_dir / REPORT, name=page_name(verdict.sweep_dir), verdict=verdict,
                    passed_count=sum(bool(c.passed) for c in verdict.judged), jobs=jobs,
                    limits=vars(verdict.limits), comparisons=comparisons,
                    by_setting=_by_setting(verdict.comparisons) if len(verdict.comparisons) > 1 else [])
@@ -160,16 +175,19 @@ def _edge_maps(job_dir: Path, frames: int) -> list:
 
 
 def write_run_html(run_dir: Path, summary: list[str], settings: dict, metrics_csv: Path,
-                   previews: list[tuple[Path, str]], first_frame: Optional[dict] = None) -> Path:
-    """``<run>/report.html``: what the run made, its previews, settings and per-frame table; with
-    ``first_frame`` (``FirstFrameEdit.report_section``) the first-frame candidates too."""
+                   previews: list[tuple[Path, str]], first_frame: Optional[dict] = None,
+                   videos: Optional[list[Path]] = None) -> Path:
+    """``<run>/report.html``: what the run made (``videos``: its mp4), its previews, settings and per-frame table;
+    with ``first_frame`` (``FirstFrameEdit.report_section``) the first-frame candidates too."""
     metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
     rows = [[_number(value, 6) if isinstance(value, float) else str(value) for value in row]
             for row in metrics.itertuples(index=False)]
     images = [{"file": _relative(path, run_dir), "caption": caption} for path, caption in previews if path.is_file()]
-    return _render("run.html", run_dir / REPORT, name=run_dir.name, summary=[line.strip() for line in summary],
-                   previews=images, settings=sorted(settings.items()), metrics_file=_relative(metrics_csv, run_dir),
-                   columns=list(metrics.columns), rows=rows, first_frame=first_frame)
+    videos = [_relative(path, run_dir) for path in videos or [] if Path(path).is_file()]
+    return _render("run.html", run_dir / REPORT, name=page_name(run_dir), summary=[line.strip() for line in summary],
+                   previews=images, settings=[(key, value, has_cjk(value)) for key, value in sorted(settings.items())],
+                   metrics_file=_relative(metrics_csv, run_dir), columns=list(metrics.columns), rows=rows,
+                   videos=videos, cjk_prompt=has_cjk(settings.get("prompt", "")), first_frame=first_frame)
 
 
 def _relative(path: Path, folder: Path) -> str:
@@ -177,3 +195,27 @@ def _relative(path: Path, folder: Path) -> str:
         return Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
     except ValueError:  # written elsewhere (io.out_frames_dir, metrics.path): link it as it is
         return Path(path).resolve().as_uri()
+
+
+def write_study_html(sweep_dir: Path, study, names: list[str], front: pd.DataFrame, best) -> Path:
+    """``<sweep>/report.html`` of an Optuna search: the Pareto plot and table, the tuned preset, every trial."""
+    folders = {int(p.name.split("_", 1)[0]): p.name for p in Path(sweep_dir).iterdir()
+               if p.is_dir() and p.name.split("_", 1)[0].isdigit()}
+
+    def link(number: int) -> Optional[str]:
+        name = folders.get(number)
+        return f"{name}/report.html" if name and (Path(sweep_dir) / name / REPORT).is_file() else None
+
+    params = [column for column in front.columns if column not in ("trial", *names)]
+    front_rows = [{"trial": int(row["trial"]), "link": link(int(row["trial"])),
+                   "scores": [_number(row[n]) for n in names],
+                   "chosen": [_number(row[p]) if isinstance(row[p], float) else row[p] for p in params]}
+                  for _, row in front.iterrows()]
+    trials = [{"number": t.number, "state": t.state.name, "link": link(t.number),
+               "scores": [_number(v) for v in (t.values or [None] * len(names))]} for t in study.trials]
+    files = [name for name in ("ttlg_tuned.yaml", "optuna_pareto.csv", "optuna_pareto.md")
+             if (Path(sweep_dir) / name).is_file()]
+    plot = "optuna_pareto.png" if (Path(sweep_dir) / "optuna_pareto.png").is_file() else None
+    return _render("study.html", Path(sweep_dir) / REPORT, name=page_name(sweep_dir), study=study.study_name,
+                   names=names, params=params, front=front_rows, trials=trials, best=best.number, files=files,
+                   plot=plot, folder=str(sweep_dir))

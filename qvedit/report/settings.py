@@ -39,7 +39,7 @@ class MetricsSettings:
 
 @dataclass
 class Thresholds:
-    """The median-of-seeds acceptance criteria (spec §6.3); defaults are the specification's."""
+    """The median-of-seeds acceptance criteria (docs/METHOD.md, section 5); the defaults are the design's."""
 
     frames: int = setting(8, min=1)
     edge_ratio: float = setting(0.95, min=0)

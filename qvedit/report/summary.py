@@ -43,6 +43,9 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
              + ("" if frames_kept else " (PNG frames deleted: io.keep_frames=false)")]
     if frame0 is not None:
         lines.append(f"  {frame0}")
+    videos = [p for p in outputs if p.suffix == ".mp4"]
+    if frames_kept and videos:  # io=video: the mp4 is what most users came for
+        lines.append(f"  video: {', '.join(str(p) for p in videos)}")
     means = column_means(metrics_csv)
     if scales:
         weights = ", ".join(f"{name} {value:g}" for name, value in scales.items())

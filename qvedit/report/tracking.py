@@ -74,12 +74,13 @@ class MlflowStore:
         from mlflow.tracking import MlflowClient
 
         self.uri = settings.tracking_uri or default_tracking_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.mlflow = mlflow
         try:
+            if self.uri.startswith("sqlite:///"):
+                Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
             with _quick_requests():
+                # an unknown scheme fails here (KeyError or MLflow's own exception, by version)
+                self.client = MlflowClient(tracking_uri=self.uri)
                 experiment = self.client.get_experiment_by_name(settings.experiment_name)
                 if experiment is None:
                     artifacts = None

@@ -92,14 +92,19 @@ def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -
     written = [write_text_atomic(sweep_dir / "optuna_pareto.md", "\n".join(lines) + "\n"),
                sweep_dir / "optuna_pareto.csv", _plot(study, names, best, sweep_dir / "optuna_pareto.png"),
                write_preset(best.params, config, sweep_dir / "ttlg_tuned.yaml", best, names)]
-    log.info("Pareto front (%d trials) and the best trade-off preset: %s", len(front), sweep_dir / "ttlg_tuned.yaml")
+    from qvedit.report.html import write_study_html  # jinja2 only where the page is written
+
+    written.append(write_study_html(sweep_dir, study, names, table, best))
+    log.info("Pareto front (%d trials) and the best trade-off preset: %s; the study's page: %s", len(front),
+             sweep_dir / "ttlg_tuned.yaml", sweep_dir / "report.html")
     return written
 
 
 def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list[str]) -> Path:
-    """A ``conf/ttlg/`` preset: the ttlg keys the trial chose, over the sweep's own ttlg settings."""
-    base = OmegaConf.to_container(config.ttlg, resolve=True) if "ttlg" in config else {}
-    values = {key: value for key, value in base.items() if not key.startswith("_")}
+    """A ``conf/ttlg/`` preset: the ttlg keys the trial chose and those the search preset itself fixes
+    (``temporal_mode: flow``), and nothing else of the sweep's command (``experiment=tiny_cpu``'s
+    ``vgg_weights: random`` does not belong in a real run)."""
+    values = search_preset_ttlg(config)
     values.update({key.removeprefix("ttlg."): value for key, value in params.items() if key.startswith("ttlg.")})
     scores = ", ".join(f"{n} {v:.4f}" for n, v in zip(names, trial.values))
     header = (f"# Tuned by hparams_search=ttlg_optuna: trial {trial.number} of study in {out.parent}\n"
@@ -107,8 +112,21 @@ def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list
     return write_text_atomic(out, header + yaml.safe_dump(values, sort_keys=False))
 
 
+def search_preset_ttlg(config: DictConfig) -> dict:
+    """The ``ttlg:`` keys of the ``conf/hparams_search/`` file the sweep chose ({} if none)."""
+    from qvedit.keys import CONF
+
+    choice = OmegaConf.select(config, "hydra.runtime.choices.hparams_search", default=None)
+    preset = CONF / "hparams_search" / f"{choice}.yaml"
+    if not choice or not preset.is_file():
+        return {}
+    return dict(OmegaConf.to_container(OmegaConf.load(preset)).get("ttlg") or {})
+
+
 def _plot(study, names: list[str], best, out: Path) -> Path:
     import matplotlib
+
+    from qvedit.report.acceptance import legend_below
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,5 +142,5 @@ def _plot(study, names: list[str], best, out: Path) -> Path:
     axes.set_xlabel(f"{x} guided / unguided")
     axes.set_ylabel(f"{y} guided / unguided")
     axes.set_title(f"{len(done)} trials, lower is better")
-    axes.legend()
+    legend_below(axes, columns=3)
     return write_figure_png(figure, out)
