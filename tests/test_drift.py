@@ -185,3 +185,8 @@ def test_edge_offset_of_a_large_frame_is_in_the_frames_own_pixels():
     edge = Image.fromarray(edges_to_uint8(sobel_edges(to_tensor(frame))))
     shifted = Image.fromarray(np.roll(big, (0, 12), axis=(0, 1)))
     assert edge_offset_px(shifted, edge) == pytest.approx(12, abs=1.5)
+
+
+def test_frames_too_small_to_align_get_no_offset():
+    assert edge_offset_px(Image.new("RGB", (1, 1)), Image.new("L", (1, 1))) is None
+    assert edge_offset_px(Image.new("RGB", (64, 4)), Image.new("L", (64, 4))) is None

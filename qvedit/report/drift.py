@@ -22,12 +22,18 @@ DRIFT_COLUMNS = ("color_drift", "edge_offset_px", "lpips_to_init", "gram_loss")
 OFFSET_SIDE = 512  # frames are aligned at this long side at most (the offset is scaled back to the frame's pixels)
 
 
-def edge_offset_px(frame: Image.Image, edge: Image.Image) -> float:
+OFFSET_MIN_SIDE = 8  # phase correlation needs a window of a few pixels: smaller frames get no offset
+
+
+def edge_offset_px(frame: Image.Image, edge: Image.Image) -> Optional[float]:
     """The length (pixels) of the translation that best aligns ``frame``'s soft Sobel edges with its edge map
     ``edge``, by phase correlation (OpenCV ``phaseCorrelate``, Hann window). A shift or a zoom that builds up
-    along the chain shows as a growing offset; a frame that follows its edge map gives about 0."""
+    along the chain shows as a growing offset; a frame that follows its edge map gives about 0. None for frames
+    with a side under ``OFFSET_MIN_SIDE`` pixels."""
     import cv2
 
+    if min(frame.size) < OFFSET_MIN_SIDE:
+        return None
     scale = min(1.0, OFFSET_SIDE / max(frame.size))
     size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
     frame, edge = frame.resize(size, Image.Resampling.BOX), edge.resize(size, Image.Resampling.BOX)

@@ -120,7 +120,9 @@ class FrameMetrics:
             row["warp_error"] = warp_error(image, to_tensor(previous), flow)
         if color_target is not None:
             row["color_drift"] = color_drift(lab_stats(frame), color_target)
-        row["edge_offset_px"] = edge_offset_px(frame, edge)
+        offset = edge_offset_px(frame, edge)
+        if offset is not None:
+            row["edge_offset_px"] = offset
         if self.clip is not None:
             row["clip_consistency"] = self.clip.consistency(frame, previous)
         if self.lpips is not None:
