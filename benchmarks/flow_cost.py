@@ -59,9 +59,10 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from qvedit.guidance.flow import ClipFlow, warp, warp_error
-    from qvedit.guidance.settings import FlowSettings
+    from qvedit.guidance.flow import warp, warp_error
+from qvedit.io.flow import ClipFlow
     from qvedit.images import to_tensor
+    from qvedit.settings.guidance import FlowSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     scene = DrawnScene(args.size, args.repeats + 2)

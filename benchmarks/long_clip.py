@@ -28,19 +28,20 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from qvedit.config import RunSettings
     from qvedit.editor import edit_clip
     from qvedit.guidance.edges import edges_to_uint8, sobel_edges
-    from qvedit.guidance.settings import TTLGSettings
     from qvedit.images import to_tensor
     from qvedit.io.demo import demo_frame
     from qvedit.io.frames import FrameFolders, FrameWriter
-    from qvedit.models.settings import TinyModel
+    from qvedit.models.loading import load_pipeline
     from qvedit.outputs import ClipOutputs
     from qvedit.report.metrics import FrameMetrics
-    from qvedit.report.settings import MetricsSettings
+    from qvedit.settings.guidance import TTLGSettings
+    from qvedit.settings.model import TinyModel
+    from qvedit.settings.report import MetricsSettings
+    from qvedit.settings.run import RunSettings
 
-    pipe = TinyModel.in_cache().load("cpu", "fp32")
+    pipe = load_pipeline(TinyModel.in_cache(), "cpu", "fp32")
     work = Path(tempfile.mkdtemp(prefix="qvedit-long-"))
     (work / "edges").mkdir()
     Image.fromarray(demo_frame(0)).save(work / "init.png")

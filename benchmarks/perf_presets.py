@@ -110,7 +110,8 @@ def main(argv=None) -> int:
 
     from qvedit.bench import load_pipeline, run_variant
     from qvedit.errors import QveditError
-    from qvedit.models.settings import PerfSettings
+    from qvedit.models.perf import apply_perf, check_perf
+    from qvedit.settings.model import PerfSettings
 
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -148,10 +149,10 @@ def main(argv=None) -> int:
                     runs.append(("edge_gram", "edge_gram (again)"))
                 pipe = None
                 try:
-                    perf.check(args.device, "bf16")
+                    check_perf(perf, args.device, "bf16")
                     started = time.perf_counter()
                     pipe = load_pipeline(model, args.device, "bf16", perf)
-                    perf.apply(pipe)
+                    apply_perf(pipe, perf)
                     load_s = time.perf_counter() - started
                     warm_up = "off_cond_output" if args.condition_area_output else "off"
                     run_variant(pipe, warm_up, args.size, 2, 0, work)  # compile; the offload learns the block order

@@ -4,7 +4,7 @@
 
 Variants (each makes frame 1 of a random 2-frame clip on the same inputs and seed):
 
-- ``plain``: ``QwenImageEditPlusPipeline.__call__`` as the spec's example writes it (inference mode);
+- ``plain``: ``QwenImageEditPlusPipeline.__call__`` as the design's loop calls it (docs/METHOD.md, section 2);
 - ``off``: qvedit with ``ttlg=off``;  ``edge_gram``: qvedit with ``ttlg=edge_gram``, ``last_steps``;
 - ``off_cond_output`` / ``edge_gram_cond_output``: the same with ``condition_area=output``;
 - ``edge_gram_low_memory``: ``edge_gram`` with ``perf=low_memory`` (text encoder offloaded);
@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qvedit.models.random_full import RANDOM_WEIGHTS
+from qvedit.report.bench import compare_frames, markdown, uncached, write_report
+from qvedit.settings.run import DTYPE_NAMES
 
 VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
             "plain_fast", "off_fast", "lightning_off", "lightning_edge_gram", "edge_gram_decode512",
@@ -70,20 +71,15 @@ def stage_of(variant: str) -> str:
     return next((suffix for suffix in (*APPLIED, *RELOADED) if variant.endswith(suffix)), "")
 
 
-def uncached(variant: str) -> str:
-    """The variant a cached one is compared with: the same without the step cache."""
-    return variant + "_nocache" if variant.startswith("fastest") else variant.replace("_cache", "")
-
-
 def fastest_preset() -> dict:
     """``experiment=fastest`` as composed from ``conf/``: steps, CFG, scheduler, guidance and perf settings."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from qvedit.config import register_schemas
+    from qvedit.settings.schema import CONF_DIR, register_schemas
 
     register_schemas()
-    with initialize_config_dir(version_base="1.3", config_dir=str(Path(__file__).resolve().parent.parent / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = OmegaConf.to_container(compose("config", overrides=["experiment=fastest"]))
     drop = lambda node: {k: v for k, v in node.items() if k != "_target_"}  # noqa: E731
     return {"steps": cfg["num_inference_steps"], "true_cfg_scale": cfg["true_cfg_scale"],
@@ -94,8 +90,9 @@ def lightning_preset() -> dict:
     """``experiment=lightning``'s steps, CFG, scheduler values and guidance window, from its YAML."""
     from omegaconf import OmegaConf
 
-    preset = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "experiment"
-                                                   / "lightning.yaml"))
+    from qvedit.settings.schema import CONF_DIR
+
+    preset = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "experiment" / "lightning.yaml"))
     return {"steps": preset["num_inference_steps"], "true_cfg_scale": preset["true_cfg_scale"],
             "scheduler": preset["model"]["scheduler"], "ttlg": preset["ttlg"]}
 
@@ -154,20 +151,19 @@ def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
 
 
 def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work: Path) -> dict:
-    from qvedit.anchor.settings import AnchorSettings
-    from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
     from qvedit.editor import edit_clip, frame_seed
-    from qvedit.guidance.settings import TTLGSettings
     from qvedit.io.frames import FrameFolders, FrameWriter
+    from qvedit.models.lora import use_scheduler
+    from qvedit.models.step_cache import use_step_cache
     from qvedit.outputs import ClipOutputs
+    from qvedit.settings.anchor import AnchorSettings
+    from qvedit.settings.guidance import TTLGSettings
+    from qvedit.settings.model import PerfSettings
+    from qvedit.settings.run import PIPELINE_CONDITION_AREA, RunSettings
 
     init, edges = make_inputs(size, work)
     cuda = pipe.device.type == "cuda"
     timer = PartTimer(cuda)
-    from qvedit.models.lora import use_scheduler
-
-    from qvedit.models.settings import PerfSettings
-    from qvedit.models.step_cache import use_step_cache
 
     cond_output = variant.endswith("_cond_output")
     guided = "edge_gram" in variant
@@ -231,53 +227,6 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     return row
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Adds ratios to the plain call and the cost of a guided step, per size."""
-    for row in rows:
-        same_size = {r["variant"]: r for r in rows if r["size"] == row["size"]}
-        if "plain" in same_size:
-            row["ratio_to_plain"] = row["seconds_per_frame"] / same_size["plain"]["seconds_per_frame"]
-        base = same_size.get(row["variant"].replace("edge_gram", "off").replace("_tiny", "").removesuffix("_decode512")
-                             .removesuffix("_nocache"))
-        if row.get("guided_steps") and base and base is not row:
-            extra = row["seconds_per_frame"] - base["seconds_per_frame"]
-            row["added_s_per_guided_step"] = extra / row["guided_steps"]
-            row["added_fraction"] = extra / base["seconds_per_frame"]
-        reference = same_size.get(uncached(row["variant"]))
-        if reference is not None and reference is not row:
-            row["speedup_vs_uncached"] = reference["seconds_per_frame"] / row["seconds_per_frame"]
-    return rows
-
-
-def compare_frames(rows: list[dict], frames: dict) -> None:
-    """Each cached variant's frame against its uncached variant's (same size), in 8-bit levels: max and mean over
-    pixels and channels. ``frames``: (size, variant) -> (H, W, 3) uint8."""
-    for row in rows:
-        reference = frames.get((row["size"], uncached(row["variant"])))
-        frame = frames.get((row["size"], row["variant"]))
-        if reference is not None and frame is not None and uncached(row["variant"]) != row["variant"]:
-            levels = np.abs(frame.astype(np.int16) - reference.astype(np.int16))
-            row["levels_vs_uncached_max"], row["levels_vs_uncached_mean"] = int(levels.max()), float(levels.mean())
-
-
-def markdown(report: dict) -> str:
-    lines = [f"{report['device']}, torch {report['torch']}, diffusers {report['diffusers']}, {report['date']}, "
-             f"model={report['model']}" + (f" ({RANDOM_WEIGHTS})" if report["model"] == "random_full" else "")
-             + (f"; {report['tiny_decoder']}" if report.get("tiny_decoder") else ""), "",
-             "| size | steps | variant | s/frame | vs plain | prompt s | transformer s/step | decode s | peak GiB "
-             "| s per guided step | steps in full | x vs uncached | levels vs uncached (max / mean) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in report["rows"]:
-        def f(key, fmt="{:.3f}"):
-            return fmt.format(r[key]) if r.get(key) is not None else "-"
-        lines.append(f"| {r['size']}² | {r['steps']} | {r['variant']} | {f('seconds_per_frame', '{:.2f}')} | "
-                     f"{f('ratio_to_plain')} | {f('prompt_encoding_s')} | {f('transformer_s_per_step')} | "
-                     f"{f('decode_s')} | {f('peak_gib', '{:.1f}')} | {f('added_s_per_guided_step')} | "
-                     f"{f('steps_in_full', '{}')} | {f('speedup_vs_uncached', '{:.2f}')} | "
-                     f"{f('levels_vs_uncached_max', '{}')} / {f('levels_vs_uncached_mean', '{:.2f}')} |")
-    return "\n".join(lines) + "\n"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0],
                                      epilog="Each variant is described in the module's docstring (qvedit/bench.py); "
@@ -295,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="VARIANT", help=f"what to time, in this order: {', '.join(VARIANTS)} (default: "
                                                 "plain off edge_gram)")
     parser.add_argument("--attention-backend", default=None, help="perf.attention_backend for every variant")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="default: fp32 for the tiny model, bf16 for random_full (the fp8 variants need bf16)")
     parser.add_argument("--out", default=None, help="folder for bench.json and bench.md (default: a new "
                                                     "runs/bench/<date>/<time>/, as a run's folder)")
@@ -307,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / "bench" / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
 
     from qvedit.errors import QveditError
-    from qvedit.models.settings import PerfSettings
+    from qvedit.models.perf import apply_perf, check_perf
+    from qvedit.settings.model import PerfSettings
 
     dtype = args.dtype or ("fp32" if args.model == "tiny" else "bf16")
     stages = [([v for v in args.variants if not stage_of(v)], {}, False)]
@@ -317,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
               for variants, perf, reload in stages if variants]
     try:
         for _, perf, _ in stages:
-            perf.check(args.device, dtype)
+            check_perf(perf, args.device, dtype)
     except QveditError as err:
         print(f"qvedit.bench: error: {err}")
         return 2
@@ -335,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 if number == 0:
                     progress(f"warm-up: {variants[0]} at {min(args.sizes)}², 2 steps")
                     run_variant(pipe, variants[0], min(args.sizes), 2, 0, work)  # warm-up: kernels, allocator
-            perf.apply(pipe)
+            apply_perf(pipe, perf)
             for size in args.sizes:
                 for variant in variants:
                     done += 1
@@ -361,14 +311,15 @@ def progress(line: str) -> None:
 
 def cpu_warnings(model: str, device: str, sizes: list[int], variants: list[str]) -> list[str]:
     """What ``python -m qvedit`` would warn of on the CPU for these sizes and variants (none on a GPU)."""
-    from qvedit.config import PIPELINE_CONDITION_AREA, RunSettings
-    from qvedit.editor import cpu_speed_warnings
+    from qvedit.plan import ClipPlan, cpu_speed_warnings
+    from qvedit.settings.run import PIPELINE_CONDITION_AREA, RunSettings
 
     areas = {"output" if v.endswith("_cond_output") else PIPELINE_CONDITION_AREA for v in variants}
     found = []
     for size in sizes:
         for area in sorted(areas, key=str):
-            for warning in cpu_speed_warnings(device, RunSettings(condition_area=area), (size, size),
+            settings = RunSettings(condition_area=area)
+            for warning in cpu_speed_warnings(device, settings, ClipPlan.sized(settings, (size, size), 1),
                                               model == "random_full"):
                 if warning not in found:
                     found.append(warning)
@@ -377,27 +328,12 @@ def cpu_warnings(model: str, device: str, sizes: list[int], variants: list[str])
 
 def load_pipeline(model: str, device: str, dtype: str, perf=None):
     """The tiny or random_full pipeline (``perf``: the settings that change it for good, applied as it loads)."""
-    from qvedit.models.settings import RandomFullModel, TinyModel
+    from qvedit.models.loading import load_pipeline as load
+    from qvedit.settings.model import RandomFullModel, TinyModel
 
-    pipe = (TinyModel.in_cache() if model == "tiny" else RandomFullModel()).load(device, dtype, perf)
+    pipe = load(TinyModel.in_cache() if model == "tiny" else RandomFullModel(), device, dtype, perf)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def write_report(rows: list[dict], model: str, device: torch.device, out: Path) -> dict:
-    import diffusers
-
-    report = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU", "torch": torch.__version__,
-              "diffusers": diffusers.__version__, "date": time.strftime("%Y-%m-%d"), "model": model,
-              "rows": summarise(rows)}
-    if model == "random_full":
-        report["note"] = RANDOM_WEIGHTS
-    if any("_tiny" in r["variant"] or r["variant"].startswith("fastest") for r in rows):
-        report["tiny_decoder"] = "ttlg.tiny_decoder=random: the tiny decoder's cost, not its images"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
-    (out / "bench.md").write_text(markdown(report))
-    return report
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import torch
 
-from qvedit.config import DTYPE_NAMES
 from qvedit.errors import QveditError
+from qvedit.settings.run import DTYPE_NAMES
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 assert tuple(DTYPES) == DTYPE_NAMES
@@ -71,13 +71,11 @@ def out_of_memory_message(index: int, size: tuple[int, int], device: torch.devic
 
 
 @contextlib.contextmanager
-def frame_memory(index: int, size: tuple[int, int], pipe) -> Iterator[None]:
-    """Running out of memory inside frame ``index`` (generated at ``size`` = (W, H) by ``pipe``) becomes
-    one line (``out_of_memory_message``) instead of a traceback."""
+def frame_memory(index: int, size: tuple[int, int], pipe, device: torch.device) -> Iterator[None]:
+    """Running out of memory inside frame ``index`` (generated at ``size`` = (W, H) by ``pipe`` on ``device``,
+    its execution device) becomes one line (``out_of_memory_message``) instead of a traceback."""
     try:
         yield
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
-        from qvedit.models.diffusers_compat import execution_device
-
         offloaded = bool({"offload", "group_offload"} & set(pipe.__dict__.get("_qvedit_perf", ())))
-        raise QveditError(out_of_memory_message(index, size, execution_device(pipe), offloaded, err)) from None
+        raise QveditError(out_of_memory_message(index, size, device, offloaded, err)) from None

@@ -9,9 +9,10 @@ that qvedit needs is derived from the tags, never typed:
 - ``path="input"`` / ``path="output"``: the value is a file or folder. Paths are left out of sweep
   folder names; output paths are also ignored when the acceptance report pairs guided and
   unguided jobs (where a job writes does not change what it computes).
-- ``min=`` / ``max=`` (numbers, both ends included) and ``choices=`` (the words a key takes): the
-  values a key accepts. ``qvedit.config.check_values`` holds a composed config to them before
-  anything is loaded; a numeric key must state its range (``tests/test_config.py``).
+- ``min=`` / ``max=`` (numbers, both ends included) and ``choices=`` (the words a key takes; for a list
+  key, the words each entry takes): the values a key accepts. ``qvedit.settings.schema.check_values``
+  holds a composed config to them before anything is built or loaded, the one place values are checked;
+  a numeric key must state its range and a key of words its choices (``tests/test_config.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import dataclasses
 import math
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
@@ -83,6 +85,9 @@ def value_problem(key: str, value: Any, field: dataclasses.Field) -> Optional[st
         return path_problem(key, value)
     if not (tags.ranged or tags.choices):
         return None
+    if tags.choices and isinstance(value, Sequence) and not isinstance(value, str):  # a list key: each entry
+        unknown = [entry for entry in value if entry not in tags.choices]
+        return f"{key} names {unknown}: use {', '.join(tags.choices)}" if unknown else None
     if value is None:
         return None if optional(field) else f"{key} is null: set it to {accepted(field)}"
     if isinstance(value, str) and value in tags.choices:
@@ -110,15 +115,6 @@ def path_problem(key: str, value: str) -> Optional[str]:
         return (f"{key}={value[:60]}...: the name {longest[:20]}... is {len(os.fsencode(longest))} bytes, longer than "
                 f"the {NAME_MAX} a file system takes for one name")
     return None
-
-
-def check_fields(settings: Any, prefix: str = "") -> None:
-    """Hold a settings object to its fields' ranges and choices: every problem in one QveditError line."""
-    from qvedit.errors import QveditError
-
-    problems = [value_problem(f"{prefix}{f.name}", getattr(settings, f.name), f) for f in dataclasses.fields(settings)]
-    if any(problems):
-        raise QveditError("; ".join(p for p in problems if p))
 
 
 def nested_schemas(cls: type) -> dict[str, type]:

@@ -1,11 +1,12 @@
-"""One run of ``python -m qvedit``: the objects its config builds, checked before the model loads, and
-the steps that make and publish the clip.
+"""One run of ``python -m qvedit``, from the composed config to the published clip; the one place that
+builds runtime objects from settings.
 
-``Job.prepare(cfg, run_dir, team)`` instantiates every group once and checks everything that can be
-checked without the model (inputs, output folder, resume manifest, device and perf settings, LoRA
-files, optical flow, tracking store); ``job.make()`` loads the model and makes the clip (and its unguided twin with
-``compare_unguided``); ``job.publish(...)`` writes the previews, the video, ``report.html`` and the
-summary, and fills the tracking run.
+``run(cfg, run_dir)`` is the whole path: every value checked against the schema (``check_values``), the
+torchrun team started, then ``Job.prepare(cfg, settings, run_dir, team)`` instantiates every group once and
+checks everything that can be checked without the model (inputs and the clip's plan, output folder, resume
+manifest, device and perf settings, LoRA files, optical flow, tracking store); ``job.make()`` loads the
+model and makes the clip (and its unguided twin with ``compare_unguided``); ``job.publish(...)`` writes the
+previews, the video, ``report.html`` and the summary, and fills the tracking run.
 """
 
 from __future__ import annotations
@@ -19,55 +20,78 @@ from typing import Optional
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from qvedit.anchor.settings import AnchorSettings
-from qvedit.config import RunSettings, frame_settings, scale_keys
+from qvedit import locks
 from qvedit.devices import check_device
-from qvedit.editor import cpu_speed_warnings, edit_clip
+from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
-from qvedit.guidance.flow import ClipFlow
-from qvedit.guidance.settings import TTLGSettings
+from qvedit.files import drop_staged
+from qvedit.first_frame import START_OVER_KEYS, EditedFirstFrame, FirstFrameEdit
 from qvedit.guidance.tiny_decoder import check_decoder
-from qvedit.io.first_frame import START_OVER_KEYS, EditedFirstFrame, FirstFrameEdit
+from qvedit.io.flow import ClipFlow
 from qvedit.io.frames import FrameWriter
 from qvedit.io.layout import RunLayout
 from qvedit.io.preview import write_comparison, write_previews
-from qvedit.io.settings import DemoIO
-from qvedit.io.source import FrameSource
+from qvedit.io.source import FrameSource, IOSettings, open_source
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.fp8 import torchao_only_for_fp8
-from qvedit.models.loading import availability_problem
-from qvedit.models.parallel import Team
-from qvedit.models.settings import ModelSettings, PerfSettings
+from qvedit.models.loading import availability_problem, load_pipeline
+from qvedit.models.lora import check_model
+from qvedit.models.parallel import Team, start_team
+from qvedit.models.perf import apply_perf, check_perf
 from qvedit.models.step_cache import check_cache
 from qvedit.outputs import ClipOutputs, check_or_record, start_over
-from qvedit.preflight import check_clip
+from qvedit.plan import ClipPlan, cpu_speed_warnings
 from qvedit.report.drift import plot_drift
 from qvedit.report.html import write_run_html
+from qvedit.report.metrics import FrameMetrics
 from qvedit.report.summary import run_summary
 from qvedit.report.tracking import JobTracking
-from qvedit.trust import target_problem
+from qvedit.settings.anchor import AnchorSettings
+from qvedit.settings.guidance import TTLGSettings
+from qvedit.settings.io import DemoIO
+from qvedit.settings.model import ModelSettings, PerfSettings
+from qvedit.settings.run import RunSettings
+from qvedit.settings.schema import check_values, frame_settings, scale_keys
+from qvedit.trust import build
 
 log = logging.getLogger("qvedit")
 
 
-def build(node: DictConfig, **kwargs):
-    """``instantiate`` that lets a QveditError through as itself, not wrapped by Hydra; only qvedit's own
-    ``_target_``s are instantiated (``qvedit.trust``)."""
-    problem = target_problem(node.get("_target_"))
-    if problem:
-        raise QveditError(f"{node._get_full_key(None)}._target_={node.get('_target_')!r} {problem}: use qvedit's own "
-                          "config groups")
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    """Edit the clip ``cfg`` describes into ``run_dir``: the one path from a composed config to the published clip.
+
+    Args:
+        cfg: the composed config (``conf/`` and the command line's overrides).
+        run_dir: the run's folder (Hydra's output folder).
+
+    Returns:
+        The folder the frames went to. A problem the user can fix is a QveditError of one line, raised
+        before the model loads wherever it can be found then.
+    """
+    check_values(cfg)  # every value, before anything is built or loaded
+    settings = RunSettings.of(cfg)
+    parallel = build(cfg.parallel)
+    refuse(parallel.conflict(settings.true_cfg_scale))
+    team = start_team(parallel, settings.device)
     try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, QveditError):
-            raise err.__cause__ from None
-        raise
+        if team.size > 1 and in_sweep():
+            raise QveditError("a torchrun team edits one clip: run sweeps without torchrun (hydra/launcher=ray "
+                              "gives each job its own GPU)")
+        return Job.prepare(cfg, settings, run_dir, team).run()  # ranks other than 0 keep only their share of work
+    finally:
+        team.close()
+        drop_staged()
+        locks.release_all()
+
+
+def refuse(*problems: Optional[str]) -> None:
+    """Raise the first of ``problems`` (the one-line answers of the settings' cross-key rules) that is not None."""
+    for problem in problems:
+        if problem:
+            raise QveditError(problem)
 
 
 def in_sweep() -> bool:
@@ -76,13 +100,16 @@ def in_sweep() -> bool:
 
 @dataclass
 class Job:
+    """One run's objects, each group built once, and the steps that make and publish its clip."""
+
     cfg: DictConfig
     settings: RunSettings
     team: Team
     device: str
     layout: RunLayout
-    io: object
+    io: IOSettings
     source: FrameSource
+    plan: ClipPlan
     outputs: ClipOutputs
     ttlg: TTLGSettings
     model: ModelSettings
@@ -94,36 +121,45 @@ class Job:
     starts_over: bool = False  # the frames folder holds a clip whose frame 0 was another candidate
 
     @classmethod
-    def prepare(cls, cfg: DictConfig, run_dir: Path, team: Team) -> "Job":
-        """Build and check everything a run needs but the model (one instantiation per group)."""
-        settings = RunSettings.of(cfg)
+    def prepare(cls, cfg: DictConfig, settings: RunSettings, run_dir: Path, team: Team) -> "Job":
+        """Build and check everything a run needs but the model (one instantiation per group).
+
+        Args:
+            cfg: the composed config, its values checked (``check_values``).
+            settings: its top-level keys (``RunSettings.of(cfg)``).
+            run_dir: the run's folder.
+            team: this process's place in the torchrun team (a team of one without torchrun).
+
+        Returns:
+            The job, ready to ``run()``.
+        """
         device = team.device or settings.device
         ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
         first_frame_settings = build(cfg.first_frame)
-        torchao_only_for_fp8(perf.quantize)  # before model.check may import diffusers
-        layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, writer=team.is_writer)
+        refuse(model.entry_problem(), first_frame_settings.conflict())
+        torchao_only_for_fp8(perf.quantize)  # before check_model may import diffusers
+        layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, is_main=team.is_main)
         layout.check()
-        source = io.open(layout)  # inputs are checked before the (slow) model load
-        check_clip(settings, source)
-        full_model = type(model) is ModelSettings
-        for warning in cpu_speed_warnings(device, settings, source.init_image().size, full_model):
+        source = open_source(io, layout)  # inputs are checked before the (slow) model load
+        plan = ClipPlan.of(settings, source)  # and what they allow: frame count, sizes
+        for warning in cpu_speed_warnings(device, settings, plan, model.real_weights):
             log.warning(warning)
         # Whether the model can load at all comes first, said together with what fails after it (the VGG
         # weights of the metrics), so one run names every problem a user must fix before loading.
-        unloadable = availability_problem(model.model_id) if full_model and team.is_writer else None
+        unloadable = availability_problem(model.model_id) if model.real_weights and team.is_main else None
         try:
-            model.check()  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
+            check_model(model)  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
             check_decoder(ttlg)  # ttlg.decoder=tiny: its weights file is there and fits
             frames = FrameWriter(layout.frames_dir)
             starts_over = check_or_record(frames.folder, frame_settings(cfg), START_OVER_KEYS)
-            first_frame = FirstFrameEdit.prepare(first_frame_settings, cfg, settings, source, layout, team) \
+            first_frame = FirstFrameEdit.prepare(first_frame_settings, cfg, settings, plan, source, layout, team) \
                 if first_frame_settings.prompt is not None else None
             check_device(device)
-            perf.check(device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
+            check_perf(perf, device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
             check_cache(perf)  # perf.cache: settings diffusers takes
-            outputs = ClipOutputs(frames, layout.metrics_csv, metrics.scorer(device, quality=team.is_writer),
-                                  layout.debug_dir)
+            scorer = FrameMetrics(metrics, device, quality=metrics.quality and team.is_main)  # rank 0 scores frames
+            outputs = ClipOutputs(frames, layout.metrics_csv, scorer, layout.debug_dir)
         except QveditError as err:
             raise QveditError(f"{unloadable}; and {err}" if unloadable else str(err)) from None
         if unloadable:
@@ -132,23 +168,23 @@ class Job:
             log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                      os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
         flow_guided = ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0
-        flow = ClipFlow(flow_settings, source, source.init_image().size, torch.device(device)) \
-            if team.is_writer and (metrics.quality or flow_guided) else None
+        flow = ClipFlow(flow_settings, source, plan.init_size, torch.device(device)) \
+            if team.is_main and (metrics.quality or flow_guided) else None
         sweep_dir = Path(HydraConfig.get().sweep.dir) if in_sweep() else None
-        tracking = JobTracking.start(logger, cfg, run_dir, sweep_dir) if team.is_writer else None
-        return cls(cfg, settings, team, device, layout, io, source, outputs, ttlg, model, perf, flow, tracking, anchor,
-                   first_frame, starts_over)
+        tracking = JobTracking.start(logger, cfg, run_dir, sweep_dir) if team.is_main else None
+        return cls(cfg, settings, team, device, layout, io, source, plan, outputs, ttlg, model, perf, flow, tracking,
+                   anchor, first_frame, starts_over)
 
     def run(self) -> Path:
         """Make and publish the clip; returns its frames folder. A failure marks the tracking run failed."""
         try:
             paths = self.make()
             if self.first_frame_only:
-                if self.team.is_writer:
+                if self.team.is_main:
                     self.publish_first_frame()
             else:
                 unguided_csv = self.make_unguided() if self.settings.compare_unguided and self.ttlg.enabled else None
-                if self.team.is_writer:
+                if self.team.is_main:
                     self.publish(paths, unguided_csv)
         except BaseException:
             if self.tracking is not None:
@@ -162,8 +198,8 @@ class Job:
 
     def make(self) -> list[Path]:
         warn_if_untested_diffusers()
-        self.pipe = self.model.load(self.device, self.settings.dtype, self.perf)
-        self.perf.apply(self.pipe)
+        self.pipe = load_pipeline(self.model, self.device, self.settings.dtype, self.perf)
+        apply_perf(self.pipe, self.perf)
         self.team.share_work(self.pipe)
         if self.first_frame is not None:  # the picked candidate is frame 0 from here on
             self.source = EditedFirstFrame(self.source, self.first_frame.make(self.pipe))
@@ -172,7 +208,7 @@ class Job:
         if self.starts_over:
             self.restart_clip(self.outputs.folder)
         return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow,
-                         self.anchor)
+                         self.anchor, self.plan)
 
     @property
     def first_frame_only(self) -> bool:
@@ -193,7 +229,7 @@ class Job:
             start_over(frames.folder, unguided)
         log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
         edit_clip(self.pipe, self.source, ClipOutputs(frames, metrics_csv, self.outputs.metrics), self.settings,
-                  TTLGSettings(), self.team, self.flow, self.anchor)
+                  TTLGSettings(), self.team, self.flow, self.anchor, self.plan)
         return metrics_csv
 
     def publish(self, paths: list[Path], unguided_csv: Optional[Path]) -> None:

@@ -10,24 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from qvedit.config import schema_fields
-from qvedit.models.settings import LoraSpec
+from qvedit.settings.model import LoraSpec
+from qvedit.settings.schema import CONF_DIR, schema_fields
 
 LIST_ENTRIES = {"model.loras": LoraSpec}  # keys holding a list of entries, and the dataclass an entry is
-
-CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def config_groups() -> dict[str, list[str]]:
     """{group: its options} from ``conf/`` (schema nodes and Hydra's own groups left out)."""
     groups = {}
-    for folder in sorted(p for p in CONF.rglob("*") if p.is_dir()):
-        name = folder.relative_to(CONF).as_posix()
+    for folder in sorted(p for p in CONF_DIR.rglob("*") if p.is_dir()):
+        name = folder.relative_to(CONF_DIR).as_posix()
         options = sorted(p.stem for p in folder.glob("*.yaml"))
         if options and (not name.startswith("hydra") or name == "hydra/launcher"):
             groups[name] = options
@@ -36,7 +33,7 @@ def config_groups() -> dict[str, list[str]]:
 
 def default_options() -> dict[str, str]:
     """{group: option} that ``conf/config.yaml``'s defaults list picks."""
-    entries = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml"))["defaults"]
+    entries = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"))["defaults"]
     return {group: str(option) for entry in entries if isinstance(entry, dict)
             for group, option in entry.items() if not group.startswith("override ") and option is not None}
 

@@ -1,4 +1,5 @@
-"""``python -m qvedit``: the Hydra entry point. Compose, instantiate, run; nothing clever."""
+"""``python -m qvedit``: the command line. The overrides checked before Hydra composes, the Hydra entry point
+(``qvedit.job.run`` makes the clip), and what stopped the run said in one line."""
 
 from __future__ import annotations
 
@@ -18,16 +19,15 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from qvedit import locks, stopping
-from qvedit.config import RunSettings, check_values, register_schemas
+from qvedit import stopping
 from qvedit.errors import QveditError
-from qvedit.files import drop_staged
 from qvedit.io.layout import discard_if_empty, file_in_the_way, record_job_error
-from qvedit.job import Job, build, in_sweep
-from qvedit.launchers import register_plugins
+from qvedit.job import in_sweep, run
 from qvedit.keys import register_help, unknown_config_keys, unknown_overrides
-from qvedit.models.parallel import Team, follower_overrides, torchrun_rank
+from qvedit.launchers import register_plugins
+from qvedit.models.parallel import follower_overrides, torchrun_rank
 from qvedit.report.tuning import trial_objectives
+from qvedit.settings.schema import CONF_DIR, register_schemas
 from qvedit.trust import command_line_problems
 from qvedit.values import hydra_error_line, override_problems
 
@@ -37,30 +37,6 @@ register_help()
 # conf/hydra/launcher/ray.yaml shares its name with hydra-ray-launcher's schema on purpose (the
 # command is hydra/launcher=ray); Hydra 1.3 merges the two as wanted but warns about the name.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
-
-# conf/ sits beside the package (the repository layout); install with `pip install -e .`.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-def run(cfg: DictConfig, run_dir: Path) -> Path:
-    """Edit the clip ``cfg`` describes into ``run_dir``; returns the folder the frames went to."""
-    check_values(cfg)  # every value, before anything is loaded
-    settings = RunSettings.of(cfg)
-    team = build(cfg.parallel).start(settings.device, settings.true_cfg_scale)
-    try:
-        return edit(cfg, run_dir, team)
-    finally:
-        team.close()
-        drop_staged()
-        locks.release_all()
-
-
-def edit(cfg: DictConfig, run_dir: Path, team: Team) -> Path:
-    """``run`` on one rank of ``team``: ranks other than 0 keep nothing but their share of the work."""
-    if team.size > 1 and in_sweep():
-        raise QveditError("a torchrun team edits one clip: run sweeps without torchrun (hydra/launcher=ray "
-                          "gives each job its own GPU)")
-    return Job.prepare(cfg, run_dir, team).run()
 
 
 def stop_message(signum: int) -> str:
@@ -72,7 +48,7 @@ def stop_message(signum: int) -> str:
     return f"qvedit: {how}; {stopping.kept_text()}. Resume with: {stopping.resume_command(HydraConfig.get())}"
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> Optional[tuple]:
     stopping.install(message=stop_message)
     try:

@@ -3,7 +3,7 @@
 Re-running into the same run folder (``hydra.run.dir=RUN``) keeps the finished frames and goes on
 from the first missing one. Per-frame seeding makes the result identical to an uninterrupted run.
 The frames folder remembers the settings its frames were made with (``.qvedit-run.yaml``: the keys
-tagged ``frames=True`` in the schema, see ``qvedit.config.frame_settings``); a re-run whose settings
+tagged ``frames=True`` in the schema, see ``qvedit.settings.schema.frame_settings``); a re-run whose settings
 would change the frames is refused, naming the keys that differ.
 """
 
@@ -17,15 +17,15 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
-from qvedit.anchor.color import LabStats
-from qvedit.config import frame_setting_defaults
 from qvedit.errors import QveditError
 from qvedit.files import write_text_atomic
 from qvedit.guidance.flow import FlowPair
 from qvedit.images import read_rgb8, unusable_image
 from qvedit.io.frames import FrameWriter
+from qvedit.lab import LabStats
 from qvedit.report.confdiff import diff_configs
 from qvedit.report.metrics import FrameMetrics, MetricsLog, complete_rows
+from qvedit.settings.schema import frame_setting_defaults
 from qvedit.stopping import finished, shielded
 
 log = logging.getLogger(__name__)

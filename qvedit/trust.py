@@ -5,9 +5,10 @@ imports and calls whatever a ``_target_`` in its YAML names, some of it (callbac
 before qvedit's code runs. So before Hydra reads a config folder given on the command line, every
 YAML file in it is checked, and ``build`` checks each group's node again before instantiating it:
 
-- a ``_target_`` may only name one of qvedit's settings classes (``qvedit.*.settings``), one of its
-  Hydra callbacks, or a launcher or sweeper of Hydra itself, of the two launcher plugins or of
-  qvedit's Optuna sweeper plugin;
+- a ``_target_`` may only name one of qvedit's settings classes (``qvedit.settings.*``; a run folder
+  written before they moved there names them by their old modules, ``qvedit.<package>.settings``, which
+  are read as the new ones), one of its Hydra callbacks, or a launcher or sweeper of Hydra itself, of
+  the two launcher plugins or of qvedit's Optuna sweeper plugin;
 - logging configs (``hydra.job_logging``, ``hydra.hydra_logging``) may only name ``logging`` classes
   (``class``, ``()``) and write to ``ext://sys.stdout`` or ``ext://sys.stderr``;
 - ``hydra.searchpath`` may not add config folders, which would bring in YAML unchecked.
@@ -30,6 +31,17 @@ PLUGIN_PACKAGES = ("hydra._internal.core_plugins.", "hydra_plugins.hydra_submiti
                    "hydra_plugins.hydra_ray_launcher.", "hydra_plugins.qvedit_optuna.")  # the last: qvedit's own
 LOGGING_KEYS = ("job_logging", "hydra_logging")
 LOG_STREAMS = ("ext://sys.stdout", "ext://sys.stderr")
+# where qvedit's settings classes were before they moved to qvedit.settings (run folders of earlier versions)
+MOVED_SETTINGS = {f"qvedit.{package}.settings.": f"qvedit.settings.{module}." for package, module in (
+    ("models", "model"), ("io", "io"), ("guidance", "guidance"), ("anchor", "anchor"), ("report", "report"))}
+
+
+def current_target(target: Any) -> Any:
+    """``target`` with a settings class's old module replaced by the one it is in now."""
+    for old, new in MOVED_SETTINGS.items():
+        if isinstance(target, str) and target.startswith(old):
+            return new + target.removeprefix(old)
+    return target
 
 
 def _locate(target: str) -> Any:
@@ -59,9 +71,9 @@ def target_problem(target: Any) -> Optional[str]:
     if not isinstance(target, str):
         return "is not a class name"
     if target.startswith("qvedit."):
-        found = _locate(target)
+        found = _locate(current_target(target))
         settings = (isinstance(found, type) and dataclasses.is_dataclass(found)
-                    and found.__module__.startswith("qvedit.") and found.__module__.endswith(".settings"))
+                    and found.__module__.startswith("qvedit.settings."))
         own = isinstance(found, type) and issubclass(found, (Callback, Launcher)) and found.__module__.startswith("qvedit.")
         return None if settings or own else "is not one of qvedit's settings classes or Hydra callbacks"
     if target.startswith(PLUGIN_PACKAGES):
@@ -69,6 +81,36 @@ def target_problem(target: Any) -> Optional[str]:
         return None if isinstance(found, type) and issubclass(found, (Launcher, Sweeper)) else \
             "is not a launcher or sweeper class of Hydra or its launcher plugins"
     return "is not qvedit's (only qvedit's settings and callbacks and the launcher plugins are instantiated)"
+
+
+def build(node, **kwargs):
+    """``hydra.utils.instantiate`` of a config group's node, only when its ``_target_`` is one of qvedit's own
+    (``target_problem``); a QveditError raised while building comes through as itself, not wrapped by Hydra.
+
+    Args:
+        node: a group's node of a composed config (``cfg.ttlg``) or of a run folder's YAML.
+        kwargs: passed on to ``instantiate``.
+
+    Returns:
+        The settings object (``TTLGSettings`` ...).
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from qvedit.errors import QveditError
+
+    target = node.get("_target_")
+    problem = target_problem(target)
+    if problem:
+        raise QveditError(f"{node._get_full_key(None)}._target_={target!r} {problem}: use qvedit's own config groups")
+    if current_target(target) != target:  # a run folder of an earlier version: the class is in qvedit.settings now
+        kwargs["_target_"] = current_target(target)
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, QveditError):
+            raise err.__cause__ from None
+        raise
 
 
 def _walk(node: Any, key: str = "", logging_config: bool = False) -> Iterator[tuple[str, str]]:

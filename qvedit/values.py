@@ -17,10 +17,10 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qvedit.config import QveditConfig, schema_fields
 from qvedit.fields import accepted, nested_schemas, optional, tags_of
-from qvedit.io.settings import IO_OPTIONS
 from qvedit.keys import config_groups
+from qvedit.settings.io import IO_OPTIONS
+from qvedit.settings.schema import QveditConfig, schema_fields
 
 
 def owners(key: str) -> list[type]:

@@ -40,7 +40,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qvedit.models.settings import TinyModel
+from qvedit.models.loading import load_pipeline
+from qvedit.settings.model import TinyModel
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = TinyModel.in_cache().model_id
@@ -49,7 +50,7 @@ TINY_MODEL = TinyModel.in_cache().model_id
 @pytest.fixture
 def tiny_pipe():
     """The process-wide tiny pipeline (qvedit's own loader cache keeps one; built once per machine)."""
-    return TinyModel(TINY_MODEL).load(device="cpu", dtype="fp32")
+    return load_pipeline(TinyModel(TINY_MODEL), device="cpu", dtype="fp32")
 
 
 def write_clip(folder: Path, size=(64, 48), edges=3, seed=0) -> tuple[Path, Path]:

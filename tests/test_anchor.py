@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from qvedit.anchor.settings import THREE_IMAGE_PROMPT, AnchorSettings
-from qvedit.config import RunSettings
 from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
-from qvedit.guidance.settings import TTLGSettings
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.outputs import ClipOutputs, check_or_record
+from qvedit.settings.anchor import THREE_IMAGE_PROMPT, AnchorSettings
+from qvedit.settings.guidance import TTLGSettings
+from qvedit.settings.run import RunSettings
 from tests.browser import assert_page_is_whole, open_in_chromium
 from tests.conftest import REPO, run_qvedit, write_clip
 
@@ -96,7 +96,7 @@ def test_colour_anchor_changes_what_the_next_frame_follows(tiny_pipe, tmp_path):
 def test_resume_refuses_other_anchor_settings_listing_the_key(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from qvedit.config import frame_settings, register_schemas
+    from qvedit.settings.schema import frame_settings, register_schemas
 
     register_schemas()
 

@@ -30,11 +30,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from qvedit.config import register_schemas
 from qvedit.errors import QveditError
 from qvedit.files import PARTIAL_GLOB
-from qvedit.main import run
-from qvedit.models.settings import TinyModel
+from qvedit.job import run
+from qvedit.settings.model import TinyModel
+from qvedit.settings.schema import register_schemas
 from tests.conftest import REPO, TINY_MODEL
 
 register_schemas()
@@ -209,7 +209,7 @@ def failing_manifest(t, ctx):
 def out_of_memory(error: type, at_call: int):
     """The transformer raises ``error`` on its ``at_call``-th call (4 calls a frame: 2 steps, true CFG)."""
     def setup(t, ctx):
-        pipe = TinyModel(TINY_MODEL).load(device="cpu", dtype="fp32")
+        pipe = load_pipeline(TinyModel(TINY_MODEL), device="cpu", dtype="fp32")
         calls, forward = [], pipe.transformer.forward
 
         def failing(*args, **kwargs):

@@ -3,12 +3,12 @@
 import json
 
 from qvedit import bench
-from qvedit.models.settings import PerfSettings
 from qvedit.models.step_cache import fresh_steps
+from qvedit.settings.model import PerfSettings
 
 
 def test_cached_and_tiny_decoder_variants_report_speed_and_frame_difference(tmp_path, tiny_pipe, monkeypatch):
-    monkeypatch.setattr("qvedit.config.PIPELINE_CONDITION_AREA", 32 * 32)  # small conditions: seconds on the CPU
+    monkeypatch.setattr("qvedit.settings.run.PIPELINE_CONDITION_AREA", 32 * 32)  # small conditions: seconds on the CPU
     assert bench.main(["--model", "tiny", "--device", "cpu", "--sizes", "32", "--steps", "6", "--variants", "off",
                        "off_cache", "lightning_off", "lightning_edge_gram_tiny", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())

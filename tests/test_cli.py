@@ -25,7 +25,7 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(tmp_path):
     page = assert_page_is_whole(tmp_path / "report.html")  # real headless Chromium
     assert [src for src, _ in page["images"]] == ["compare_unguided.gif", "preview.gif", "preview.png"]
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
-    assert saved["model"]["_target_"] == "qvedit.models.settings.TinyModel"
+    assert saved["model"]["_target_"] == "qvedit.settings.model.TinyModel"
     assert "experiment=demo" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
     out = result.stdout
     assert "guidance edge 1, gram 0.2: 8 of 8 denoising steps per frame took a guidance step" in out
@@ -211,7 +211,7 @@ def test_a_missing_option_hydra_finds_while_composing_names_the_closest(tmp_path
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from qvedit.config import register_schemas
+    from qvedit.settings.schema import register_schemas
     from qvedit.values import hydra_error_line
     from tests.conftest import REPO
 

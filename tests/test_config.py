@@ -1,18 +1,24 @@
 """Every config in conf/ composes against the schema and instantiates; typos fail at compose time."""
 
+import re
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from qvedit.config import register_schemas
 from qvedit.errors import QveditError
-from qvedit.guidance.settings import TTLGSettings
+from qvedit.fields import tags_of
 from qvedit.io.layout import RunLayout
-from qvedit.io.source import FrameSource
-from qvedit.main import build as instantiate
-from qvedit.models.settings import TinyModel
-from qvedit.report.settings import MetricsSettings
+from qvedit.io.source import FrameSource, open_source
+from qvedit.models.loading import load_pipeline
+from qvedit.report.metrics import FrameMetrics
+from qvedit.settings.guidance import TTLGSettings
+from qvedit.settings.model import TinyModel
+from qvedit.settings.report import MetricsSettings
+from qvedit.settings.schema import check_values, register_schemas, schema_fields
+from qvedit.trust import build as instantiate
 from tests.conftest import REPO
 
 CONF = REPO / "conf"
@@ -62,7 +68,7 @@ def test_every_io_config_instantiates(name, clip, tmp_path):
     else:
         overrides = [f"io={name}", f"io.init_frame={init}", f"io.edge_frames_dir={edges}"]
     io = instantiate(make(overrides).io)
-    source = io.open(RunLayout.resolve(tmp_path / "run", io, MetricsSettings()))
+    source = open_source(io, RunLayout.resolve(tmp_path / "run", io, MetricsSettings()))
     assert isinstance(source, FrameSource) and len(source) >= 1
     if name == "demo_long":
         assert len(source) == 3 and source.has_source_frames
@@ -71,7 +77,7 @@ def test_every_io_config_instantiates(name, clip, tmp_path):
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_composes(name):
     cfg = make([f"experiment={name}"])
-    assert cfg.model._target_.startswith("qvedit.models.settings.")
+    assert cfg.model._target_.startswith("qvedit.settings.model.")
 
 
 def test_every_model_config_instantiates_or_says_why(tiny_pipe):
@@ -80,18 +86,18 @@ def test_every_model_config_instantiates_or_says_why(tiny_pipe):
         model = instantiate(cfg.model)
         if name == "tiny":
             assert model == TinyModel.in_cache()  # the folder conf/model/tiny.yaml names is the one bench uses
-            assert model.load(device="cpu", dtype="fp32") is tiny_pipe
+            assert load_pipeline(model, device="cpu", dtype="fp32") is tiny_pipe
         elif name == "random_full":  # timing only, on a GPU
             with pytest.raises(QveditError, match="needs a GPU"):
-                model.load(device="cpu", dtype="bf16")
+                load_pipeline(model, device="cpu", dtype="bf16")
         else:  # real weights cannot be fetched here: the error says what to do instead
             with pytest.raises(QveditError, match="model.model_id=/path"):
-                model.load(device="cpu", dtype="fp32")
+                load_pipeline(model, device="cpu", dtype="fp32")
 
 
 @pytest.mark.parametrize("name", options("metrics"))
 def test_every_metrics_config_instantiates(name):
-    metrics = instantiate(make([f"metrics={name}", "metrics.vgg_weights=random"]).metrics).scorer("cpu")
+    metrics = FrameMetrics(instantiate(make([f"metrics={name}", "metrics.vgg_weights=random"]).metrics), "cpu")
     assert metrics.columns[0] == "frame" and ("edge_loss" in metrics.columns) == (name != "none")
 
 
@@ -124,11 +130,38 @@ def test_misspelt_key_in_a_yaml_file_fails(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("lr", -1.0, "ttlg.lr"), ("every", 0, "ttlg.every"), ("edge_op", "canny", "canny"),
+    ("ttlg.lr", -1.0, "ttlg.lr=-1.0 is out of range: use a number >= 0"),
+    ("ttlg.every", 0, "ttlg.every=0 is out of range: use an integer >= 1"),
+    ("ttlg.edge_op", "canny", "ttlg.edge_op='canny' is not valid: use sobel or laplacian"),
+    ("ttlg.temporal_mode", "warp", "ttlg.temporal_mode='warp' is not valid: use plain or flow"),
+    ("ttlg.vgg_weights", "vgg19", "ttlg.vgg_weights='vgg19' is not valid: use imagenet or random"),
+    ("flow.method", "farneback", "flow.method='farneback' is not valid: use dis or raft"),
+    ("flow.size", 4, "flow.size=4 is out of range: use an integer >= 16, or null"),
+    ("flow.raft_weights", "imagenet", "flow.raft_weights='imagenet' is not valid: use pretrained or random"),
+    ("io.resize", "cubic", "io.resize='cubic' is not valid: use area or nearest"),
+    ("io.edge_op", "canny", "io.edge_op='canny' is not valid: use sobel or laplacian"),
+    ("metrics.vgg_weights", "vgg19", "metrics.vgg_weights='vgg19' is not valid: use imagenet or random"),
+    ("logger.backend", "wandb", "logger.backend='wandb' is not valid: use none or mlflow"),
+    ("tuning.objectives", ["edge_loss", "psnr"], "tuning.objectives names ['psnr']: use edge_loss, gram_loss, "
+                                                 "warp_error"),
 ])
-def test_bad_ttlg_values_are_clear_errors(key, value, message):
-    with pytest.raises(QveditError, match=message):
-        TTLGSettings(**{key: value})
+def test_a_value_its_key_does_not_take_is_one_line_before_anything_is_built(key, value, message):
+    cfg = OmegaConf.create({})
+    OmegaConf.update(cfg, key, value)
+    with pytest.raises(QveditError, match=re.escape(message)) as info:
+        check_values(cfg)
+    assert "\n" not in str(info.value)
+
+
+FREE_TEXT = {"prompt", "negative_prompt", "device", "anchor.prompt", "first_frame.prompt", "first_frame.negative_prompt",
+             "logger.experiment_name", "perf.attention_backend"}  # diffusers' kernels: checked as they are set
+
+
+def test_every_key_that_takes_words_names_them():
+    untagged = [key for key, f in schema_fields().items() if f.type in ("str", "Optional[str]")
+                and tags_of(f).path is None and not tags_of(f).choices and key not in FREE_TEXT]
+    assert not untagged, f"give these keys choices=(...) or add them to FREE_TEXT: {untagged}"
+    assert tags_of(schema_fields()["tuning.objectives"]).choices  # a list: each entry is one of its words
 
 
 def readme_key_rows() -> dict[str, str]:
@@ -153,9 +186,9 @@ def schema_defaults() -> dict[str, object]:
     """Every key of the schema (every io option included) with its default."""
     import dataclasses
 
-    from qvedit.config import QveditConfig
     from qvedit.fields import nested_schemas
-    from qvedit.io.settings import IO_OPTIONS
+    from qvedit.settings.io import IO_OPTIONS
+    from qvedit.settings.schema import QveditConfig
 
     def walk(cls, prefix=""):
         nested = nested_schemas(cls)

@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from qvedit.config import PIPELINE_CONDITION_AREA
 from qvedit.models import diffusers_compat as compat
+from qvedit.settings.run import PIPELINE_CONDITION_AREA
 
 
 @pytest.mark.parametrize("adaptation", compat.ADAPTATIONS, ids=[a.name for a in compat.ADAPTATIONS])

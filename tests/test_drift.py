@@ -9,13 +9,14 @@ import torch
 from PIL import Image
 from skimage import color as skcolor
 
-from qvedit.anchor.color import ColorAnchor, LabStats, color_drift, lab_stats, match_histogram, match_mean_std
-from qvedit.anchor.settings import AnchorSettings
+from qvedit.anchor.color import ColorAnchor, match_histogram, match_mean_std
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.guidance.losses import color_loss
 from qvedit.images import to_tensor
 from qvedit.io.frames import FrameFolders
+from qvedit.lab import LabStats, color_drift, lab_stats
 from qvedit.report.drift import clip_trends, edge_offset_px, judge_drift, trend
+from qvedit.settings.anchor import AnchorSettings
 
 
 def lab_image(lab: np.ndarray) -> Image.Image:

@@ -10,14 +10,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from qvedit.config import register_schemas
 from qvedit.editor import frame_seed
 from qvedit.errors import QveditError
+from qvedit.first_frame import FirstFrameEdit, candidate_seed
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.images import to_tensor
-from qvedit.io.first_frame import FirstFrameEdit, candidate_seed
 from qvedit.io.frames import FrameFolders
-from qvedit.main import run
+from qvedit.job import run
+from qvedit.settings.schema import register_schemas
 from tests.browser import assert_page_is_whole
 from tests.conftest import REPO, run_qvedit, write_clip
 

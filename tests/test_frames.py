@@ -56,7 +56,6 @@ def test_edge_frames_are_resized_to_the_init_size(tmp_path):
     ("empty_dir", "no edge frames"),
     ("only_hidden", "no edge frames"),
     ("text_as_png", "cannot read image .*bad.png"),
-    ("bad_resize", "io.resize='cubic'"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, case, message):
     init = tmp_path / "init.png"
@@ -81,8 +80,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path, case, message):
         (edges / "1.png").rename(edges / ".1.png")
     elif case == "text_as_png":
         (edges / "bad.png").write_text("not an image")
-    elif case == "bad_resize":
-        args["resize"] = "cubic"
     with pytest.raises(QveditError, match=message) as info:
         FrameFolders(**args)
     assert "\n" not in str(info.value)

@@ -7,21 +7,21 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
-from qvedit.config import RunSettings
 from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
+from qvedit.files import cache_dir
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
+from qvedit.guidance.flow import warp_error
 from qvedit.guidance.guide import Guide, normalised_step
-from qvedit.guidance.settings import TTLGSettings
 from qvedit.images import to_tensor as pil_to_tensor
-from qvedit.files import cache_dir
-from qvedit.guidance.flow import ClipFlow, warp_error
-from qvedit.guidance.settings import FlowSettings
 from qvedit.io.demo import DEMO_FOLDER, demo_clip
+from qvedit.io.flow import ClipFlow
 from qvedit.io.frames import FrameWriter
 from qvedit.models.diffusers_compat import LatentDecoder, condition_area, record_velocity
 from qvedit.outputs import ClipOutputs
+from qvedit.settings.guidance import FlowSettings, TTLGSettings
+from qvedit.settings.run import RunSettings
 from tests.conftest import REPO
 
 

@@ -16,13 +16,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
-from qvedit.config import folder_name_excluded_keys, frame_settings, register_schemas
 from qvedit.errors import QveditError
-from qvedit.main import run
-from qvedit.models import loading
+from qvedit.job import run
+from qvedit.models import cache
+from qvedit.models.loading import load_pipeline
 from qvedit.models.lora import LORA_WEIGHT_NAME, lora_path, mismatch, use_scheduler
-from qvedit.models.settings import LoraSpec, TinyModel
 from qvedit.outputs import MANIFEST, check_or_record
+from qvedit.settings.model import LoraSpec, TinyModel
+from qvedit.settings.schema import folder_name_excluded_keys, frame_settings, register_schemas
 from tests.conftest import REPO, TINY_MODEL, write_clip
 
 register_schemas()
@@ -49,7 +50,7 @@ def loras(tmp_path_factory) -> dict[str, Path]:
     from diffusers import QwenImageTransformer2DModel
 
     root = tmp_path_factory.mktemp("loras")
-    transformer = TinyModel(TINY_MODEL).load(device="cpu", dtype="fp32").transformer
+    transformer = load_pipeline(TinyModel(TINY_MODEL), device="cpu", dtype="fp32").transformer
     other = QwenImageTransformer2DModel(**{**transformer.config, "attention_head_dim": 8})
     return {"good": save_lora(root / "good", transformer), "other_shape": save_lora(root / "other", other)}
 
@@ -179,7 +180,7 @@ LIGHTNING = ["experiment=lightning", "model=tiny", "device=cpu", "dtype=fp32", "
 
 def test_experiment_lightning_runs_8_steps_with_its_scheduler_on_the_tiny_model(loras, tmp_path):
     out = execute(tmp_path, lora_override(loras["good"]), "ttlg=edge", base=LIGHTNING)
-    pipe = next(iter(loading._loaded.values()))  # the pipeline the run used, its scheduler as the run left it
+    (pipe,) = cache.held("pipeline")  # the pipeline the run used, its scheduler as the run left it
     scheduler = pipe.scheduler
     assert type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
     assert scheduler.config.base_shift == scheduler.config.max_shift == pytest.approx(math.log(3))
@@ -191,7 +192,7 @@ def test_experiment_lightning_runs_8_steps_with_its_scheduler_on_the_tiny_model(
     recorded = OmegaConf.load(out / MANIFEST)
     assert recorded["model.scheduler"]["base_shift"] == pytest.approx(math.log(3))
     assert recorded["model.loras"] == [{"path": str(loras["good"]), "weight_name": None, "scale": 1.0}]
-    assert TinyModel(TINY_MODEL).load("cpu", "fp32").scheduler.config.shift_terminal == 0.02  # the model's own
+    assert load_pipeline(TinyModel(TINY_MODEL), "cpu", "fp32").scheduler.config.shift_terminal == 0.02  # the model's own
 
 
 def test_a_job_without_scheduler_values_gets_the_models_own_back(tiny_pipe, tmp_path):
@@ -200,7 +201,7 @@ def test_a_job_without_scheduler_values_gets_the_models_own_back(tiny_pipe, tmp_
                  "+model.scheduler.max_shift=1.0986122886681098"]
     plain = frames(execute(tmp_path / "plain"))
     assert frames(execute(tmp_path / "lightning", *lightning))[1] != plain[1]
-    assert next(iter(loading._loaded.values())) is tiny_pipe and tiny_pipe.scheduler is not own
+    assert cache.held("pipeline") == [tiny_pipe] and tiny_pipe.scheduler is not own
     assert frames(execute(tmp_path / "again")) == plain
     assert tiny_pipe.scheduler is own
     use_scheduler(tiny_pipe, {"shift_terminal": None})
@@ -215,7 +216,7 @@ def make(overrides):
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "ttlg").glob("*.yaml")))
 @pytest.mark.parametrize("experiment, steps", [("lightning", 8), ("lightning_4step", 4)])
 def test_lightning_composes_with_every_ttlg_preset(experiment, steps, preset):
-    from qvedit.job import build
+    from qvedit.trust import build
 
     cfg = make([f"experiment={experiment}", f"ttlg={preset}"])
     ttlg = build(cfg.ttlg)

@@ -8,19 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit.report import metrics as metrics_module
-from qvedit.guidance.edges import edges_to_uint8, sobel_edges
-from qvedit.config import RunSettings
 from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.images import to_tensor as pil_to_tensor
+from qvedit.io.flow import ClipFlow
 from qvedit.io.frames import FrameFolders, FrameWriter
+from qvedit.models import cache
 from qvedit.outputs import ClipOutputs
-from qvedit.guidance.settings import TTLGSettings
-from qvedit.guidance.flow import ClipFlow
-from qvedit.guidance.settings import FlowSettings
 from qvedit.report.metrics import FrameMetrics
-from qvedit.report.settings import MetricsSettings
+from qvedit.settings.guidance import FlowSettings, TTLGSettings
+from qvedit.settings.report import MetricsSettings
+from qvedit.settings.run import RunSettings
 
 
 def scene(seed=0, size=(48, 40)):
@@ -57,9 +56,14 @@ def test_columns(metrics):
     assert FrameMetrics(MetricsSettings(quality=False)).columns == ["frame", "seconds", "guided_steps", "peak_mem_mib"]
 
 
+def forget(kind: str, monkeypatch) -> None:
+    """For this test, the process holds no model of ``kind`` (those it holds come back after)."""
+    monkeypatch.setattr(cache, "_held", {key: model for key, model in cache._held.items() if key[0] != kind})
+
+
 def test_without_lpips_the_lpips_columns_are_skipped_with_one_warning(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "lpips", None)  # import lpips -> ImportError
-    monkeypatch.setattr(metrics_module, "_models", {})
+    forget("lpips", monkeypatch)
     with caplog.at_level(logging.WARNING):
         first = FrameMetrics(MetricsSettings(vgg_weights="random"))
         FrameMetrics(MetricsSettings(vgg_weights="random"))
@@ -69,7 +73,7 @@ def test_without_lpips_the_lpips_columns_are_skipped_with_one_warning(monkeypatc
 
 def test_lpips_offline_without_vgg_weights_says_where_they_go(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(metrics_module, "_models", {})
+    forget("lpips", monkeypatch)
 
     def offline(*args, **kwargs):
         raise OSError("no network")
@@ -115,7 +119,7 @@ def test_clip_consistency_is_the_cosine_of_consecutive_embeddings(monkeypatch):
     from qvedit.report import clip
 
     monkeypatch.setitem(sys.modules, "open_clip", FakeOpenClip)
-    monkeypatch.setattr(clip, "_loaded", {})
+    forget("clip", monkeypatch)
     metrics = FrameMetrics(MetricsSettings(vgg_weights="random"))
     assert "clip_consistency" in metrics.columns
     red, orange = Image.new("RGB", (16, 16), (200, 0, 0)), Image.new("RGB", (16, 16), (200, 100, 0))
@@ -129,7 +133,7 @@ def test_without_open_clip_the_clip_column_is_skipped_with_one_warning(monkeypat
     from qvedit.report import clip
 
     monkeypatch.setitem(sys.modules, "open_clip", None)
-    monkeypatch.setattr(clip, "_loaded", {})
+    forget("clip", monkeypatch)
     with caplog.at_level(logging.WARNING):
         first = FrameMetrics(MetricsSettings(vgg_weights="random"))
         FrameMetrics(MetricsSettings(vgg_weights="random"))

@@ -15,11 +15,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from omegaconf import OmegaConf
 
 from conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 from qvedit.errors import QveditError
-from qvedit.models.parallel import Team, follower_overrides
-from qvedit.models.settings import ParallelSettings
+from qvedit.models.parallel import Team, follower_overrides, start_team
+from qvedit.settings.model import ParallelSettings
+from qvedit.settings.schema import check_values
 
 CLIP = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram", "ttlg.last_steps=3"]
 
@@ -27,7 +29,7 @@ CLIP = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram", "ttlg.last_steps=3"]
 def compose(*overrides):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from qvedit.config import register_schemas
+    from qvedit.settings.schema import register_schemas
 
     register_schemas()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -42,7 +44,7 @@ def join(rank: int, rendezvous: Path) -> Team:
 def plumbing_worker(rank: int, rendezvous: Path, out: Path) -> None:
     team = join(rank, rendezvous)
     try:
-        assert team.agree({"rank": rank}) == {"rank": 0}
+        assert team.broadcast({"rank": rank}) == {"rank": 0}
         latents = torch.full((1, 4, 3), float(rank))
 
         def guidance(pipe, step, timestep, tensors):
@@ -62,19 +64,20 @@ def test_rank0_guidance_and_values_reach_every_rank(tmp_path):
 
 
 def editor_worker(rank: int, rendezvous: Path, shared: Path) -> None:
-    from qvedit.main import edit
+    from qvedit.job import Job
+    from qvedit.settings.run import RunSettings
 
     torch.set_num_threads(1)
     team = join(rank, rendezvous)
     try:
         cfg = compose("max_frames=4", f"io.out_frames_dir={shared / 'frames'}")
-        edit(cfg, shared / f"run{rank}", team)
+        Job.prepare(cfg, RunSettings.of(cfg), shared / f"run{rank}", team).run()
     finally:
         dist.destroy_process_group()
 
 
 def test_a_team_resumes_from_rank0s_frames_and_only_rank0_writes(tmp_path):
-    from qvedit.main import run
+    from qvedit.job import run
 
     torch.set_num_threads(1)
     whole = run(compose("max_frames=4", f"io.out_frames_dir={tmp_path / 'whole'}"), tmp_path / "whole_run")
@@ -96,32 +99,29 @@ def test_a_team_resumes_from_rank0s_frames_and_only_rank0_writes(tmp_path):
 
 def test_degrees_must_match_the_torchrun_process_count(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert ParallelSettings().start("cpu").size == 1
+    assert start_team(ParallelSettings(), "cpu").size == 1
     with pytest.raises(QveditError, match="torchrun --nproc-per-node 2"):
-        ParallelSettings(ulysses_degree=2).start("cuda")
+        start_team(ParallelSettings(ulysses_degree=2), "cuda")
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(QveditError, match="torchrun started 4 processes but the parallel.* degrees multiply to 2"):
-        ParallelSettings(ring_degree=2).start("cuda")
+        start_team(ParallelSettings(ring_degree=2), "cuda")
     with pytest.raises(QveditError, match="multiply to 1"):
-        ParallelSettings().start("cuda")
+        start_team(ParallelSettings(), "cuda")
     with pytest.raises(QveditError, match="out of range: use an integer >= 1"):
-        ParallelSettings(ulysses_degree=0).start("cuda")
+        check_values(OmegaConf.create({"parallel": {"ulysses_degree": 0}}))
     with pytest.raises(QveditError, match="device=cpu: context parallelism"):
-        ParallelSettings(ulysses_degree=2, ring_degree=2).start("cpu")
+        start_team(ParallelSettings(ulysses_degree=2, ring_degree=2), "cpu")
     with pytest.raises(QveditError, match="torchrun started 4 processes but the parallel.* degrees multiply to 2"):
-        ParallelSettings(cfg_degree=2).start("cuda")
-    ParallelSettings(cfg_degree=2, ulysses_degree=2).check(4.0)  # one pair of GPUs per CFG pass: 4 processes
+        start_team(ParallelSettings(cfg_degree=2), "cuda")
+    assert ParallelSettings(cfg_degree=2, ulysses_degree=2).conflict(4.0) is None  # a pair of GPUs per CFG pass
     with pytest.raises(QveditError, match="device=cpu: context parallelism"):
-        ParallelSettings(cfg_degree=2, ulysses_degree=2).start("cpu")
+        start_team(ParallelSettings(cfg_degree=2, ulysses_degree=2), "cpu")
 
 
-@pytest.mark.parametrize("settings, true_cfg_scale, message", [
-    (ParallelSettings(cfg_degree=3), 4.0, "from 1 to 2"),
-    (ParallelSettings(cfg_degree=2), 1.0, "raise true_cfg_scale above 1"),
-])
-def test_cfg_parallelism_is_refused_where_it_cannot_work(settings, true_cfg_scale, message):
-    with pytest.raises(QveditError, match=message):
-        settings.check(true_cfg_scale)
+def test_cfg_parallelism_is_refused_where_it_cannot_work():
+    with pytest.raises(QveditError, match="from 1 to 2"):
+        check_values(OmegaConf.create({"parallel": {"cfg_degree": 3}}))
+    assert "raise true_cfg_scale above 1" in ParallelSettings(cfg_degree=2).conflict(1.0)
 
 
 def test_cfg_parallel_torchrun_on_two_cpu_processes_gives_the_single_process_frames(tmp_path):

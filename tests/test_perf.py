@@ -7,21 +7,22 @@ import pytest
 
 from qvedit.bench import main as bench_main
 from qvedit.errors import QveditError
-from qvedit.models.settings import PerfSettings
+from qvedit.models.perf import apply_perf, check_perf
+from qvedit.settings.model import PerfSettings
 
 
 def test_unknown_attention_backend_is_a_clear_error(tiny_pipe):
     with pytest.raises(QveditError, match="perf.attention_backend='no-such-kernel'"):
-        PerfSettings(attention_backend="no-such-kernel").apply(tiny_pipe)
+        apply_perf(tiny_pipe, PerfSettings(attention_backend="no-such-kernel"))
 
 
 def test_text_encoder_offload_needs_a_gpu(tiny_pipe):
     with pytest.raises(QveditError, match="needs a CUDA device"):
-        PerfSettings(offload_text_encoder=True).apply(tiny_pipe)
+        apply_perf(tiny_pipe, PerfSettings(offload_text_encoder=True))
 
 
 def test_default_perf_changes_nothing(tiny_pipe):
-    PerfSettings().apply(tiny_pipe)
+    apply_perf(tiny_pipe, PerfSettings())
     assert "encode_prompt" not in vars(tiny_pipe)
 
 
@@ -62,8 +63,8 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from qvedit.models import fp8  # noqa: E402
-from qvedit.models.settings import FP8_KEEP_BF16  # noqa: E402
+from qvedit.models import fp8# noqa: E402
+from qvedit.settings.model import FP8_KEEP_BF16# noqa: E402
 from tests.conftest import REPO, SAFETY_TIMEOUT_S, TINY_MODEL, run_qvedit  # noqa: E402
 
 # the tiny transformer (2 blocks): which Linear layers get FP8 matmuls under the default keep list
@@ -149,7 +150,7 @@ def test_fp8_weights_where_the_filter_says(tiny_pipe, monkeypatch):
 ])
 def test_perf_settings_that_cannot_work_are_refused_in_one_line(settings, message):
     with pytest.raises(QveditError, match=message) as info:
-        PerfSettings(**settings).check("cpu", "bf16")
+        check_perf(PerfSettings(**settings), "cpu", "bf16")
     assert "\n" not in str(info.value)
 
 
@@ -157,18 +158,18 @@ def test_fp8_needs_ada_or_newer_bf16_and_torchao(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     with pytest.raises(QveditError, match=r"A100-SXM4-80GB on cuda is 8.0: use perf=fast"):
-        PerfSettings(quantize="fp8").check("cuda", "bf16")
+        check_perf(PerfSettings(quantize="fp8"), "cuda", "bf16")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     with pytest.raises(QveditError, match="dtype=fp16: pass dtype=bf16"):
-        PerfSettings(quantize="fp8").check("cuda", "fp16")
+        check_perf(PerfSettings(quantize="fp8"), "cuda", "fp16")
     monkeypatch.setitem(__import__("sys").modules, "torchao.quantization", None)  # as if not installed
     with pytest.raises(QveditError, match=r"needs torchao's float8 quantization .*pip install 'qvedit\[fp8\]'"):
-        PerfSettings(quantize="fp8").check("cuda", "bf16")
+        check_perf(PerfSettings(quantize="fp8"), "cuda", "bf16")
 
 
 def test_group_offload_with_gpu_and_many_processes_is_refused():
     with pytest.raises(QveditError, match=r"does not combine with parallel.\* degrees \(2 processes\)"):
-        PerfSettings(group_offload=True).check("cuda", "bf16", processes=2)
+        check_perf(PerfSettings(group_offload=True), "cuda", "bf16", processes=2)
 
 
 def test_what_changes_the_loaded_pipeline_is_part_of_its_cache_key():
@@ -193,11 +194,11 @@ def fresh_tiny_pipe():
 
 
 def guided_frame(pipe, clip, folder):
-    from qvedit.config import RunSettings
     from qvedit.editor import edit_clip
-    from qvedit.guidance.settings import TTLGSettings
     from qvedit.io.frames import FrameFolders, FrameWriter
     from qvedit.outputs import ClipOutputs
+    from qvedit.settings.guidance import TTLGSettings
+    from qvedit.settings.run import RunSettings
 
     init, edges = clip
     ttlg = TTLGSettings(edge_scale=1.0, gram_scale=0.2, last_steps=2, vgg_weights="random")
@@ -329,8 +330,8 @@ def test_a_clip_started_in_bf16_is_not_finished_in_fp8(tmp_path):
     import yaml
     from hydra import compose, initialize_config_dir
 
-    from qvedit.config import frame_settings, register_schemas
     from qvedit.outputs import check_or_record
+    from qvedit.settings.schema import frame_settings, register_schemas
     from tests.conftest import REPO
 
     register_schemas()

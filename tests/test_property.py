@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from qvedit.config import register_schemas, schema_fields
 from qvedit.errors import QveditError
 from qvedit.fields import integral, optional, tags_of
+from qvedit.job import run
 from qvedit.keys import unknown_overrides
-from qvedit.main import run
+from qvedit.settings.schema import register_schemas, schema_fields
 from qvedit.values import hydra_error_line, override_problems
 from tests.conftest import REPO, write_clip
 

@@ -2,8 +2,8 @@
 
 from PIL import Image
 
-from qvedit.config import DEFAULT_PROMPT
 from qvedit.report.html import write_run_html
+from qvedit.settings.run import DEFAULT_PROMPT
 from tests.browser import assert_page_is_whole
 
 

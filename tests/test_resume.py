@@ -140,9 +140,10 @@ def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path)
     CFG parallelism gives the single-process frames, so its degree may change."""
     from hydra import compose, initialize_config_dir
 
-    from qvedit.config import frame_settings, register_schemas
-    from qvedit.main import edit
+    from qvedit.job import Job
     from qvedit.models.parallel import Team
+    from qvedit.settings.run import RunSettings
+    from qvedit.settings.schema import frame_settings, register_schemas
 
     register_schemas()
 
@@ -150,9 +151,12 @@ def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path)
         with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
             return compose("config", overrides=[*CLIP, "max_frames=2", *overrides])
 
-    edit(config(), tmp_path, Team())
+    def edit(cfg):  # on a team of one, whatever the degrees ask for
+        return Job.prepare(cfg, RunSettings.of(cfg), tmp_path, Team()).run()
+
+    edit(config())
     with pytest.raises(QveditError, match=r"parallel.ulysses_degree: 1 -> 2") as info:
-        edit(config("parallel.ulysses_degree=2"), tmp_path, Team())
+        edit(config("parallel.ulysses_degree=2"))
     assert "\n" not in str(info.value)
     check_or_record(tmp_path / "frames", frame_settings(config("parallel.cfg_degree=2")))
     assert len(list((tmp_path / "frames").glob("*.png"))) == 2
@@ -163,7 +167,7 @@ def test_a_manifest_written_before_the_settings_were_tagged_still_resumes(tmp_pa
     the same settings and is refused with others."""
     from hydra import compose, initialize_config_dir
 
-    from qvedit.config import frame_settings, register_schemas
+    from qvedit.settings.schema import frame_settings, register_schemas
 
     register_schemas()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):

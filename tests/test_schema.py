@@ -11,9 +11,9 @@ from typing import Optional
 import pytest
 from hydra import compose, initialize_config_dir
 
-from qvedit.config import (QveditConfig, folder_name_excluded_keys, frame_settings, output_path_keys, register_schemas,
-                           schema_keys)
 from qvedit.fields import keys_where, setting
+from qvedit.settings.schema import (QveditConfig, folder_name_excluded_keys, frame_settings, output_path_keys,
+                                    register_schemas, schema_keys)
 from tests.conftest import REPO
 
 register_schemas()
@@ -69,50 +69,142 @@ def test_output_paths_are_what_pairing_ignores():
 
 
 def test_the_schema_loads_without_torch_diffusers_or_runtime_modules():
-    code = ("import sys, json, qvedit.config; "
+    code = ("import sys, json, qvedit.settings.schema; "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('qvedit', 'torch', 'diffusers'))))")
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                                        check=True).stdout)
-    allowed = {"qvedit", "qvedit.config", "qvedit.errors", "qvedit.fields", "qvedit.files"}
-    assert all(m in allowed or m.endswith(".settings") or m.count(".") == 1 and m.split(".")[1] in
-               ("io", "guidance", "models", "report", "anchor") for m in loaded), loaded
+    allowed = {"qvedit", "qvedit.errors", "qvedit.fields", "qvedit.files"}
+    assert "qvedit.settings.schema" in loaded
+    assert all(m in allowed or m.startswith("qvedit.settings") for m in loaded), loaded
 
 
-def package_modules() -> dict[str, ast.Module]:
-    return {".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"):
-            ast.parse(path.read_text()) for path in (REPO / "qvedit").rglob("*.py")}
+# The rooms of the package from the bottom up: a module may import its own room and the rooms of its layer or
+# below, never a room above (README, "How the code is laid out"). A room is a top-level module or a subpackage.
+LAYERS = (
+    ("qvedit", "errors", "fields", "files", "images", "lab", "locks", "stopping", "trust", "launchers"),
+    ("settings",),
+    ("devices",),
+    ("models",),
+    ("guidance",),
+    ("io",),
+    ("anchor",),
+    ("report",),
+    ("plan", "editor", "outputs", "first_frame", "keys", "values", "job", "main", "__main__", "bench", "accept",
+     "diff", "selftest"),
+)
+# what a settings module (data only) may import: the settings beside it and the leaves that tag and check fields
+SETTINGS_MAY_IMPORT = ("qvedit.settings", "qvedit.errors", "qvedit.fields", "qvedit.files")
 
 
-def module_level_imports(tree: ast.Module) -> set[str]:
-    """qvedit modules imported at import time (not inside functions, not under TYPE_CHECKING)."""
+def package_modules(root=REPO) -> dict[str, ast.Module]:
+    return {".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__"):
+            ast.parse(path.read_text()) for path in (root / "qvedit").rglob("*.py")}
+
+
+def imported_modules(name: str, tree: ast.Module, modules) -> set[str]:
+    """The qvedit modules ``name`` imports anywhere: at module level, inside functions, under TYPE_CHECKING."""
+    package = name if f"{name}.__init__" in modules or any(m.startswith(f"{name}.") for m in modules) \
+        else name.rpartition(".")[0]
     found = set()
-    for node in tree.body:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qvedit"):
-            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("qvedit")}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from . import x, from ..y import z
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            for alias in node.names:  # from qvedit import locks: the module qvedit.locks
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph(root=REPO) -> dict[str, set[str]]:
+    modules = package_modules(root)
+    return {name: imported_modules(name, tree, modules) for name, tree in modules.items()}
+
+
+def room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle [a, b, ..., a] through each group of nodes of ``graph`` ({node: nodes it points at}) that reach
+    each other, smallest node first."""
+    reach = {}
+    for node in graph:  # every node reachable from node (the graphs here have at most a hundred nodes)
+        seen, todo = set(), list(graph[node])
+        while todo:
+            other = todo.pop()
+            if other not in seen:
+                seen.add(other)
+                todo += graph.get(other, ())
+        reach[node] = seen
+    found, covered = [], set()
+    for node in sorted(graph):
+        if node in reach[node] and node not in covered:
+            group = {other for other in reach[node] if node in reach.get(other, ())}
+            covered |= group
+            before, todo = {}, [node]  # breadth first inside the group, back to node: a shortest cycle
+            while node not in before:
+                current = todo.pop(0)
+                for other in sorted(graph[current] & group):
+                    if other not in before:
+                        before[other] = current
+                        todo.append(other)
+            path = [node]
+            while len(path) == 1 or path[-1] != node:
+                path.append(before[path[-1]])
+            found.append(path[::-1])
     return found
 
 
-def test_no_import_cycles():
-    modules = package_modules()
-    graph = {name: {m for m in module_level_imports(tree) if m in modules and m != name}
-             for name, tree in modules.items()}
-    visiting, done = [], set()
+def is_settings(module: str) -> bool:
+    return module.startswith("qvedit.settings") or module.endswith(".settings")
 
-    def visit(name):
-        if name in visiting:
-            pytest.fail("import cycle: " + " -> ".join(visiting[visiting.index(name):] + [name]))
-        if name in done:
-            return
-        visiting.append(name)
-        for imported in sorted(graph[name]):
-            visit(imported)
-        visiting.pop()
-        done.add(name)
 
-    for name in sorted(graph):
-        visit(name)
+def import_problems(root=REPO) -> list[str]:
+    """Every way the package's imports break its shape: a cycle of modules, a cycle of rooms, a settings module
+    importing runtime code, a room importing one of a higher layer, a room no layer names."""
+    graph = import_graph(root)
+    problems = []
+    problems += ["import cycle: " + " -> ".join(cycle) for cycle in cycles(graph)]
+    rooms = {}
+    for module, imported in graph.items():
+        rooms.setdefault(room(module), set()).update(room(m) for m in imported if room(m) != room(module))
+    problems += ["import cycle of rooms: " + " -> ".join(cycle) for cycle in cycles(rooms)]
+    for module, imported in sorted(graph.items()):
+        if is_settings(module):
+            problems += [f"{module} (settings: data only) imports {m}" for m in sorted(imported)
+                         if not (m.startswith(SETTINGS_MAY_IMPORT) or is_settings(m))]
+    layer = {name: depth for depth, names in enumerate(LAYERS) for name in names}
+    problems += [f"{name} is in no layer of LAYERS: place it" for name in sorted(rooms) if name not in layer]
+    for module, imported in sorted(graph.items()):
+        for other in sorted(imported):
+            if layer.get(room(other), -1) > layer.get(room(module), len(LAYERS)):
+                problems.append(f"{module} imports {other}: {room(other)} is a layer above {room(module)}")
+    return problems
+
+
+def test_imports_run_down_the_layers_without_cycles():
+    problems = import_problems()
+    assert not problems, "\n".join(problems)
+
+
+def test_the_import_check_reads_imports_inside_functions(tmp_path):
+    package = tmp_path / "qvedit"
+    (package / "settings").mkdir(parents=True)
+    (package / "models").mkdir()
+    for path in ("__init__.py", "settings/__init__.py", "models/__init__.py"):
+        (package / path).write_text("")
+    (package / "settings" / "model.py").write_text("def load():\n    from qvedit.models import loading\n")
+    (package / "models" / "loading.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                                   "    from qvedit.settings.model import load\n")
+    problems = import_problems(tmp_path)
+    assert "import cycle: qvedit.models.loading -> qvedit.settings.model -> qvedit.models.loading" in problems
+    assert "qvedit.settings.model (settings: data only) imports qvedit.models.loading" in problems
+    assert "qvedit.settings.model imports qvedit.models.loading: models is a layer above settings" in problems
 
 
 def test_no_module_is_over_400_lines():

@@ -13,11 +13,11 @@ from qvedit.errors import QveditError
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.guide import Guide
-from qvedit.guidance.settings import TTLGSettings
 from qvedit.models.diffusers_compat import condition_area, record_velocity
-from qvedit.models.perf import compile_blocks
-from qvedit.models.settings import PerfSettings
+from qvedit.models.perf import check_perf, compile_blocks
 from qvedit.models.step_cache import check_cache, fresh_steps, use_step_cache
+from qvedit.settings.guidance import TTLGSettings
+from qvedit.settings.model import PerfSettings
 
 SIZE = (48, 64)
 NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8))
@@ -163,5 +163,5 @@ def test_settings_that_cannot_work_are_one_line():
     assert "perf.cache does not combine with parallel" in PerfSettings(cache="first_block").conflict(processes=2)
     assert PerfSettings(cache="taylorseer").conflict(processes=1) is None
     with pytest.raises(QveditError, match="perf.cache does not combine with perf.group_offload"):
-        PerfSettings(cache="taylorseer", group_offload=True).check("cuda", "bf16")
+        check_perf(PerfSettings(cache="taylorseer", group_offload=True), "cuda", "bf16")
     check_cache(PerfSettings(cache="taylorseer", cache_stop_step=40))  # diffusers takes it

@@ -13,9 +13,9 @@ from qvedit.errors import QveditError
 from qvedit.guidance import losses, tiny_decoder
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.guide import Guide
-from qvedit.guidance.settings import TTLGSettings
 from qvedit.guidance.tiny_decoder import TinyDecoder, check_decoder, checked_file, load_weights, random_decoder
 from qvedit.models.diffusers_compat import LatentDecoder, condition_area, record_velocity
+from qvedit.settings.guidance import TTLGSettings
 
 
 def published_layout(model: TinyDecoder) -> dict:

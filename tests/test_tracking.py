@@ -5,11 +5,11 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from qvedit.config import register_schemas
 from qvedit.errors import QveditError
-from qvedit.main import run
-from qvedit.report.settings import LoggerSettings
+from qvedit.job import run
 from qvedit.report.tracking import MlflowStore
+from qvedit.settings.report import LoggerSettings
+from qvedit.settings.schema import register_schemas
 from tests.conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 
 mlflow = pytest.importorskip("mlflow", reason="logger=mlflow needs the tracking extra")

@@ -5,8 +5,11 @@ from pathlib import Path
 
 import yaml
 
+from omegaconf import OmegaConf
+
 from conftest import run_qvedit
-from qvedit.trust import command_line_problems, config_file_problems
+from qvedit.settings.model import TinyModel
+from qvedit.trust import build, command_line_problems, config_file_problems, target_problem
 
 MAIN = Path(__file__).resolve().parent.parent / "qvedit" / "main.py"
 
@@ -26,10 +29,19 @@ def test_the_targets_a_qvedit_run_writes_are_allowed(tmp_path):
         "launcher": {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"},
         "job_logging": {"handlers": {"file": {"class": "logging.FileHandler", "filename": "main.log"},
                                      "console": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout"}}}}}
-    config = {"model": {"_target_": "qvedit.models.settings.TinyModel", "model_id": "x"},
-              "io": {"_target_": "qvedit.io.settings.DemoIO"}}
+    config = {"model": {"_target_": "qvedit.settings.model.TinyModel", "model_id": "x"},
+              "io": {"_target_": "qvedit.settings.io.DemoIO"}}
     assert config_file_problems(write(tmp_path, "hydra.yaml", hydra)) == []
     assert config_file_problems(write(tmp_path, "config.yaml", config)) == []
+
+
+def test_a_run_folder_of_an_earlier_version_names_the_settings_where_they_were(tmp_path):
+    config = {"model": {"_target_": "qvedit.models.settings.TinyModel", "model_id": "x"},
+              "ttlg": {"_target_": "qvedit.guidance.settings.TTLGSettings", "edge_scale": 1.0}}
+    assert config_file_problems(write(tmp_path, "config.yaml", config)) == []
+    loaded = OmegaConf.load(tmp_path / "config.yaml")
+    assert build(loaded.model) == TinyModel("x") and build(loaded.ttlg).edge_scale == 1.0
+    assert "is not one of qvedit's settings classes" in target_problem("qvedit.models.loading.load_pipeline")
 
 
 def test_anything_else_is_named_by_file_and_key(tmp_path):

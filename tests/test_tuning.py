@@ -11,7 +11,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from hydra_plugins.qvedit_optuna.sweeper import distribution
-from qvedit.config import register_schemas
+from qvedit.settings.schema import register_schemas
 from tests.browser import assert_page_is_whole
 from tests.conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 

@@ -10,8 +10,8 @@ import qvedit.io.video as video
 from qvedit.errors import QveditError
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.images import read_rgb8
-from qvedit.io.settings import VideoIO
 from qvedit.io.video import encode_video
+from qvedit.settings.io import VideoIO
 
 
 def VideoClip(rgb_video, edges_dir=None, **io):

@@ -1,82 +1,24 @@
-"""Colour statistics in CIELAB: how far a frame's colours have wandered from frame 0's, and holding them there.
+"""Holding a clip's colours to frame 0's: each frame's target colour statistics, and moving a frame toward them.
 
-A frame's colour statistics are the per-channel mean and standard deviation of its CIELAB values (L in
-0..100, a and b about -100..100; D65 white, scikit-image's ``rgb2lab``). The target of frame i is frame 0's
+The statistics are CIELAB means and deviations (``qvedit.lab``). The target of frame i is frame 0's
 statistics; where the source frames are known, moved by the source's own change from its frame 0 to its
 frame i (the mean shifted by the source's shift, the deviation scaled by the source's ratio), so that a scene
-that really darkens or warms is not counted as drift and is not undone. ``color_drift`` is the Euclidean
-distance between a frame's six numbers and its target's, in Lab units (a uniform cast of 5 in L gives 5).
+that really darkens or warms is not counted as drift and is not undone.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 from PIL import Image
-from skimage import color as skcolor
 from skimage import exposure
 
-from qvedit.anchor.settings import AnchorSettings
 from qvedit.io.source import FrameSource
-
-STATS_SIDE = 256  # statistics are taken on the frame shrunk to this long side (area): the same numbers, faster
-MIN_STD = 1e-3  # a flat channel keeps its deviation ratio finite
-
-
-@dataclass(frozen=True)
-class LabStats:
-    """Per-channel CIELAB mean and standard deviation, each shaped (3,) for (L, a, b)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    def moved_by(self, before: "LabStats", after: "LabStats") -> "LabStats":
-        """These statistics changed as a source changed from ``before`` to ``after``."""
-        return LabStats(self.mean + (after.mean - before.mean),
-                        self.std * after.std / np.maximum(before.std, MIN_STD))
-
-
-def to_lab(image: Image.Image) -> np.ndarray:
-    """8-bit RGB -> (H, W, 3) float64 CIELAB."""
-    return skcolor.rgb2lab(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
-
-
-def from_lab(lab: np.ndarray) -> Image.Image:
-    """(H, W, 3) CIELAB -> 8-bit RGB (colours outside sRGB clipped)."""
-    with warnings.catch_warnings():  # colours outside sRGB are expected here, and clipped
-        warnings.simplefilter("ignore", UserWarning)
-        rgb = np.clip(skcolor.lab2rgb(lab), 0.0, 1.0)
-    return Image.fromarray(np.rint(rgb * 255.0).astype(np.uint8))
-
-
-def shrunk(image: Image.Image) -> Image.Image:
-    scale = STATS_SIDE / max(image.size)
-    if scale >= 1:
-        return image
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                        Image.Resampling.BOX)
-
-
-def lab_stats(image: Image.Image) -> LabStats:
-    """The colour statistics of an 8-bit RGB image."""
-    lab = to_lab(shrunk(image)).reshape(-1, 3)
-    return LabStats(lab.mean(axis=0), lab.std(axis=0))
-
-
-def color_drift(stats: LabStats, target: LabStats) -> float:
-    """Distance (Lab units) between a frame's six colour numbers and its target's."""
-    return float(np.sqrt(np.sum((stats.mean - target.mean) ** 2) + np.sum((stats.std - target.std) ** 2)))
-
+from qvedit.lab import MIN_STD, LabStats, from_lab, lab_stats, shrunk, stats_of, to_lab
+from qvedit.settings.anchor import AnchorSettings
 
 MATCH_PASSES = 3  # colours pushed out of sRGB are clipped, which moves the statistics: match again (5.4 -> 0.5 Lab)
-
-
-def stats_of(lab: np.ndarray) -> LabStats:
-    pixels = lab.reshape(-1, 3)
-    return LabStats(pixels.mean(axis=0), pixels.std(axis=0))
 
 
 def match_mean_std(image: Image.Image, target: LabStats, strength: float = 1.0) -> Image.Image:

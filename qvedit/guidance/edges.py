@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from qvedit.errors import QveditError
-from qvedit.guidance import settings
+from qvedit.settings.guidance import EDGE_OPS as EDGE_OP_NAMES
 
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
@@ -65,7 +65,7 @@ def laplacian_edges(img: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 EDGE_OPS = {"sobel": sobel_edges, "laplacian": laplacian_edges}
-assert set(EDGE_OPS) == set(settings.EDGE_OPS), "ttlg.edge_op's allowed names and the implemented ops differ"
+assert set(EDGE_OPS) == set(EDGE_OP_NAMES), "ttlg.edge_op's allowed names and the implemented ops differ"
 
 
 def edge_map(img: torch.Tensor, op: str) -> torch.Tensor:

@@ -1,33 +1,25 @@
-"""Optical flow between consecutive source frames: warping, occlusion, and the flow of a whole clip.
+"""Optical flow between two frames: the estimators (DIS, RAFT), warping, occlusion and the warp error.
 
 Flows are in pixels, ``(dx, dy)``, shaped (B, 2, H, W). ``backward`` flow of frame t points from each
 pixel x of frame t to where it was in frame t-1: frame_t(x) ~ frame_{t-1}(x + backward(x)), so
 ``warp(frame_{t-1}, backward)`` is frame t-1 moved onto frame t. A pixel is occluded (seen in frame t
 but not in frame t-1) where the forward-backward check of Sundaram et al. 2010 fails:
-|f_b + f_f(x + f_b)|^2 > 0.01 (|f_b|^2 + |f_f(x + f_b)|^2) + 0.5.
+|f_b + f_f(x + f_b)|^2 > 0.01 (|f_b|^2 + |f_f(x + f_b)|^2) + 0.5. The flow of a whole clip, frame pair by
+frame pair, is ``qvedit.io.flow.ClipFlow``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from qvedit.errors import QveditError
-from qvedit.guidance.edges import edges_to_uint8, sobel_edges
-from qvedit.guidance.settings import FlowSettings
-from qvedit.images import to_tensor
-from qvedit.io.source import FrameSource
-
-log = logging.getLogger(__name__)
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -152,58 +144,6 @@ class FlowPair:
 
     backward: torch.Tensor  # (1, 2, H, W)
     valid: torch.Tensor  # (1, 1, H, W) float, 1 where not occluded
-
-
-class ClipFlow:
-    """Flow between consecutive source frames of a clip, computed once per frame pair.
-
-    Source frames are the original frames the edge maps came from (``FrameSource.source_frame``).
-    Without them the flow is estimated between consecutive edge maps (frame 0's edge map is the Sobel
-    edges of frame 0), which is rougher; ``from_edges`` says which.
-    """
-
-    def __init__(self, settings: FlowSettings, source: FrameSource, size: tuple[int, int],
-                 device: torch.device):
-        """size: (W, H) of the clip's frames."""
-        self.settings = settings
-        self.source = source
-        self.size = size
-        self.device = device
-        self.from_edges = not source.has_source_frames
-        self.estimate = DISFlow() if settings.method == "dis" else RAFTFlow(settings.raft_weights, device)
-        if self.from_edges:
-            log.warning("no source frames (the original frames the edge maps came from): optical flow is "
-                        "estimated between consecutive edge maps; set io.source_frames_dir for better flow")
-        self._last: Optional[tuple[int, torch.Tensor]] = None
-
-    def frame(self, t: int, edge: Optional[Image.Image] = None) -> torch.Tensor:
-        """(1, 3, h, w) in [0, 1]: what the flow of frame t is computed on, at the flow size. ``edge``:
-        frame t's edge map when the caller has read it already (a video is not decoded twice)."""
-        if self._last is not None and self._last[0] == t:
-            return self._last[1]
-        if not self.from_edges:
-            image = self.source.source_frame(t, self.size)
-        elif t == 0:
-            image = Image.fromarray(edges_to_uint8(sobel_edges(to_tensor(self.source.init_image())))).convert("RGB")
-        else:
-            image = edge if edge is not None else self.source.edge_frame(t - 1, self.size)
-        tensor = to_tensor(image).to(self.device)
-        if self.settings.size and max(tensor.shape[-2:]) > self.settings.size:
-            scale = self.settings.size / max(tensor.shape[-2:])
-            small = (max(8, round(tensor.shape[-2] * scale)), max(8, round(tensor.shape[-1] * scale)))
-            tensor = F.interpolate(tensor, size=small, mode="area")
-        self._last = (t, tensor)
-        return tensor
-
-    def pair(self, t: int, edge: Optional[Image.Image] = None) -> FlowPair:
-        """The flow of frame t (t >= 1) back to frame t-1, at the clip's frame size (``edge``: see ``frame``)."""
-        before, now = self.frame(t - 1), self.frame(t, edge)
-        backward, forward = self.estimate(now, before), self.estimate(before, now)
-        valid = (~occluded(backward, forward)).float()
-        full = (self.size[1], self.size[0])
-        backward = resize_flow(backward, full)
-        valid = (F.interpolate(valid, size=full, mode="bilinear", align_corners=False) > 0.5).float()
-        return FlowPair(backward, valid)
 
 
 def warp_error(frame: torch.Tensor, previous: torch.Tensor, flow: FlowPair) -> float:

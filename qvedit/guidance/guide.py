@@ -17,15 +17,15 @@ from typing import Callable, Optional
 import torch
 from PIL import Image
 
-from qvedit.anchor.color import LabStats
 from qvedit.errors import QveditError
 from qvedit.guidance import losses
 from qvedit.guidance.edges import edge_map, edges_to_uint8
 from qvedit.guidance.flow import FlowPair, warp
-from qvedit.guidance.settings import TTLGSettings
 from qvedit.guidance.tiny_decoder import tiny_decoder
 from qvedit.images import to_pil
+from qvedit.lab import LabStats
 from qvedit.models.diffusers_compat import LatentDecoder, VelocityRecorder, execution_device, step_sigma
+from qvedit.settings.guidance import TTLGSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ def refuse_inference_mode() -> None:
 def normalised_step(grad: torch.Tensor, lr: float, eps: float = 1e-12) -> torch.Tensor:
     """``lr * grad / rms(grad)`` per sample: each latent element moves by ``lr`` on average (RMS).
 
-    The spec normalises by the L2 norm; dividing by the RMS (= L2 / sqrt(numel)) instead keeps
-    ``lr`` meaning the same at 64² and at 1024², where an L2-normalised step of 0.05 would move
-    each of the 262,144 latent elements by 1e-4, i.e. not at all.
+    The design normalises by the L2 norm (docs/METHOD.md, section 3, step 6); dividing by the RMS
+    (= L2 / sqrt(numel)) instead keeps ``lr`` meaning the same at 64² and at 1024², where an
+    L2-normalised step of 0.05 would move each of the 262,144 latent elements by 1e-4, i.e. not at all.
     """
     dims = tuple(range(1, grad.dim()))
     rms = grad.pow(2).mean(dim=dims, keepdim=True).sqrt()
@@ -119,10 +119,23 @@ class Guide:
     def callback(self, frame_index: int, edge_target: torch.Tensor, height: int, width: int,
                  num_steps: int, velocity: VelocityRecorder, flow: Optional[FlowPair] = None,
                  color_target: Optional[LabStats] = None) -> Callable:
-        """The ``callback_on_step_end`` for one frame; edge_target (1, 1, H, W) in [0, 1]. With
-        ``ttlg.temporal_mode=flow``, ``flow`` (frame to previous frame, from the source frames) moves the
-        previous frame onto this one for the temporal loss, and its occlusions are left out. ``color_target``:
-        the frame's target CIELAB statistics (``qvedit.anchor.color.ColorAnchor.target``), for ``ttlg.color_scale``."""
+        """The ``callback_on_step_end`` for one frame (docs/METHOD.md, section 3).
+
+        Args:
+            frame_index: the frame being made (names the debug folder and errors).
+            edge_target: (1, 1, H, W) in [0, 1], the frame's edge map at the generation size.
+            height, width: the generation size, in pixels.
+            num_steps: the call's ``num_inference_steps`` (which steps are guided depends on it).
+            velocity: what ``record_velocity`` records of the scheduler's steps (the x0 estimate needs it).
+            flow: with ``ttlg.temporal_mode=flow``, the flow from this frame back to the previous one (from the
+                source frames): it moves the previous frame onto this one for the temporal loss, and its
+                occlusions are left out.
+            color_target: the frame's target CIELAB statistics (``qvedit.anchor.color.ColorAnchor.target``),
+                for ``ttlg.color_scale``.
+
+        Returns:
+            The callback: ``(pipe, i, t, callback_kwargs) -> {"latents": ...}`` on a guided step, ``{}`` on others.
+        """
         decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing, self.settings.decode_size,
                                 self.tiny)
         self.guided_steps = 0

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from qvedit.errors import QveditError
 from qvedit.guidance.edges import edge_map
+from qvedit.models import cache
+from qvedit.settings.guidance import VGG_WEIGHTS
 
 # relu1_2, relu2_2, relu3_3, relu4_3 in torchvision's vgg16().features.
 STYLE_LAYERS = (3, 8, 15, 22)
@@ -188,8 +190,8 @@ class VGGStyle(torch.nn.Module):
 
     def __init__(self, weights: str = "imagenet", device: torch.device | str = "cpu", key: str = "ttlg.vgg_weights"):
         super().__init__()
-        if weights not in ("imagenet", "random"):
-            raise QveditError(f"unknown VGG weights {weights!r}: set {key} to imagenet or random")
+        if weights not in VGG_WEIGHTS:
+            raise QveditError(f"unknown VGG weights {weights!r}: set {key} to {' or '.join(VGG_WEIGHTS)}")
         torchvision = _import_torchvision()
         state = _imagenet_state_dict(key) if weights == "imagenet" else None
         vgg = torchvision.models.vgg
@@ -235,13 +237,7 @@ class VGGStyle(torch.nn.Module):
         return [gram_matrix(f) for f in self(at_least(small, VGG_SMALLEST_INPUT))]
 
 
-_shared: dict[tuple[str, str], VGGStyle] = {}
-
-
 def shared_vgg(weights: str, device, key: str = "ttlg.vgg_weights") -> VGGStyle:
     """One frozen VGGStyle per (weights, device) for the process: guidance and metrics share it,
     and every job of a sweep reuses it instead of reading the checkpoint again."""
-    cached = (weights, str(device))
-    if cached not in _shared:
-        _shared[cached] = VGGStyle(weights, device=device, key=key)
-    return _shared[cached]
+    return cache.shared(("vgg", weights, str(device)), lambda: VGGStyle(weights, device=device, key=key))

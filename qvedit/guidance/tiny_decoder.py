@@ -36,8 +36,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from qvedit.errors import QveditError
-from qvedit.guidance.settings import TTLGSettings
+from qvedit.models import cache
 from qvedit.models.integrity import safetensors_problem
+from qvedit.settings.guidance import TTLGSettings
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,6 @@ def random_decoder(latent_channels: int, stages: int) -> TinyDecoder:
     return model
 
 
-_built: dict[tuple, TinyDecoder] = {}  # one decoder per weights, size and placement in a process
-
-
 def tiny_decoder(spec: Optional[str], vae, scale_factor: int, device: torch.device) -> TinyDecoder:
     """The frozen tiny decoder for ``vae``'s latents (its ``z_dim``, its upsampling ``scale_factor``), on ``device``
     in ``vae``'s dtype.
@@ -256,14 +254,15 @@ def tiny_decoder(spec: Optional[str], vae, scale_factor: int, device: torch.devi
                           f"but this model's VAE makes {channels}-channel latents and upsamples {2 ** stages}x: use "
                           "ttlg.tiny_decoder=random (tests) or ttlg.decoder=vae")
     identity = ("random",) if file is None else (str(file.resolve()), file.stat().st_mtime_ns)
-    key = (*identity, channels, stages, str(device), vae.dtype)
-    if key not in _built:
-        _built.clear()
+
+    def build() -> TinyDecoder:
+        cache.release("tiny_decoder")  # one decoder per weights, size and placement in a process
         if file is None:
             model = random_decoder(channels, stages)
         else:
             model = TinyDecoder(channels, stages)
             load_weights(model, file)
             log.info("guidance decodes with the tiny decoder %s", file)
-        _built[key] = model.requires_grad_(False).eval().to(device, vae.dtype)
-    return _built[key]
+        return model.requires_grad_(False).eval().to(device, vae.dtype)
+
+    return cache.shared(("tiny_decoder", *identity, channels, stages, str(device), vae.dtype), build)

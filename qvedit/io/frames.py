@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qvedit.errors import QveditError
 from qvedit import locks
+from qvedit.errors import QveditError
 from qvedit.files import atomic_path, commit_partial, remove_partials
 from qvedit.guidance.edges import edge_map, edges_to_uint8
 from qvedit.images import check_readable, read_rgb8, to_tensor
-from qvedit.io.settings import RESIZE_MODES, check_edge_op, check_resize
+from qvedit.settings.io import RESIZE_MODES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 RESAMPLING = {"nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
@@ -76,7 +76,6 @@ class FrameFolders:
                     "io.init_frame=INIT.png io.edge_frames_dir=EDGES/, or io.source_frames_dir=FRAMES/ alone (frame 0 "
                     "is its first frame, the edge maps are made from the others); or try python -m qvedit experiment=demo"
                 )
-        check_resize(resize)
         self.resize = resize
         self.init_path = Path(init_frame) if init_frame else None
         if self.init_path is not None and not self.init_path.is_file():
@@ -139,7 +138,6 @@ class EdgeMaker:
     Used where a clip comes without edge maps: a video, or a folder of source frames."""
 
     def __init__(self, edge_op: str, folder: Path | None = None):
-        check_edge_op(edge_op)
         self.op = edge_op
         self.writer = FrameWriter(folder) if folder else None
 

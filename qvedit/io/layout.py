@@ -41,15 +41,15 @@ class RunLayout:
     debug_dir: Optional[Path] = None
 
     @classmethod
-    def resolve(cls, run_dir: Path, io, metrics, debug_dir: Optional[str] = None, writer: bool = True) -> "RunLayout":
+    def resolve(cls, run_dir: Path, io, metrics, debug_dir: Optional[str] = None, is_main: bool = True) -> "RunLayout":
         """The layout for ``run_dir`` with the output keys of the ``io`` and ``metrics`` settings.
 
-        ``writer=False`` (a torchrun rank other than 0) ignores the keys: all stays in ``run_dir``.
+        ``is_main=False`` (a torchrun rank other than 0) ignores the keys: all stays in ``run_dir``.
         """
         run_dir = Path(run_dir)
 
         def chosen(value: Optional[str], default: Path) -> Path:
-            return Path(value) if value and writer else default
+            return Path(value) if value and is_main else default
 
         return cls(
             run_dir=run_dir,
@@ -57,7 +57,7 @@ class RunLayout:
             metrics_csv=chosen(metrics.path, run_dir / "metrics.csv"),
             video=chosen(getattr(io, "out_video", None), run_dir / "output.mp4"),
             edges_dir=chosen(getattr(io, "edges_dir", None), run_dir / "edges"),
-            debug_dir=Path(debug_dir) if debug_dir and writer else None,
+            debug_dir=Path(debug_dir) if debug_dir and is_main else None,
         )
 
     def check(self) -> None:
@@ -82,7 +82,7 @@ class RunLayout:
 
     @property
     def first_frame(self) -> Path:
-        """The first-frame candidates' folder (``qvedit.io.first_frame``)."""
+        """The first-frame candidates' folder (``qvedit.first_frame``)."""
         return self.run_dir / "first_frame"
 
     @property

@@ -1,14 +1,20 @@
-"""What the editor reads a clip from: the one protocol every frame source (folders, video, demo) follows."""
+"""What the editor reads a clip from: the one protocol every frame source (folders, video, demo) follows,
+and ``open_source``, which gives the source an ``io/`` option's settings describe."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, Union, runtime_checkable
 
 from PIL import Image
 
-if TYPE_CHECKING:
-    from qvedit.io.layout import RunLayout
+from qvedit.io.demo import demo_clip
+from qvedit.io.frames import FrameFolders
+from qvedit.io.layout import RunLayout
+from qvedit.io.video import VideoClip
+from qvedit.settings.io import DemoIO, FramesIO, LongDemoIO, VideoIO
+
+IOSettings = Union[FramesIO, VideoIO]  # an io/ option: FramesIO, DemoIO, LongDemoIO or VideoIO
 
 
 @runtime_checkable
@@ -37,3 +43,23 @@ class FrameSource(Protocol):
 
     def finish(self, frame_paths: list[Path], layout: "RunLayout") -> list[Path]:
         """Whatever the source writes once every frame is done (an mp4); returns those files."""
+
+
+def open_source(io: IOSettings, layout: RunLayout) -> FrameSource:
+    """The clip an ``io/`` option's settings describe, its inputs checked (files there, frames readable).
+
+    Args:
+        io: ``io=frames`` / ``demo`` / ``demo_long`` / ``video``'s settings.
+        layout: the run's layout; edge maps made from source frames are saved in ``layout.edges_dir``.
+
+    Returns:
+        The ``FrameSource`` the editor reads.
+    """
+    if isinstance(io, VideoIO):
+        return VideoClip(io, edges_dir=layout.edges_dir)
+    if isinstance(io, LongDemoIO):
+        return demo_clip(io.init_frame, io.edge_frames_dir, io.resize, io.source_frames_dir, io.length)
+    if isinstance(io, DemoIO):
+        return demo_clip(io.init_frame, io.edge_frames_dir, io.resize, io.source_frames_dir)
+    return FrameFolders(io.init_frame, io.edge_frames_dir, io.resize, io.source_frames_dir, edge_op=io.edge_op,
+                        edges_dir=layout.edges_dir)

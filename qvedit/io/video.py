@@ -25,7 +25,7 @@ from qvedit.files import atomic_path
 from qvedit.images import read_rgb8, to_rgb8
 from qvedit.io.frames import EdgeMaker, resized
 from qvedit.io.layout import RunLayout
-from qvedit.io.settings import VideoIO, check_edge_op, check_resize
+from qvedit.settings.io import VideoIO
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,6 @@ class VideoClip:
                 "io.rgb_video is not set: pass io.rgb_video=clip.mp4 (edges are made from its frames 1.., "
                 "or pass io.edge_video=edges.mp4 too)"
             )
-        check_resize(settings.resize)
-        check_edge_op(settings.edge_op)
         self.settings = settings
         self.rgb_path = _check_file(settings.rgb_video, "RGB video", "io.rgb_video")
         self.edge_path = _check_file(settings.edge_video, "edge video", "io.edge_video") if settings.edge_video \

@@ -7,7 +7,7 @@ Blackwell). Eager FP8 is slower than bf16 (the quantize kernels are separate lau
 the blocks (``perf.compile``, the ``perf=fp8`` preset) they fuse.
 
 Which layers stay in bf16 (``perf.fp8_keep_bf16``, fnmatch patterns over the transformer's module names;
-default ``qvedit.models.settings.FP8_KEEP_BF16``, SGLang's validated FP8 fallback set for Qwen-Image and
+default ``qvedit.settings.model.FP8_KEEP_BF16``, SGLang's validated FP8 fallback set for Qwen-Image and
 Qwen-Image-Edit, both ``QwenImageTransformer2DModel``):
 
 - ``img_in``, ``txt_in``: the input projections of the raw latent patches and the text encoder's
@@ -46,7 +46,7 @@ from typing import Iterable
 import torch
 
 from qvedit.errors import QveditError
-from qvedit.models.settings import FP8_KEEP_BF16
+from qvedit.settings.model import FP8_KEEP_BF16
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,16 @@
 """Obtaining a ``QwenImageEditPlusPipeline``: real weights, the tiny offline model, or random weights.
 
-Real and tiny weights go through ``QwenImageEditPlusPipeline.from_pretrained``. A loaded pipeline is
-kept for the life of the process, so a multirun sweep loads it once and every job reuses it. What a
-job sets up on it (LoRAs, scheduler) is a ``lora.Variant``: its LoRA files are part of the cache key.
+``load_pipeline(model, device, dtype, perf)`` builds what the ``model`` settings name. Real and tiny
+weights go through ``QwenImageEditPlusPipeline.from_pretrained``. A loaded pipeline is kept for the life
+of the process (``qvedit.models.cache``, one at a time), so a multirun sweep loads it once and every job
+reuses it. What a job sets up on it (LoRAs, scheduler) is a ``lora.Variant``: its LoRA files are part of
+the cache key.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,15 +18,36 @@ from typing import Optional
 import torch
 
 from qvedit.devices import check_device, torch_dtype
-from qvedit.errors import QveditError
+from qvedit.errors import QveditError, short_reason
+from qvedit.models import cache
 from qvedit.models.integrity import check_model_folder
 from qvedit.models.lora import PLAIN, Variant
-from qvedit.models.settings import PerfSettings
+from qvedit.settings.model import ModelSettings, PerfSettings
 
 log = logging.getLogger(__name__)
 
-# (kind, model_id, device, dtype, LoRAs, *perf.pipeline_key()) -> pipeline; holds at most one pipeline.
-_loaded: dict[tuple, object] = {}
+
+def load_pipeline(model: ModelSettings, device: str, dtype: str, perf: Optional[PerfSettings] = None):
+    """The pipeline the ``model`` settings name, frozen, with their LoRAs and scheduler.
+
+    Args:
+        model: ``model/``'s settings; ``model.kind`` says how the pipeline is obtained (``pretrained``: a hub
+            id or a local folder, ``tiny``: the offline toy model, built on first use, ``random_full``: the
+            full architecture with random weights).
+        device: where the pipeline runs (``cuda``, ``cuda:N``, ``cpu``).
+        dtype: ``bf16``, ``fp16`` or ``fp32``.
+        perf: the ``perf/`` settings; those that change the weights or where they live for good
+            (``PerfSettings.pipeline_key``) are applied as it loads, the others by ``apply_perf`` later.
+
+    Returns:
+        The ``QwenImageEditPlusPipeline``, the one this process already holds when every argument matches.
+    """
+    variant = Variant.of(model.loras, perf.fuse_loras if perf is not None else True, model.scheduler)
+    if model.kind == "tiny":
+        return load_tiny(model.model_id, device, dtype, perf, variant)
+    if model.kind == "random_full":
+        return load_random_full(device, dtype, perf, variant)
+    return load_pretrained(model.model_id, device, dtype, perf, variant)
 
 
 def quiet_library_bars() -> None:
@@ -48,11 +70,10 @@ def _cached(key: tuple, make, device: str, perf: Optional[PerfSettings] = None, 
     loaded pipeline instead of one quantized or offloaded for an earlier job.
     """
     quiet_library_bars()
-    key = (*key, *variant.key(), *(perf.pipeline_key() if perf is not None else ()))
-    if key not in _loaded:
-        if _loaded:  # free the pipeline loaded now before the next one loads: compiled code and the
-            _loaded.clear()  # pipeline's own hooks and wrappers still refer to it
-            torch._dynamo.reset()
+
+    def build():
+        if cache.release("pipeline"):  # free the pipeline loaded now before the next one loads: compiled
+            torch._dynamo.reset()  # code and the pipeline's own hooks and wrappers still refer to it
             gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -67,8 +88,11 @@ def _cached(key: tuple, make, device: str, perf: Optional[PerfSettings] = None, 
             from qvedit.models.perf import prepare_pipeline
 
             prepare_pipeline(pipe, perf, device)
-        _loaded[key] = pipe
-    return variant.configure(_loaded[key])
+        return pipe
+
+    # (pipeline, kind, model_id, device, dtype, LoRAs, *perf.pipeline_key()): at most one is held
+    key = ("pipeline", *key, *variant.key(), *(perf.pipeline_key() if perf is not None else ()))
+    return variant.configure(cache.shared(key, build))
 
 
 def place(pipe, device: str, on_host: tuple = ()):
@@ -88,6 +112,15 @@ def load_pretrained(model_id: str, device: str, dtype: str, perf: Optional[PerfS
 
     Reuses the pipeline already loaded by this process when the arguments match. A local folder is
     checked first (``integrity``), before the pipeline loaded now is let go.
+
+    Args:
+        model_id: a hub id (``Qwen/Qwen-Image-Edit-2509``) or a folder in the diffusers layout
+            (safetensors weights only).
+        device, dtype, perf: as ``load_pipeline`` takes them.
+        variant: the LoRAs and scheduler values to set up on it (``Variant.of``); ``PLAIN``: none.
+
+    Returns:
+        The frozen ``QwenImageEditPlusPipeline`` (every component in eval mode, no gradients).
     """
     local = Path(model_id).expanduser().is_dir()
     if local:
@@ -143,13 +176,6 @@ def availability_problem(model_id: str) -> Optional[str]:
                 f"hub cannot be reached ({short_reason(err, 120)}): {fix}")
     return None if found else (f"cannot load model {model_id!r}: it is not a local folder and the hub has no "
                                f"pipeline of that name: {fix}")
-
-
-def short_reason(err: Exception, limit: int = 200) -> str:
-    """The library's message in one line, without sentences that point at a traceback nobody is shown."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    text = re.sub(r"[^.()]*\b(stacktrace|stack trace|traceback)\b[^.()]*\.?", "", text, flags=re.I).strip()
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def load_tiny(folder: str, device: str, dtype: str, perf: Optional[PerfSettings] = None, variant: Variant = PLAIN):

@@ -1,8 +1,8 @@
 """``model.loras`` and ``model.scheduler`` at work: LoRAs in the transformer, and the scheduler config a
 few-step LoRA (Lightning) was distilled with.
 
-Everything that can be checked without the model is checked before it loads (``resolve_loras``,
-``check_scheduler``): each LoRA is a whole ``.safetensors`` file holding LoRA weights, a hub LoRA is
+Everything that can be checked without the model is checked before it loads (``check_model``:
+``resolve_loras``, ``check_scheduler``): each LoRA is a whole ``.safetensors`` file holding LoRA weights, a hub LoRA is
 fetched into the Hugging Face cache. Loading goes through diffusers' own LoRA loading
 (``load_lora_weights``, ``set_adapters``, ``fuse_lora``); before it, the LoRA's keys and shapes are
 held against the transformer, since diffusers 0.42.1 only logs a warning for keys that name no module
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from qvedit.errors import QveditError
+from qvedit.errors import QveditError, short_reason
 from qvedit.models.integrity import PICKLED_SUFFIXES, safetensors_problem
-from qvedit.models.settings import LoraSpec
+from qvedit.settings.model import LoraSpec, ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,13 @@ class LoraFile:
 
 
 # -- before the model loads -------------------------------------------------------------------------
+
+def check_model(model: ModelSettings) -> None:
+    """What can be checked of ``model`` before it loads: every LoRA file (a hub LoRA is fetched into the
+    Hugging Face cache now) and the scheduler keys; a QveditError naming the entry or key otherwise."""
+    resolve_loras(model.loras)
+    check_scheduler(model.scheduler)
+
 
 def require_peft() -> None:
     if importlib.util.find_spec("peft") is None:
@@ -217,8 +224,6 @@ PLAIN = Variant()  # no LoRA, the model's own scheduler
 
 def load_lora(pipe, lora: LoraFile, modules: dict) -> None:
     """One LoRA into the transformer through diffusers, after its keys and shapes are held against it."""
-    from qvedit.models.loading import short_reason
-
     where = {"weight_name": lora.file.name, "use_safetensors": True}
     try:
         state = pipe.lora_state_dict(str(lora.file.parent), **where)  # diffusers' key conversion, as it loads

@@ -38,13 +38,22 @@ import torch.distributed as dist
 
 from qvedit.errors import QveditError
 from qvedit.models.diffusers_compat import CFGPasses, attention_backend, parallel_config
-from qvedit.models.settings import ParallelSettings
+from qvedit.settings.model import ParallelSettings
 
 log = logging.getLogger(__name__)
 
 
 def start_team(settings: ParallelSettings, device: str) -> "Team":
-    """This process's place in the torchrun group (a team of one without torchrun)."""
+    """This process's place in the torchrun group: a team of one without torchrun.
+
+    Args:
+        settings: the ``parallel/`` degrees (their product must be torchrun's ``--nproc-per-node``).
+        device: the run's ``device``; under torchrun on CUDA each rank takes the GPU of its local rank.
+
+    Returns:
+        The ``Team`` that shares the transformer's work as the degrees say (``team.share_work(pipe)``);
+        ``team.close()`` ends the process group.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if settings.degree == 1 and world == 1:
         return Team(settings=settings)
@@ -130,10 +139,11 @@ class Team:
         share_transformer(pipe, self.settings, self)
 
     @property
-    def is_writer(self) -> bool:
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the process that decides and writes."""
         return self.rank == 0
 
-    def agree(self, value: Any) -> Any:
+    def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` (any picklable object) on every rank."""
         if self.size == 1:
             return value

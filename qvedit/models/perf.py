@@ -1,5 +1,6 @@
 """``perf/`` at work: speed and memory settings.
 
+``check_perf`` refuses, before the model loads, settings that cannot work together or on the device.
 ``prepare_pipeline`` runs as the pipeline loads, for the settings that change its weights or where they
 live for good (they are part of the loader's cache key): FP8 matmuls (``qvedit.models.fp8``), FP8 weight
 storage, and streaming the transformer and text encoder from CPU memory (diffusers' group offloading).
@@ -21,10 +22,25 @@ import torch
 from qvedit.errors import QveditError
 from qvedit.files import cache_dir
 from qvedit.models.diffusers_compat import before_prompt_encoding, execution_device
-from qvedit.models.settings import PerfSettings
 from qvedit.models.step_cache import use_step_cache, without_step_cache
+from qvedit.settings.model import PerfSettings
 
 log = logging.getLogger(__name__)
+
+
+def check_perf(settings: PerfSettings, device: str, dtype: str, processes: int = 1) -> None:
+    """Refuse ``perf/`` settings that cannot work together (``PerfSettings.conflict``), with ``processes``
+    ranks, or on ``device`` in ``dtype``, before the model loads: a QveditError of one line."""
+    refused = settings.conflict(processes)
+    if refused:
+        raise QveditError(refused)
+    if settings.quantize == "fp8":
+        from qvedit.models.fp8 import check_fp8
+
+        check_fp8(device, dtype)
+    if settings.group_offload and not device.startswith("cuda"):
+        raise QveditError(f"perf.group_offload streams the model's weights from CPU memory to a CUDA GPU, but "
+                          f"device={device} already holds them in CPU memory: use perf=default on the CPU")
 
 
 def prepare_pipeline(pipe, settings: PerfSettings, device: str) -> None:
@@ -49,7 +65,13 @@ def prepare_pipeline(pipe, settings: PerfSettings, device: str) -> None:
 
 
 def apply_perf(pipe, settings: PerfSettings) -> None:
-    """Set up ``pipe`` (once per pipeline and setting: a sweep reuses the pipeline)."""
+    """Set up the loaded ``pipe`` as ``settings`` say: attention kernel, compile, text encoder offload, step
+    cache (once per pipeline and setting: a sweep reuses the pipeline).
+
+    Args:
+        pipe: the pipeline ``load_pipeline`` gave (with ``settings`` as its ``perf``).
+        settings: the ``perf/`` settings.
+    """
     applied = pipe.__dict__.setdefault("_qvedit_perf", set())
     if settings.attention_backend and ("attention", settings.attention_backend) not in applied:
         try:

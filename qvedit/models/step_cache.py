@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 
 from qvedit.errors import QveditError
-from qvedit.models.settings import PerfSettings
+from qvedit.settings.model import PerfSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from qvedit.config import DEFAULT_PROMPT
 from qvedit.files import atomic_folder
+from qvedit.settings.run import DEFAULT_PROMPT
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",

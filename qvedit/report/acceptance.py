@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -21,71 +21,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
-from qvedit.config import output_path_keys, scale_keys
 from qvedit.errors import QveditError
 from qvedit.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
 from qvedit.report.confdiff import diff_configs, group_contexts, load_run
 from qvedit.report.drift import drift_by_setting, drift_table, judge_drift, plot_drift
-from qvedit.report.settings import Thresholds
+from qvedit.report.verdict import PLOTTED, Comparison, Criterion, SweepJob, SweepVerdict, plot_name
+from qvedit.settings.report import Thresholds
+from qvedit.settings.schema import output_path_keys
 
 log = logging.getLogger(__name__)
 
-SCALES = scale_keys()  # ttlg.edge_scale, ...: a job is guided when one of them is > 0
 # Keys that may differ between a guided job and its off twin, besides ttlg.*: the replicate seed and
 # where a job writes.
 UNPAIRED_KEYS = ("seed", *output_path_keys())
 
 
-@dataclass
-class Job:
-    path: Path
-    config: dict
-    metrics: Optional[pd.DataFrame]
-    error: Optional[str]
-
-    @property
-    def guided(self) -> bool:
-        return any(float(self.config.get(key) or 0) > 0 for key in SCALES)
-
-    @property
-    def ttlg(self) -> str:
-        scales = [f"{key.split('.')[1]}={self.config[key]}" for key in SCALES if float(self.config.get(key) or 0) > 0]
-        if float(self.config.get("ttlg.temporal_scale") or 0) > 0 and self.config.get("ttlg.temporal_mode") == "flow":
-            scales.append("temporal_mode=flow")
-        return ",".join(scales) or "off"
-
-
-@dataclass
-class Criterion:
-    name: str
-    value: Optional[float]
-    threshold: str
-    passed: Optional[bool]  # None: could not be judged; ``note`` says why
-    note: str = ""
-
-
-@dataclass
-class Comparison:
-    label: str
-    seeds: list
-    on: dict  # seed -> Job
-    off: dict  # seed -> Job
-    frames: int = 0
-    criteria: list = field(default_factory=list)
-    context: str = ""  # the settings (not ttlg, not seed) that tell this comparison from the sweep's others
-
-    @property
-    def title(self) -> str:
-        return f"ttlg {self.label} vs ttlg=off" + (f" ({self.context})" if self.context else "")
-
-    def metrics(self, guided: bool) -> dict:
-        """{seed: metrics.csv table} of the guided or the off jobs."""
-        return {seed: job.metrics for seed, job in (self.on if guided else self.off).items()}
-
-
-def load_jobs(sweep_dir: Path) -> list[Job]:
+def load_jobs(sweep_dir: Path) -> list[SweepJob]:
     jobs = []
     for config_file in sorted(sweep_dir.glob("*/.hydra/config.yaml"), key=lambda p: natural_key(p.parent.parent)):
         path = config_file.parent.parent
@@ -95,17 +48,17 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         error = job_error(path)
         if error is None and (metrics is None or metrics.empty):
             error = "no metrics rows: the job did not finish (still running, killed, or crashed)"
-        jobs.append(Job(path, config, metrics if error is None else None, error))
+        jobs.append(SweepJob(path, config, metrics if error is None else None, error))
     return jobs
 
 
-def pair_jobs(jobs: list[Job]) -> tuple[list[Comparison], list[str]]:
+def pair_jobs(jobs: list[SweepJob]) -> tuple[list[Comparison], list[str]]:
     """Group finished jobs into guided-vs-off comparisons; messages say what could not be paired."""
-    def setting(job: Job) -> tuple:
+    def setting(job: SweepJob) -> tuple:
         return tuple(sorted((k, repr(v)) for k, v in job.config.items()
                             if not k.startswith("ttlg.") and k not in UNPAIRED_KEYS))
 
-    groups: dict[tuple, list[Job]] = {}
+    groups: dict[tuple, list[SweepJob]] = {}
     for job in jobs:
         if job.error is None:
             groups.setdefault(setting(job), []).append(job)
@@ -229,7 +182,7 @@ def legend_below(axes, columns: int = 1) -> None:
                 bbox_to_anchor=(0.5, -0.18), frameon=False, fontsize="small")
 
 
-def thresholds_of(jobs: list[Job]) -> Thresholds:
+def thresholds_of(jobs: list[SweepJob]) -> Thresholds:
     """The thresholds the sweep was configured with (acceptance/ group), else the defaults."""
     for job in jobs:
         values = {k.split(".", 1)[1]: v for k, v in job.config.items() if k.startswith("acceptance.")}
@@ -237,32 +190,6 @@ def thresholds_of(jobs: list[Job]) -> Thresholds:
         if values:
             return Thresholds(**values)
     return Thresholds()
-
-
-@dataclass
-class SweepVerdict:
-    """A judged sweep: its jobs, the guided-vs-off comparisons with their criteria, and notes."""
-
-    sweep_dir: Path
-    jobs: list
-    comparisons: list
-    messages: list
-    limits: Thresholds
-
-    @property
-    def failed_jobs(self) -> list:
-        return [job for job in self.jobs if job.error]
-
-    @property
-    def judged(self) -> list:
-        return [c for comparison in self.comparisons for c in comparison.criteria if c.passed is not None]
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.judged) and all(c.passed for c in self.judged) and not self.failed_jobs
-
-
-PLOTTED = ("edge_loss", "gram_loss", "warp_error")
 
 
 def judge_sweep(sweep_dir: Path, limits: Optional[Thresholds] = None) -> SweepVerdict:
@@ -276,12 +203,6 @@ def judge_sweep(sweep_dir: Path, limits: Optional[Thresholds] = None) -> SweepVe
     limits = limits or thresholds_of(jobs)
     comparisons, messages = pair_jobs(jobs)
     return SweepVerdict(sweep_dir, jobs, [judge(c, limits) for c in comparisons], messages, limits)
-
-
-def plot_name(comparison: Comparison, column: str) -> str:
-    name = comparison.label + (f"_{comparison.context}" if comparison.context else "")
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name.replace("=", ""))
-    return f"acceptance_{safe}_{column}.png"
 
 
 def markdown(verdict: SweepVerdict, plots: bool) -> str:
@@ -343,7 +264,7 @@ def write_report(sweep_dir: str | Path, limits: Optional[Thresholds] = None) -> 
     write_text_atomic(report, markdown(verdict, plots=True))
     with atomic_path(verdict.sweep_dir / "acceptance.csv") as partial:
         csv_rows(verdict).to_csv(partial, index=False)
-    from qvedit.report.html import write_sweep_html  # jinja2 and the previews only where the report is written
+    from qvedit.report.html import write_sweep_html# jinja2 and the previews only where the report is written
 
     write_sweep_html(verdict)
     return verdict.passed, report

@@ -14,10 +14,11 @@ from typing import Optional
 import torch
 from PIL import Image
 
+from qvedit.models import cache
+
 log = logging.getLogger(__name__)
 
 MODEL, PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
-_loaded: dict[str, Optional["ClipEmbedder"]] = {}
 
 
 class ClipEmbedder:
@@ -38,20 +39,19 @@ class ClipEmbedder:
 
 def load_clip(device: str) -> Optional[ClipEmbedder]:
     """The CLIP embedder, or None (with one warning per process) when open_clip or its weights are missing."""
-    if device in _loaded:
-        return _loaded[device]
+    return cache.shared(("clip", device), lambda: _build_clip(device))
+
+
+def _build_clip(device: str) -> Optional[ClipEmbedder]:
     try:
         import open_clip
     except ImportError:
         log.warning("open_clip is not installed: clip_consistency is skipped (pip install -e .[clip])")
-        _loaded[device] = None
         return None
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(MODEL, pretrained=PRETRAINED)
     except Exception as err:  # offline without the weights in the hub cache, most often
         log.warning("CLIP weights %s/%s are not available (%s: %s): clip_consistency is skipped", MODEL, PRETRAINED,
                     type(err).__name__, " ".join(str(err).split())[:160])
-        _loaded[device] = None
         return None
-    _loaded[device] = ClipEmbedder(model, preprocess, device)
-    return _loaded[device]
+    return ClipEmbedder(model, preprocess, device)

@@ -20,9 +20,9 @@ import qvedit
 from qvedit.files import write_text_atomic
 from qvedit.images import read_rgb8
 from qvedit.io.preview import cell_size, comparison_gif
-from qvedit.report.acceptance import PLOTTED, Comparison, SweepVerdict, plot_name
 from qvedit.report.confdiff import diff_configs
 from qvedit.report.drift import DRIFT_COLUMNS, median_trends
+from qvedit.report.verdict import PLOTTED, Comparison, SweepVerdict, plot_name
 
 log = logging.getLogger(__name__)
 
@@ -158,18 +158,19 @@ def _comparison_gif(off_dir: Path, on_dir: Path, frames: int, out: Path) -> Opti
 
 def _edge_maps(job_dir: Path, frames: int) -> list:
     """Edge maps 1..frames of a finished job, read through its own io settings."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from qvedit.config import register_schemas
     from qvedit.io.layout import RunLayout
-    from qvedit.report.settings import MetricsSettings
+    from qvedit.io.source import open_source
+    from qvedit.settings.report import MetricsSettings
+    from qvedit.settings.schema import register_schemas
+    from qvedit.trust import build
 
     register_schemas()  # the resolvers its config may use
     config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
-    io = instantiate(config.io)
+    io = build(config.io)  # a sweep folder from elsewhere is data: only qvedit's own settings are built
     layout = replace(RunLayout.resolve(job_dir, io, MetricsSettings()), edges_dir=None)  # read, write nothing
-    source = io.open(layout)
+    source = open_source(io, layout)
     size = source.init_image().size
     return [source.edge_frame(k, size) for k in range(frames)]
 

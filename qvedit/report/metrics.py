@@ -21,16 +21,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qvedit.anchor.color import LabStats, color_drift, lab_stats
 from qvedit.errors import QveditError
 from qvedit.files import append_whole, atomic_path
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.flow import FlowPair, warp_error
 from qvedit.images import to_tensor
+from qvedit.lab import LabStats, color_drift, lab_stats
+from qvedit.models import cache
 from qvedit.report.clip import load_clip
 from qvedit.report.drift import edge_offset_px
-from qvedit.report.settings import MetricsSettings
+from qvedit.settings.report import MetricsSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,17 @@ QUALITY_COLUMNS = ["edge_loss", "gram_loss", "warp_error", "color_drift", "edge_
 LPIPS_COLUMNS = ["lpips_to_init", "lpips_to_prev"]
 LPIPS_SMALLEST_INPUT = 16  # lpips' VGG16 pools 4 times before relu5_3
 
-# (backbone, device) -> LPIPS model, built once per process like the pipeline (VGG: losses.shared_vgg).
-_models: dict[tuple, torch.nn.Module] = {}
-
-
 def load_lpips(backbone: str, device: str):
-    """``lpips.LPIPS(net="vgg")``, or None (with one warning) when the package is not installed."""
-    key = ("lpips", backbone, device)
-    if key in _models:
-        return _models[key]
+    """``lpips.LPIPS(net="vgg")``, or None (with one warning) when the package is not installed; built once per
+    process like the pipeline (``qvedit.models.cache``; VGG: ``losses.shared_vgg``)."""
+    return cache.shared(("lpips", backbone, device), lambda: _build_lpips(backbone, device))
+
+
+def _build_lpips(backbone: str, device: str):
     try:
         import lpips
     except ImportError:
         log.warning("lpips is not installed: lpips_to_init / lpips_to_prev are skipped (pip install lpips)")
-        _models[key] = None
         return None
     if backbone == "imagenet" and not losses.vgg16_weights_path().is_file():
         # lpips asks torchvision for the same VGG16 checkpoint the Gram loss uses; fail before it tries.
@@ -61,8 +59,7 @@ def load_lpips(backbone: str, device: str):
         warnings.simplefilter("ignore", UserWarning)  # lpips uses torchvision's deprecated pretrained=
         torch.manual_seed(0)
         model = lpips.LPIPS(net="vgg", pnet_rand=backbone == "random", verbose=False)
-    _models[key] = model.to(device).eval().requires_grad_(False)
-    return _models[key]
+    return model.to(device).eval().requires_grad_(False)
 
 
 def load_vgg(backbone: str, device: str) -> losses.VGGStyle:

@@ -23,10 +23,10 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from qvedit.config import frame_settings
 from qvedit.errors import QveditError
 from qvedit.report.confdiff import flatten
-from qvedit.report.settings import LoggerSettings
+from qvedit.settings.report import LoggerSettings
+from qvedit.settings.schema import frame_settings
 
 log = logging.getLogger(__name__)
 

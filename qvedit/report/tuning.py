@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from qvedit.errors import QveditError
 from qvedit.files import atomic_path, write_figure_png, write_text_atomic
-from qvedit.guidance.settings import TTLGSettings
+from qvedit.settings.guidance import TTLGSettings
+from qvedit.settings.schema import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def unguided(cfg: DictConfig) -> DictConfig:
 
 def trial_objectives(cfg: DictConfig, run_dir: Path, sweep_dir: Path, run) -> Optional[tuple[float, ...]]:
     """The objectives of the trial whose clip is in ``run_dir`` (None without ``tuning.objectives``);
-    ``run(cfg, folder)`` makes a clip (qvedit.main.run)."""
+    ``run(cfg, folder)`` makes a clip (qvedit.job.run)."""
     names = list(cfg.tuning.objectives)
     if not names:
         return None
@@ -92,7 +93,7 @@ def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -
     written = [write_text_atomic(sweep_dir / "optuna_pareto.md", "\n".join(lines) + "\n"),
                sweep_dir / "optuna_pareto.csv", _plot(study, names, best, sweep_dir / "optuna_pareto.png"),
                write_preset(best.params, config, sweep_dir / "ttlg_tuned.yaml", best, names)]
-    from qvedit.report.html import write_study_html  # jinja2 only where the page is written
+    from qvedit.report.html import write_study_html# jinja2 only where the page is written
 
     written.append(write_study_html(sweep_dir, study, names, table, best))
     log.info("Pareto front (%d trials) and the best trade-off preset: %s; the study's page: %s", len(front),
@@ -114,10 +115,8 @@ def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list
 
 def search_preset_ttlg(config: DictConfig) -> dict:
     """The ``ttlg:`` keys of the ``conf/hparams_search/`` file the sweep chose ({} if none)."""
-    from qvedit.keys import CONF
-
     choice = OmegaConf.select(config, "hydra.runtime.choices.hparams_search", default=None)
-    preset = CONF / "hparams_search" / f"{choice}.yaml"
+    preset = CONF_DIR / "hparams_search" / f"{choice}.yaml"
     if not choice or not preset.is_file():
         return {}
     return dict(OmegaConf.to_container(OmegaConf.load(preset)).get("ttlg") or {})

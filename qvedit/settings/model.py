@@ -1,7 +1,8 @@
 """``model/``, ``perf/`` and ``parallel/``: which pipeline a run uses, how fast, on how many GPUs.
 
-Plain settings (what each key means: README, "Keys"); the work is done in ``loading``, ``perf`` and
-``parallel``, imported when a method needs them so the schema loads without torch or diffusers.
+Plain settings (what each key means: README, "Keys"); the work is done in ``qvedit.models``: ``loading``
+(``load_pipeline``), ``lora`` (``check_model``), ``perf`` (``check_perf``, ``apply_perf``) and ``parallel``
+(``start_team``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
-from qvedit.errors import QveditError
-from qvedit.fields import check_fields, setting
+from qvedit.fields import setting
 from qvedit.files import cache_dir
 
 TINY_MODEL_FOLDER = "tiny-qwen-image-edit-2509"  # in the cache folder; conf/model/tiny.yaml names it too
@@ -46,53 +46,39 @@ class ModelSettings:
     # FlowMatchEulerDiscreteScheduler config values that replace the model's own; {} = the model's scheduler
     scheduler: Dict[str, Any] = setting(frames=True, default_factory=dict)
 
+    kind: ClassVar[str] = "pretrained"  # how qvedit.models.loading.load_pipeline obtains the pipeline
+
     def __post_init__(self):
         self.loras = [entry if isinstance(entry, LoraSpec) else LoraSpec(**plain(entry)) for entry in self.loras]
         self.scheduler = plain(self.scheduler)
+
+    @property
+    def real_weights(self) -> bool:
+        """Whether the pipeline is the real model (a hub id or a folder), not the tiny or random one."""
+        return self.kind == "pretrained"
+
+    def entry_problem(self) -> Optional[str]:
+        """Why an entry of ``model.loras`` is not one a LoRA can be loaded from (one line), or None."""
         for i, lora in enumerate(self.loras):
             if not isinstance(lora.path, str) or not lora.path.strip():
-                raise QveditError(f"model.loras[{i}].path is empty: give a .safetensors file, a folder holding one, "
-                                  "or a hub id such as lightx2v/Qwen-Image-Lightning")
+                return (f"model.loras[{i}].path is empty: give a .safetensors file, a folder holding one, or a hub id "
+                        "such as lightx2v/Qwen-Image-Lightning")
             scale = lora.scale
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-                raise QveditError(f"model.loras[{i}].scale={lora.scale!r} is not a finite number")
-
-    def check(self) -> None:
-        """What can be checked before the model loads: every LoRA file (a hub LoRA is fetched into the
-        Hugging Face cache now) and the scheduler keys."""
-        from qvedit.models.lora import check_scheduler, resolve_loras
-
-        resolve_loras(self.loras)
-        check_scheduler(self.scheduler)
-
-    def variant(self, fuse_loras: bool = True):
-        """The LoRAs and scheduler to set up on the loaded pipeline (``qvedit.models.lora.Variant``)."""
-        from qvedit.models.lora import Variant
-
-        return Variant.of(self.loras, fuse_loras, self.scheduler)
-
-    def load(self, device: str, dtype: str, perf: Optional["PerfSettings"] = None):
-        """The frozen ``QwenImageEditPlusPipeline`` on ``device`` (reused within a process), with this
-        model's LoRAs and scheduler, and the ``perf`` settings that change its weights or where they live
-        already applied."""
-        from qvedit.models.loading import load_pretrained
-
-        return load_pretrained(self.model_id, device, dtype, perf, self.variant(perf.fuse_loras if perf else True))
+                return f"model.loras[{i}].scale={lora.scale!r} is not a finite number"
+        return None
 
 
 @dataclass
 class TinyModel(ModelSettings):
     """``model=tiny``: the offline toy model, built into the folder ``model_id`` on first use."""
 
+    kind: ClassVar[str] = "tiny"
+
     @classmethod
     def in_cache(cls) -> "TinyModel":
         """The tiny model in qvedit's cache folder, where ``model=tiny`` keeps it."""
         return cls(str(cache_dir() / TINY_MODEL_FOLDER))
-
-    def load(self, device: str, dtype: str, perf: Optional["PerfSettings"] = None):
-        from qvedit.models.loading import load_tiny
-
-        return load_tiny(self.model_id, device, dtype, perf, self.variant(perf.fuse_loras if perf else True))
 
 
 @dataclass
@@ -100,10 +86,7 @@ class RandomFullModel(ModelSettings):
     """``model=random_full``: the full 2509 architecture with random weights (timing only);
     ``model_id`` is a label."""
 
-    def load(self, device: str, dtype: str, perf: Optional["PerfSettings"] = None):
-        from qvedit.models.loading import load_random_full
-
-        return load_random_full(device, dtype, perf, self.variant(perf.fuse_loras if perf else True))
+    kind: ClassVar[str] = "random_full"
 
 
 # perf.fp8_keep_bf16's default: the transformer's Linear layers that stay in bf16 under perf.quantize=fp8 (fnmatch
@@ -147,21 +130,7 @@ class PerfSettings:
     cache_threshold: float = setting(0.05, frames=True, min=0)  # first_block: relative change that recomputes
 
     def __post_init__(self):
-        check_fields(self, "perf.")
         self.fp8_keep_bf16 = [str(pattern) for pattern in self.fp8_keep_bf16]  # a ListConfig from Hydra
-
-    def check(self, device: str, dtype: str, processes: int = 1) -> None:
-        """Refuse settings that cannot work together or on ``device``, before the model loads."""
-        refused = self.conflict(processes)
-        if refused:
-            raise QveditError(refused)
-        if self.quantize == "fp8":
-            from qvedit.models.fp8 import check_fp8
-
-            check_fp8(device, dtype)
-        if self.group_offload and not device.startswith("cuda"):
-            raise QveditError(f"perf.group_offload streams the model's weights from CPU memory to a CUDA GPU, but "
-                              f"device={device} already holds them in CPU memory: use perf=default on the CPU")
 
     def conflict(self, processes: int = 1) -> Optional[str]:
         """Why these settings do not go together (one line), or None."""
@@ -210,12 +179,6 @@ class PerfSettings:
             return ("transformer", "text_encoder")
         return ("transformer",) if self.quantize == "fp8" or self.layerwise_fp8_storage else ()
 
-    def apply(self, pipe) -> None:
-        """Set up ``pipe`` (once per pipeline and setting: a sweep reuses the pipeline)."""
-        from qvedit.models.perf import apply_perf
-
-        apply_perf(pipe, self)
-
 
 @dataclass
 class ParallelSettings:
@@ -239,17 +202,9 @@ class ParallelSettings:
         """How many GPUs share one transformer pass (context parallelism)."""
         return self.ulysses_degree * self.ring_degree
 
-    def check(self, true_cfg_scale: float) -> None:
-        """Refuse degrees that cannot work, before anything is loaded."""
-        check_fields(self, "parallel.")
+    def conflict(self, true_cfg_scale: float) -> Optional[str]:
+        """Why these degrees cannot work with ``true_cfg_scale`` (one line), or None."""
         if self.cfg_degree == 2 and true_cfg_scale <= 1:
-            raise QveditError(f"parallel.cfg_degree=2 shares the two passes of true CFG, but true_cfg_scale="
-                              f"{true_cfg_scale} runs one: raise true_cfg_scale above 1 or use ulysses_degree=2")
-
-    def start(self, device: str, true_cfg_scale: float = 4.0):
-        """This process's place in the torchrun group: a ``Team`` (of one without torchrun) that
-        shares the transformer's work as these settings say (``team.share_work(pipe)``)."""
-        from qvedit.models.parallel import start_team
-
-        self.check(true_cfg_scale)
-        return start_team(self, device)
+            return (f"parallel.cfg_degree=2 shares the two passes of true CFG, but true_cfg_scale={true_cfg_scale} "
+                    "runs one: raise true_cfg_scale above 1 or use ulysses_degree=2")
+        return None

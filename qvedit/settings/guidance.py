@@ -1,4 +1,5 @@
-"""``ttlg/``: the settings of test-time loss guidance (what each key means: README, "Keys")."""
+"""``ttlg/`` and ``flow/``: the settings of test-time loss guidance and of the optical flow it and the
+warp error use (what each key means: README, "Keys"); the work is done in ``qvedit.guidance``."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from qvedit.errors import QveditError
-from qvedit.fields import check_fields, setting
+from qvedit.fields import setting
 
 EDGE_OPS = ("sobel", "laplacian")  # qvedit.guidance.edges implements each
-VGG_WEIGHTS = ("imagenet", "random")
+VGG_WEIGHTS = ("imagenet", "random")  # the VGG16 of the Gram loss and of the metrics; random: tests and the demo
 TEMPORAL_MODES = ("plain", "flow")
-FLOW_METHODS = ("dis", "raft")
+FLOW_METHODS = ("dis", "raft")  # OpenCV's DIS (no weights) and torchvision's RAFT-large
+RAFT_WEIGHTS = ("pretrained", "random")  # the torch hub cache's checkpoint; random: tests only
 GUIDANCE_DECODERS = ("vae", "tiny")
 VGG_MIN_SIZE = 32  # VGG16 halves the image 3 times before relu4_3: 32 pixels leave 4x4 features
 
@@ -33,9 +34,10 @@ class TTLGSettings:
     edge_size: Optional[int] = setting(256, frames=True, min=1)
     gram_size: Optional[int] = setting(256, frames=True, min=VGG_MIN_SIZE)
     temporal_size: int = setting(64, frames=True, min=1)
-    temporal_mode: str = setting("plain", frames=True)  # flow: the previous frame warped by the source flow
-    edge_op: str = setting("sobel", frames=True)
-    vgg_weights: str = setting("imagenet", frames=True)
+    # flow: the previous frame warped by the source flow
+    temporal_mode: str = setting("plain", frames=True, choices=TEMPORAL_MODES)
+    edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS)
+    vgg_weights: str = setting("imagenet", frames=True, choices=VGG_WEIGHTS)
     # long side (pixels) x0 is decoded at for the losses: the latents are resized first; null = the frame's size
     decode_size: Optional[int] = setting(None, frames=True, min=16)
     decode_checkpointing: bool = setting(True)  # recomputes the decoder in the backward: the same numbers
@@ -43,15 +45,6 @@ class TTLGSettings:
     decoder: str = setting("vae", frames=True, choices=GUIDANCE_DECODERS)
     # ttlg.decoder=tiny: its weights (a taew2_1 .safetensors file, a folder, a hub id), or random (tests, timing)
     tiny_decoder: Optional[str] = setting(None, frames=True, path="input")
-
-    def __post_init__(self):
-        check_fields(self, "ttlg.")
-        if self.edge_op not in EDGE_OPS:
-            raise QveditError(f"unknown edge op {self.edge_op!r}: set it to one of {', '.join(sorted(EDGE_OPS))}")
-        if self.temporal_mode not in TEMPORAL_MODES:
-            raise QveditError(f"ttlg.temporal_mode={self.temporal_mode!r}: use plain or flow")
-        if self.vgg_weights not in VGG_WEIGHTS:
-            raise QveditError(f"ttlg.vgg_weights={self.vgg_weights!r}: use imagenet, or random (tests only)")
 
     @classmethod
     def scales(cls) -> list[str]:
@@ -78,13 +71,6 @@ class FlowSettings:
     """``flow/``: optical flow between consecutive source frames, for the warp error metric and
     ``ttlg.temporal_mode=flow``."""
 
-    method: str = setting("dis", frames=True)
+    method: str = setting("dis", frames=True, choices=FLOW_METHODS)
     size: Optional[int] = setting(None, frames=True, min=16)  # long side the flow is computed at; null = frame size
-    raft_weights: str = setting("pretrained", frames=True)  # pretrained (torch hub cache) | random (tests only)
-
-    def __post_init__(self):
-        check_fields(self, "flow.")
-        if self.method not in FLOW_METHODS:
-            raise QveditError(f"flow.method={self.method!r}: use dis (OpenCV, no weights) or raft (torchvision)")
-        if self.raft_weights not in ("pretrained", "random"):
-            raise QveditError(f"flow.raft_weights={self.raft_weights!r}: use pretrained, or random (tests only)")
+    raft_weights: str = setting("pretrained", frames=True, choices=RAFT_WEIGHTS)

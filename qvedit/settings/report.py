@@ -1,6 +1,9 @@
-"""``metrics/`` and ``acceptance/``: what is measured per frame, and the thresholds a sweep is judged by.
+"""``metrics/``, ``acceptance/``, ``logger/`` and ``tuning/``: what is measured per frame, the thresholds a sweep
+is judged by, where runs are tracked, and what a search trial returns.
 
-Plain settings (what each key means: README, "Keys"); ``metrics`` and ``acceptance`` do the work.
+Plain settings (what each key means: README, "Keys"); ``qvedit.report.metrics`` and
+``qvedit.report.acceptance`` do the work, ``qvedit.report.tracking`` and ``qvedit.report.tuning`` for
+``logger/`` and ``tuning/``.
 """
 
 from __future__ import annotations
@@ -8,11 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from qvedit.errors import QveditError
-from qvedit.fields import check_fields, setting
-from qvedit.guidance.settings import VGG_MIN_SIZE
-
-VGG_BACKBONES = ("imagenet", "random")
+from qvedit.fields import setting
+from qvedit.settings.guidance import VGG_MIN_SIZE, VGG_WEIGHTS
 
 
 @dataclass
@@ -23,18 +23,7 @@ class MetricsSettings:
     path: Optional[str] = setting(None, path="output")
     size: int = setting(256, min=VGG_MIN_SIZE)
     gram_size: int = setting(256, min=VGG_MIN_SIZE)
-    vgg_weights: str = setting("imagenet")
-
-    def __post_init__(self):
-        check_fields(self, "metrics.")
-        if self.vgg_weights not in VGG_BACKBONES:
-            raise QveditError(f"metrics.vgg_weights={self.vgg_weights!r}: use imagenet or random (tests only)")
-
-    def scorer(self, device: str, quality: Optional[bool] = None):
-        """The ``FrameMetrics`` that scores frames on ``device`` (``quality=False``: timing columns only)."""
-        from qvedit.report.metrics import FrameMetrics
-
-        return FrameMetrics(self, device, self.quality if quality is None else quality and self.quality)
+    vgg_weights: str = setting("imagenet", choices=VGG_WEIGHTS)
 
 
 @dataclass
@@ -58,13 +47,9 @@ LOGGER_BACKENDS = ("none", "mlflow")
 class LoggerSettings:
     """``logger/``: experiment tracking. Logging reads what a run wrote and never changes its frames."""
 
-    backend: str = setting("none")
+    backend: str = setting("none", choices=LOGGER_BACKENDS)
     tracking_uri: Optional[str] = setting(None, path="output")  # null = sqlite:///<cwd>/runs/mlflow.db
     experiment_name: str = setting("qvedit")
-
-    def __post_init__(self):
-        if self.backend not in LOGGER_BACKENDS:
-            raise QveditError(f"logger.backend={self.backend!r}: use none or mlflow (logger=mlflow)")
 
 
 TUNING_OBJECTIVES = ("edge_loss", "gram_loss", "warp_error")
@@ -75,9 +60,4 @@ class TuningSettings:
     """``tuning/``: what a search trial returns (``hparams_search=ttlg_optuna`` sets it): the guided / unguided
     ratio of the mean of each named metrics.csv column, the unguided clip made once per sweep."""
 
-    objectives: list = setting(default_factory=list)
-
-    def __post_init__(self):
-        unknown = [name for name in self.objectives if name not in TUNING_OBJECTIVES]
-        if unknown:
-            raise QveditError(f"tuning.objectives names {unknown}: use {', '.join(TUNING_OBJECTIVES)}")
+    objectives: list = setting(default_factory=list, choices=TUNING_OBJECTIVES)  # each entry one of the choices

@@ -36,19 +36,21 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from qvedit import locks
-from qvedit.config import RunSettings, frame_settings
-from qvedit.editor import checked_frame, generation_size, vae_area
 from qvedit.devices import frame_memory
+from qvedit.editor import checked_frame
 from qvedit.errors import QveditError
 from qvedit.files import atomic_path, write_text_atomic
 from qvedit.images import read_rgb8, unusable_image
 from qvedit.io.layout import RunLayout
 from qvedit.io.preview import candidate_sheet, cell_size
-from qvedit.io.settings import FirstFrameSettings
 from qvedit.io.source import FrameSource
 from qvedit.models.diffusers_compat import condition_area, execution_device
 from qvedit.models.parallel import Team
+from qvedit.plan import ClipPlan
 from qvedit.report.confdiff import diff_configs
+from qvedit.settings.io import FirstFrameSettings
+from qvedit.settings.run import RunSettings
+from qvedit.settings.schema import frame_settings
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +113,14 @@ class FirstFrameEdit:
     """The candidates of one run: which are already in ``folder``, which to make, and the pick.
 
     ``prepare`` checks everything before the model loads; ``make(pipe)`` makes the missing candidates on
-    the loaded pipeline (guidance off, the run's perf settings, ``condition_area`` and ``max_area``),
-    writes the contact sheet and returns the picked candidate, frame 0 of the clip.
+    the loaded pipeline (guidance off, the run's perf settings, and the clip's ``plan``: the generation size
+    and condition area of ``max_area`` and ``condition_area``), writes the contact sheet and returns the
+    picked candidate, frame 0 of the clip.
     """
 
-    def __init__(self, settings: FirstFrameSettings, run: RunSettings, folder: Path, source_frame0: Image.Image,
-                 made_with: dict, recorded: dict[int, Candidate], team: Team):
-        self.settings, self.run, self.folder, self.team = settings, run, folder, team
+    def __init__(self, settings: FirstFrameSettings, run: RunSettings, plan: ClipPlan, folder: Path,
+                 source_frame0: Image.Image, made_with: dict, recorded: dict[int, Candidate], team: Team):
+        self.settings, self.run, self.plan, self.folder, self.team = settings, run, plan, folder, team
         self.source_frame0, self.made_with = source_frame0, made_with
         self.recorded = recorded  # every candidate in the folder made with these settings, also k >= candidates
         self.candidates = {k: recorded.get(k) or Candidate(k, candidate_seed(run.seed, k), candidate_name(k))
@@ -125,10 +128,23 @@ class FirstFrameEdit:
         self.made_now = 0
 
     @classmethod
-    def prepare(cls, settings: FirstFrameSettings, cfg: DictConfig, run: RunSettings, source: FrameSource,
-                layout: RunLayout, team: Team) -> "FirstFrameEdit":
+    def prepare(cls, settings: FirstFrameSettings, cfg: DictConfig, run: RunSettings, plan: ClipPlan,
+                source: FrameSource, layout: RunLayout, team: Team) -> "FirstFrameEdit":
         """Check the edit and the candidates folder, before the model loads; move candidates of other
-        settings aside."""
+        settings aside.
+
+        Args:
+            settings: ``first_frame/``'s settings (``prompt`` set).
+            cfg: the composed config (the frame settings a candidate depends on are read from it).
+            run: the top-level keys (``seed``).
+            plan: the clip's plan, whose generation size and condition area the edit uses.
+            source: the clip; its frame 0 is what is edited.
+            layout: the run's layout (the candidates go to ``layout.first_frame``).
+            team: the torchrun team (rank 0 reads and writes the folder).
+
+        Returns:
+            The edit, ready for ``make(pipe)``.
+        """
         check_source_frame0(source)
         if team.settings.cfg_degree == 2 and settings.true_cfg_scale <= 1:
             raise QveditError(f"parallel.cfg_degree=2 shares the two passes of true CFG, but first_frame.true_cfg_scale="
@@ -138,14 +154,14 @@ class FirstFrameEdit:
         folder = layout.first_frame
         made_with = candidates_made_with(cfg, source_frame0)
         recorded = {}
-        if team.is_writer:
+        if team.is_main:
             folder.mkdir(parents=True, exist_ok=True)
             locks.hold(folder)
             recorded = read_manifest(folder, made_with)
             for k in range(settings.candidates):
                 if k in recorded:
                     check_candidate(folder, recorded[k], source_frame0.size)
-        return cls(settings, run, folder, source_frame0, made_with, recorded, team)
+        return cls(settings, run, plan, folder, source_frame0, made_with, recorded, team)
 
     @property
     def picked(self) -> Candidate:
@@ -156,33 +172,32 @@ class FirstFrameEdit:
 
     def make(self, pipe) -> Image.Image:
         """Make the missing candidates, write the contact sheet; returns the picked one (8-bit RGB)."""
-        todo = self.team.agree(self.to_make())
+        todo = self.team.broadcast(self.to_make())
         self.made_now = len(todo)
         if len(todo) < len(self.candidates):
             log.info("first_frame: %d of %d candidates are already in %s (made with these settings): not made again",
                      len(self.candidates) - len(todo), len(self.candidates), self.folder)
-        bars = self.team.is_writer and sys.stderr.isatty()
+        bars = self.team.is_main and sys.stderr.isatty()
         pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
         for index in tqdm(todo, desc="first frame", unit="candidate", disable=not bars):
             started = time.perf_counter()
-            image = self.team.agree(self.edit(pipe, self.candidates[index].seed))
-            if self.team.is_writer:
+            image = self.team.broadcast(self.edit(pipe, self.candidates[index].seed))
+            if self.team.is_main:
                 self.write(index, image)
                 log.info("first_frame: candidate %d of %d made in %.2f s -> %s", index, len(self.candidates),
                          time.perf_counter() - started, self.folder / candidate_name(index))
-        picked = read_rgb8(self.folder / self.picked.file) if self.team.is_writer else None
-        if self.team.is_writer:
+        picked = read_rgb8(self.folder / self.picked.file) if self.team.is_main else None
+        if self.team.is_main:
             self.write_sheet()
-        return self.team.agree(picked)
+        return self.team.broadcast(picked)
 
     def edit(self, pipe, seed: int) -> Image.Image:
         """One candidate: the source frame 0 edited with ``first_frame.prompt``, at the source frame's size."""
         source, settings = self.source_frame0, self.settings
-        width, height = source.size
-        gen_width, gen_height = generation_size(width, height, self.run.max_area)
-        area = vae_area(self.run.condition_area, gen_width, gen_height, source.size)
-        generator = torch.Generator(device=execution_device(pipe)).manual_seed(seed)
-        with frame_memory(0, (gen_width, gen_height), pipe), condition_area(area):
+        gen_width, gen_height = self.plan.generation_size
+        device = execution_device(pipe)
+        generator = torch.Generator(device=device).manual_seed(seed)
+        with frame_memory(0, (gen_width, gen_height), pipe, device), condition_area(self.plan.condition_area):
             result = pipe(image=[source], prompt=settings.prompt, negative_prompt=settings.negative_prompt,
                           true_cfg_scale=settings.true_cfg_scale, num_inference_steps=settings.num_inference_steps,
                           height=gen_height, width=gen_width, generator=generator, output_type="pt",
@@ -310,7 +325,7 @@ def check_candidate(folder: Path, candidate: Candidate, size: tuple[int, int]) -
 def write_manifest(folder: Path, made_with: dict, candidates: dict[int, Candidate]) -> None:
     entries = [dataclasses.asdict(candidates[k]) for k in sorted(candidates)]
     text = OmegaConf.to_yaml(OmegaConf.create({"made_with": made_with, "candidates": entries}))
-    write_text_atomic(folder / MANIFEST, "# first-frame candidates (qvedit.io.first_frame): made with, and each one\n"
+    write_text_atomic(folder / MANIFEST, "# first-frame candidates (qvedit.first_frame): made with, and each one\n"
                       + text)
 
 

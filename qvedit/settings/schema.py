@@ -1,9 +1,9 @@
-"""The run's own settings (the top-level keys) and the schema every config in ``conf/`` is checked against.
+"""The schema every config in ``conf/`` is checked against, and the key lists derived from its tags.
 
-Each config group's schema is the dataclass its subpackage owns (``qvedit/*/settings.py``) plus a
-``_target_`` naming it, so ``hydra.utils.instantiate`` gives that dataclass back. A misspelt key
-(``ttlg.edge_scal=1``) or a wrong type (``seed=abc``) fails at compose time with Hydra's message naming
-the key. This module imports no runtime module: the settings modules are plain dataclasses.
+Each config group's schema is its settings dataclass (``qvedit/settings/*.py``) plus a ``_target_`` naming
+it, so ``hydra.utils.instantiate`` gives that dataclass back. A misspelt key (``ttlg.edge_scal=1``) or a
+wrong type (``seed=abc``) fails at compose time with Hydra's message naming the key, and a value out of
+its field's range or choices fails in ``check_values``, before anything is built.
 
 The lists of keys other parts need are derived here from the fields' tags (``qvedit.fields``):
 the resume manifest (``frame_settings``), the keys the acceptance report does not pair jobs by
@@ -14,55 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, make_dataclass
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from qvedit.anchor.settings import AnchorSettings
 from qvedit.errors import QveditError
-from qvedit.fields import setting, tags_of, value_problem, walk
+from qvedit.fields import tags_of, value_problem, walk
 from qvedit.files import cache_dir
-from qvedit.guidance.settings import FlowSettings, TTLGSettings
-from qvedit.io.settings import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, VideoIO
-from qvedit.models.settings import ModelSettings, ParallelSettings, PerfSettings
-from qvedit.report.settings import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
+from qvedit.settings.anchor import AnchorSettings
+from qvedit.settings.guidance import FlowSettings, TTLGSettings
+from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, VideoIO
+from qvedit.settings.model import ModelSettings, ParallelSettings, PerfSettings
+from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
+from qvedit.settings.run import RunSettings
 
-# "Deform image 2 into the fine shape outlined by image 1": image 1 = edge map, image 2 = previous frame.
-DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
-PIPELINE_CONDITION_AREA = 1024 * 1024  # what diffusers encodes condition images at (checked by diffusers_compat)
-DTYPE_NAMES = ("bf16", "fp16", "fp32")  # qvedit.devices.DTYPES maps each to its torch dtype
-
-
-@dataclass
-class GenerationSettings:
-    """What every frame's pipeline call shares."""
-
-    prompt: str = setting(DEFAULT_PROMPT, frames=True)
-    negative_prompt: str = setting(" ", frames=True)
-    num_inference_steps: int = setting(50, frames=True, min=1, max=1000)
-    true_cfg_scale: float = setting(4.0, frames=True, min=0)
-    seed: int = setting(0, frames=True, min=0, max=2**63 - 1)
-    # a pixel count (at most 16 MP), or "output"; at least 32x32 so no side of a condition image rounds to 0
-    condition_area: Any = setting(PIPELINE_CONDITION_AREA, frames=True, min=32 * 32, max=4096 * 4096,
-                                  choices=("output",))
-    max_area: Optional[int] = setting(None, frames=True, min=16 * 16)
-
-
-@dataclass
-class RunSettings(GenerationSettings):
-    """The top-level keys: the generation settings, and where and how much a run makes."""
-
-    device: str = setting("cuda")
-    dtype: str = setting("bf16", frames=True, choices=DTYPE_NAMES)
-    max_frames: Optional[int] = setting(None, min=1)  # may grow when a run is resumed
-    debug_dir: Optional[str] = setting(None, path="output")
-    compare_unguided: bool = setting(False)  # also make the clip with guidance off, and compare the two
-
-    @classmethod
-    def of(cls, cfg: DictConfig) -> "RunSettings":
-        """The top-level keys of a composed config as settings."""
-        return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
+# conf/ sits beside the package (the repository layout; install with `pip install -e .`)
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 
 
 def schema(settings: type) -> type:
