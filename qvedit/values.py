@@ -37,12 +37,12 @@ def owners(key: str) -> list[type]:
 def takes(cls: type, leaf: str) -> str:
     """What the field ``leaf`` of ``cls`` takes, in words."""
     field = {f.name: f for f in dataclasses.fields(cls)}[leaf]
-    if tags_of(field).ranged or tags_of(field).choices:
-        return accepted(field)
     kind = typing.get_type_hints(cls)[leaf]
     args = [a for a in typing.get_args(kind) if a is not type(None)]
     kind = args[0] if typing.get_origin(kind) is typing.Union and len(args) == 1 else kind
     origin = typing.get_origin(kind) or kind
+    if origin is not list and (tags_of(field).ranged or tags_of(field).choices):
+        return accepted(field)
     if origin is list:
         entry = (typing.get_args(kind) or (None,))[0]
         if dataclasses.is_dataclass(entry):

@@ -1,7 +1,7 @@
 """The bad-input battery: each case ends in a clear one-line error or is handled, never a traceback,
 and nothing finished is lost.
 
-Cases run in-process through ``qvedit.main.run`` (the model loads once); ``tests/test_cli.py``
+Cases run in-process through ``qvedit.job.run`` (the model loads once); ``tests/test_cli.py``
 shows that the command line turns a QveditError into one ``qvedit: error:`` line with exit code 2.
 Every case snapshots the files under its folder before the run it tests and checks afterwards that
 each one is still there with the same bytes (but those the case damaged on purpose), that no
@@ -33,6 +33,7 @@ from PIL import Image
 from qvedit.errors import QveditError
 from qvedit.files import PARTIAL_GLOB
 from qvedit.job import run
+from qvedit.models.loading import load_pipeline
 from qvedit.settings.model import TinyModel
 from qvedit.settings.schema import register_schemas
 from tests.conftest import REPO, TINY_MODEL

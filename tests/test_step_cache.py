@@ -95,7 +95,7 @@ def test_every_frame_starts_from_fresh_state(cached):
 
     with pytest.raises(RuntimeError):
         call(cached, callback=fail)
-    use_step_cache(cached.transformer, settings)  # the next job's perf.apply
+    use_step_cache(cached.transformer, settings)  # the next job's apply_perf
     assert torch.equal(call(cached), first)
 
 
