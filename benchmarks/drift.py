@@ -2,6 +2,7 @@
 
     python benchmarks/drift.py --out runs/drift-bench            # about 15 minutes on 2 quiet cores
     python benchmarks/drift.py --length 24 --seeds 0 --out DIR   # a quick look
+    python benchmarks/drift.py --jobs 6 --out DIR                 # the settings side by side (many cores)
 
 Each setting below is one ``experiment=drift_demo`` sweep (``io=demo_long``: a pan while the light turns to
 sunset, ``ttlg=off`` and ``ttlg=edge_gram`` for each seed), judged over the whole clip. Writes ``drift.md`` (the
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +52,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=48, help="frames of the clip (io.length)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/drift-bench")
+    parser.add_argument("--jobs", type=int, default=1, help="settings run at once (after a one-frame run "
+                        "that builds the tiny model and the clip in the cache)")
     args = parser.parse_args()
 
     import matplotlib
@@ -62,9 +67,16 @@ def main() -> None:
     from qvedit.report.drift import median_trends
 
     out = Path(args.out).resolve()
+    if args.jobs > 1:  # one frame first, alone: it builds the tiny model and the clip in the cache
+        warm_up = [sys.executable, "-m", "qvedit", "experiment=drift_demo", f"io.length={args.length}",
+                   "max_frames=1", f"hydra.run.dir={out / 'warm-up'}"]
+        subprocess.run(warm_up, cwd=REPO, capture_output=True, check=True)
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        sweeps = dict(zip(SETTINGS, pool.map(lambda name: run_setting(name, SETTINGS[name], args, out), SETTINGS)))
+    names = list(SETTINGS)
     rows, curves = [], {}
-    for name, overrides in SETTINGS.items():
-        verdict = judge_sweep(run_setting(name, overrides, args, out))
+    for name in names:
+        verdict = judge_sweep(sweeps[name])
         (comparison,) = verdict.comparisons
         for guided in (False, True):
             trends = median_trends(comparison.metrics(guided), comparison.frames)
@@ -81,7 +93,7 @@ def main() -> None:
                                            for _, row in table.iterrows()]
     shown = ["setting", "ttlg", "color_drift last quarter", "color_drift vs anchor=none", "color_drift growth",
              "edge_offset_px last quarter", "lpips_to_init last quarter", "gram_loss last quarter"]
-    lines = [f"tiny model, CPU, io=demo_long length {args.length}, seeds {args.seeds}, {time.strftime('%Y-%m-%d')}: "
+    lines = [f"tiny model, CPU ({os.cpu_count()} cores), io=demo_long length {args.length}, seeds {args.seeds}, {time.strftime('%Y-%m-%d')}: "
              "median over seeds; last quarter = mean over the last quarter of the frames", "",
              "| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
     for _, row in table.iterrows():

@@ -66,8 +66,8 @@ def kept_text() -> str:
     made = [(folder, last) for folder, last in _kept.items() if last >= 1]
     if not made:
         return "no frame was finished (frame 0 is the input)"
-    return "; ".join(f"frame{'s 1..' if last > 1 else ' '}{last} and {'their' if last > 1 else 'its'} metrics "
-                     f"row{'s' if last > 1 else ''} are kept in {folder}" for folder, last in made)
+    return "; ".join((f"frames 1..{last} and their metrics rows are" if last > 1 else "frame 1 and its metrics row is")
+                     + f" kept in {folder}" for folder, last in made)
 
 
 def _watch(read_fd: int) -> None:

@@ -12,14 +12,21 @@ that had the variable) took the same folder as its own and removed it when it en
 the first session with it ("image not found: .../qvedit-cache/demo-clip/edges/00002.png").
 """
 
+import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 # This file is imported twice (as conftest and as tests.conftest) and by processes the tests start (a
-# multiprocessing child unpickling a test's function): the owner's pid says whose folder it is.
-if os.environ.get("QVEDIT_TESTS_TMP_OWNER") != str(os.getpid()):
+# multiprocessing child unpickling a test's function, a torchrun worker): those share the session's folder.
+# A pytest session of its own (its command is pytest's) makes a new one unless it made the one it inherits.
+# (A spawned child is given its parent's argv and name before it imports this file: the name tells it apart.)
+_PYTEST_SESSION = multiprocessing.current_process().name == "MainProcess" and (
+    Path(sys.argv[0]).name in ("pytest", "py.test") or sys.argv[0].endswith("pytest/__main__.py"))
+_OWNED = os.environ.get("QVEDIT_TESTS_TMP_OWNER") == str(os.getpid())
+if "QVEDIT_TESTS_TMP" not in os.environ or (_PYTEST_SESSION and not _OWNED):
     os.environ["QVEDIT_TESTS_TMP"] = tempfile.mkdtemp(prefix="qvedit-tests-")
     os.environ["QVEDIT_TESTS_TMP_OWNER"] = str(os.getpid())
     os.environ.setdefault("QVEDIT_TESTS_SYSTEM_TMP", tempfile.gettempdir())
@@ -34,7 +41,6 @@ tempfile.tempdir = None  # re-read TMPDIR
 os.environ["QVEDIT_CACHE"] = str(SESSION_TMP / "qvedit-cache")  # the session's own, never a shared one
 
 import subprocess
-import sys
 
 import numpy as np
 import pytest

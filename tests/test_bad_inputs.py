@@ -444,7 +444,8 @@ CASES = [
          r"ttlg._target_='qvedit.files.write_text_atomic' is not one of qvedit's settings classes", early=True),
 ]
 
-REWRITTEN = ("metrics.csv", "preview.png", "preview.gif", "compare_unguided.gif", "report.html", ".qvedit-lock")
+REWRITTEN = ("metrics.csv", "preview.png", "preview.gif", "compare_unguided.gif", "report.html", "drift.png",
+             ".qvedit-lock")
 
 
 def snapshot(root: Path) -> dict[Path, str]:

@@ -16,14 +16,14 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(tmp_path):
     frames = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
     assert frames == [f"{i:05d}.png" for i in range(9)]
     header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert header.split(",") == ["frame", "edge_loss", "gram_loss", "warp_error", "lpips_to_init", "lpips_to_prev",
-                                 "seconds", "guided_steps", "peak_mem_mib"] and len(rows) == 8
-    assert all(int(row.split(",")[7]) == 8 for row in rows)  # every one of the 8 steps guided
+    assert header.split(",") == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px",
+                                 "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
+    assert len(rows) == 8 and all(int(row.split(",")[9]) == 8 for row in rows)  # every one of the 8 steps guided
     assert b"\r" not in (tmp_path / "metrics.csv").read_bytes()
     assert len(list((tmp_path / "unguided" / "frames").glob("*.png"))) == 9  # the twin without guidance
     assert (tmp_path / "preview.png").is_file() and (tmp_path / "preview.gif").is_file()
     page = assert_page_is_whole(tmp_path / "report.html")  # real headless Chromium
-    assert [src for src, _ in page["images"]] == ["compare_unguided.gif", "preview.gif", "preview.png"]
+    assert [src for src, _ in page["images"]] == ["compare_unguided.gif", "preview.gif", "preview.png", "drift.png"]
     saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert saved["model"]["_target_"] == "qvedit.settings.model.TinyModel"
     assert "experiment=demo" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
@@ -60,8 +60,9 @@ def test_help_is_qvedits_own(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
     assert text.startswith("qvedit: video editing with Qwen-Image-Edit-2509")
-    assert "io:             frames (default), demo, video" in text
-    assert "ttlg:           off (default), edge, edge_gram, edge_gram_flow, edge_gram_temporal, gram" in text
+    assert "io:             frames (default), demo, demo_long, video" in text
+    assert ("ttlg:           off (default), edge, edge_gram, edge_gram_color, edge_gram_flow, edge_gram_temporal, "
+            "gram") in text
     assert "flow:           dis (default), raft" in text
     assert "schema" not in text and "Powered by Hydra" not in text
     assert "python -m qvedit experiment=demo" in text and "experiment=tiny_cpu io.init_frame=" in text

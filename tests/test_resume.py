@@ -95,8 +95,9 @@ def test_sigterm_stops_cleanly_and_its_resume_command_equals_an_uninterrupted_ru
     assert 2 <= len(frames) < 9 and not list((stopped / "frames").glob(PARTIAL_GLOB))
     assert pd.read_csv(stopped / "metrics.csv")["frame"].tolist() == list(range(1, len(frames)))
     message = stderr.strip().splitlines()[-1]
-    assert message.startswith(f"qvedit: stopped by SIGTERM; frames 1..{len(frames) - 1} and their metrics rows are "
-                              f"kept in {stopped / 'frames'}. Resume with: "), message
+    last = len(frames) - 1
+    kept = f"frames 1..{last} and their metrics rows are" if last > 1 else "frame 1 and its metrics row is"
+    assert message.startswith(f"qvedit: stopped by SIGTERM; {kept} kept in {stopped / 'frames'}. Resume with: "), message
     command = shlex.split(message.split("Resume with: ")[1])
     assert command[:3] == ["python", "-m", "qvedit"] and f"hydra.run.dir={stopped}" in command
     result = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True,

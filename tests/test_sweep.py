@@ -22,12 +22,14 @@ def test_acceptance_sweep_writes_the_report(tmp_path):
     report = (sweep / "acceptance.md").read_text()
     assert "## ttlg edge_scale=1.0,gram_scale=0.2 vs ttlg=off" in report and "frames 1..2" in report
     assert "## ttlg edge_scale=1.0,gram_scale=0.2,temporal_scale=1.0,temporal_mode=flow vs ttlg=off" in report
-    assert len(list(sweep.glob("acceptance_*.png"))) == 6  # edge, Gram and warp error, per comparison
+    plots = sorted(p.name for p in sweep.glob("acceptance_*.png"))
+    assert len(plots) == 8, plots  # edge, Gram, warp error and the drift plot, per comparison
+    assert sum(name.endswith("_drift.png") for name in plots) == 2
     table = pd.read_csv(sweep / "acceptance.csv")
     assert {"edge_loss ratio guided/off", "warp_error ratio guided/off"} <= set(table["criterion"])
     metrics = pd.read_csv(sweep / jobs[2] / "metrics.csv")
-    assert metrics.columns.tolist() == ["frame", "edge_loss", "gram_loss", "warp_error", "lpips_to_init",
-                                        "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
+    assert metrics.columns.tolist() == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift",
+                                        "edge_offset_px", "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
     assert metrics["warp_error"].notna().all() and (metrics["warp_error"] >= 0).all()
     page = assert_page_is_whole(sweep / "report.html")  # real headless Chromium
     assert page["title"].endswith(": PASS") or page["title"].endswith(": FAIL")
