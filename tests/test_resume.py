@@ -221,16 +221,24 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_free
 
 
 # One computation that does not return for minutes on any CPU (Python cannot run a signal handler inside it),
-# after saying which frames are finished.
+# after saying which frames are finished. "computing" is said once the main thread is inside it (its frame on
+# the computation's line, the GIL let go), never before: a signal that came earlier would be taken by Python.
 LONG_COMPUTATION = """
-import sys, torch
+import sys, threading, time, torch
 from qvedit import stopping
 stopping.install(message=lambda signum: f"stopped by {signum}; {stopping.kept_text()}")
 if sys.argv[1] != "none":
     stopping.finished(sys.argv[1], 3)
 matrix = torch.rand(3000, 3000)
-print("computing", flush=True)
-torch.linalg.matrix_power(matrix, 2**62 - 1)
+main, here = threading.main_thread().ident, {}
+
+def say_when_computing():
+    while sys._current_frames()[main].f_lineno != here.get("line"):
+        time.sleep(0.001)
+    print("computing", flush=True)
+
+threading.Thread(target=say_when_computing, daemon=True).start()
+here["line"] = sys._getframe().f_lineno; torch.linalg.matrix_power(matrix, 2**62 - 1)
 print("the computation ended", flush=True)
 """
 
