@@ -33,6 +33,10 @@ if "QVEDIT_TESTS_TMP" not in os.environ or (_PYTEST_SESSION and not _OWNED):
 SYSTEM_TMP = Path(os.environ["QVEDIT_TESTS_SYSTEM_TMP"])
 SESSION_TMP = Path(os.environ["QVEDIT_TESTS_TMP"])
 OWNER = int(os.environ["QVEDIT_TESTS_TMP_OWNER"])
+# Under pytest-xdist (the suite's default, -n auto) every core runs a worker: one thread each, for the tests
+# and the processes they start. Two-thread processes on busy cores spin against each other (many times slower).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 # Before anything imports hydra/huggingface: never touch the network, keep test artefacts apart.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(SYSTEM_TMP))  # pytest's tmp_path root stays put
@@ -86,16 +90,59 @@ def run_qvedit(*args, module="qvedit", timeout=SAFETY_TIMEOUT_S, env=None) -> su
                           timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
 
 
+def scratch_folders_left() -> list[str]:
+    """A torchrun follower's scratch run folders (``qvedit-rank*``, made in ``TMPDIR``, removed at its exit)
+    still in the session's folder. Only the session's own folder is looked at: the system's is every program's."""
+    return sorted(p.name for p in SESSION_TMP.glob("qvedit-rank*"))
+
+
 def pytest_sessionfinish(session, exitstatus):
-    if os.getpid() == OWNER:  # only the session that made the folder removes it
-        shutil.rmtree(SESSION_TMP, ignore_errors=True)
+    if os.getpid() != OWNER:  # only the session that made the folder removes it
+        return
+    left = scratch_folders_left()
+    if left and os.environ.get("PYTEST_XDIST_WORKER") is None and session.config.pluginmanager.hasplugin("dsession"):
+        # under xdist the workers' own check cannot run (another worker may be mid-torchrun): it is made here
+        print(f"\nFAILED: scratch folders left in {SESSION_TMP}: {left}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def scratch_folders_are_removed():
-    """Fails the session's last test if a torchrun follower's scratch run folder (``qvedit-rank*``, made in
-    ``TMPDIR``, to be removed at its exit) is still in the session's folder. Only the session's own folder
-    is looked at: the system's temporary folder is every program's."""
+    """Fails the session's last test if a torchrun follower's scratch folder is left (without xdist; with it,
+    the session's end checks once every worker is done)."""
     yield
-    left = sorted(p.name for p in SESSION_TMP.glob("qvedit-rank*"))
-    assert not left, f"scratch folders left in {SESSION_TMP}: {left}"
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        assert not scratch_folders_left(), f"scratch folders left in {SESSION_TMP}: {scratch_folders_left()}"
+
+
+# The fixed end-to-end commands whose frames tests/test_golden_frames.py holds to their recorded pixels. Each
+# runs once per session (a worker's) and every test that reads its outputs shares it (xdist_group: same worker).
+TEMPORAL = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
+COMMANDS = {  # name -> the commands run one after another into one folder
+    "demo": [["experiment=demo"]],
+    "acceptance_demo_sweep": [["experiment=acceptance_demo", "max_frames=3", "num_inference_steps=4", "seed=0,1",
+                               "-m"]],
+    "resumed": [[*TEMPORAL, "max_frames=4"], TEMPORAL],  # 4 frames, then the rest in a second run
+}
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory):
+    """``made(name)`` -> (folder, [the finished process of each command]): ``COMMANDS[name]`` run once per
+    session into one folder (a run folder, or a sweep folder for a ``-m`` command). Readers must not change it."""
+    runs = {}
+
+    def make(name: str):
+        if name not in runs:
+            folder, results = tmp_path_factory.mktemp("made") / name, []
+            for command in COMMANDS[name]:
+                sweep = "-m" in command
+                overrides = [arg for arg in command if arg != "-m"]
+                results.append(run_qvedit(*overrides, f"hydra.{'sweep' if sweep else 'run'}.dir={folder}",
+                                          *(["-m"] if sweep else [])))
+                assert results[-1].returncode == 0, results[-1].stderr[-3000:]
+            runs[name] = (folder, results)
+        return runs[name]
+
+    return make

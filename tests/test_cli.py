@@ -10,33 +10,33 @@ from tests.conftest import REPO
 from tests.conftest import run_qvedit as qvedit
 
 
-def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(tmp_path):
-    result = qvedit("experiment=demo", f"hydra.run.dir={tmp_path}")  # how long it takes: README, measured
-    assert result.returncode == 0, result.stderr[-2000:]
-    frames = sorted(p.name for p in (tmp_path / "frames").glob("*.png"))
+@pytest.mark.xdist_group("demo")
+def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(made):
+    run_dir, (result,) = made("demo")  # python -m qvedit experiment=demo, run once (also for its golden frames)
+    frames = sorted(p.name for p in (run_dir / "frames").glob("*.png"))
     assert frames == [f"{i:05d}.png" for i in range(9)]
-    header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    header, *rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert header.split(",") == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px",
                                  "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
     assert len(rows) == 8 and all(int(row.split(",")[9]) == 8 for row in rows)  # every one of the 8 steps guided
-    assert b"\r" not in (tmp_path / "metrics.csv").read_bytes()
-    assert len(list((tmp_path / "unguided" / "frames").glob("*.png"))) == 9  # the twin without guidance
-    assert (tmp_path / "preview.png").is_file() and (tmp_path / "preview.gif").is_file()
-    page = assert_page_is_whole(tmp_path / "report.html")  # real headless Chromium
+    assert b"\r" not in (run_dir / "metrics.csv").read_bytes()
+    assert len(list((run_dir / "unguided" / "frames").glob("*.png"))) == 9  # the twin without guidance
+    assert (run_dir / "preview.png").is_file() and (run_dir / "preview.gif").is_file()
+    page = assert_page_is_whole(run_dir / "report.html")  # real headless Chromium
     assert [src for src, _ in page["images"]] == ["compare_unguided.gif", "preview.gif", "preview.png", "drift.png"]
-    saved = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
+    saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert saved["model"]["_target_"] == "qvedit.settings.model.TinyModel"
-    assert "experiment=demo" in (tmp_path / ".hydra" / "overrides.yaml").read_text()
+    assert "experiment=demo" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     out = result.stdout
     assert "guidance edge 1, gram 0.2: 8 of 8 denoising steps per frame took a guidance step" in out
     change = re.search(r"guided vs unguided .*: edge_loss ([\d.]+) vs ([\d.]+) \(([-+]\d+)%\)", out)
     assert change and float(change[1]) < float(change[2])  # guidance lowered the edge loss
     assert "next:" in out and "experiment=acceptance_demo -m" in out and "experiment=tiny_cpu" in out
-    assert summary_shape(out.split("qvedit: made frames", 1)[1], tmp_path) == summary_shape(readme_demo_output(), None)
-    assert f"look: {tmp_path / 'preview.png'}" in out
+    assert summary_shape(out.split("qvedit: made frames", 1)[1], run_dir) == summary_shape(readme_demo_output(), None)
+    assert f"look: {run_dir / 'preview.png'}" in out
     # stderr is a pipe here, not a terminal: a log line per frame, no progress-bar escape codes
     assert "frame 8 of 8 done in" in result.stdout + result.stderr
-    assert "\x1b[" not in result.stdout + result.stderr and "\x1b[" not in (tmp_path / "main.log").read_text()
+    assert "\x1b[" not in result.stdout + result.stderr and "\x1b[" not in (run_dir / "main.log").read_text()
 
 
 def readme_demo_output() -> str:

@@ -25,16 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, run_qvedit
+from tests.conftest import COMMANDS, REPO
 
 GOLDEN = REPO / "tests" / "golden_frames.json"
-TEMPORAL = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
-COMMANDS = {  # name -> the commands run one after another into one folder
-    "demo": [["experiment=demo"]],
-    "acceptance_demo_sweep": [["experiment=acceptance_demo", "max_frames=3", "num_inference_steps=4", "seed=0,1",
-                               "-m"]],
-    "resumed": [[*TEMPORAL, "max_frames=4"], TEMPORAL],  # 4 frames, then the rest in a second run
-}
 
 
 def fingerprint() -> dict:
@@ -72,16 +65,6 @@ def frame_statistics(folder) -> dict[str, str]:
     return statistics
 
 
-def make(name, folder) -> None:
-    for command in COMMANDS[name]:
-        overrides = [arg for arg in command if arg != "-m"]
-        if "-m" in command:
-            result = run_qvedit(*overrides, f"hydra.sweep.dir={folder}", "-m")
-        else:
-            result = run_qvedit(*overrides, f"hydra.run.dir={folder}")
-        assert result.returncode == 0, result.stderr[-3000:]
-
-
 def recordings(golden: dict) -> list[dict]:
     """Every recorded machine: the first (``fingerprint``, ``frames``) and any in ``others``."""
     return [{"fingerprint": golden["fingerprint"], "frames": golden["frames"]}, *golden.get("others", [])]
@@ -102,11 +85,11 @@ def record(golden: dict, name: str, folder) -> None:
     GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_frames_equal_the_recorded_ones(name, tmp_path):
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xdist_group(name))
+                                  for name in sorted(COMMANDS)])
+def test_frames_equal_the_recorded_ones(name, made):
     golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {"fingerprint": fingerprint(), "frames": {}}
-    folder = tmp_path / name
-    make(name, folder)
+    folder, _ = made(name)  # the command run once per session, shared with the tests that read its outputs
     if os.environ.get("QVEDIT_RECORD_GOLDEN") == "1":
         record(golden, name, folder)
     exact = next((r["frames"][name] for r in recordings(golden) if r["fingerprint"] == fingerprint()

@@ -150,7 +150,7 @@ def clip_losses(paths, source, vgg, reference, flow):
 
 
 def test_guidance_meets_the_acceptance_thresholds_and_flow_guidance_steadies_the_clip(tiny_pipe, tmp_path):
-    """On the demo clip, median over seeds 0, 1, 2, every preset as shipped: edge_gram lowers the edge loss
+    """On the demo clip's first 4 generated frames, median over seeds 0, 1, 2, every preset as shipped: edge_gram lowers the edge loss
     >= 5% and on >= 60% of frames and the Gram loss >= 2%; edge_gram_flow lowers the warp error >= 10%
     and more than the plain temporal loss (edge_gram_temporal) does, and still meets the edge criteria."""
     source = demo_source()
@@ -162,8 +162,8 @@ def test_guidance_meets_the_acceptance_thresholds_and_flow_guidance_steadies_the
     for name in ("off", "edge_gram", "edge_gram_temporal", "edge_gram_flow"):
         per_seed = []
         for seed in (0, 1, 2):
-            paths = edit_clip(tiny_pipe, source, into(tmp_path / name / str(seed)), settings(seed), ttlg(name),
-                              flow=flow)
+            paths = edit_clip(tiny_pipe, source, into(tmp_path / name / str(seed)), settings(seed, max_frames=5),
+                              ttlg(name), flow=flow)
             per_seed.append(clip_losses(paths, source, vgg, reference, flow))
         means[name] = np.median([[values.mean() for values in seed_values] for seed_values in per_seed], axis=0)
         per_frame_edge[name] = np.median([edge for edge, _, _ in per_seed], axis=0)

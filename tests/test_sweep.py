@@ -1,6 +1,7 @@
 """Real multirun sweeps, reproducing a run from its folder, and diffing two runs (tiny model, CPU)."""
 
 import pandas as pd
+import pytest
 
 from qvedit.report.confdiff import main as diff_main
 from tests.browser import assert_page_is_whole
@@ -9,10 +10,10 @@ from tests.conftest import run_qvedit as qvedit
 FAST = ["max_frames=3", "num_inference_steps=4"]
 
 
-def test_acceptance_sweep_writes_the_report(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = qvedit("experiment=acceptance_demo", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}", "-m")
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.mark.xdist_group("acceptance_demo_sweep")
+def test_acceptance_sweep_writes_the_report(made):
+    # experiment=acceptance_demo max_frames=3 num_inference_steps=4 seed=0,1 -m, run once (also for its golden frames)
+    sweep, (result,) = made("acceptance_demo_sweep")
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     common = "max_frames=3,num_inference_steps=4"
     assert jobs == [f"0_{common},seed=0,ttlg=off", f"1_{common},seed=1,ttlg=off",
@@ -29,7 +30,8 @@ def test_acceptance_sweep_writes_the_report(tmp_path):
     assert {"edge_loss ratio guided/off", "warp_error ratio guided/off"} <= set(table["criterion"])
     metrics = pd.read_csv(sweep / jobs[2] / "metrics.csv")
     assert metrics.columns.tolist() == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift",
-                                        "edge_offset_px", "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
+                                        "edge_offset_px", "lpips_to_init", "lpips_to_prev", "seconds",
+                                        "guided_steps", "peak_mem_mib"]
     assert metrics["warp_error"].notna().all() and (metrics["warp_error"] >= 0).all()
     page = assert_page_is_whole(sweep / "report.html")  # real headless Chromium
     assert page["title"].endswith(": PASS") or page["title"].endswith(": FAIL")
