@@ -26,22 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from qvedit.bench import make_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
-
-
-def make_clip(folder: Path, size: int) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "init.png")
-    (folder / "edges").mkdir(exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(folder / "edges" / "1.png")
-    return folder / "init.png", folder / "edges"
 
 
 def one_process(args, cache: Path, clip: tuple[Path, Path], run_dir: Path) -> dict:
@@ -82,7 +73,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = Path(args.cache) if args.cache else work / "qvedit-cache"
-        clip = make_clip(work, args.size)
+        clip = make_inputs(args.size, work)
         for number in range(1, args.processes + 1):
             rows.append({"process": number, **one_process(args, cache, clip, work / f"run{number}")})
             print(json.dumps(rows[-1]), flush=True)

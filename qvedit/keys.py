@@ -59,17 +59,23 @@ def unknown_key_message(name: str, where: str) -> str:
     return f"unknown key {name} ({where}): {hint} Every key is in README, \"Keys\""
 
 
-def unknown_overrides(argv: list[str]) -> list[str]:
-    """One message per command-line override that names no key or group of qvedit's schema."""
+def parsed_overrides(argv: list[str]) -> list:
+    """The command line's overrides as Hydra parses them (``Override`` objects); none when one is malformed:
+    Hydra says what is wrong with it when it composes (``hydra_error_line``)."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     try:
         args, _ = get_args_parser().parse_known_args(argv)
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
-    except (HydraException, SystemExit):  # malformed: Hydra says what is wrong with it
+        return OverridesParser.create().parse_overrides(args.overrides)
+    except (HydraException, SystemExit):
         return []
+
+
+def unknown_overrides(argv: list[str]) -> list[str]:
+    """One message per command-line override that names no key or group of qvedit's schema."""
+    overrides = parsed_overrides(argv)
     known = set(known_names())
     # keys holding a list or a dict (model.loras, model.scheduler): the keys below them are theirs to judge
     below = tuple(f"{key}." for key, f in schema_fields().items() if f.default_factory is not dataclasses.MISSING)

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qvedit.fields import accepted, nested_schemas, optional, tags_of
-from qvedit.keys import config_groups
+from qvedit.keys import config_groups, parsed_overrides
 from qvedit.settings.io import IO_OPTIONS
 from qvedit.settings.schema import QveditConfig, schema_fields
 
@@ -113,15 +113,7 @@ def swept_values(override) -> list:
 
 def override_problems(argv: list[str]) -> list[str]:
     """One message per override whose value its group or key cannot take (hydra.* left to Hydra)."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        args, _ = get_args_parser().parse_known_args(argv)
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
-    except (HydraException, SystemExit):  # malformed: hydra_error_line says what is wrong with it
-        return []
+    overrides = parsed_overrides(argv)
     groups = config_groups()
     problems = []
     for override in overrides:
