@@ -20,6 +20,10 @@ from qvedit.files import PARTIAL_GLOB
 from qvedit.outputs import check_or_record
 from tests.conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 
+# Where the kill and stop tests interrupt a run: seeded, so that a failure can be run again at the same frame
+# (QVEDIT_KILL_SEED=N python -m pytest tests/test_resume.py: other seeds, other frames).
+KILL_SEED = int(os.environ.get("QVEDIT_KILL_SEED", "0"))
+
 # Guidance with the temporal term: the resumed run must rebuild the previous-frame state too.
 CLIP = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
 
@@ -61,13 +65,13 @@ def assert_same_clip(whole: Path, resumed: Path) -> None:
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, whole):
     killed = tmp_path / "killed"
-    stop_after = random.Random().randint(1, 6)
+    stop_after = random.Random(f"{KILL_SEED}-sigkill").randint(1, 6)
     process = start(killed)
     wait_for(killed / "frames" / f"{stop_after:05d}.png", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     kept = sorted(p.name for p in (killed / "frames").glob("*.png"))
-    assert len(kept) < 9, "the run finished before it was killed"
+    assert len(kept) < 9, f"the run finished before it was killed (after frame {stop_after})"
 
     result = run_qvedit(*CLIP, f"hydra.run.dir={killed}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -82,7 +86,7 @@ def test_sigterm_stops_cleanly_and_its_resume_command_equals_an_uninterrupted_ru
     143 with the command that resumes, and a second run into the folder meanwhile is refused."""
     stopped = tmp_path / "stopped"
     process = start(stopped)
-    wait_for(stopped / "frames" / f"{random.Random().randint(1, 5):05d}.png", process)
+    wait_for(stopped / "frames" / f"{random.Random(f'{KILL_SEED}-sigterm').randint(1, 5):05d}.png", process)
     process.send_signal(signal.SIGSTOP)  # held still: the folder stays in use while the second run starts
     second = run_qvedit(*CLIP, f"hydra.run.dir={stopped}")
     assert second.returncode == 2 and "Traceback" not in second.stderr
