@@ -1,8 +1,9 @@
 """Drift and its defences on the long synthetic clip: every anchor preset, tiny model on the CPU, seeds 0-2.
 
-    python benchmarks/drift.py --out runs/drift-bench            # about 15 minutes on 2 quiet cores
+    python benchmarks/drift.py --out runs/drift-bench            # length 48 (the README shows length 24)
     python benchmarks/drift.py --length 24 --seeds 0 --out DIR   # a quick look
-    python benchmarks/drift.py --jobs 6 --out DIR                 # the settings side by side (many cores)
+    python benchmarks/drift.py --jobs 2 --out DIR                 # two settings at once (OMP_NUM_THREADS=1)
+    python benchmarks/drift.py --reuse --out DIR                  # the finished sweeps kept, the rest made
 
 Each setting below is one ``experiment=drift_demo`` sweep (``io=demo_long``: a pan while the light turns to
 sunset, ``ttlg=off`` and ``ttlg=edge_gram`` for each seed), judged over the whole clip. Writes ``drift.md`` (the
@@ -35,10 +36,21 @@ SETTINGS = {  # name -> overrides of experiment=drift_demo (ttlg and seed are sw
 }
 
 
+def finished(sweep: Path, args) -> bool:
+    """Every job of the setting's sweep (ttlg off and guided, each seed) made the whole clip, its metrics with it."""
+    jobs = [job for job in sweep.glob("*seed=*") if job.is_dir()] if sweep.is_dir() else []
+    return len(jobs) == 2 * len(args.seeds) and all(
+        not (job / "error.txt").exists() and (job / "metrics.csv").is_file()
+        and len((job / "metrics.csv").read_text().splitlines()) == args.length for job in jobs)
+
+
 def run_setting(name: str, overrides: list[str], args, out: Path) -> Path:
     sweep = out / re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-")
     command = [sys.executable, "-m", "qvedit", "-m", "experiment=drift_demo", f"io.length={args.length}",
                f"seed={','.join(map(str, args.seeds))}", *overrides, f"hydra.sweep.dir={sweep}"]
+    if args.reuse and finished(sweep, args):
+        print(f"{name}: kept from {sweep}", flush=True)
+        return sweep
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
@@ -54,6 +66,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/drift-bench")
     parser.add_argument("--jobs", type=int, default=1, help="settings run at once (after a one-frame run "
                         "that builds the tiny model and the clip in the cache)")
+    parser.add_argument("--reuse", action="store_true", help="keep the sweeps already finished in --out (a "
+                        "run that stopped, or the table made again) instead of resuming each job")
     args = parser.parse_args()
 
     import matplotlib
