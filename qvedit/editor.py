@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from qvedit import stopping
 from qvedit.anchor.color import ColorAnchor
 from qvedit.devices import frame_memory, peak_memory_mib, reset_peak_memory
 from qvedit.errors import QveditError
@@ -104,6 +105,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
     for index in tqdm(range(max(done, 1), total), desc="frames", unit="frame", initial=max(done, 1), total=total,
                       disable=not bars):
+        stopping.check()  # a stop whose exception was lost (qvedit.stopping.check) ends the run here
         started = time.perf_counter()
         reset_peak_memory(device)
         edge = source.edge_frame(index - 1, (width, height))
@@ -145,4 +147,5 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
             log.info("frame %d of %d done in %.2f s%s", index, total - 1, seconds,
                      f", {guide.guided_steps} guided steps" if guide else "")
         previous = frame
+    stopping.check()
     return written

@@ -49,11 +49,23 @@ _message: Callable[[int], str] = lambda signum: f"qvedit: stopped by {signal.Sig
 _watcher: list = []  # the watcher thread, once started
 
 
+_taken: list[int] = []  # the stop signal the main thread took, for check()
+
+
 def _stop(signum: int, frame) -> None:
     _stopping.set()
+    _taken[:] = [signum]
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signum)
+
+
+def check() -> None:
+    """Raise the stop again if one was taken and its exception lost on the way: a handler that runs while a
+    ``__del__`` or a finalizer runs raises there, and Python prints such an exception and drops it. Called
+    between frames, so such a stop costs at most the frame in progress."""
+    if _taken:
+        _stop(_taken[0], None)
 
 
 def finished(folder, last: int) -> None:
@@ -138,6 +150,7 @@ def install(message: Optional[Callable[[int], str]] = None) -> None:
     _shield_depth = 0
     _deferred.clear()
     _kept.clear()
+    _taken.clear()
     _stopping.clear()
     if message is not None:
         _message = message

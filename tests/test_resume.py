@@ -63,6 +63,7 @@ def assert_same_clip(whole: Path, resumed: Path) -> None:
     pd.testing.assert_series_equal(rows["edge_loss"], pd.read_csv(whole / "metrics.csv")["edge_loss"])
 
 
+@pytest.mark.xdist_group("whole")  # one worker makes the uninterrupted clip for the three
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, whole):
     killed = tmp_path / "killed"
     stop_after = random.Random(f"{KILL_SEED}-sigkill").randint(1, 6)
@@ -81,6 +82,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, whole):
     assert_same_clip(whole, killed)
 
 
+@pytest.mark.xdist_group("whole")  # one worker makes the uninterrupted clip for the three
 def test_sigterm_stops_cleanly_and_its_resume_command_equals_an_uninterrupted_run(tmp_path, whole):
     """SIGTERM (preemption, docker stop): every frame on disk keeps its metrics row, the exit code is
     143 with the command that resumes, and a second run into the folder meanwhile is refused."""
@@ -126,7 +128,7 @@ def test_ctrl_c_keeps_frames_and_prints_how_to_resume(tmp_path):
     wait_for(run / "frames" / "00002.png", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=SAFETY_TIMEOUT_S)
-    assert process.returncode == 130 and "Traceback" not in stderr
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
     assert f"Resume with: python -m qvedit {' '.join(CLIP)} hydra.run.dir={run}" in stderr
     assert (run / "frames" / "00002.png").is_file() and not list((run / "frames").glob(PARTIAL_GLOB))
 
@@ -200,6 +202,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+@pytest.mark.xdist_group("whole")  # one worker makes the uninterrupted clip for the three
 def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_freed(small_disk, whole):
     run_dir = small_disk / "run"
     filler = small_disk / "filler"
@@ -258,3 +261,29 @@ def test_sigterm_inside_a_long_computation_stops_it_and_says_what_was_kept(kept,
     stdout, stderr = process.communicate()
     assert process.returncode == 143 and "the computation ended" not in stdout, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == f"stopped by {int(signal.SIGTERM)}; {said}"
+
+
+LOST_STOP = """
+import os, signal
+from qvedit import stopping
+stopping.install()
+
+class Finalized:
+    def __del__(self):  # Ctrl-C taken in here: Python prints its KeyboardInterrupt and drops it
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100000):
+            pass
+
+Finalized()
+print("went on", flush=True)
+try:
+    stopping.check()
+except KeyboardInterrupt:
+    print("stopped between frames", flush=True)
+"""
+
+
+def test_a_stop_whose_exception_was_dropped_in_a_finalizer_still_stops_the_run():
+    result = subprocess.run([sys.executable, "-c", LOST_STOP], cwd=REPO, capture_output=True, text=True)
+    assert "Exception ignored in" in result.stderr and "KeyboardInterrupt" in result.stderr, result.stderr
+    assert result.stdout == "went on\nstopped between frames\n"
