@@ -155,6 +155,9 @@ def install(message: Optional[Callable[[int], str]] = None) -> None:
     if message is not None:
         _message = message
     _start_watcher()
+    # A stop signal its parent left blocked (the mask is inherited) would never arrive; one it set to be ignored
+    # (nohup) stays ignored.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     for signum in (signal.SIGINT, signal.SIGTERM, preemption_signal()):
         current = signal.getsignal(signum)
         current = getattr(current, "qvedit_action", current)

@@ -28,10 +28,18 @@ KILL_SEED = int(os.environ.get("QVEDIT_KILL_SEED", "0"))
 CLIP = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
 
 
+def default_stop_signals() -> None:
+    """A child of the test process starts with SIGINT and SIGTERM at their defaults and unblocked, whatever the
+    test worker (an xdist worker, after other tests ran in it) has: what a shell gives a command."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def start(run_dir: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "qvedit", *CLIP, f"hydra.run.dir={run_dir}"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=default_stop_signals)
 
 
 def wait_for(path: Path, process: subprocess.Popen):
@@ -255,7 +263,7 @@ print("the computation ended", flush=True)
 def test_sigterm_inside_a_long_computation_stops_it_and_says_what_was_kept(kept, said):
     """The 1 MP condition encoding on the CPU is one such computation: the stop comes without waiting for it."""
     process = subprocess.Popen([sys.executable, "-c", LONG_COMPUTATION, kept], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_stop_signals)
     assert process.stdout.readline() == "computing\n"
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate()
@@ -284,6 +292,8 @@ except KeyboardInterrupt:
 
 
 def test_a_stop_whose_exception_was_dropped_in_a_finalizer_still_stops_the_run():
-    result = subprocess.run([sys.executable, "-c", LOST_STOP], cwd=REPO, capture_output=True, text=True)
-    assert "Exception ignored in" in result.stderr and "KeyboardInterrupt" in result.stderr, result.stderr
+    result = subprocess.run([sys.executable, "-c", LOST_STOP], cwd=REPO, capture_output=True, text=True,
+                            preexec_fn=default_stop_signals)
+    here = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))  # the worker's, if it fails
+    assert "Exception ignored in" in result.stderr and "KeyboardInterrupt" in result.stderr, (result.stderr, here)
     assert result.stdout == "went on\nstopped between frames\n"
