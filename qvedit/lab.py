@@ -56,8 +56,7 @@ def shrunk(image: Image.Image) -> Image.Image:
 
 def lab_stats(image: Image.Image) -> LabStats:
     """The colour statistics of an 8-bit RGB image."""
-    lab = to_lab(shrunk(image)).reshape(-1, 3)
-    return LabStats(lab.mean(axis=0), lab.std(axis=0))
+    return stats_of(to_lab(shrunk(image)))
 
 
 def color_drift(stats: LabStats, target: LabStats) -> float:

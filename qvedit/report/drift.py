@@ -20,8 +20,6 @@ from qvedit.images import to_tensor
 
 DRIFT_COLUMNS = ("color_drift", "edge_offset_px", "lpips_to_init", "gram_loss")
 OFFSET_SIDE = 512  # frames are aligned at this long side at most (the offset is scaled back to the frame's pixels)
-
-
 OFFSET_MIN_SIDE = 8  # phase correlation needs a window of a few pixels: smaller frames get no offset
 
 
@@ -49,6 +47,11 @@ def quarter(frames: int) -> int:
     return max(1, frames // 4)
 
 
+def last_quarter_mean(series: pd.Series) -> float:
+    """The mean of the last quarter of ``series`` (its finite values, in frame order)."""
+    return float(series.iloc[-quarter(len(series)):].mean())
+
+
 @dataclass(frozen=True)
 class Trend:
     """How a drift column grows over a clip."""
@@ -63,8 +66,7 @@ def trend(values: Sequence[float], frames: Optional[Sequence[int]] = None) -> Op
     series = pd.Series(list(values), index=list(frames) if frames is not None else None, dtype=float).dropna()
     if len(series) < 2:
         return None
-    n = quarter(len(series))
-    first, last = series.iloc[:n].mean(), series.iloc[-n:].mean()
+    first, last = series.iloc[:quarter(len(series))].mean(), last_quarter_mean(series)
     slope = float(np.polyfit(series.index.to_numpy(dtype=float), series.to_numpy(), 1)[0])
     return Trend(slope, float(last / first) if first > 0 else math.nan, float(last))
 
@@ -113,7 +115,7 @@ def last_quarter_ratio(on: dict, off: dict, frames: int) -> Optional[tuple[float
             values = table.set_index("frame")["color_drift"].loc[1:frames].dropna()
             if values.empty:
                 return None
-            means.append(values.iloc[-quarter(len(values)):].mean())
+            means.append(last_quarter_mean(values))
         return float(np.median(means))
 
     guided, unguided = median_last(on), median_last(off)
@@ -123,16 +125,24 @@ def last_quarter_ratio(on: dict, off: dict, frames: int) -> Optional[tuple[float
     return ratio, guided, unguided
 
 
+def comparison_trends(comparison, guided: bool) -> dict[str, Trend]:
+    """A comparison's drift trends on one side (guided or its ttlg=off twins), median over seeds."""
+    return median_trends(comparison.metrics(guided), comparison.frames)
+
+
+def paired_trends(comparison) -> list[tuple[str, Trend, Trend]]:
+    """(column, guided trend, off trend) for each drift column both sides of the comparison have."""
+    guided, off = comparison_trends(comparison, True), comparison_trends(comparison, False)
+    return [(column, guided[column], off[column]) for column in DRIFT_COLUMNS if column in guided and column in off]
+
+
 def drift_table(comparison) -> list[str]:
     """Markdown rows: per drift column, guided and off: last-quarter mean, growth, slope."""
-    sides = {side: median_trends(comparison.metrics(side == "guided"), comparison.frames) for side in ("guided", "off")}
     rows = ["| metric | guided: last-quarter mean | growth (last / first quarter) | slope per frame | off: last-quarter "
             "mean | growth | slope per frame |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for column in DRIFT_COLUMNS:
-        if column in sides["guided"] and column in sides["off"]:
-            cells = [f"{t.last_quarter:.4g} | {t.growth:.3g} | {t.slope:+.3g}" for t in (sides["guided"][column],
-                                                                                        sides["off"][column])]
-            rows.append(f"| {column} | {cells[0]} | {cells[1]} |")
+    for column, *sides in paired_trends(comparison):
+        cells = [f"{t.last_quarter:.4g} | {t.growth:.3g} | {t.slope:+.3g}" for t in sides]
+        rows.append(f"| {column} | {cells[0]} | {cells[1]} |")
     return rows if len(rows) > 2 else ["(no drift columns: metrics=none?)"]
 
 
@@ -142,7 +152,7 @@ def drift_by_setting(comparisons: list) -> list[str]:
             "last-quarter mean | growth |", "| --- | --- | --- | --- | --- | --- |"]
     for comparison in comparisons:
         for side, label in (("off", "off"), ("guided", comparison.label)):
-            trends = median_trends(comparison.metrics(side == "guided"), comparison.frames)
+            trends = comparison_trends(comparison, side == "guided")
             cells = [f"{trends[c].last_quarter:.4g} | {trends[c].growth:.3g}" if c in trends else "- | -"
                      for c in ("color_drift", "edge_offset_px")]
             rows.append(f"| {comparison.context or '-'} | {label} | {cells[0]} | {cells[1]} |")

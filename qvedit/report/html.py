@@ -21,7 +21,7 @@ from qvedit.files import write_text_atomic
 from qvedit.images import read_rgb8
 from qvedit.io.preview import cell_size, comparison_gif
 from qvedit.report.confdiff import diff_configs
-from qvedit.report.drift import DRIFT_COLUMNS, median_trends
+from qvedit.report.drift import comparison_trends, paired_trends
 from qvedit.report.verdict import PLOTTED, Comparison, SweepVerdict, plot_name
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,9 @@ def _comparison(verdict: SweepVerdict, comparison: Comparison) -> dict:
 
 def _drift_rows(comparison: Comparison) -> list[dict]:
     """Per drift column: guided and off, the median over seeds of the last-quarter mean, growth and slope."""
-    sides = [median_trends(comparison.metrics(guided), comparison.frames) for guided in (True, False)]
-    return [{"column": column, "cells": [f(t) for t in (sides[0][column], sides[1][column])
-                                         for f in (lambda t: _number(t.last_quarter), lambda t: _number(t.growth, 3),
-                                                   lambda t: f"{t.slope:+.3g}")]}
-            for column in DRIFT_COLUMNS if column in sides[0] and column in sides[1]]
+    return [{"column": column, "cells": [cell for t in sides for cell in (_number(t.last_quarter),
+                                                                           _number(t.growth, 3), f"{t.slope:+.3g}")]}
+            for column, *sides in paired_trends(comparison)]
 
 
 def _by_setting(comparisons: list) -> list[dict]:
@@ -110,7 +108,7 @@ def _by_setting(comparisons: list) -> list[dict]:
     rows = []
     for comparison in comparisons:
         for guided in (False, True):
-            trends = median_trends(comparison.metrics(guided), comparison.frames)
+            trends = comparison_trends(comparison, guided)
             cells = [_number(getattr(trends.get(c), name, None), digits) for c in ("color_drift", "edge_offset_px")
                      for name, digits in (("last_quarter", 4), ("growth", 3))]
             rows.append({"setting": comparison.context or "-", "ttlg": comparison.label if guided else "off",
