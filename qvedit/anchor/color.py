@@ -62,7 +62,7 @@ class ColorAnchor:
         self.first_stats = lab_stats(first)
         self.source = source if source is not None and source.has_source_frames else None
         self.source_first = lab_stats(self.source.source_frame(0, first.size)) if self.source else None
-        self._targets: dict[int, LabStats] = {0: self.first_stats}
+        self._last: tuple[int, LabStats] = (0, self.first_stats)  # the frames ask one at a time, each twice
 
     @property
     def follows_source(self) -> bool:
@@ -71,13 +71,12 @@ class ColorAnchor:
 
     def target(self, index: int) -> LabStats:
         """Frame ``index``'s target colour statistics."""
-        if index not in self._targets:
-            self._targets = {0: self.first_stats}  # one frame at a time: keep the cache small
-            stats = self.first_stats
-            if self.source is not None:
-                stats = stats.moved_by(self.source_first, lab_stats(self.source.source_frame(index, self.first.size)))
-            self._targets[index] = stats
-        return self._targets[index]
+        if index == 0 or self.source is None:
+            return self.first_stats
+        if self._last[0] != index:
+            now = lab_stats(self.source.source_frame(index, self.first.size))
+            self._last = (index, self.first_stats.moved_by(self.source_first, now))
+        return self._last[1]
 
     def correct(self, frame: Image.Image, index: int) -> Image.Image:
         """``frame`` (8-bit RGB at frame 0's size) with ``anchor.color`` applied toward its target."""
