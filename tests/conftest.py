@@ -100,7 +100,7 @@ def pytest_sessionfinish(session, exitstatus):
     if os.getpid() != OWNER:  # only the session that made the folder removes it
         return
     left = scratch_folders_left()
-    if left and os.environ.get("PYTEST_XDIST_WORKER") is None and session.config.pluginmanager.hasplugin("dsession"):
+    if left and session.config.pluginmanager.hasplugin("dsession"):  # the xdist controller
         # under xdist the workers' own check cannot run (another worker may be mid-torchrun): it is made here
         print(f"\nFAILED: scratch folders left in {SESSION_TMP}: {left}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -113,7 +113,8 @@ def scratch_folders_are_removed():
     the session's end checks once every worker is done)."""
     yield
     if os.environ.get("PYTEST_XDIST_WORKER") is None:
-        assert not scratch_folders_left(), f"scratch folders left in {SESSION_TMP}: {scratch_folders_left()}"
+        left = scratch_folders_left()
+        assert not left, f"scratch folders left in {SESSION_TMP}: {left}"
 
 
 # The fixed end-to-end commands whose frames tests/test_golden_frames.py holds to their recorded pixels. Each
