@@ -48,6 +48,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from qvedit.models.loading import load_pipeline
@@ -81,6 +82,9 @@ def clip(tmp_path):
     return write_clip(tmp_path / "clip")
 
 
+# The thread count of the shared commands below, which a test that compares bytes with theirs gives its own
+# processes too (CPU frames depend on it): one under xdist, else torch's default on this machine.
+THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or str(torch.get_num_threads())}
 SAFETY_TIMEOUT_S = 3600  # only a process that truly hangs meets it; a busy machine is slow, not wrong
 
 
@@ -124,7 +128,9 @@ COMMANDS = {  # name -> the commands run one after another into one folder
     "demo": [["experiment=demo"]],
     "acceptance_demo_sweep": [["experiment=acceptance_demo", "max_frames=3", "num_inference_steps=4", "seed=0,1",
                                "-m"]],
-    "resumed": [[*TEMPORAL, "max_frames=4"], TEMPORAL],  # 4 frames, then the rest in a second run
+    # the uninterrupted clip the resume tests compare with; its recorded bytes are those of a run stopped after
+    # frame 4 and resumed (recorded so on 2026-12-01): an uninterrupted run meeting them shows resuming changes none
+    "temporal": [TEMPORAL],
 }
 
 
@@ -141,7 +147,7 @@ def made(tmp_path_factory):
                 sweep = "-m" in command
                 overrides = [arg for arg in command if arg != "-m"]
                 results.append(run_qvedit(*overrides, f"hydra.{'sweep' if sweep else 'run'}.dir={folder}",
-                                          *(["-m"] if sweep else [])))
+                                          *(["-m"] if sweep else []), env=THREADS))
                 assert results[-1].returncode == 0, results[-1].stderr[-3000:]
             runs[name] = (folder, results)
         return runs[name]

@@ -5,14 +5,15 @@ import stat
 
 import pytest
 
-from conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
+from conftest import COMMANDS, REPO, SAFETY_TIMEOUT_S, TEMPORAL, THREADS, run_qvedit
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="pip install -e .[distributed]")
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e .[distributed]")
 
-# CPU frames depend on the thread count (summation order); Ray would give each job num_cpus threads.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-DEMO_SWEEP = ["-m", "experiment=tiny_cpu", "io=demo", "metrics.vgg_weights=random", "max_frames=3", "seed=0,1"]
+# Two jobs: the acceptance demo sweep's unguided ones (made once per session by Hydra's own launcher). CPU
+# frames depend on the thread count (summation order): Ray would give each job num_cpus threads, so its jobs
+# get those the local sweep ran with.
+SWEEP = ["-m", *[arg for arg in COMMANDS["acceptance_demo_sweep"][0] if arg != "-m"], "ttlg=off"]
 
 
 def job_frames(sweep_dir):
@@ -21,11 +22,13 @@ def job_frames(sweep_dir):
             for job in sorted(sweep_dir.iterdir()) if (job / ".hydra").is_dir()}
 
 
-def test_ray_sweep_runs_jobs_as_ray_tasks_and_matches_the_local_launcher(tmp_path):
-    ray_dir, local_dir = tmp_path / "ray", tmp_path / "local"
-    result = run_qvedit(*DEMO_SWEEP, "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2",
+@pytest.mark.xdist_group("acceptance_demo_sweep")  # on the worker that made the local sweep
+def test_ray_sweep_runs_jobs_as_ray_tasks_and_matches_the_local_launcher(tmp_path, made):
+    ray_dir = tmp_path / "ray"
+    local_dir, _ = made("acceptance_demo_sweep")  # the same jobs (and the guided ones), on the basic launcher
+    result = run_qvedit(*SWEEP, "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2",
                         "hydra.launcher.ray.remote.num_gpus=0", f"hydra.sweep.dir={ray_dir}",
-                        timeout=SAFETY_TIMEOUT_S, env={"RAY_DEDUP_LOGS": "0", **ONE_THREAD})
+                        timeout=SAFETY_TIMEOUT_S, env={"RAY_DEDUP_LOGS": "0", **THREADS})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Ray Launcher is launching 2 jobs" in result.stdout + result.stderr
     # Each job ran in a Ray worker process (Ray prefixes their output with the task name and pid).
@@ -36,13 +39,12 @@ def test_ray_sweep_runs_jobs_as_ray_tasks_and_matches_the_local_launcher(tmp_pat
     report = (ray_dir / "acceptance.md").read_text()
     assert all(f"{job.name} |" in report for job in ray_dir.glob("*_seed=*"))
 
-    local = run_qvedit(*DEMO_SWEEP, f"hydra.sweep.dir={local_dir}", timeout=SAFETY_TIMEOUT_S, env=ONE_THREAD)
-    assert local.returncode == 0, local.stderr[-3000:]
     ray_frames, local_frames = job_frames(ray_dir), job_frames(local_dir)
     first, second = sorted(ray_frames)
-    assert first.startswith("0_") and first.endswith("seed=0") and second.endswith("seed=1")
+    assert first.startswith("0_") and first.endswith("seed=0,ttlg=off") and second.endswith("seed=1,ttlg=off")
     assert all(len(frames) == 3 for frames in ray_frames.values())
-    assert ray_frames == local_frames  # same config, same bytes, whichever launcher ran it
+    # same config, same bytes, whichever launcher ran it
+    assert ray_frames == {name: local_frames[name] for name in ray_frames}
     assert ray_frames[first][1] != ray_frames[second][1]
 
 
@@ -64,7 +66,7 @@ def test_slurm_preset_renders_the_submission_parameters(tmp_path):
     script = tmp_path / "submitted.sh"
     bin_dir = fake_slurm_bin(tmp_path / "bin", script)
     sweep_dir = tmp_path / "sweep"
-    result = run_qvedit(*DEMO_SWEEP, "hydra/launcher=slurm", "hydra.launcher.partition=gpu-h100",
+    result = run_qvedit(*SWEEP, "hydra/launcher=slurm", "hydra.launcher.partition=gpu-h100",
                         "hydra.launcher.gpus_per_node=2", "hydra.launcher.timeout_min=90",
                         "hydra.launcher.setup=[module load cuda]", "hydra.launcher.array_parallelism=1",
                         f"hydra.sweep.dir={sweep_dir}",
@@ -178,7 +180,8 @@ subprocess.Popen([sys.executable, str(state / "bin" / "run_task"), os.environ["F
 }
 
 
-def test_a_preempted_slurm_job_is_requeued_into_the_same_folder_and_resumes_to_the_same_frames(tmp_path):
+@pytest.mark.xdist_group("temporal")  # on the worker that made the uninterrupted clip
+def test_a_preempted_slurm_job_is_requeued_into_the_same_folder_and_resumes_to_the_same_frames(tmp_path, made):
     """submitit's preemption signal mid-clip: the job checkpoints (the plugin's checkpoint() gives the same
     job again), asks SLURM to requeue it and exits; the requeued job runs in the same job folder, even
     though the sweep folder's name holds the time to the microsecond, and resumes from its last frame."""
@@ -193,9 +196,8 @@ def test_a_preempted_slurm_job_is_requeued_into_the_same_folder_and_resumes_to_t
     for name, code in FAKE_SLURM.items():
         (state / "bin" / name).write_text(f"#!{sys.executable}\n{code}")
         (state / "bin" / name).chmod(stat.S_IRWXU)
-    clip = ["experiment=tiny_cpu", "io=demo", "metrics.vgg_weights=random", "num_inference_steps=24"]  # ~0.6 s a frame
-    whole = tmp_path / "whole"
-    assert run_qvedit(*clip, f"hydra.run.dir={whole}").returncode == 0
+    clip = TEMPORAL  # guided frames: slow enough that the preemption comes mid-clip
+    whole, _ = made("temporal")  # the same clip made without interruption (read only)
     env = dict(os.environ, PATH=f"{state / 'bin'}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM=str(state),
                PYTHONUNBUFFERED="1")
     driver = subprocess.Popen([sys.executable, "-m", "qvedit", "-m", *clip, "seed=0", "hydra/launcher=slurm",
@@ -221,7 +223,7 @@ def test_a_preempted_slurm_job_is_requeued_into_the_same_folder_and_resumes_to_t
     assert len((state / "task.pids").read_text().split()) == 2  # the job ran twice
     (sweep,) = (tmp_path / "sweep").iterdir()
     (job,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert job.name.startswith("0_") and job.name.endswith("seed=0")
+    assert job.name.startswith("0_") and "seed=0" in job.name.split(",")
     frames = sorted(p.name for p in (job / "frames").glob("*.png"))
     assert frames == sorted(p.name for p in (whole / "frames").glob("*.png")) and len(frames) == 9
     for name in frames:

@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
 from qvedit.errors import QveditError
-from qvedit.models.parallel import Team, follower_overrides, start_team
+from qvedit.models.parallel import Team, start_team
+from qvedit.ranks import follower_overrides
 from qvedit.settings.model import ParallelSettings
 from qvedit.settings.schema import check_values
 

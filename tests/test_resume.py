@@ -18,14 +18,14 @@ import pytest
 from qvedit.errors import QveditError
 from qvedit.files import PARTIAL_GLOB
 from qvedit.outputs import check_or_record
-from tests.conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
+from tests.conftest import REPO, SAFETY_TIMEOUT_S, TEMPORAL, run_qvedit
 
 # Where the kill and stop tests interrupt a run: seeded, so that a failure can be run again at the same frame
 # (QVEDIT_KILL_SEED=N python -m pytest tests/test_resume.py: other seeds, other frames).
 KILL_SEED = int(os.environ.get("QVEDIT_KILL_SEED", "0"))
 
 # Guidance with the temporal term: the resumed run must rebuild the previous-frame state too.
-CLIP = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram_temporal", "ttlg.last_steps=3"]
+CLIP = TEMPORAL
 
 
 def default_stop_signals() -> None:
@@ -52,11 +52,11 @@ def wait_for(path: Path, process: subprocess.Popen):
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory):
-    """The clip made without interruption, once for the tests that stop and resume it."""
-    folder = tmp_path_factory.mktemp("whole")
-    assert run_qvedit(*CLIP, f"hydra.run.dir={folder}").returncode == 0
+@pytest.fixture
+def whole(made):
+    """The clip made without interruption, once per session for the tests that stop and resume it (and for its
+    golden frames): tests that use it run on one worker, ``xdist_group("temporal")``. Read only."""
+    folder, _ = made("temporal")
     return folder
 
 
@@ -71,7 +71,7 @@ def assert_same_clip(whole: Path, resumed: Path) -> None:
     pd.testing.assert_series_equal(rows["edge_loss"], pd.read_csv(whole / "metrics.csv")["edge_loss"])
 
 
-@pytest.mark.xdist_group("whole")  # one worker makes the uninterrupted clip for the three
+@pytest.mark.xdist_group("temporal")  # on the worker that made the uninterrupted clip
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, whole):
     killed = tmp_path / "killed"
     stop_after = random.Random(f"{KILL_SEED}-sigkill").randint(1, 6)
@@ -90,7 +90,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, whole):
     assert_same_clip(whole, killed)
 
 
-@pytest.mark.xdist_group("whole")  # one worker makes the uninterrupted clip for the three
+@pytest.mark.xdist_group("temporal")  # on the worker that made the uninterrupted clip
 def test_sigterm_stops_cleanly_and_its_resume_command_equals_an_uninterrupted_run(tmp_path, whole):
     """SIGTERM (preemption, docker stop): every frame on disk keeps its metrics row, the exit code is
     143 with the command that resumes, and a second run into the folder meanwhile is refused."""
@@ -121,13 +121,15 @@ def test_sigterm_stops_cleanly_and_its_resume_command_equals_an_uninterrupted_ru
     assert_same_clip(whole, stopped)
 
 
-def test_resume_with_other_settings_is_refused_listing_the_keys(tmp_path):
+@pytest.mark.xdist_group("temporal")  # on the worker that made the uninterrupted clip
+def test_resume_with_other_settings_is_refused_listing_the_keys(tmp_path, whole):
     run = tmp_path / "run"
-    assert run_qvedit(*CLIP, "max_frames=3", f"hydra.run.dir={run}").returncode == 0
+    shutil.copytree(whole, run)
     result = run_qvedit(*CLIP, "seed=7", "ttlg.lr=0.1", f"hydra.run.dir={run}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "seed: 0 -> 7" in result.stderr and "ttlg.lr: 0.05 -> 0.1" in result.stderr
-    assert len(list((run / "frames").glob("*.png"))) == 3  # nothing lost
+    for path in sorted((whole / "frames").glob("*.png")):  # nothing lost or changed
+        assert (run / "frames" / path.name).read_bytes() == path.read_bytes()
 
 
 def test_ctrl_c_keeps_frames_and_prints_how_to_resume(tmp_path):
@@ -210,7 +212,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-@pytest.mark.xdist_group("whole")  # one worker makes the uninterrupted clip for the three
+@pytest.mark.xdist_group("temporal")  # on the worker that made the uninterrupted clip
 def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_freed(small_disk, whole):
     run_dir = small_disk / "run"
     filler = small_disk / "filler"

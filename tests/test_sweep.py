@@ -5,10 +5,8 @@ import pytest
 
 from qvedit.report.confdiff import main as diff_main
 from tests.browser import assert_page_is_whole
+from tests.conftest import THREADS
 from tests.conftest import run_qvedit as qvedit
-
-FAST = ["max_frames=3", "num_inference_steps=4"]
-
 
 @pytest.mark.xdist_group("acceptance_demo_sweep")
 def test_acceptance_sweep_writes_the_report(made):
@@ -54,22 +52,26 @@ def test_a_failing_job_still_gets_a_report_and_fails_the_sweep(tmp_path):
     assert (sweep / "0_io=demo,max_frames=2,num_inference_steps=2,ttlg=off" / "frames" / "00001.png").is_file()
 
 
-def test_rerun_from_the_run_folder_gives_the_same_frames_and_diff_tells_runs_apart(tmp_path, capsys):
-    first, again, other = tmp_path / "first", tmp_path / "again", tmp_path / "other"
-    assert qvedit("experiment=tiny_cpu", "io=demo", *FAST, "ttlg=edge", f"hydra.run.dir={first}").returncode == 0
-    result = qvedit("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={again}")
+@pytest.mark.xdist_group("acceptance_demo_sweep")  # on the worker that made the sweep
+def test_rerun_from_a_job_folder_gives_the_same_frames_and_diff_tells_runs_apart(tmp_path, made, capsys):
+    sweep, _ = made("acceptance_demo_sweep")
+    common = "max_frames=3,num_inference_steps=4"
+    first, other = sweep / f"2_{common},seed=0,ttlg=edge_gram", sweep / f"1_{common},seed=1,ttlg=off"
+    again = tmp_path / "again"  # the sweep's job made again, alone, from its folder's config
+    result = qvedit("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={again}",
+                    env=THREADS)
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(p.name for p in (first / "frames").glob("*.png"))
     assert names == ["00000.png", "00001.png", "00002.png"]
     for name in names:
         assert (first / "frames" / name).read_bytes() == (again / "frames" / name).read_bytes()
-    assert qvedit("experiment=tiny_cpu", "io=demo", *FAST, "seed=5", f"hydra.run.dir={other}").returncode == 0
 
     assert diff_main([str(first), str(again)]) == 0
     assert "configs are identical" in capsys.readouterr().out
     assert diff_main([str(first), str(other)]) == 1
     out = capsys.readouterr().out
     lines = [" ".join(line.split()) for line in out.splitlines()]
-    assert "seed 0 -> 5" in lines and "ttlg.edge_scale 1.0 -> 0.0" in lines
-    assert "overrides only in B: seed=5" in out
+    assert "seed 0 -> 1" in lines and "ttlg.edge_scale 1.0 -> 0.0" in lines and "ttlg.gram_scale 0.2 -> 0.0" in lines
+    (only_b,) = [line for line in lines if line.startswith("overrides only in B: ")]
+    assert sorted(only_b.removeprefix("overrides only in B: ").split()) == ["seed=1", "ttlg=off"]
     assert diff_main([str(first), str(tmp_path / "nope")]) == 2
