@@ -101,17 +101,6 @@ def test_no_inputs_names_the_missing_keys_and_the_demo_and_leaves_no_folder(tmp_
     assert not (tmp_path / "run").exists()
 
 
-def test_a_failed_run_keeps_a_folder_that_holds_frames(tmp_path, clip):
-    init, edges = clip
-    run = tmp_path / "run"
-    assert qvedit("experiment=tiny_cpu", "metrics=none", "max_frames=2", f"io.init_frame={init}",
-                  f"io.edge_frames_dir={edges}", f"hydra.run.dir={run}").returncode == 0
-    result = qvedit("experiment=tiny_cpu", "metrics=none", "seed=3", f"io.init_frame={init}",
-                    f"io.edge_frames_dir={edges}", f"hydra.run.dir={run}")
-    one_line_error(result, "seed: 0 -> 3")
-    assert len(list((run / "frames").glob("*.png"))) == 2
-
-
 def test_the_demo_never_writes_its_clip_outside_the_cache(tmp_path):
     result = qvedit("experiment=demo", f"io.init_frame={tmp_path / 'typo' / 'init.png'}",
                     f"hydra.run.dir={tmp_path / 'run'}")

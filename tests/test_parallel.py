@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
-from conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit
+from conftest import REPO, SAFETY_TIMEOUT_S, TEMPORAL, THREADS, run_qvedit
 from qvedit.errors import QveditError
 from qvedit.models.parallel import Team, start_team
 from qvedit.ranks import follower_overrides
@@ -125,21 +125,19 @@ def test_cfg_parallelism_is_refused_where_it_cannot_work():
     assert "raise true_cfg_scale above 1" in ParallelSettings(cfg_degree=2).conflict(1.0)
 
 
-def test_cfg_parallel_torchrun_on_two_cpu_processes_gives_the_single_process_frames(tmp_path):
-    one_thread = {"OMP_NUM_THREADS": "1"}  # torchrun sets it for its workers; CPU sums depend on it
-    clip = [*CLIP, "max_frames=4"]
-    single = run_qvedit(*clip, f"hydra.run.dir={tmp_path / 'single'}", env=one_thread, timeout=SAFETY_TIMEOUT_S)
-    assert single.returncode == 0, single.stderr[-3000:]
+@pytest.mark.xdist_group("temporal")  # on the worker that made the single-process clip
+def test_cfg_parallel_torchrun_on_two_cpu_processes_gives_the_single_process_frames(tmp_path, made):
+    single, _ = made("temporal")  # the clip made by one process (read only)
     team = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "qvedit",
-         *clip, "parallel.cfg_degree=2", f"hydra.run.dir={tmp_path / 'team'}"],
+         *TEMPORAL, "max_frames=4", "parallel.cfg_degree=2", f"hydra.run.dir={tmp_path / 'team'}"],
         cwd=REPO, capture_output=True, text=True, timeout=SAFETY_TIMEOUT_S,
-        env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path), **one_thread))
+        env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path), **THREADS))  # CPU sums depend on threads
     assert team.returncode == 0, team.stderr[-3000:]
     assert "CFG parallelism" in team.stdout + team.stderr
     frames = sorted((tmp_path / "team" / "frames").glob("*.png"))
-    assert len(frames) == 4
-    assert all(p.read_bytes() == (tmp_path / "single" / "frames" / p.name).read_bytes() for p in frames)
+    assert len(frames) == 4  # a clip's first frames do not depend on how many follow
+    assert all(p.read_bytes() == (single / "frames" / p.name).read_bytes() for p in frames)
     metrics = (tmp_path / "team" / "metrics.csv").read_text().splitlines()
     assert len(metrics) == 4 and metrics[0].startswith("frame,edge_loss")
     # rank 1 ran in a scratch folder under TMPDIR, removed at its exit
