@@ -111,6 +111,13 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_TMP, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked ``long`` first, in their order, then the others: xdist hands the work out in this order
+    (a group of tests sharing a run before them all), so the short tests come last and the workers end together
+    instead of one running a long test alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def scratch_folders_are_removed():
     """Fails the session's last test if a torchrun follower's scratch folder is left (without xdist; with it,

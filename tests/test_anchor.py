@@ -114,6 +114,7 @@ def test_resume_refuses_other_anchor_settings_listing_the_key(tmp_path):
     check_or_record(tmp_path, frame_settings(config()))  # the same settings resume
 
 
+@pytest.mark.long
 def test_a_sweep_over_the_defences_on_the_long_demo(tmp_path):
     """anchor=none,color x ttlg=off,edge_gram on a short io=demo_long in one process: the colour anchor at least
     halves the last-quarter colour drift, and the report and pages show the drift section and plots."""

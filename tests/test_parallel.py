@@ -77,6 +77,7 @@ def editor_worker(rank: int, rendezvous: Path, shared: Path) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.long
 def test_a_team_resumes_from_rank0s_frames_and_only_rank0_writes(tmp_path):
     from qvedit.job import run
 

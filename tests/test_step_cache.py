@@ -131,6 +131,7 @@ def test_a_guided_step_reaches_the_next_transformer_call_and_still_lowers_the_ed
     assert losses.edge_loss(on, target) < 0.95 * losses.edge_loss(off, target)
 
 
+@pytest.mark.long
 def test_compiled_blocks_take_the_cache_around_them_without_compiling_again(tiny_pipe):
     """perf.compile with perf.cache: the hooks wrap the compiled forward of each block, so switching the cache
     on and off compiles nothing new, and the frames are those of the eager pipeline (to rounding)."""

@@ -50,6 +50,7 @@ def test_a_run_is_one_mlflow_run_with_params_metrics_by_frame_tags_and_artifacts
     assert {"metrics.csv", "preview.png", "preview.gif", "report.html"} <= artifacts  # in-process: no .hydra/
 
 
+@pytest.mark.long
 def test_a_sweep_is_a_parent_run_with_the_verdict_and_its_jobs_nested(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run_qvedit(*CLIP, "ttlg=off,edge_gram", "logger=mlflow", f"logger.tracking_uri={store}",

@@ -47,6 +47,7 @@ def run_installed(folder, *args) -> subprocess.CompletedProcess:
                           timeout=SAFETY_TIMEOUT_S, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
 
+@pytest.mark.long
 def test_a_three_trial_study_reuses_the_unguided_clip_and_writes_its_front_and_a_preset(tmp_path):
     sweep = tmp_path / "study"
     result = run_qvedit(*STUDY, f"hydra.sweep.dir={sweep}", "-m")
