@@ -134,6 +134,7 @@ def test_cuda_without_gpu_says_what_to_pass(tmp_path, clip):
     one_line_error(result, "device=cpu")
 
 
+@pytest.mark.long
 def test_metrics_without_vgg_weights_offline_say_what_to_do(tmp_path, clip):
     init, edges = clip
     result = qvedit("model=tiny", "device=cpu", f"io.init_frame={init}", f"io.edge_frames_dir={edges}",
@@ -142,6 +143,7 @@ def test_metrics_without_vgg_weights_offline_say_what_to_do(tmp_path, clip):
     assert "ttlg.vgg_weights" not in result.stderr  # the key that fixes the metrics is metrics.vgg_weights
 
 
+@pytest.mark.long
 def test_a_slow_cpu_setting_is_named_before_the_run(tmp_path, clip):
     init, edges = clip
     result = qvedit("experiment=tiny_cpu", "metrics=none", "condition_area=1048576", "max_frames=1",

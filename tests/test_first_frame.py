@@ -216,6 +216,7 @@ def test_a_damaged_candidates_folder_is_one_line_before_the_model_loads(made, tm
     assert {p: digest(p) for p in run_dir.rglob("*.png")} == kept  # nothing finished lost
 
 
+@pytest.mark.long
 def test_tiny_cpu_edits_a_video_in_one_command(tmp_path):
     """The README's one-command job on the CPU: a video and one instruction in, the clip out."""
     import imageio.v3 as iio

@@ -301,6 +301,7 @@ def test_pinning_in_place_makes_views_of_chunks_and_keeps_the_frame(tiny_pipe, c
     np.testing.assert_array_equal(guided_frame(pipe, clip, tmp_path / "pinned"), expected)
 
 
+@pytest.mark.long
 def test_the_preset_benchmark_runs_on_the_cpu_and_records_what_it_refuses(tmp_path):
     """benchmarks/perf_presets.py (the GPU check of perf=fp8 and perf=vram24) as a dry run on the CPU: the
     default preset's frames and their noise floor, and a row per refused preset instead of a crash."""

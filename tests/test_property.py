@@ -14,6 +14,7 @@ import itertools
 import math
 
 import numpy as np
+import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hypothesis import HealthCheck, given, settings
@@ -94,6 +95,7 @@ def numbers(overrides_: list[str]) -> str:
     return " ".join(overrides_)
 
 
+@pytest.mark.long
 @settings(max_examples=12, deadline=None, database=None, derandomize=True,  # the same examples in CI as here
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(chosen=overrides(), frames=images(), guided=st.booleans())

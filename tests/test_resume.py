@@ -134,6 +134,7 @@ def test_resume_with_other_settings_is_refused_listing_the_keys(tmp_path, whole)
         assert (run / "frames" / path.name).read_bytes() == path.read_bytes()
 
 
+@pytest.mark.long
 def test_ctrl_c_keeps_frames_and_prints_how_to_resume(tmp_path):
     run = tmp_path / "run"
     process = start(run)

@@ -41,6 +41,7 @@ def test_acceptance_sweep_writes_the_report(made):
     assert checker.returncode in (0, 1) and "Acceptance report" in checker.stdout
 
 
+@pytest.mark.long
 def test_a_failing_job_still_gets_a_report_and_fails_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     result = qvedit("experiment=tiny_cpu", "io=demo", "num_inference_steps=2", "ttlg=off", "max_frames=2,99",

@@ -68,6 +68,7 @@ def test_a_sweep_is_a_parent_run_with_the_verdict_and_its_jobs_nested(tmp_path):
     assert ".hydra" in {a.path for a in client.list_artifacts(jobs[0].info.run_id)}
 
 
+@pytest.mark.long
 def test_a_store_that_cannot_be_reached_fails_the_run_at_once_in_one_line(tmp_path):
     result = run_qvedit(*CLIP, "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9",
                         f"hydra.run.dir={tmp_path / 'run'}", timeout=SAFETY_TIMEOUT_S)

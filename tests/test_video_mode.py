@@ -2,6 +2,7 @@
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import run_qvedit
@@ -18,6 +19,7 @@ def make_video(path, frames=5, size=(48, 32), fps=12):
     return path
 
 
+@pytest.mark.long
 def test_video_in_video_out(tmp_path):
     clip = make_video(tmp_path / "clip.mp4")
     run = tmp_path / "run"
@@ -36,6 +38,7 @@ def test_video_in_video_out(tmp_path):
     assert '<a href="output.mp4">output.mp4</a>' in (run / "report.html").read_text()  # ... and so does the page
 
 
+@pytest.mark.long
 def test_edge_video_of_another_size_and_frames_not_kept(tmp_path):
     clip = make_video(tmp_path / "clip.mp4", frames=2)
     edges = make_video(tmp_path / "edges.mp4", frames=3, size=(96, 64))
