@@ -7,10 +7,10 @@ recording names the machine it was made on (``fingerprint``; more than one may b
 machine that matches one, every frame must be the same bytes. Anywhere else the suite still checks
 the frames, against the recorded frame statistics (the mean colour of each cell of a 4x4 grid of
 every frame, ``statistics``): within ``TOLERANCE`` = 1 level. Other kernels and thread counts move
-them far less (measured here on 2026-12-01 for the ``temporal`` command: with ``ATEN_CPU_CAPABILITY=avx2``
-and with ``OMP_NUM_THREADS=1`` single pixels differ by 1 level, a cell's mean by at most 0.02), while
-what the code computes moves them far more (guidance on against off: 14 to 20 levels in the demo). After a change that is
-meant to change frames, record again (on each machine whose bytes are kept):
+them far less (measured here on 2026-12-01 for the ``temporal`` clip, made then in two runs: with
+``ATEN_CPU_CAPABILITY=avx2`` and with ``OMP_NUM_THREADS=1`` single pixels differ by 1 level, a cell's mean by
+at most 0.02), while what the code computes moves them far more (guidance on against off: 14 to 20 levels in
+the demo). After a change that is meant to change frames, record again (on each machine whose bytes are kept):
 
     QVEDIT_RECORD_GOLDEN=1 python -m pytest tests/test_golden_frames.py
 """

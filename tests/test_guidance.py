@@ -149,8 +149,8 @@ def clip_losses(paths, source, vgg, reference, flow) -> pd.DataFrame:
     rows = []
     for k, path in enumerate(paths[1:]):
         image = pil_to_tensor(Image.open(path))
-        rows.append({"frame": k + 1,
-                     "edge_loss": float(losses.edge_loss(image, image_to_edge_target(Image.open(source.edge_paths[k])))),
+        edge_target = image_to_edge_target(Image.open(source.edge_paths[k]))
+        rows.append({"frame": k + 1, "edge_loss": float(losses.edge_loss(image, edge_target)),
                      "gram_loss": float(losses.gram_loss(vgg.grams(image, 256), reference)),
                      "warp_error": warp_error(image, pil_to_tensor(Image.open(paths[k])), flow.pair(k + 1))})
     return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""Real multirun sweeps, reproducing a run from its folder, and diffing two runs (tiny model, CPU)."""
+"""Real multirun sweeps, reproducing a sweep job from its folder, and diffing two runs (tiny model, CPU)."""
 
 import pandas as pd
 import pytest
@@ -7,6 +7,7 @@ from qvedit.report.confdiff import main as diff_main
 from tests.browser import assert_page_is_whole
 from tests.conftest import THREADS
 from tests.conftest import run_qvedit as qvedit
+
 
 @pytest.mark.xdist_group("acceptance_demo_sweep")
 def test_acceptance_sweep_writes_the_report(made):
