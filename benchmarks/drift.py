@@ -25,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from qvedit.io.layout import job_error
+
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {  # name -> overrides of experiment=drift_demo (ttlg and seed are swept)
     "anchor=none": ["anchor=none"],
@@ -40,7 +42,7 @@ def finished(sweep: Path, args) -> bool:
     """Every job of the setting's sweep (ttlg off and guided, each seed) made the whole clip, its metrics with it."""
     jobs = [job for job in sweep.glob("*seed=*") if job.is_dir()] if sweep.is_dir() else []
     return len(jobs) == 2 * len(args.seeds) and all(
-        not (job / "error.txt").exists() and (job / "metrics.csv").is_file()
+        job_error(job) is None and (job / "metrics.csv").is_file()
         and len((job / "metrics.csv").read_text().splitlines()) == args.length for job in jobs)
 
 

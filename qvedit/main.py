@@ -1,8 +1,9 @@
 """``python -m qvedit``: the command line. The overrides checked before Hydra composes, the Hydra entry point
 (``qvedit.job.run`` makes the clip), and what stopped the run said in one line.
 
-The run's modules (torch, diffusers, pandas: about 3 s to import on 2 cores) are imported only once Hydra has
-composed a config with no unknown key, so a misspelt key or a bad value is refused in under a second."""
+The run's modules (torch, diffusers, pandas: about 3 s to import on 2 cores) are not imported here: Hydra's
+callbacks and ``hydra_main`` import them once a run starts, so an override ``main`` refuses (a misspelt key, a
+bad value) is answered in under a second."""
 
 from __future__ import annotations
 

@@ -164,20 +164,21 @@ def demo_clips(tmp_path_factory):
     """``demo_clips(tiny_pipe, name)`` -> {seed: SweepJob}: the demo clip's first 4 generated frames with the
     shipped preset ``ttlg/<name>``, seeds 0, 1, 2, as the acceptance checker reads a sweep's jobs (made once per
     module and worker)."""
+    source = demo_source()
+    assert source.has_source_frames
+    flow = ClipFlow(FlowSettings(), source, source.init_image().size, torch.device("cpu"))
+    vgg = losses.VGGStyle("random")
+    reference = vgg.grams(pil_to_tensor(source.init_image()), 256)
     made = {}
 
     def clips(pipe, name: str) -> dict:
         if name not in made:
-            source = demo_source()
-            assert source.has_source_frames
-            flow = ClipFlow(FlowSettings(), source, source.init_image().size, torch.device("cpu"))
-            vgg = losses.VGGStyle("random")
-            reference = vgg.grams(pil_to_tensor(source.init_image()), 256)
-            settings_of = {f"ttlg.{key}": value for key, value in dataclasses.asdict(ttlg(name)).items()}
+            preset = ttlg(name)
+            settings_of = {f"ttlg.{key}": value for key, value in dataclasses.asdict(preset).items()}
             made[name] = {}
             for seed in SEEDS:
                 folder = tmp_path_factory.mktemp(f"{name}-{seed}")
-                paths = edit_clip(pipe, source, into(folder), settings(seed, max_frames=5), ttlg(name), flow=flow)
+                paths = edit_clip(pipe, source, into(folder), settings(seed, max_frames=5), preset, flow=flow)
                 made[name][seed] = SweepJob(folder, {**settings_of, "seed": seed},
                                             clip_losses(paths, source, vgg, reference, flow), None)
         return made[name]
