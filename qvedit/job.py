@@ -54,7 +54,7 @@ from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.io import DemoIO
 from qvedit.settings.model import ModelSettings, PerfSettings
 from qvedit.settings.run import RunSettings
-from qvedit.settings.schema import check_values, frame_settings, scale_keys
+from qvedit.settings.schema import check_values, frame_settings, input_paths, scale_keys
 from qvedit.trust import build
 
 log = logging.getLogger("qvedit")
@@ -141,6 +141,7 @@ class Job:
         torchao_only_for_fp8(perf.quantize)  # before check_model may import diffusers
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, is_main=team.is_main)
         layout.check()
+        refuse(layout.input_problem(input_paths(cfg), "hydra.sweep.dir" if in_sweep() else "hydra.run.dir"))
         source = open_source(io, layout)  # inputs are checked before the (slow) model load
         plan = ClipPlan.of(settings, source)  # and what they allow: frame count, sizes
         for warning in cpu_speed_warnings(device, settings, plan, model.real_weights):

@@ -104,6 +104,19 @@ def entry_keys(override) -> list[str]:
     return []
 
 
+def dict_keys() -> list[str]:
+    """Keys whose value is a mapping of their own (``model.scheduler``)."""
+    return [key for key, f in schema_fields().items() if str(f.type).startswith(("Dict", "dict"))]
+
+
+def merging_dict_overrides(argv: list[str]) -> list[str]:
+    """``argv`` with ``model.scheduler={shift:3.0}`` given as ``++model.scheduler={shift:3.0}``: Hydra refuses to
+    set a key a mapping does not hold yet without ``+`` (its struct mode), while a user means "these values";
+    with ``++`` the given values are merged over the mapping the config already has."""
+    keys = tuple(f"{key}=" for key in dict_keys())
+    return [f"++{arg}" if arg.startswith(keys) else arg for arg in argv]
+
+
 def unknown_config_keys(cfg: DictConfig) -> list[str]:
     """Keys of a composed config that its schema does not have (added with ``+``), one message each."""
     messages = []

@@ -73,9 +73,8 @@ def key_problem(key: str, value: Any, typed: str) -> Optional[str]:
     holders = owners(key)
     leaf = key.rsplit(".", 1)[-1]
     for cls in holders:
-        node = OmegaConf.structured(cls)
-        try:
-            node[leaf] = value
+        try:  # merged as Hydra merges an override: a list of dicts becomes a list of LoRA entries
+            OmegaConf.merge(OmegaConf.structured(cls), {leaf: value})
         except OmegaConfBaseException:
             continue
         if key == "model.scheduler" and isinstance(value, dict):

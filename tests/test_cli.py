@@ -181,9 +181,40 @@ def test_a_value_hydra_would_refuse_is_named_with_what_the_key_takes(override, f
 def test_values_a_key_takes_pass(tmp_path):
     from qvedit.values import override_problems
 
+    # each as a shell hands it over: the quotes a user types around an override never reach qvedit
     assert override_problems(["ttlg=edge_gram,off", "seed=range(3)", "ttlg.lr=interval(0.01,0.1)", "max_area=null",
-                              "'model.loras=[{path:a.safetensors,scale:0.5}]'", "+model.scheduler={shift:3.0}",
+                              "model.loras=[{path:a.safetensors,scale:0.5}]", "model.loras=[{path:a.safetensors}]",
+                              "model.loras=[]", "+model.scheduler={shift:3.0}", "model.scheduler={shift:3.0}",
+                              "perf.fp8_keep_bf16=[img_in,proj_out]", "tuning.objectives=[edge_loss,warp_error]",
                               f"io.init_frame={tmp_path}/x.png", "io.rgb_video=${oc.env:HOME}/a.mp4", "-m"]) == []
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.loras=[{path:lora.safetensors,scale:0.0}]"],
+     {"model": {"loras": [{"path": "lora.safetensors", "weight_name": None, "scale": 0.0}]}}),
+    (["model.loras=[{path:lora.safetensors}]"],
+     {"model": {"loras": [{"path": "lora.safetensors", "weight_name": None, "scale": 1.0}]}}),
+    (["model.loras=[{path:a.safetensors},{path:b.safetensors,weight_name:w.safetensors,scale:0.5}]"],
+     {"model": {"loras": [{"path": "a.safetensors", "weight_name": None, "scale": 1.0},
+                          {"path": "b.safetensors", "weight_name": "w.safetensors", "scale": 0.5}]}}),
+    (["model.scheduler={shift:3.0}"], {"model": {"scheduler": {"shift": 3.0}}}),
+    (["experiment=lightning", "model=tiny", "model.scheduler={shift:3.0}"],  # merged over the preset's values
+     {"model": {"scheduler": {"shift": 3.0, "base_shift": 1.0986122886681098, "use_dynamic_shifting": True}}}),
+    (["perf.fp8_keep_bf16=[img_in,proj_out]"], {"perf": {"fp8_keep_bf16": ["img_in", "proj_out"]}}),
+    (["tuning.objectives=[edge_loss,warp_error]"], {"tuning": {"objectives": ["edge_loss", "warp_error"]}}),
+])
+def test_keys_taking_a_list_or_a_dict_take_what_a_shell_hands_over(overrides, expected):
+    """A real command line through python -m qvedit (the argv a shell gives, no quotes left): composed as typed."""
+    result = qvedit("experiment=tiny_cpu", "io=demo", *overrides, "--cfg", "job")
+    assert result.returncode == 0 and "qvedit: error" not in result.stderr, result.stderr[-2000:]
+    composed = yaml.safe_load(result.stdout)
+
+    def contains(node, wanted):
+        if isinstance(wanted, dict):
+            return all(key in node and contains(node[key], value) for key, value in wanted.items())
+        return node == wanted
+
+    assert contains(composed, expected), result.stdout
 
 
 def test_a_bad_value_is_one_line_and_exit_2_before_hydra_runs(tmp_path):
@@ -193,8 +224,8 @@ def test_a_bad_value_is_one_line_and_exit_2_before_hydra_runs(tmp_path):
 
 
 def test_what_hydra_refuses_while_composing_is_one_line(tmp_path):
-    """A dict key its node does not hold yet (Hydra's struct mode) needs a +: the line says so."""
-    result = qvedit("experiment=demo", "model.scheduler={shift:3.0}", f"hydra.run.dir={tmp_path / 'run'}")
+    """A key below a dict node that does not hold it yet (Hydra's struct mode) needs a +: the line says so."""
+    result = qvedit("experiment=demo", "model.scheduler.shift=3.0", f"hydra.run.dir={tmp_path / 'run'}")
     one_line_error(result, "model.scheduler holds no key shift", "+model.scheduler.shift=")
     assert "HYDRA_FULL_ERROR" not in result.stderr
 

@@ -77,3 +77,50 @@ def test_rerun_from_a_job_folder_gives_the_same_frames_and_diff_tells_runs_apart
     (only_b,) = [line for line in lines if line.startswith("overrides only in B: ")]
     assert sorted(only_b.removeprefix("overrides only in B: ").split()) == ["seed=1", "ttlg=off"]
     assert diff_main([str(first), str(tmp_path / "nope")]) == 2
+
+
+# Twenty overrides with long values, as a user's sweep or a search's floats make them: the folder names they
+# made were over 255 bytes (OSError: File name too long, the sweep lost).
+LONG_OVERRIDES = [
+    "ttlg.edge_size=256", "ttlg.gram_size=256", "ttlg.temporal_size=64", "ttlg.every=1", "ttlg.color_scale=0.0",
+    "acceptance.edge_ratio=0.950000000000001", "acceptance.gram_ratio=0.980000000000001",
+    "acceptance.warp_ratio=1.000000000000001", "acceptance.drift_ratio=1.000000000000001",
+    "acceptance.edge_frames_fraction=0.600000000000001", "acceptance.lpips_prev_min=0.005000000000001",
+    "acceptance.lpips_init_min=0.010000000000001", "anchor.color_strength=0.999999999999999",
+    "metrics.size=256", "metrics.gram_size=256", "flow.method=dis", "first_frame.num_inference_steps=40",
+    "first_frame.negative_prompt=a_negative_prompt_long_enough_to_fill_a_good_part_of_a_folder_name_by_itself",
+    "negative_prompt=another_negative_prompt_with_words_enough_to_make_folder_names_long_on_their_own_too",
+    "ttlg.lr=0.050000000000000001",
+]
+
+
+def assert_bounded_job_folders(sweep, jobs: int):
+    folders = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert len(folders) == jobs
+    for folder in folders:
+        assert len(folder.name.encode()) <= 96 and "~" in folder.name, folder.name
+        recorded = (folder / ".hydra" / "overrides.yaml").read_text()
+        assert "ttlg.temporal_size=64" in recorded and "first_frame.negative_prompt=a_negative" in recorded
+    return folders
+
+
+@pytest.mark.long
+def test_a_sweep_with_twenty_long_overrides_bounds_its_folder_names_and_still_pairs_its_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = qvedit("experiment=tiny_cpu", "io=demo", "max_frames=2", "num_inference_steps=2", "ttlg=off,edge",
+                    *LONG_OVERRIDES, f"hydra.sweep.dir={sweep}", "-m")
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr[-3000:]
+    off, edge = assert_bounded_job_folders(sweep, 2)
+    assert off.name.startswith("0_") and "ttlg=off," in off.name and "ttlg=edge," in edge.name
+    report = (sweep / "acceptance.md").read_text()
+    assert "## ttlg edge_scale=1.0 vs ttlg=off" in report and "FAILED" not in report  # paired by settings, not names
+
+
+@pytest.mark.long
+def test_an_optuna_search_with_twenty_long_overrides_bounds_its_folder_names(tmp_path):
+    sweep = tmp_path / "search"
+    result = qvedit("experiment=tiny_cpu", "io=demo", "hparams_search=ttlg_optuna", "hydra.sweeper.n_trials=2",
+                    "max_frames=2", "num_inference_steps=2", *LONG_OVERRIDES, f"hydra.sweep.dir={sweep}", "-m")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert_bounded_job_folders(sweep, 2)
+    assert (sweep / "optuna_pareto.csv").is_file()

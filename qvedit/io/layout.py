@@ -22,11 +22,18 @@ own scratch run folder, which is removed when they exit.
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from qvedit.errors import QveditError
 from qvedit.files import write_text_atomic
+from qvedit.settings.schema import input_paths
+from qvedit.trust import build
 
 JOB_ERROR_FILE = "error.txt"
 
@@ -62,8 +69,6 @@ class RunLayout:
 
     def check(self) -> None:
         """Every output path can be made: no part of it is a file (checked before anything is written)."""
-        from qvedit.errors import QveditError
-
         for key, path, folder in (("hydra.run.dir", self.run_dir, self.run_dir),
                                   ("io.out_frames_dir", self.frames_dir, self.frames_dir),
                                   ("metrics.path", self.metrics_csv, self.metrics_csv.parent),
@@ -74,6 +79,34 @@ class RunLayout:
             if blocked is not None:
                 raise QveditError(f"{key}={path}: {blocked} is a file, not a folder: choose another path (or move "
                                   "the file)")
+
+    def written_folders(self, run_key: str = "hydra.run.dir") -> list[tuple[str, Path]]:
+        """(key, folder) of every folder this run writes files into (``run_key`` names the run folder's key)."""
+        folders = [(run_key, self.run_dir), (run_key, self.run_dir / ".hydra"), (run_key, self.first_frame),
+                   (run_key, self.unguided[0].parent), (run_key, self.unguided[0]),
+                   ("io.out_frames_dir", self.frames_dir), ("metrics.path", self.metrics_csv.parent),
+                   ("io.out_video", self.video.parent), ("io.edges_dir", self.edges_dir)]
+        return folders + ([("debug_dir", self.debug_dir)] if self.debug_dir is not None else [])
+
+    def input_problem(self, inputs: list[tuple[str, Path]], run_key: str = "hydra.run.dir") -> Optional[str]:
+        """Why this run would write into a folder it reads a user's input from (one line), or None.
+
+        Args:
+            inputs: (key, path) of every existing input (``qvedit.settings.schema.input_paths``): a folder input
+                may hold no folder the run writes into, at any depth; a file input's folder may not be one.
+            run_key: the key that chose the run folder (``hydra.run.dir``, ``hydra.sweep.dir`` for a sweep).
+        """
+        for in_key, path in inputs:
+            source = path.resolve()
+            for out_key, folder in self.written_folders(run_key):
+                out = folder.resolve()
+                inside = source.is_dir() and (out == source or source in out.parents)
+                if inside or (source.is_file() and out == source.parent):
+                    where = "is" if out == source or out == source.parent else "is inside"
+                    what = "the folder" if source.is_dir() else f"the folder of {source.name}, which"
+                    return (f"{out_key}={folder} {where} {what} {in_key} reads from ({path}): qvedit never writes "
+                            f"into a folder it reads your input from; choose another {out_key}")
+        return None
 
     @property
     def unguided(self) -> tuple[Path, Path]:
@@ -153,3 +186,27 @@ def discard_if_empty(run_dir: Path) -> bool:
     if run_dir.parent.parent.name == "runs" and not any(run_dir.parent.iterdir()):
         run_dir.parent.rmdir()  # the runs/<date> folder of the default layout, if this run was its only one
     return True
+
+
+class InputsApart(Callback):
+    """Hydra callback: refuse, in one line and before Hydra makes the run (or sweep) folder and writes its
+    ``.hydra/`` there, a run whose outputs would go into a folder it reads a user's input from. The job checks
+    again with its own folder (``qvedit.job``); this is the check that comes before Hydra writes anything."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self.refuse(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.refuse(config, "sweep")
+
+    @staticmethod
+    def refuse(config: DictConfig, mode: str) -> None:
+        try:
+            layout = RunLayout.resolve(Path(config.hydra[mode].dir), build(config.io), build(config.metrics),
+                                       config.get("debug_dir"))
+            problem = layout.input_problem(input_paths(config), f"hydra.{mode}.dir")
+        except Exception:  # a value the job itself will refuse, in its own words
+            return
+        if problem:
+            print(f"qvedit: error: {problem}", file=sys.stderr)
+            sys.exit(2)

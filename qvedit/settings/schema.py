@@ -13,6 +13,7 @@ the resume manifest (``frame_settings``), the keys the acceptance report does no
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,49 @@ def folder_name_excluded_keys() -> list[str]:
     return ["experiment", "hydra.run.dir", "hydra.sweep.dir", *schema_keys(lambda tags: tags.path is not None)]
 
 
+def input_paths(cfg: DictConfig) -> list[tuple[str, Path]]:
+    """(key, path) of every file or folder on this machine that ``cfg`` reads a user's input from: the values of
+    the keys tagged ``path="input"`` (each LoRA entry's ``path`` for ``model.loras``) that exist here. Hub ids and
+    paths that do not exist are left out (the checks of each key say what is missing)."""
+    found = []
+    for key in schema_keys(lambda tags: tags.path == "input"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (ListConfig, list)):  # model.loras: [{path, weight_name, scale}, ...]
+            values = [(f"{key}[{i}].path", entry.get("path")) for i, entry in enumerate(value)
+                      if isinstance(entry, (DictConfig, dict))]
+        else:
+            values = [(key, value)]
+        for name, path in values:
+            if isinstance(path, str) and path.strip() and Path(path).expanduser().exists():
+                found.append((name, Path(path).expanduser()))
+    return found
+
+
+JOB_FOLDER_MAX = 96  # bytes of a sweep job's folder name; file systems take 255, and a path should stay readable
+
+
+def job_folder_name(num: int, override_dirname: str) -> str:
+    """A sweep job's folder name: ``<num>_<its overrides>`` (``conf/hydra/default.yaml``), bounded.
+
+    A name over ``JOB_FOLDER_MAX`` bytes (twenty overrides, long floats from a search) keeps the shortest
+    overrides that fit (``seed=1`` rather than one long float), in their order, and ends in ``~`` and a hash of
+    them all, so two jobs never share a folder; every override is in the job's ``.hydra/overrides.yaml``.
+    """
+    name = f"{num}_{override_dirname}" if override_dirname else str(num)
+    if len(name.encode()) <= JOB_FOLDER_MAX:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    items = override_dirname.split(",")
+    budget, kept = JOB_FOLDER_MAX - len(f"{num}_,~{digest}".encode()), set()
+    for position in sorted(range(len(items)), key=lambda i: len(items[i].encode())):
+        cost = len(items[position].encode()) + 1
+        if cost > budget:
+            break
+        kept.add(position)
+        budget -= cost
+    return f"{num}_{''.join(items[i] + ',' for i in sorted(kept))}~{digest}"
+
+
 def scale_keys() -> list[str]:
     """``ttlg.<loss>_scale``: a run is guided when one of them is above 0."""
     return [f"ttlg.{name}" for name in TTLGSettings.scales()]
@@ -156,3 +200,5 @@ def register_schemas() -> None:
     OmegaConf.register_new_resolver("qvedit.cache", lambda sub="": str(cache_dir() / sub), replace=True)
     # the overrides that sweep folder names leave out (conf/hydra/default.yaml)
     OmegaConf.register_new_resolver("qvedit.folder_name_excluded_keys", folder_name_excluded_keys, replace=True)
+    # a sweep job's folder: its number and overrides, bounded in length (job_folder_name)
+    OmegaConf.register_new_resolver("qvedit.job_folder", job_folder_name, replace=True)
