@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -29,13 +28,11 @@ from qvedit.plan import ClipPlan
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.run import RunSettings
+from qvedit.settings.start import StartSettings
+from qvedit.start.noise import frame_seed  # noqa: F401 (qvedit.editor.frame_seed: a frame's generator's seed)
+from qvedit.start.starts import FrameStarts
 
 log = logging.getLogger(__name__)
-
-
-def frame_seed(seed: int, frame_index: int) -> int:
-    """The seed of one frame's generator, from (run seed, frame index): any frame can be remade alone."""
-    return int(np.random.SeedSequence([seed, frame_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def checked_frame(image: torch.Tensor, frame_index: int) -> Image.Image:
@@ -51,7 +48,7 @@ def checked_frame(image: torch.Tensor, frame_index: int) -> Image.Image:
 def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSettings,
               ttlg: Optional[TTLGSettings] = None, team: Optional[Team] = None,
               flow: Optional[ClipFlow] = None, anchor: Optional[AnchorSettings] = None,
-              plan: Optional[ClipPlan] = None) -> list[Path]:
+              plan: Optional[ClipPlan] = None, start: Optional[StartSettings] = None) -> list[Path]:
     """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order.
 
     Frames already in ``outputs``' folder (a resumed run) are kept and the loop goes on from the
@@ -72,6 +69,8 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
             frame 0, and each frame's colours moved toward frame 0's (source-adjusted) statistics before it
             is written and followed; the same target feeds ``color_drift`` and ``ttlg.color_scale``.
         plan: the clip's frame count and sizes (``ClipPlan.of(settings, source)``, computed here when None).
+        start: how each frame starts (``qvedit.start``): which noise, and from how far down the schedule; None =
+            each frame from its own noise, every step. Its warped noise and part-way starts follow ``flow``.
 
     Returns:
         The paths of the clip's frames 0..T-1.
@@ -96,6 +95,8 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     if guide is not None:
         guide.frame_done(to_tensor(previous))
     written = outputs.start(init, done)
+    starts = FrameStarts(start or StartSettings(), pipe, settings.seed, settings.num_inference_steps,
+                         (gen_width, gen_height), flow, team, first=max(done, 1))
     if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, outputs.folder)
     device = execution_device(pipe)
@@ -111,13 +112,14 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         edge = source.edge_frame(index - 1, (width, height))
         pair = flow.pair(index, edge) if flow is not None and team.is_main else None
         generator = torch.Generator(device=device).manual_seed(frame_seed(settings.seed, index))
+        begin = starts.frame(index, previous, pair)
         color_target = color.target(index) if color is not None else None
         with frame_memory(index, (gen_width, gen_height), pipe, device), condition_area(plan.condition_area), \
                 record_velocity(pipe.scheduler) as velocity:
             callback = None
             if guide is not None:
                 callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,
-                                          settings.num_inference_steps, velocity, pair, color_target)
+                                          begin.steps, velocity, pair, color_target)
             result = pipe(
                 image=anchor.condition_images(index, edge, previous, init),
                 prompt=anchor.prompt_for(settings.prompt),
@@ -129,23 +131,27 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
                 generator=generator,
                 output_type="pt",
                 callback_on_step_end=team.step_callback(callback),
+                **begin.kwargs,
             )
+        if guide is not None:
+            guide.check_finite(index)
         frame = checked_frame(result.images[0], index)
         if frame.size != (width, height):
             frame = frame.resize((width, height), Image.Resampling.BICUBIC)
         frame = team.broadcast(frame)
         if anchor.corrects_color:
             frame = color.correct(frame, index)
-        written.append(outputs.write_frame(index, frame))
         seconds = time.perf_counter() - started
         if guide is not None:
             guide.frame_done(to_tensor(frame))
-        outputs.record(index, frame, edge, previous, pair, color_target, seconds=round(seconds, 4),
-                       guided_steps=guide.guided_steps if guide else 0,
-                       peak_mem_mib=round(peak_memory_mib(device), 1))
+        # written with its metrics row in the background while the next frame is made
+        written.append(outputs.save(index, frame, edge, previous, pair, color_target, seconds=round(seconds, 4),
+                                    guided_steps=guide.guided_steps if guide else 0,
+                                    peak_mem_mib=round(peak_memory_mib(device), 1)))
         if team.is_main and not bars:
             log.info("frame %d of %d done in %.2f s%s", index, total - 1, seconds,
                      f", {guide.guided_steps} guided steps" if guide else "")
         previous = frame
+    outputs.finish()
     stopping.check()
     return written

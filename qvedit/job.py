@@ -11,6 +11,7 @@ previews, the video, ``report.html`` and the summary, and fills the tracking run
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from qvedit import locks
+from qvedit.background import finish_all
 from qvedit.devices import check_device
 from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
@@ -38,6 +40,7 @@ from qvedit.io.source import FrameSource, IOSettings, open_source
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.fp8 import torchao_only_for_fp8
 from qvedit.models.loading import availability_problem, load_pipeline
+from qvedit.models.schedule import planned_schedule_problem
 from qvedit.models.lora import check_model
 from qvedit.models.parallel import Team, start_team
 from qvedit.models.perf import apply_perf, check_perf
@@ -55,6 +58,7 @@ from qvedit.settings.io import DemoIO
 from qvedit.settings.model import ModelSettings, PerfSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schema import check_values, frame_settings, input_paths, scale_keys
+from qvedit.settings.start import StartSettings
 from qvedit.trust import build
 
 log = logging.getLogger("qvedit")
@@ -82,6 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                               "gives each job its own GPU)")
         return Job.prepare(cfg, settings, run_dir, team).run()  # ranks other than 0 keep only their share of work
     finally:
+        finish_all()  # frames already made, still being written in the background, are kept
         team.close()
         drop_staged()
         locks.release_all()
@@ -119,6 +124,7 @@ class Job:
     anchor: AnchorSettings
     first_frame: Optional[FirstFrameEdit] = None  # frame 0 edited from the source's (first_frame.prompt)
     starts_over: bool = False  # the frames folder holds a clip whose frame 0 was another candidate
+    start: StartSettings = dataclasses.field(default_factory=StartSettings)  # how each frame starts (start/)
 
     @classmethod
     def prepare(cls, cfg: DictConfig, settings: RunSettings, run_dir: Path, team: Team) -> "Job":
@@ -136,8 +142,9 @@ class Job:
         device = team.device or settings.device
         ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
-        first_frame_settings = build(cfg.first_frame)
-        refuse(model.entry_problem(), first_frame_settings.conflict())
+        first_frame_settings, start = build(cfg.first_frame), build(cfg.start)
+        refuse(model.entry_problem(), first_frame_settings.conflict(), start.problem(settings.num_inference_steps),
+               planned_schedule_problem(model, settings.num_inference_steps))
         torchao_only_for_fp8(perf.quantize)  # before check_model may import diffusers
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, is_main=team.is_main)
         layout.check()
@@ -169,12 +176,21 @@ class Job:
             log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                      os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
         flow_guided = ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0
-        flow = ClipFlow(flow_settings, source, plan.init_size, torch.device(device)) \
-            if team.is_main and (metrics.quality or flow_guided) else None
+        try:
+            flow = ClipFlow(flow_settings, source, plan.init_size, torch.device(device)) \
+                if team.is_main and (metrics.quality or flow_guided or start.needs_flow) else None
+        except QveditError as err:
+            raise QveditError(f"start.noise={start.noise} start.strength={start.strength:g} follows the clip's optical "
+                              f"flow: {err}" if start.needs_flow else str(err)) from None
+        if team.is_main and not start.is_default:
+            log.info("start: %s noise, %s%s", start.noise, f"the last {start.steps_run(settings.num_inference_steps)} "
+                     f"of {settings.num_inference_steps} steps from the previous frame warped onto each"
+                     if start.from_previous else "every step", "; the flow is estimated between edge maps (no source "
+                     "frames: rougher)" if start.needs_flow and flow.from_edges else "")
         sweep_dir = Path(HydraConfig.get().sweep.dir) if in_sweep() else None
         tracking = JobTracking.start(logger, cfg, run_dir, sweep_dir) if team.is_main else None
         return cls(cfg, settings, team, device, layout, io, source, plan, outputs, ttlg, model, perf, flow, tracking,
-                   anchor, first_frame, starts_over)
+                   anchor, first_frame, starts_over, start)
 
     def run(self) -> Path:
         """Make and publish the clip; returns its frames folder. A failure marks the tracking run failed."""
@@ -209,7 +225,7 @@ class Job:
         if self.starts_over:
             self.restart_clip(self.outputs.folder)
         return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow,
-                         self.anchor, self.plan)
+                         self.anchor, self.plan, self.start)
 
     @property
     def first_frame_only(self) -> bool:
@@ -230,7 +246,7 @@ class Job:
             start_over(frames.folder, unguided)
         log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
         edit_clip(self.pipe, self.source, ClipOutputs(frames, metrics_csv, self.outputs.metrics), self.settings,
-                  TTLGSettings(), self.team, self.flow, self.anchor, self.plan)
+                  TTLGSettings(), self.team, self.flow, self.anchor, self.plan, self.start)
         return metrics_csv
 
     def publish(self, paths: list[Path], unguided_csv: Optional[Path]) -> None:

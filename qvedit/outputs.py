@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from qvedit.background import Background
 from qvedit.errors import QveditError
 from qvedit.files import write_text_atomic
 from qvedit.guidance.flow import FlowPair
@@ -57,8 +58,16 @@ def check_or_record(frames_dir: Path, settings: dict[str, object], start_over_on
         differing = diff_configs(before, settings)
         if differing and all(key in start_over_on for key, _, _ in differing):
             return True
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differing)
+        if differing and not (frames_dir / "00001.png").exists():
+            # Frame 0 alone (the input, copied): the run before made no frame (it failed before its first), so
+            # nothing made with its settings is lost: the corrected command goes on in the same folder.
+            log.info("%s holds only frame 0 of a run with other settings (%s) that made no frame: starting afresh",
+                     frames_dir, listed)
+            (frames_dir / "00000.png").unlink()
+            write_text_atomic(manifest, OmegaConf.to_yaml(OmegaConf.create(settings)))
+            return False
         if differing:
-            listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differing)
             raise QveditError(
                 f"{frames_dir} holds frames made with other settings ({listed}): resume with the same settings, "
                 "or write to a new folder (another hydra.run.dir or io.out_frames_dir)"
@@ -95,6 +104,7 @@ class ClipOutputs:
         self.metrics = metrics or FrameMetrics()
         self.debug_dir = debug_dir  # guidance debug images, when set
         self._rows: Optional[MetricsLog] = None
+        self._writer: Optional[Background] = None  # writes frames and rows beside the loop (save)
 
     @property
     def folder(self) -> Path:
@@ -137,6 +147,23 @@ class ClipOutputs:
     def write_frame(self, index: int, frame: Image.Image) -> Path:
         """Write frame ``index`` under its temporary name; ``record`` makes it appear with its metrics row."""
         return self.frames.stage(index, frame)
+
+    def save(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
+             flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None, **timing) -> Path:
+        """``write_frame`` and ``record`` in the background, while the next frame is made (``qvedit.background``):
+        the frame and its row still appear together, in order. A failure comes back at a later ``save`` or at
+        ``finish``. Returns the frame's path."""
+        if self._writer is None:
+            self._writer = Background(f"qvedit-writer-{self.folder.name}")
+        self._writer.submit(lambda: (self.write_frame(index, frame),
+                                     self.record(index, frame, edge, previous, flow, color_target, **timing)))
+        return self.frames.path(index)
+
+    def finish(self) -> None:
+        """Until every frame ``save`` was given is on disk with its row; raises what failed on the way."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
     def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
                flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None, **timing) -> None:
