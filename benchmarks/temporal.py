@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs it starts use (python -m qvedit from REPO)
 NOISES = ("independent", "shared", "warped")
 STRENGTHS = (1.0, 0.8, 0.6, 0.4)
 TTLG = ("off", "edge_gram")
@@ -146,11 +147,11 @@ def main() -> None:
     table = jobs.groupby(["clip", "ttlg", "noise", "strength"], sort=False).median(numeric_only=True).reset_index()
     table = table.drop(columns="seed").sort_values(["clip", "ttlg", "noise", "strength"],
                                                    ascending=[True, False, True, False])
-    fresh = table[(table.noise == "independent") & (table.strength == 1.0)].set_index(["clip", "ttlg"])
+    fresh = table[(table["noise"] == "independent") & (table["strength"] == 1.0)].set_index(["clip", "ttlg"])
     for column in ("warp_error", "edge_loss"):
-        table[f"{column} vs fresh"] = [row[column] / fresh.loc[(row.clip, row.ttlg), column]
-                                       for row in table.itertuples()]
-    table.insert(4, "preset", [PRESETS.get((n, s), "") for n, s in zip(table.noise, table.strength)])
+        table[f"{column} vs fresh"] = [row[column] / fresh.loc[(row["clip"], row["ttlg"]), column]
+                                       for _, row in table.iterrows()]
+    table.insert(4, "preset", [PRESETS.get((n, s), "") for n, s in zip(table["noise"], table["strength"])])
     write_table(table, args, out)
     plot(table, out / "temporal.png")
 
@@ -176,11 +177,12 @@ def plot(table, path: Path) -> None:
 
     from qvedit.files import write_figure_png
 
-    clips = list(dict.fromkeys(table.clip))
-    figure, axes = plt.subplots(1, len(clips), figsize=(5.5 * len(clips), 4.6), layout="constrained", squeeze=False)
+    clips = list(dict.fromkeys(table["clip"]))
+    figure, axes = plt.subplots(1, len(clips), figsize=(5 * len(clips) + 2.6, 4.6), layout="constrained",
+                                squeeze=False)
     markers = {"independent": "o", "shared": "s", "warped": "^"}
     for axis, clip in zip(axes[0], clips):
-        for (ttlg, noise), group in table[table.clip == clip].groupby(["ttlg", "noise"], sort=False):
+        for (ttlg, noise), group in table[table["clip"] == clip].groupby(["ttlg", "noise"], sort=False):
             group = group.sort_values("strength")
             line, = axis.plot(group.seconds, group.warp_error, marker=markers[noise], linestyle="-" if ttlg != "off"
                               else "--", label=f"{noise}, ttlg={ttlg}")
@@ -191,7 +193,8 @@ def plot(table, path: Path) -> None:
         axis.set_xlabel("seconds a frame (median over seeds)")
         axis.set_ylabel("warp error, frames 2.. (median over seeds)")
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize=8, title="start.noise, ttlg", title_fontsize=8)
     write_figure_png(figure, path, lay_out=False)
 
 

@@ -5,8 +5,8 @@ One thread takes the jobs one after another, so they happen in the order given; 
 slow disk holds the caller back instead of filling memory. A job that fails stops the jobs after it (a frame
 is never written after one that could not be) and its error is raised in the caller at its next ``submit`` or
 at ``close``, as if the caller had raised it: a ``QveditError`` there is the run's usual one-line error. When the
-caller stops on an error of its own (a stop signal, a bad frame), ``finish_all`` lets what was submitted finish
-(the frames already made are kept) before the process says how it stopped.
+caller stops on an error of its own (a stop signal, a bad frame), ``close_quietly`` lets what was submitted finish
+(the frames already made are kept) before the error goes on up.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import weakref
 from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
-
-_running: "weakref.WeakSet[Background]" = weakref.WeakSet()  # not closed yet, for finish_all
 
 
 class Background:
@@ -31,7 +28,6 @@ class Background:
         self._failed = False  # a job failed: the ones after it are dropped
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
-        _running.add(self)
 
     def _work(self) -> None:
         while True:
@@ -53,7 +49,6 @@ class Background:
 
     def close(self) -> None:
         """Run what was submitted, then end the thread; raises the error of a job that failed."""
-        _running.discard(self)
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
@@ -72,9 +67,3 @@ class Background:
             log.warning("writing in the background also failed: %s", str(err).splitlines()[0] if str(err) else
                         type(err).__name__)
 
-
-def finish_all() -> None:
-    """Let every writer not closed yet finish what was submitted to it (the caller is on its way out of an error:
-    a writer's own error is only logged)."""
-    for background in list(_running):
-        background.close_quietly()

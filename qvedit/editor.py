@@ -23,7 +23,7 @@ from qvedit.io.flow import ClipFlow
 from qvedit.io.source import FrameSource
 from qvedit.models.diffusers_compat import condition_area, execution_device, record_velocity
 from qvedit.models.parallel import Team
-from qvedit.outputs import ClipOutputs
+from qvedit.outputs import ClipOutputs, keeps_saved_frames
 from qvedit.plan import ClipPlan
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
@@ -35,16 +35,21 @@ from qvedit.start.starts import FrameStarts
 log = logging.getLogger(__name__)
 
 
-def checked_frame(image: torch.Tensor, frame_index: int) -> Image.Image:
-    """(3, H, W) in [0, 1] -> 8-bit RGB; NaN fails instead of writing black."""
+def checked_frame(image: torch.Tensor, frame_index: int, dtype: Optional[str] = None,
+                  guided: bool = True) -> Image.Image:
+    """(3, H, W) in [0, 1] -> 8-bit RGB; NaN fails instead of writing black, with the hints that fit the run
+    (``dtype``: the run's, None when unknown; ``guided``: whether guidance moved the latents)."""
     if not torch.isfinite(image).all():
-        raise QveditError(
-            f"frame {frame_index}: the pipeline produced NaN/inf values (nothing written for this frame); "
-            "try dtype=fp32 or bf16 instead of fp16, or a lower ttlg.lr"
-        )
+        hints = (["dtype=fp32 or bf16 instead of fp16"] if dtype in (None, "fp16") else []) + \
+            (["a lower ttlg.lr or lower loss scales"] if guided else [])
+        hint = f"try {', or '.join(hints)}" if hints else \
+            "neither fp16 nor guidance is on: try another num_inference_steps or model.scheduler"
+        raise QveditError(f"frame {frame_index}: the pipeline produced NaN/inf values (nothing written for this "
+                          f"frame); {hint}")
     return to_pil(image)
 
 
+@keeps_saved_frames  # frames still being written when an error or a stop comes are kept
 def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSettings,
               ttlg: Optional[TTLGSettings] = None, team: Optional[Team] = None,
               flow: Optional[ClipFlow] = None, anchor: Optional[AnchorSettings] = None,
@@ -135,7 +140,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
             )
         if guide is not None:
             guide.check_finite(index)
-        frame = checked_frame(result.images[0], index)
+        frame = checked_frame(result.images[0], index, settings.dtype, guide is not None)
         if frame.size != (width, height):
             frame = frame.resize((width, height), Image.Resampling.BICUBIC)
         frame = team.broadcast(frame)

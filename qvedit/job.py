@@ -25,7 +25,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from qvedit import locks
-from qvedit.background import finish_all
 from qvedit.devices import check_device
 from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
@@ -86,7 +85,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                               "gives each job its own GPU)")
         return Job.prepare(cfg, settings, run_dir, team).run()  # ranks other than 0 keep only their share of work
     finally:
-        finish_all()  # frames already made, still being written in the background, are kept
         team.close()
         drop_staged()
         locks.release_all()

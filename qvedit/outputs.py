@@ -9,9 +9,10 @@ would change the frames is refused, naming the keys that differ.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -78,6 +79,21 @@ def check_or_record(frames_dir: Path, settings: dict[str, object], start_over_on
                           "(another hydra.run.dir or io.out_frames_dir)")
     write_text_atomic(manifest, OmegaConf.to_yaml(OmegaConf.create(settings)))
     return False
+
+
+def keeps_saved_frames(make: Callable) -> Callable:
+    """For ``make(pipe, source, outputs: ClipOutputs, ...)`` (``edit_clip``): an error or a stop on the way out
+    first lets ``outputs`` finish writing the frames it was given (they are finished: a stop keeps them)."""
+
+    @functools.wraps(make)
+    def making(pipe, source, outputs: "ClipOutputs", *args, **kwargs):
+        try:
+            return make(pipe, source, outputs, *args, **kwargs)
+        except BaseException:
+            outputs.finish(quietly=True)
+            raise
+
+    return making
 
 
 def start_over(frames_dir: Path, settings: dict[str, object]) -> int:
@@ -159,11 +175,15 @@ class ClipOutputs:
                                      self.record(index, frame, edge, previous, flow, color_target, **timing)))
         return self.frames.path(index)
 
-    def finish(self) -> None:
-        """Until every frame ``save`` was given is on disk with its row; raises what failed on the way."""
+    def finish(self, quietly: bool = False) -> None:
+        """Until every frame ``save`` was given is on disk with its row; raises what failed on the way (``quietly``:
+        logs it, for a caller already on its way out of an error of its own)."""
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            writer.close()
+            if quietly:
+                writer.close_quietly()
+            else:
+                writer.close()
 
     def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
                flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None, **timing) -> None:

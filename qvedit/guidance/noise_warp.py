@@ -5,7 +5,7 @@ correlated, which a diffusion model reads as a blurred, smoother start ("How I W
 ICLR 2024). Here the noise is moved by a discrete transport on a fine grid and then summed into latent cells,
 Go-with-the-Flow's way (Burgert et al., CVPR 2025: warp at the video's resolution, downsample by sum / sqrt(area)):
 
-- the fine field F (C, s*h, s*w) holds independent N(0, 1) values, ``factor`` s fine cells per latent cell a side
+- the fine field F (s*h, s*w, C) holds independent N(0, 1) values, ``factor`` s fine cells per latent cell a side
   (qvedit takes the VAE's scale factor: one cell per pixel of the frame, where the flow is computed);
 - frame k: each fine cell x takes the cell of frame k-1's field at floor(x + b(x) + u), b the backward flow in
   fine cells and u one uniform offset per frame, shared by every cell (so sub-cell motion is carried on average
@@ -29,29 +29,30 @@ import torch.nn.functional as F
 
 from qvedit.guidance.flow import resize_flow
 
-FreshNoise = Callable[[int], torch.Tensor]  # count -> (C, count) independent N(0, 1) values (on the CPU)
+FreshNoise = Callable[[int], torch.Tensor]  # count -> (count, C) independent N(0, 1) values (on the CPU)
 
 
 def fine_field(fresh: FreshNoise, channels: int, height: int, width: int) -> torch.Tensor:
-    """A new fine field (C, height, width) of fresh values, drawn cell after cell in row order."""
-    return fresh(height * width).reshape(channels, height, width)
+    """A new fine field (height, width, C) of fresh values, drawn cell after cell in row order (channels last: a
+    cell's values move together, one row of memory)."""
+    return fresh(height * width).reshape(height, width, channels)
 
 
 def transport(field: torch.Tensor, backward: torch.Tensor, valid: torch.Tensor, offset: tuple[float, float],
               fresh: FreshNoise) -> torch.Tensor:
-    """The fine field (C, H, W) of frame k-1 carried onto frame k (module docstring).
+    """The fine field (H, W, C) of frame k-1 carried onto frame k (module docstring).
 
     Args:
-        field: (C, H, W), frame k-1's fine field, on the device the work is done on (a GPU's is ~100x the CPU's).
+        field: (H, W, C), frame k-1's fine field, on the device the work is done on (a GPU's is ~100x the CPU's).
         backward: (2, H, W) backward flow in fine cells: frame k's cell x came from x + backward(x) in frame k-1.
         valid: (H, W) bool, False where the flow is occluded (the cell gets fresh noise).
         offset: (u_x, u_y) in [0, 1), the frame's rounding offset.
         fresh: draws the fresh values, in row order of the cells that take them.
 
     Returns:
-        (C, H, W) float32 on ``field``'s device, frame k's fine field: independent N(0, 1) values again.
+        (H, W, C) float32 on ``field``'s device, frame k's fine field: independent N(0, 1) values again.
     """
-    channels, height, width = field.shape
+    height, width, channels = field.shape
     device = field.device
     backward, valid = backward.to(device), valid.to(device)
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32, device=device),
@@ -69,12 +70,11 @@ def transport(field: torch.Tensor, backward: torch.Tensor, valid: torch.Tensor, 
     best = torch.full((count,), never, dtype=torch.long, device=device)
     best.scatter_reduce_(0, source[inside], key[inside], reduce="amin")  # the minimum: the same in any order
     keep = inside & (best[source] == key)
-    moved = torch.empty(channels, count, dtype=torch.float32, device=device)
-    moved[:, keep] = field.reshape(channels, count)[:, source[keep]].float()
+    moved = field.reshape(count, channels).index_select(0, source).float()
     missing = int((~keep).sum())
     if missing:
-        moved[:, ~keep] = fresh(missing).to(device)
-    return moved.view(channels, height, width)
+        moved[~keep] = fresh(missing).to(device)
+    return moved.view(height, width, channels)
 
 
 def fine_flow(backward: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +86,10 @@ def fine_flow(backward: torch.Tensor, valid: torch.Tensor, size: tuple[int, int]
 
 
 def latent_noise(field: torch.Tensor, factor: int) -> torch.Tensor:
-    """(C, s*h, s*w) fine field -> (1, C, h, w) latent noise: each s x s block summed, over s."""
-    return F.avg_pool2d(field[None], factor) * factor
+    """(s*h, s*w, C) fine field -> (1, C, h, w) latent noise: each s x s block summed, over s."""
+    fine_height, fine_width, channels = field.shape
+    blocks = field.view(fine_height // factor, factor, fine_width // factor, factor, channels).sum((1, 3)) / factor
+    return blocks.permute(2, 0, 1)[None].contiguous()
 
 
 def bilinear_warp(noise: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ class FrameNoise:
         """grid: (C, h, w) of the unpacked latents (``diffusers_compat.latent_grid``)."""
         self.kind, self.seed, self.grid, self.factor, self.device = kind, seed, grid, factor, torch.device(device)
         self.shared: Optional[torch.Tensor] = None
-        self.field: Optional[torch.Tensor] = None  # the warped noise's fine field (C, s*h, s*w), of frame `made`
+        self.field: Optional[torch.Tensor] = None  # the warped noise's fine field (s*h, s*w, C), of frame `made`
         self.made = 0
 
     def noise(self, index: int, pair: Optional[FlowPair] = None) -> torch.Tensor:
@@ -65,7 +65,7 @@ class FrameNoise:
         fresh_values = stream_generator(self.seed, index, FRESH_STREAM)
 
         def fresh(count: int) -> torch.Tensor:
-            return torch.randn((channels, count), generator=fresh_values)
+            return torch.randn((count, channels), generator=fresh_values)
 
         if index == 1:
             self.field = fine_field(fresh, channels, *size).to(self.device)

@@ -102,11 +102,16 @@ def record_velocity(scheduler) -> Iterator[VelocityRecorder]:
         recorder.sigmas = scheduler.sigmas.clone()
         return set_timesteps(*args, **kwargs)
 
+    own = {name: vars(scheduler)[name] for name in ("step", "set_timesteps") if name in vars(scheduler)}
     scheduler.step, scheduler.set_timesteps = step, set_timesteps_recording
     try:
         yield recorder
-    finally:
-        del scheduler.step, scheduler.set_timesteps
+    finally:  # an outer recorder's wrappers (nested calls) come back; else the class's methods
+        for name in ("step", "set_timesteps"):
+            if name in own:
+                setattr(scheduler, name, own[name])
+            else:
+                delattr(scheduler, name)
 
 
 def step_sigma(scheduler, recorder: Optional[VelocityRecorder] = None) -> float:
