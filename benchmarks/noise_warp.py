@@ -30,8 +30,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--frames", type=int, default=1000, help="the frame a resume starts at")
     args = parser.parse_args()
-    if args.size < 16 or args.size % 16 or args.repeat < 1 or args.frames < 2 or args.channels < 1 or args.scale < 1:
-        parser.error("--size must be a multiple of 16, --repeat, --channels and --scale at least 1, --frames at least 2")
+    if args.size < 16 or args.size % 16 or min(args.repeat, args.channels, args.scale) < 1 or args.frames < 2 \
+            or args.size % args.scale:
+        refuse(f"--size must be a multiple of 16 and of --scale; --repeat, --channels "
+                         "and --scale at least 1; --frames at least 2")
 
     import torch
 
@@ -70,6 +72,13 @@ def main() -> None:
     print(f"  a resume at frame {args.frames}: {args.frames - 2} warps and flow pairs again, about "
           f"{(args.frames - 2) * (warp + flow):.0f} s ({(args.frames - 2) * warp:.0f} s of warps, "
           f"{(args.frames - 2) * flow:.0f} s of flow)")
+
+
+
+def refuse(problem: str) -> None:
+    """One line, exit 2, as python -m qvedit says a problem."""
+    print(f"noise_warp.py: error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

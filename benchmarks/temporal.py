@@ -78,7 +78,9 @@ def run_sweep(clip: str, args, out: Path) -> Path:
     started = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"{clip}: the sweep failed:\n{result.stderr[-3000:]}")
+        said = [line for line in result.stderr.splitlines() if line.startswith("qvedit: error")] or \
+            result.stderr.strip().splitlines()[-1:] or ["no message"]
+        refuse(f"{clip}: the sweep failed ({said[-1]}); its log: {sweep}")
     print(f"{clip}: {jobs} jobs in {time.perf_counter() - started:.0f} s, {sweep}", flush=True)
     return sweep
 
@@ -122,11 +124,12 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="keep the sweeps already finished in --out")
     args = parser.parse_args(argv)
     args.overrides = overrides
-    if args.length < 3 or args.steps < 1 or args.jobs < 1 or not args.seeds:
-        parser.error("--length must be at least 3 (frames 2.. are judged), --steps and --jobs at least 1, and "
-                     "--seeds must name one")
-    if any(not 0 < s <= 1 for s in args.strengths):
-        parser.error("--strengths are start.strength values, in (0, 1]")
+    problem = ("--length must be at least 3 (frames 2.. are judged)" if args.length < 3 else
+               "--steps and --jobs must be at least 1" if min(args.steps, args.jobs) < 1 else
+               "--strengths are start.strength values, in (0, 1]" if any(not 0 < s <= 1 for s in args.strengths)
+               else "--seeds must be at least 0" if any(seed < 0 for seed in args.seeds) else None)
+    if problem:
+        refuse(f"{problem}")
 
     import matplotlib
 
@@ -140,7 +143,8 @@ def main() -> None:
                    f"io.length={args.length}", "max_frames=1", *overrides, f"hydra.run.dir={out / 'warm-up'}"]
         result = subprocess.run(warm_up, cwd=REPO, capture_output=True, text=True)
         if result.returncode != 0:
-            raise SystemExit(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "warm-up failed")
+            said = result.stderr.strip().splitlines()[-1:] or ["no message"]
+            refuse(f"the one-frame warm-up failed ({said[-1]})")
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         sweeps = dict(zip(args.clips, pool.map(lambda clip: run_sweep(clip, args, out), args.clips)))
     jobs = pd.DataFrame([row for clip in args.clips for row in job_rows(clip, sweeps[clip])])
@@ -196,6 +200,13 @@ def plot(table, path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside right upper", fontsize=8, title="start.noise, ttlg", title_fontsize=8)
     write_figure_png(figure, path, lay_out=False)
+
+
+
+def refuse(problem: str) -> None:
+    """One line, exit 2, as python -m qvedit says a problem."""
+    print(f"temporal.py: error: {problem}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -297,3 +297,19 @@ def test_a_nan_frame_names_the_hints_that_fit_the_run():
         with pytest.raises(QveditError) as info:
             checked_frame(nan, 2, dtype, guided)
         assert hint.rstrip("(") in str(info.value) and (dtype != "fp32" or "instead of fp16" not in str(info.value))
+
+
+def test_a_photo_clip_pans_and_zooms_across_a_real_photograph(tmp_path):
+    from qvedit.guidance.flow import DISFlow
+    from qvedit.images import to_tensor
+    from qvedit.io.photo_clip import photo_frames, write_photo_clip
+
+    folder = write_photo_clip(tmp_path / "clip", "chelsea", 4, (48, 32))
+    frames = sorted(folder.glob("*.png"))
+    assert [p.name for p in frames] == ["00000.png", "00001.png", "00002.png", "00003.png"]
+    assert Image.open(frames[0]).size == (48, 32) and write_photo_clip(folder, "chelsea", 4, (48, 32)) == folder
+    first, second = photo_frames("astronaut", 2, (64, 64), pan=(3.0, 0.0), zoom=0.0)
+    flow = DISFlow()(to_tensor(second), to_tensor(first))  # second(x) ~ first(x + flow): the view moved right 3 px
+    assert abs(float(flow[0, 0, 16:48, 16:48].median()) - 3.0) < 0.5
+    with pytest.raises(QveditError, match="no sample photograph 'moon'"):
+        photo_frames("moon", 2)
