@@ -99,9 +99,9 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     guide = Guide(ttlg, pipe, to_tensor(init), outputs.debug_dir) if ttlg.enabled and team.is_main else None
     if guide is not None:
         guide.frame_done(to_tensor(previous))
-    written = outputs.start(init, done)
     starts = FrameStarts(start or StartSettings(), pipe, settings.seed, settings.num_inference_steps,
                          (gen_width, gen_height), flow, team, first=max(done, 1))
+    written = outputs.start(init, done)
     if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, outputs.folder)
     device = execution_device(pipe)
