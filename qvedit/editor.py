@@ -100,7 +100,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     if guide is not None:
         guide.frame_done(to_tensor(previous))
     starts = FrameStarts(start or StartSettings(), pipe, settings.seed, settings.num_inference_steps,
-                         (gen_width, gen_height), flow, team, first=max(done, 1))
+                         (gen_width, gen_height), flow, team)
     written = outputs.start(init, done)
     if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, outputs.folder)

@@ -98,8 +98,19 @@ def test_each_kind_of_noise_is_made_again_exactly_and_none_meets_another():
     warped = FrameNoise("warped", 0, grid, 4)
     values = [independent.noise(1), shared.noise(1), warped.noise(1), FrameNoise("warped", 1, grid, 4).noise(1)]
     assert all(not torch.equal(a, b) for i, a in enumerate(values) for b in values[i + 1:])
-    with pytest.raises(ValueError, match="out of order"):
+    with pytest.raises(ValueError, match="without the flow of the frames between"):
         warped.noise(3, pair)
+    # a frame asked for out of order (a resumed run's first, another segment's) is carried again from its chain's
+    # start: the same noise as frame after frame
+    pairs = {index: panning_pair(32, index) for index in range(2, 6)}
+    in_order = FrameNoise("warped", 0, grid, 4)
+    sequence = [in_order.noise(1)] + [in_order.noise(index, pairs[index]) for index in range(2, 6)]
+    again = FrameNoise("warped", 0, grid, 4)
+    assert torch.equal(again.noise(5, None, 1, pairs.get), sequence[4])
+    assert torch.equal(again.noise(3, None, 1, pairs.get), sequence[2])
+    restarted = FrameNoise("warped", 0, grid, 4)  # a chain that starts at frame 3 (a keyframe): fresh there
+    assert not torch.equal(restarted.noise(3, None, 3), sequence[2])
+    assert torch.equal(restarted.noise(4, pairs[4], 3), FrameNoise("warped", 0, grid, 4).noise(4, None, 3, pairs.get))
 
 
 def test_independent_noise_is_the_pipelines_own_and_packs_as_it_packs(tiny_pipe):

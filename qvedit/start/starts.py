@@ -13,7 +13,6 @@ keep the previous frame's own), encoded by the pipeline's VAE as it encodes its 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -53,16 +52,16 @@ class FrameStarts:
 
     Rank 0 makes each start (it alone has the flow) and every rank takes it (``team.broadcast``), so a torchrun
     team's frames are the single process's. Warped noise depends only on the seed and the flow, never on the
-    frames: a resumed run makes it again from frame 1 (``first``: the first frame this run makes).
+    frames: a resumed run carries it again from its chain's start (frame 1, or a keyframe of ``schedule=segments``).
     """
 
     def __init__(self, settings: StartSettings, pipe, seed: int, num_steps: int, size: tuple[int, int],
-                 flow=None, team=None, first: int = 1):
+                 flow=None, team=None):
         """size: (W, H) the pipeline generates at; flow: the clip's ``ClipFlow`` (rank 0; needed by warped noise
         and strength < 1); team: the torchrun ``Team`` (None: one process)."""
         self.settings, self.pipe, self.team = settings, pipe, team
         self.width, self.height = size
-        self.steps = settings.steps_run(num_steps)
+        self.num_steps, self.steps = num_steps, settings.steps_run(num_steps)
         self.main = team is None or team.is_main
         problem = settings.problem(num_steps) or schedule_problem(pipe.scheduler.config, num_steps)
         if problem:
@@ -79,29 +78,32 @@ class FrameStarts:
         self.sigma = float(scheduled_sigmas(pipe.scheduler.config, self.tail, mu)[0])  # the start's noise level
         self.noise = FrameNoise(settings.noise, seed, grid, pipe.vae_scale_factor, execution_device(pipe)) \
             if self.main else None
-        if self.main and settings.noise == "warped" and first > 1:
-            self.catch_up(first)
 
-    def catch_up(self, first: int) -> None:
-        """A resumed run: the warped noise of frames 1..first-1 made again along their flow (it is never stored)."""
-        started = time.perf_counter()
-        self.noise.noise(1)
-        for index in range(2, first):
-            self.noise.noise(index, self.flow.pair(index))
-        log.info("start.noise=warped: the noise of frames 1..%d made again along the flow in %.1f s", first - 1,
-                 time.perf_counter() - started)
+    def frame(self, index: int, previous: Image.Image, pair: Optional[FlowPair] = None, chain_start: int = 1,
+              follows_previous: bool = True) -> FrameStart:
+        """Frame ``index``'s start.
 
-    def frame(self, index: int, previous: Image.Image, pair: Optional[FlowPair] = None) -> FrameStart:
-        """Frame ``index``'s start; ``previous``: the output frame it follows (8-bit RGB, the frames' size);
-        ``pair``: the flow from frame ``index`` back to ``index - 1`` (rank 0)."""
+        Args:
+            index: the frame (>= 1).
+            previous: frame ``index - 1`` as made (8-bit RGB, the frames' size), which a part-way start warps.
+            pair: the flow from frame ``index`` back to ``index - 1`` (rank 0; computed here when None and needed).
+            chain_start: the first frame of the chain this one is in (its warped noise is fresh): frame 1, or with
+                ``schedule=segments`` the keyframe the segment starts from.
+            follows_previous: False for a frame made before the frame before it (a keyframe of ``schedule=segments``):
+                it starts from fresh noise (a chain of its own), over every step.
+        """
         if self.settings.is_default:
             return FrameStart(self.steps)
+        part_way = self.settings.from_previous and follows_previous
+        if not part_way and self.settings.noise == "independent":
+            return FrameStart(self.num_steps)  # the pipeline's own noise
         kwargs = None
         if self.main:
-            if pair is None and self.settings.needs_flow:
+            chain_start = chain_start if follows_previous else index
+            if pair is None and (part_way or (self.settings.noise == "warped" and index > chain_start)):
                 pair = self.flow.pair(index)
-            noise = self.noise.noise(index, pair)
-            if self.settings.from_previous:
+            noise = self.noise.noise(index, pair, chain_start, self.flow.pair if self.flow is not None else None)
+            if part_way:
                 x0 = encode_image(self.pipe, warped_onto(previous, pair), self.width, self.height)
                 latents = (1 - self.sigma) * x0 + self.sigma * noise.to(x0.device)
                 kwargs = {"latents": pack(self.pipe, latents), "sigmas": self.tail}
@@ -111,4 +113,4 @@ class FrameStarts:
             if kwargs is not None:
                 kwargs = {**kwargs, "latents": kwargs["latents"].cpu()}  # objects cross ranks on the CPU
             kwargs = self.team.broadcast(kwargs)
-        return FrameStart(self.steps, kwargs)
+        return FrameStart(self.steps if part_way else self.num_steps, kwargs)
