@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs (python -m qvedit from REPO) use
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 FRAME_DONE = re.compile(r"frame (\d+) (?:of \d+ )?done in ([\d.]+) s")
+FRAME_CPU = re.compile(r"frame (\d+): ([\d.]+) s, ([\d.]+) s CPU, on (\S+)")  # the driver's debug line
 GPU_OVERRIDES = ["model=random_full", "experiment=lightning", "model.loras=[]", "device=cuda", "ttlg=off",
                  "metrics=none"]
 
@@ -112,6 +113,14 @@ class TreeCPU:
         return sum(self.seen.values())
 
 
+def frame_cpu(main_log: Path) -> dict[str, float]:
+    """CPU seconds each worker spent on its frames (the driver's debug lines; segments only)."""
+    workers: dict[str, float] = {}
+    for found in FRAME_CPU.finditer(main_log.read_text()):
+        workers[found.group(4)] = workers.get(found.group(4), 0.0) + float(found.group(3))
+    return workers
+
+
 def run(name: str, overrides: list[str], out: Path, threads: int, reuse: bool) -> dict:
     """One ``python -m qvedit`` command into ``out/name``; its times (kept from an earlier run with ``reuse``)."""
     folder = out / name.replace(" ", "_").replace("=", "")
@@ -119,7 +128,8 @@ def run(name: str, overrides: list[str], out: Path, threads: int, reuse: bool) -
     if reuse and record.is_file():
         print(f"{name}: kept from {folder}", flush=True)
         return json.loads(record.read_text())
-    command = [sys.executable, "-m", "qvedit", *overrides, f"hydra.run.dir={folder}"]
+    command = [sys.executable, "-m", "qvedit", *overrides, "hydra.verbose=qvedit.schedule.driver",
+               f"hydra.run.dir={folder}"]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -131,6 +141,7 @@ def run(name: str, overrides: list[str], out: Path, threads: int, reuse: bool) -
         raise SystemExit(f"{name} failed (exit {process.returncode}):\n{stderr[-4000:]}")
     row = {"name": name, "overrides": overrides, "folder": str(folder), "wall_s": round(wall, 1),
            "frame_stage_s": round(frame_stage_s(folder / "main.log"), 1), "cpu_s": round(cpu.total(), 1),
+           "frame_cpu_s": {w: round(t, 1) for w, t in frame_cpu(folder / "main.log").items()},
            "load_before": round(load, 1), "load_after": round(os.getloadavg()[0], 1)}
     record.write_text(json.dumps(row, indent=2))
     print(f"{name}: {row['wall_s']} s wall, frames {row['frame_stage_s']} s, {row['cpu_s']} CPU s", flush=True)
@@ -153,6 +164,9 @@ def drift_row(name: str, folder: Path, keyframes: list[int]) -> dict:
     trends = clip_trends(table)
     row = {"name": name, **{f"{c} last quarter": round(trends[c].last_quarter, 4) for c in
                             ("color_drift", "edge_offset_px", "lpips_to_init") if c in trends}}
+    if "edge_offset_px" in table:  # phase correlation on a noise-like frame now and then says hundreds of pixels
+        last = table["edge_offset_px"].iloc[-max(1, len(table) // 4):]
+        row["edge_offset_px last-quarter median"] = round(float(last.median()), 4)
     if "warp_error" in table:
         seams = table["frame"].isin(keyframes)
         row["warp_error inside"] = round(float(table.loc[~seams, "warp_error"].mean()), 5)
@@ -165,13 +179,16 @@ def drift_row(name: str, folder: Path, keyframes: list[int]) -> dict:
 def write(out: Path, speed: list[dict], drift: list[dict], setup: str) -> None:
     (out / "segments.json").write_text(json.dumps({"setup": setup, "speed": speed, "drift": drift}, indent=2))
     lines = [f"# schedule=segments ({setup})", "", "## Speed", "",
-             "| run | wall s | vs 1 worker | frame stage s | vs 1 worker | CPU s | load before / after | frames = 1 "
-             "worker's |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| run | wall s | vs 1 worker | frame stage s | vs 1 worker | CPU s, all processes | frames' CPU s per "
+             "worker | load before / after | frames = 1 worker's |", "| --- | --- | --- | --- | --- | --- | --- | --- "
+             "| --- |"]
     base = speed[0] if speed else None
     for row in speed:
+        per_worker = " + ".join(f"{t:g}" for t in row.get("frame_cpu_s", {}).values()) or "-"
         lines.append(f"| {row['name']} | {row['wall_s']} | {base['wall_s'] / row['wall_s']:.2f}x | "
                      f"{row['frame_stage_s']} | {base['frame_stage_s'] / row['frame_stage_s']:.2f}x | {row['cpu_s']} | "
-                     f"{row.get('load_before', '-')} / {row.get('load_after', '-')} | {row.get('same_frames', '-')} |")
+                     f"{per_worker} | {row.get('load_before', '-')} / {row.get('load_after', '-')} | "
+                     f"{row.get('same_frames', '-')} |")
     best = {}
     for row in speed:
         best.setdefault(row["workers"], []).append(row)
@@ -181,6 +198,12 @@ def write(out: Path, speed: list[dict], drift: list[dict], setup: str) -> None:
             stage = min(r["frame_stage_s"] for r in best[1]) / min(r["frame_stage_s"] for r in rows)
             lines.append(f"\nBest of {len(rows)} runs each: {workers} workers {wall:.2f}x one worker's wall time, "
                          f"{stage:.2f}x its frame stage.")
+            busiest = [max(r["frame_cpu_s"].values()) for r in rows if r.get("frame_cpu_s")]
+            single = [sum(r["frame_cpu_s"].values()) for r in best[1] if r.get("frame_cpu_s")]
+            if busiest and single:
+                lines.append(f"By CPU time (what a busy machine does not change much): one worker's frames took "
+                             f"{min(single):.1f} CPU s, the busiest of {workers} workers' {min(busiest):.1f} CPU s: "
+                             f"{min(single) / min(busiest):.2f}x, the frame stage's speed-up on {workers} idle cores.")
     if drift:
         columns = [c for c in drift[0] if c != "name"]
         lines += ["", "## Drift (last quarter of the frames) and warp error inside segments / at the seams", "",

@@ -168,7 +168,8 @@ class Job:
             log.warning(warning)
         # Whether the model can load at all comes first, said together with what fails after it (the VGG
         # weights of the metrics), so one run names every problem a user must fix before loading.
-        unloadable = availability_problem(model.model_id) if model.real_weights and team.is_main else None
+        unloadable = availability_problem(model.model_id) if model.real_weights and team.is_main and not remote \
+            else None
         try:
             check_model(model)  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
             check_decoder(ttlg)  # ttlg.decoder=tiny: its weights file is there and fits
@@ -228,7 +229,7 @@ class Job:
         warn_if_untested_diffusers()
         if self.schedule.on_ray:  # the workers load the pipeline, one each
             resolved = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
-            self.pool = RayPool(functools.partial(WorkerBuild, resolved, str(self.layout.run_dir)), self.schedule,
+            self.pool = RayPool(functools.partial(build_worker, resolved, str(self.layout.run_dir)), self.schedule,
                                 self.device)
         else:
             self.pipe = load_pipeline(self.model, self.device, self.settings.dtype, self.perf)
@@ -341,7 +342,7 @@ def edit_first_frame(first_frame: FirstFrameEdit, pipe) -> tuple[FirstFrameEdit,
     return first_frame, first_frame.make(pipe)
 
 
-def WorkerBuild(cfg: DictConfig, run_dir: str) -> WorkerParts:
+def build_worker(cfg: DictConfig, run_dir: str) -> WorkerParts:
     """In a Ray worker of ``schedule.workers >= 2`` (``qvedit.schedule.ray_pool.FrameActor``), once: check this
     machine's device, load the pipeline and build the clip's objects from the run's config (its interpolations
     resolved by the driver). The driver holds the run's folders; the worker writes there under its lock."""

@@ -102,8 +102,8 @@ BAD = {  # overrides -> the start of the one line that refuses them
     "schedule=chain schedule.workers=2": "schedule.workers=2 with schedule=chain",
     "schedule.ray_address=127.0.0.1:1": "schedule.ray_address=127.0.0.1:1 with schedule.workers=1",
     "schedule.workers=2 device=cuda": "schedule.workers=2 asks for 2 GPUs (one per worker) but the local Ray has 1",
-    f"schedule.workers={(os.cpu_count() or 1) + 1}": f"CPU workers (one core each) but this machine has "
-                                                      f"{os.cpu_count()} cores",
+    f"schedule.workers={os.cpu_count() + 1}": f"schedule.workers={os.cpu_count() + 1} CPU workers (one core each) "
+                                              f"but this machine has {os.cpu_count()} cores",
     "schedule.workers=2 schedule.ray_address=127.0.0.1:1": "schedule.ray_address=127.0.0.1:1: nothing answers there",
 }
 
@@ -136,6 +136,7 @@ def test_without_ray_the_extra_is_named(tmp_path, monkeypatch):
     assert holds_nothing_of_its_own(tmp_path)
 
 
+@pytest.mark.long
 def test_the_command_line_refuses_in_one_line_with_exit_2_and_leaves_no_run_folder(tmp_path):
     run_dir = tmp_path / "run"
     result = run_qvedit(*SEGMENTS, "schedule.workers=2", "schedule.ray_address=127.0.0.1:1", f"hydra.run.dir={run_dir}")

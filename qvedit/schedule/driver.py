@@ -35,9 +35,9 @@ KEYFRAMES, FRAMES, SEAMS = 0, 1, 2  # the order tasks go out in, when several ca
 
 class TaskQueue:
     """The tasks of a clip still to do, each released once the frames it needs are finished: (``make``, frame)
-    for every frame not ``done``, then (``seam``, keyframe) for every keyframe."""
+    for every frame not ``done``, then (``seam``, keyframe) for every keyframe (with ``seams``: quality metrics)."""
 
-    def __init__(self, plan: SegmentPlan, done: Iterable[int]):
+    def __init__(self, plan: SegmentPlan, done: Iterable[int], seams: bool = True):
         self.done = set(done)
         self.waiting: dict[tuple, tuple[set[int], int]] = {}  # task -> (frames it still needs, its rank)
         self.rank: dict[tuple, int] = {}
@@ -46,7 +46,7 @@ class TaskQueue:
         for index in range(1, plan.total):
             if index not in self.done:
                 self._add((MAKE, index), plan.recipe(index).depends_on, KEYFRAMES if plan.is_keyframe(index) else FRAMES)
-        for keyframe in plan.keyframes:
+        for keyframe in plan.keyframes if seams else ():
             self._add((SEAM, keyframe), (plan.seam_before(keyframe), keyframe), SEAMS)
 
     def _add(self, task: tuple, needs: Iterable[int], rank: int) -> None:
@@ -98,12 +98,14 @@ class Progress:
         parts = ([f"keyframe{'s' if len(keyframes) > 1 else ''} {', '.join(map(str, sorted(keyframes)))}"]
                  if keyframes else []) + ([f"segment{'s' if len(segments) > 1 else ''} "
                                            f"{', '.join(map(str, segments))}"] if segments else [])
-        return "; ".join(parts) or "nothing"
+        return "; ".join(parts)
 
     def frame(self, done: FrameDone, tasks: list[tuple]) -> None:
         """Frame ``done`` is committed; ``tasks``: those still out (none with one worker in this process)."""
         self.done += 1
-        running = f"; running: {self.running(tasks)}" if tasks else ""
+        log.debug("frame %d: %.2f s, %.2f s CPU, on %s", done.index, done.seconds, done.cpu_seconds, done.worker)
+        running = self.running(tasks)
+        running = f"; running: {running}" if running else ""
         if self.bar.disable:
             log.info("%sframe %d done in %.2f s (%d of %d frames%s)", "" if self.label == "frames" else
                      f"{self.label}: ", done.index, done.seconds, self.done, self.total, running)
@@ -144,7 +146,7 @@ def make_segments(pool: Pool, outputs: SegmentOutputs, init: Image.Image, varian
     if kept:
         log.info("resuming: %d of the %d frames are already in %s; making the other %d", len(kept), plan.total - 1,
                  outputs.folder, plan.total - 1 - len(kept))
-    queue = TaskQueue(plan, kept)
+    queue = TaskQueue(plan, kept, seams=outputs.scores_seams)
     running: dict[int, tuple] = {}  # slot -> its task
     attempts: Counter = Counter()
     seams: dict[int, dict] = {}

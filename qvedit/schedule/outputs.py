@@ -50,6 +50,11 @@ class SegmentOutputs:
     def metrics_csv(self) -> Optional[Path]:
         return self.outputs.metrics_csv
 
+    @property
+    def scores_seams(self) -> bool:
+        """Whether the keyframes' rows get columns against the frame before them (quality metrics are on)."""
+        return self.metrics_csv is not None and self.outputs.metrics.quality
+
     def resume(self, init: Image.Image) -> set[int]:
         """The frames (1..T-1) already finished and kept; every frame on disk is decoded first."""
         total, frames = self.plan.total, self.outputs.frames

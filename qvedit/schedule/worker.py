@@ -23,13 +23,13 @@ from PIL import Image
 
 from qvedit.devices import peak_memory_mib
 from qvedit.editor import FrameMaker
+from qvedit.files import WRITE_ERRNOS, track_staged, write_error
+from qvedit.images import read_rgb8
 from qvedit.io.flow import ClipFlow
 from qvedit.io.layout import RunLayout
 from qvedit.io.source import FrameSource
-from qvedit.files import WRITE_ERRNOS, track_staged, write_error
-from qvedit.images import read_rgb8
-from qvedit.report.metrics import FrameMetrics
 from qvedit.plan import ClipPlan
+from qvedit.report.metrics import FrameMetrics
 from qvedit.schedule.plan import SegmentPlan
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
@@ -51,6 +51,7 @@ class FrameDone:
     row: dict  # its metrics row: frame, hops, quality columns (those against the frame before: not for keyframes)
     seconds: float
     worker: str  # host and process that made it
+    cpu_seconds: float = 0.0  # the worker process's CPU time over the frame (how much a busy machine slowed it)
 
 
 class SegmentWorker:
@@ -78,6 +79,7 @@ class SegmentWorker:
 
     def make(self, index: int) -> FrameDone:
         """Frame ``index`` from the finished frames it follows (``SegmentPlan.recipe``), staged in the folder."""
+        cpu = time.process_time()
         recipe = self.plan.recipe(index)
         follows = self.read(recipe.follows)
         third = self.read(recipe.third) if recipe.third is not None else None
@@ -91,7 +93,7 @@ class SegmentWorker:
                **self.scorer.score(made.frame, made.edge, before, made.pair, made.color_target),
                "seconds": round(seconds, 4), "guided_steps": made.guided_steps,
                "peak_mem_mib": round(peak_memory_mib(self.maker.device), 1)}
-        return FrameDone(index, str(staged), row, seconds, self.name)
+        return FrameDone(index, str(staged), row, seconds, self.name, time.process_time() - cpu)
 
     def seam(self, keyframe: int) -> dict:
         """The columns of keyframe ``keyframe``'s row against the frame before it (the end of the segment before):
@@ -130,14 +132,13 @@ class WorkerSet:
         return self.clips[variant].run(task, index)
 
 
-
 GUIDED, UNGUIDED = "guided", "unguided"  # the run's clip, and its compare_unguided twin (ttlg off)
 
 
 @dataclass
 class WorkerParts:
     """What a worker holds for the whole run: the loaded pipeline and the clip's objects, built once (in this process
-    by ``qvedit.job.Job``, in a Ray worker by ``qvedit.job.WorkerBuild``); ``segment_worker`` makes a clip's worker."""
+    by ``qvedit.job.Job``, in a Ray worker by ``qvedit.job.build_worker``); ``segment_worker`` makes a clip's worker."""
 
     pipe: object
     source: FrameSource
