@@ -123,7 +123,7 @@ def frame_cpu(main_log: Path) -> dict[str, float]:
 
 def run(name: str, overrides: list[str], out: Path, threads: int, reuse: bool) -> dict:
     """One ``python -m qvedit`` command into ``out/name``; its times (kept from an earlier run with ``reuse``)."""
-    folder = out / name.replace(" ", "_").replace("=", "")
+    folder = out / re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("=", ""))
     record = folder / "bench_run.json"
     if reuse and record.is_file():
         print(f"{name}: kept from {folder}", flush=True)

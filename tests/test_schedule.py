@@ -60,6 +60,19 @@ def test_a_resumed_run_keeps_the_finished_frames_whose_own_inputs_are_kept():
     assert plan(11, source="previous_keyframe").kept({8, 9}) == set()  # keyframe 8 was made from keyframe 4
 
 
+def test_free_workers_take_the_frame_whose_segment_has_most_left_so_no_worker_waits_at_the_end():
+    from qvedit.schedule.driver import TaskQueue
+
+    queue, rounds, order = TaskQueue(plan(48, every=16, meet=2), set(), seams=False), 0, []
+    while queue:  # two workers, each frame one round: keyframes 16 and 32, then 3 segments of 15 frames
+        taken = [task for task in (queue.take(), queue.take()) if task is not None]
+        for _, index in taken:
+            queue.finished(index)
+        order.append([index for _, index in taken])
+        rounds += 1
+    assert order[0] == [16, 32] and rounds == 1 + 23  # 45 segment frames on 2 workers; whole segments: 1 + 30
+
+
 def test_a_metrics_csv_written_before_the_hops_column_resumes_with_its_rows(tmp_path):
     from qvedit.report.metrics import complete_rows
 

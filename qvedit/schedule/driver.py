@@ -1,9 +1,11 @@
 """The driver of a segment schedule: hands each frame to a worker once the frames it is made from are finished,
 commits every frame a worker returns (with its metrics row), and says how far the clip is, in one line.
 
-Keyframes go out first; then each free worker takes the earliest frame that can be made, which keeps every started
-segment going and starts the next one when a worker frees up; last, the keyframes' rows get their columns against
-the frame before (the seams). A task whose worker is lost goes to the next free worker: its segment goes on from
+Keyframes go out first (in order: ``previous_keyframe`` makes them a chain); then each free worker takes, of the
+frames that can be made, the one whose segment has the most frames left, so all segments advance together and no
+worker waits for the last long one at the end (with 3 segments on 2 workers, a worker taking whole segments would
+make 2 of them while the other waits); last, the keyframes' rows get their columns against the frame before (the
+seams). A task whose worker is lost goes to the next free worker: its segment goes on from
 its last finished frame. A frame lost with ``MAX_ATTEMPTS`` workers in a row stops the run (it is likely what kills
 them: out of memory), keeping every finished frame.
 """
@@ -38,6 +40,7 @@ class TaskQueue:
     for every frame not ``done``, then (``seam``, keyframe) for every keyframe (with ``seams``: quality metrics)."""
 
     def __init__(self, plan: SegmentPlan, done: Iterable[int], seams: bool = True):
+        self.plan = plan
         self.done = set(done)
         self.waiting: dict[tuple, tuple[set[int], int]] = {}  # task -> (frames it still needs, its rank)
         self.rank: dict[tuple, int] = {}
@@ -53,7 +56,7 @@ class TaskQueue:
         self.rank[task] = rank
         missing = {index for index in needs if index not in self.done}
         if not missing:
-            heapq.heappush(self.ready[rank], (task[1], task, rank))
+            self._release(task)
             return
         self.waiting[task] = (missing, rank)
         for index in missing:
@@ -68,7 +71,13 @@ class TaskQueue:
 
     def put_back(self, task: tuple) -> None:
         """A task whose worker was lost: it can go out again at once."""
-        heapq.heappush(self.ready[self.rank[task]], (task[1], task, self.rank[task]))
+        self._release(task)
+
+    def _release(self, task: tuple) -> None:
+        """``task`` can go out: into its rank's heap, a segment's frame before those whose segments are shorter."""
+        rank = self.rank[task]
+        order = (-self.plan.frames_left(task[1]), task[1]) if rank == FRAMES else (0, task[1])
+        heapq.heappush(self.ready[rank], (order, task))
 
     def finished(self, index: int) -> None:
         """Frame ``index`` is committed: release what waited for it."""
@@ -78,7 +87,7 @@ class TaskQueue:
             missing.discard(index)
             if not missing:
                 del self.waiting[task]
-                heapq.heappush(self.ready[rank], (task[1], task, rank))
+                self._release(task)
 
     def __bool__(self) -> bool:
         return bool(self.waiting) or any(self.ready)

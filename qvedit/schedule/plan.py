@@ -56,6 +56,11 @@ class SegmentPlan:
         start = segment * self.every
         return range(start + 1, min(start + self.every, self.total))
 
+    def frames_left(self, index: int) -> int:
+        """How many frames of its segment are still to make from frame ``index`` on (itself included): a segment
+        frame's place in its chain, counted from the end."""
+        return min((index // self.every + 1) * self.every, self.total) - index
+
     @property
     def segments(self) -> int:
         return (self.total - 1) // self.every + 1
