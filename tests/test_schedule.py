@@ -60,17 +60,29 @@ def test_a_resumed_run_keeps_the_finished_frames_whose_own_inputs_are_kept():
     assert plan(11, source="previous_keyframe").kept({8, 9}) == set()  # keyframe 8 was made from keyframe 4
 
 
-def test_free_workers_take_the_frame_whose_segment_has_most_left_so_no_worker_waits_at_the_end():
+def schedule_rounds(clip, workers):
+    """Hand a clip's frames to ``workers`` that each make one frame a round: [[frame of each worker] per round]."""
     from qvedit.schedule.driver import TaskQueue
 
-    queue, rounds, order = TaskQueue(plan(48, every=16, meet=2), set(), seams=False), 0, []
-    while queue:  # two workers, each frame one round: keyframes 16 and 32, then 3 segments of 15 frames
-        taken = [task for task in (queue.take(), queue.take()) if task is not None]
-        for _, index in taken:
+    queue, rounds, last = TaskQueue(clip, set(), seams=False), [], {}
+    while queue:
+        taken = {w: task for w in range(workers) if (task := queue.take(last.get(w, -1) + 1, workers)) is not None}
+        for worker, (_, index) in taken.items():
             queue.finished(index)
-        order.append([index for _, index in taken])
-        rounds += 1
-    assert order[0] == [16, 32] and rounds == 1 + 23  # 45 segment frames on 2 workers; whole segments: 1 + 30
+            last[worker] = index
+        rounds.append([taken[w][1] if w in taken else None for w in range(workers)])
+    return rounds
+
+
+def test_workers_go_forward_through_the_clip_and_no_worker_waits_for_the_last_segment_at_the_end():
+    rounds = schedule_rounds(plan(48, every=16, meet=2), 2)  # keyframes 16 and 32, then 3 segments of 15 frames
+    assert rounds[0] == [16, 32] and len(rounds) == 1 + 23  # 45 frames on 2 workers (whole segments: 1 + 30)
+    rounds = schedule_rounds(plan(401, every=16, meet=2), 4)  # 25 segments: far more work than any one has left
+    assert len(rounds) == -(-400 // 4)  # every worker busy every round
+    for worker in range(4):
+        made = [r[worker] for r in rounds[7:] if r[worker] is not None]  # after the keyframes
+        backward = sum(b < a for a, b in zip(made, made[1:]))
+        assert backward <= 3, made  # forward through the clip (a video decoded as a stream), a few steps back at the end
 
 
 def test_a_metrics_csv_written_before_the_hops_column_resumes_with_its_rows(tmp_path):
@@ -225,11 +237,11 @@ def test_a_driver_killed_mid_clip_resumes_keeping_every_finished_frame_of_every_
     run_dir = tmp_path / "run"
     process = start(run_dir)
     frames = run_dir / "frames"
-    wait_until(lambda: (frames / "00004.png").exists(), process, "frame 4")  # keyframes 3, 6, then 1, 2, 4
+    wait_until(lambda: (frames / "00001.png").exists(), process, "frame 1")  # keyframes 3, 6, frame 7, then 1, 2 ...
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = set(pd.read_csv(run_dir / "metrics.csv")["frame"])  # on disk with their rows
-    assert {3, 6, 4} <= finished and 7 not in finished  # not 1..N: frames of every segment and keyframes
+    assert {3, 6, 7, 1} <= finished and 5 not in finished  # not 1..N: keyframes and frames of two segments
     written = {index: (frames / f"{index:05d}.png").stat().st_mtime_ns for index in finished}
 
     result = run_qvedit(*SEGMENTS, f"hydra.run.dir={run_dir}", env=ONE_THREAD)
