@@ -169,14 +169,22 @@ class RayPool:
         self.tasks[self.actors[slot].run.remote(*task)] = slot
 
     def on_one(self, function: Callable):
-        """``function(pipe)`` on the first worker to be ready (frame 0's edit)."""
-        while not self.free:
-            self.wait()
-        slot = min(self.free)
-        try:
-            return self.ray.get(self.actors[slot].with_pipe.remote(function))
-        except self.ray.exceptions.RayTaskError as err:
-            raise qvedit_error(err) from None
+        """``function(pipe)`` on the first worker to be ready (frame 0's edit); on the next one if that one is lost."""
+        for _ in range(MAX_RESTARTS + 1):
+            while not self.free:
+                self.wait()
+            slot = min(self.free)
+            try:
+                return self.ray.get(self.actors[slot].with_pipe.remote(function))
+            except self.ray.exceptions.RayTaskError as err:
+                raise qvedit_error(err) from None
+            except self.ray.exceptions.RayActorError as err:
+                self.free.discard(slot)
+                self.probes[self.actors[slot].ready.remote()] = slot
+                log.warning("Ray worker %d was lost while editing frame 0 (%s): it goes to the next free worker",
+                            slot, short(err))
+        raise QveditError(f"frame 0's edit was lost with its Ray worker {MAX_RESTARTS + 1} times: it may be what "
+                          "kills them (out of memory?)")
 
     def wait(self) -> list[tuple[int, object]]:
         """Every outcome there is once one is: (slot, result or ``Lost``); empty when only workers came (back) up."""
