@@ -17,10 +17,11 @@ and the CPU time of the command and every process it started (Ray's workers too:
   byte for byte with the one-worker run's.
 
 Writes ``segments.json`` and ``segments.md``: the speed table (wall, frame stage, their ratios to one worker, CPU
-seconds, the load average before and after, frames identical) and the drift table (last-quarter ``color_drift``, ``edge_offset_px`` and
-``lpips_to_init``; ``warp_error`` inside segments and at the seams, the keyframes' rows; for the chain, at the
-same frames). ``--gpu``: ``model=random_full experiment=lightning model.loras=[]`` (random weights, timing only),
-``ttlg=off metrics=none``, a 64-frame synthetic clip at 1024², one GPU per worker; speed only.
+seconds, the load average before and after, frames identical) and the drift table (last-quarter ``color_drift``,
+``edge_offset_px`` and ``lpips_to_init``; ``warp_error`` inside segments and at the seams, the keyframes' rows; for
+the chain, at the same frames). ``--gpu``: ``model=random_full experiment=lightning model.loras=[]`` (random
+weights, timing only), ``ttlg=off metrics=none``, a 64-frame synthetic clip at 1024², one GPU per worker; speed
+only.
 """
 
 from __future__ import annotations

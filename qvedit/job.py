@@ -182,7 +182,8 @@ class Job:
                 check_perf(perf, device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU
             check_cache(perf)  # perf.cache: settings diffusers takes
             # rank 0 scores frames; with Ray workers they do, and this process needs only the columns
-            scorer = FrameMetrics(metrics, "cpu" if schedule.on_ray else device, quality=metrics.quality and team.is_main)
+            scorer = FrameMetrics(metrics, "cpu" if schedule.on_ray else device,
+                                  quality=metrics.quality and team.is_main)
             outputs = ClipOutputs(frames, layout.metrics_csv, scorer, layout.debug_dir)
         except QveditError as err:
             raise QveditError(f"{unloadable}; and {err}" if unloadable else str(err)) from None

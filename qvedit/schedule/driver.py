@@ -160,9 +160,9 @@ def lost(task: tuple, outcome: Lost, attempts: int) -> None:
     """Say that ``task`` was lost with its worker (it goes out again), or stop after ``MAX_ATTEMPTS`` losses."""
     what = f"frame {task[1]}" if task[0] == MAKE else f"the seam of keyframe {task[1]}"
     if attempts >= MAX_ATTEMPTS:
-        raise QveditError(f"{what} was lost with its worker {attempts} times (last: {outcome.worker}, {outcome.reason}): "
-                          "it may be what kills them (out of memory?); the finished frames are kept: run the same "
-                          "command again to go on")
+        raise QveditError(f"{what} was lost with its worker {attempts} times (last: {outcome.worker}, "
+                          f"{outcome.reason}): it may be what kills them (out of memory?); the finished frames are "
+                          "kept: run the same command again to go on")
     log.warning("%s was lost while making %s (%s): it goes to the next free worker", outcome.worker, what,
                 outcome.reason)
 

@@ -157,6 +157,6 @@ class WorkerParts:
         folder = self.layout.frames_dir if guided else self.layout.unguided[0]
         first = read_rgb8(frame_path(folder, 0))
         maker = FrameMaker(self.pipe, self.source, self.settings, self.ttlg if guided else TTLGSettings(), self.plan,
-                           first, flow=self.flow, anchor=self.anchor, debug_dir=self.layout.debug_dir if guided else None,
-                           wants_color=self.scorer.quality)
+                           first, flow=self.flow, anchor=self.anchor,
+                           debug_dir=self.layout.debug_dir if guided else None, wants_color=self.scorer.quality)
         return SegmentWorker(maker, self.scorer, folder, self.segments, (self.settings.prompt, self.anchor.prompt))
