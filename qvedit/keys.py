@@ -73,6 +73,39 @@ def parsed_overrides(argv: list[str]) -> list:
         return []
 
 
+def argument_problems(argv: list[str]) -> list[str]:
+    """What is not an override at all, one line: an option in argparse's habit (``--max-frames 6``: qvedit takes
+    ``max_frames=6``), or a word without ``=`` (the rest of an unquoted path with a space, most often)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, unknown = get_args_parser().parse_known_args(argv)
+    problems, taken = [], set()
+    for position, arg in enumerate(argv):
+        if arg not in unknown:
+            continue
+        name, _, value = arg.lstrip("-").partition("=")
+        following = argv[position + 1] if position + 1 < len(argv) else None
+        if not value and following is not None and "=" not in following and not following.startswith("-"):
+            value = following
+            taken.add(following)
+        key = name.replace("-", "_")
+        key = key if key in known_names() else closest(key)
+        shown = f"{arg} {value}" if value and arg.partition("=")[2] != value else arg
+        meant = f"{key}={value or 'VALUE'}" if key else None
+        problems.append(f"{shown}: qvedit takes key=value overrides, not --options: "
+                        f"{f'pass {meant}' if meant else 'python -m qvedit --help lists the keys'}")
+    if problems:
+        return problems
+    before = None
+    for arg in args.overrides:
+        if "=" not in arg and not arg.startswith("~") and arg not in taken:
+            hint = (f"if it is the rest of a value with a space, quote the whole override: '{before} {arg}'"
+                    if before else "python -m qvedit --help lists the keys")
+            return [f"{arg} is not key=value (every override is key=value): {hint}"]
+        before = arg
+    return []
+
+
 def unknown_overrides(argv: list[str]) -> list[str]:
     """One message per command-line override that names no key or group of qvedit's schema."""
     overrides = parsed_overrides(argv)

@@ -8,12 +8,12 @@ passes and 1 otherwise. The VGG16 ImageNet weights row is informational: Gram gu
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Callable
 
 import torch
 
+from qvedit.cli import OneLineParser
 from qvedit.guidance.losses import VGGStyle, edge_loss, gram_loss, vgg16_weights_path
 
 Check = tuple[str, bool, str, bool]
@@ -96,9 +96,10 @@ def format_table(rows: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m qvedit.selftest",
         description="Check the guidance losses (edges, Gram, autograd) without loading a diffusion model.",
+        epilog="Exit code: 0 every required check passed, 1 one failed, 2 bad arguments.",
     )
     parser.parse_args(argv)
     rows = run_checks()

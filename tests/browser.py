@@ -16,8 +16,8 @@ def open_in_chromium(page_path: Path, width: int = 1280) -> dict:
     Chromium, unless CI requires it."""
     if CHROMIUM is None:
         if os.environ.get("QVEDIT_REQUIRE_BROWSER") == "1":
-            pytest.fail("Chromium is required here (QVEDIT_REQUIRE_BROWSER=1) but not installed: apt-get install chromium")
-        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+            pytest.fail("Chromium is required here (QVEDIT_REQUIRE_BROWSER=1) but not installed: apt-get update && apt-get install -y chromium")
+        pytest.skip("Chromium is not installed (Debian: apt-get update && apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
 
     found = {"console_errors": [], "page_errors": [], "failed": []}

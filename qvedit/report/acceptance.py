@@ -8,10 +8,9 @@ Writes ``acceptance.md``, ``acceptance.csv`` and per-frame loss plots into the s
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from qvedit.cli import OneLineParser, emit, number, whole
 from qvedit.errors import QveditError
+from qvedit.fields import tags_of
 from qvedit.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
@@ -312,28 +313,32 @@ def _is_search(config) -> bool:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m qvedit.accept", description=__doc__.splitlines()[0],
         epilog="Without threshold options the sweep's acceptance.md, .csv and plots are rewritten and printed. "
                "With any, the report is a what-if: printed only, the sweep's files stay as they are. The criteria "
-               "and their defaults: docs/METHOD.md, section 5 (\"Does guidance work? The acceptance check\").")
+               "and their defaults: docs/METHOD.md, section 5 (\"Does guidance work? The acceptance check\"). "
+               "Exit code: 0 every criterion passed, 1 one failed (or a job), 2 bad arguments or not a sweep folder.")
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. runs/multirun/2026-11-26/12-00-00")
-    for name, default in asdict(Thresholds()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None,
-                            help=f"judge with this acceptance.{name} instead of the sweep's (default {default})")
+    for field in fields(Thresholds):
+        tags = tags_of(field)
+        kind = whole(tags.min, tags.max) if isinstance(field.default, int) else number(tags.min, tags.max)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None,
+                            help=f"judge with this acceptance.{field.name} instead of the sweep's (default "
+                                 f"{field.default})")
     args = parser.parse_args(argv)
     sweep_dir = Path(args.sweep_dir)
     overrides = {k: v for k, v in vars(args).items() if k != "sweep_dir" and v is not None}
     try:
         if not overrides:
             passed, report = write_report(sweep_dir)
-            print(report.read_text())
+            emit(report.read_text())  # a reader that stops early (| head) ends the output quietly
         else:
             jobs_limits = thresholds_of(load_jobs(sweep_dir)) if sweep_dir.is_dir() else Thresholds()
             verdict = judge_sweep(sweep_dir, Thresholds(**{**asdict(jobs_limits), **overrides}))
             passed = verdict.passed
-            print(markdown(verdict, plots=False))
-            print(f"(what-if thresholds {overrides}: {sweep_dir / 'acceptance.md'} is unchanged)")
+            emit(markdown(verdict, plots=False))
+            emit(f"(what-if thresholds {overrides}: {sweep_dir / 'acceptance.md'} is unchanged)")
     except QveditError as err:
         print(f"qvedit: error: {err}", file=sys.stderr)
         return 2
