@@ -155,6 +155,7 @@ class FirstFrameEdit:
         made_with = candidates_made_with(cfg, source_frame0)
         recorded = {}
         if team.is_main:
+            check_writable(folder, settings.candidates)
             folder.mkdir(parents=True, exist_ok=True)
             locks.hold(folder)
             recorded = read_manifest(folder, made_with)
@@ -309,6 +310,19 @@ def read_manifest(folder: Path, made_with: dict) -> dict[int, Candidate]:
             f"{key}: {old!r} -> {new!r}" for key, old, new in differing) + ")")
         return {}
     return {k: c for k, c in candidates.items() if (folder / c.file).is_file()}  # one deleted is made again
+
+
+def check_writable(folder: Path, candidates: int) -> None:
+    """Refuse, before the model loads, a candidates folder that is a file (or below one), or one where a folder has
+    the name of a file qvedit writes there (a candidate, the sheet, the manifest)."""
+    blocked = next((part for part in (folder, *folder.parents) if part.exists() and not part.is_dir()), None)
+    if blocked is not None:
+        raise QveditError(f"{blocked} is a file where qvedit keeps the first-frame candidates ({folder}): move it "
+                          "away, or choose another hydra.run.dir")
+    for path in [folder / candidate_name(k) for k in range(candidates)] + [folder / SHEET, folder / MANIFEST]:
+        if path.exists() and not path.is_file():
+            raise QveditError(f"{path} is a folder where qvedit writes a file of that name: move it away, or choose "
+                              "another hydra.run.dir")
 
 
 def check_candidate(folder: Path, candidate: Candidate, size: tuple[int, int]) -> None:

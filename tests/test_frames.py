@@ -96,3 +96,16 @@ def test_writer_refuses_a_file_as_folder(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(QveditError, match="is a file"):
         FrameWriter(tmp_path / "out")
+
+
+def test_a_folder_or_file_in_the_way_of_a_write_is_one_line(tmp_path):
+    from qvedit.files import write_text_atomic
+
+    (tmp_path / "report.html").mkdir()  # a folder with the name of a file qvedit writes
+    with pytest.raises(QveditError, match="cannot write .*report.html: a folder of that name is there") as info:
+        write_text_atomic(tmp_path / "report.html", "<html>")
+    (tmp_path / "unguided").write_text("a file where a folder must be")
+    with pytest.raises(QveditError, match="unguided is a file where qvedit needs a folder") as second:
+        write_text_atomic(tmp_path / "unguided" / "metrics.csv", "frame\n")
+    assert "\n" not in str(info.value) + str(second.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "unguided"]  # no partial file left
