@@ -27,7 +27,7 @@ from qvedit.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
 from qvedit.report.confdiff import diff_configs, group_contexts, load_run
-from qvedit.report.drift import drift_by_setting, drift_table, judge_drift, plot_drift
+from qvedit.report.drift import drift_by_setting, drift_table, judge_drift, plot_drift, shown
 from qvedit.report.verdict import PLOTTED, Comparison, Criterion, SweepJob, SweepVerdict, plot_name
 from qvedit.settings.report import Thresholds
 from qvedit.settings.schema import output_path_keys
@@ -113,8 +113,8 @@ def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
             return
         ratio = on.mean().median() / off.mean().median()
         criteria.append(Criterion(name, ratio, f"<= {limit}", bool(ratio <= limit),
-                                  f"median over seeds of mean {column}: {on.mean().median():.5g} vs "
-                                  f"{off.mean().median():.5g}"))
+                                  f"median over seeds of mean {column}: {shown(on.mean().median(), '.5g')} vs "
+                                  f"{shown(off.mean().median(), '.5g')}"))
         if extra_fraction is not None:
             share = float((on.median(axis=1) <= off.median(axis=1)).mean())
             criteria.append(Criterion(f"{column} not worse, share of frames", share, f">= {extra_fraction}",
@@ -134,7 +134,7 @@ def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
     else:
         prev_mean, init_mean = prev.mean().median(), init.mean().median()
         criteria.append(Criterion("lpips_to_prev < lpips_to_init", prev_mean - init_mean, "< 0",
-                                  bool(prev_mean < init_mean), f"{prev_mean:.4g} vs {init_mean:.4g}"))
+                                  bool(prev_mean < init_mean), f"{shown(prev_mean)} vs {shown(init_mean)}"))
         criteria.append(Criterion("lpips_to_prev", prev_mean, f"> {limits.lpips_prev_min}",
                                   bool(prev_mean > limits.lpips_prev_min)))
         criteria.append(Criterion("lpips_to_init", init_mean, f"> {limits.lpips_init_min}",
@@ -226,7 +226,7 @@ def markdown(verdict: SweepVerdict, plots: bool) -> str:
                   "| criterion | value | threshold | verdict | detail |", "| --- | --- | --- | --- | --- |"]
         for c in comparison.criteria:
             verdict_text = "skipped" if c.passed is None else ("pass" if c.passed else "FAIL")
-            value = "-" if c.value is None else f"{c.value:.4g}"
+            value = "-" if c.value is None else shown(c.value)
             lines.append(f"| {c.name} | {value} | {c.threshold} | {verdict_text} | {c.note} |")
         on, off = comparison.on[comparison.seeds[0]], comparison.off[comparison.seeds[0]]
         lines += ["", "Runs compared: " + ", ".join(

@@ -42,6 +42,14 @@ def edge_offset_px(frame: Image.Image, edge: Image.Image) -> Optional[float]:
     return float(math.hypot(dx, dy)) / scale
 
 
+def shown(value: Optional[float], spec: str = ".4g") -> str:
+    """``value`` formatted with ``spec``, or ``n/a`` where there is no number (None, NaN: a growth over a first
+    quarter of 0, a mean of no rows): a summary or a table never says ``nan``."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
+
+
 def quarter(frames: int) -> int:
     """How many frames a quarter of ``frames`` is (at least 1)."""
     return max(1, frames // 4)
@@ -88,7 +96,7 @@ def clip_trends(metrics: pd.DataFrame, frames: Optional[int] = None) -> dict[str
 def describe(trends: dict[str, Trend]) -> str:
     """``color_drift 3.1 (x1.8, +0.12/frame)``: per column, the last quarter's mean, its growth over the first
     quarter's and the slope."""
-    return ", ".join(f"{column} {t.last_quarter:.4g} (x{t.growth:.3g}, {t.slope:+.3g}/frame)"
+    return ", ".join(f"{column} {shown(t.last_quarter)} (x{shown(t.growth, '.3g')}, {shown(t.slope, '+.3g')}/frame)"
                      for column, t in trends.items())
 
 
@@ -141,7 +149,7 @@ def drift_table(comparison) -> list[str]:
     rows = ["| metric | guided: last-quarter mean | growth (last / first quarter) | slope per frame | off: last-quarter "
             "mean | growth | slope per frame |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for column, *sides in paired_trends(comparison):
-        cells = [f"{t.last_quarter:.4g} | {t.growth:.3g} | {t.slope:+.3g}" for t in sides]
+        cells = [f"{shown(t.last_quarter)} | {shown(t.growth, '.3g')} | {shown(t.slope, '+.3g')}" for t in sides]
         rows.append(f"| {column} | {cells[0]} | {cells[1]} |")
     return rows if len(rows) > 2 else ["(no drift columns: metrics=none?)"]
 
@@ -153,7 +161,7 @@ def drift_by_setting(comparisons: list) -> list[str]:
     for comparison in comparisons:
         for side, label in (("off", "off"), ("guided", comparison.label)):
             trends = comparison_trends(comparison, side == "guided")
-            cells = [f"{trends[c].last_quarter:.4g} | {trends[c].growth:.3g}" if c in trends else "- | -"
+            cells = [f"{shown(trends[c].last_quarter)} | {shown(trends[c].growth, '.3g')}" if c in trends else "- | -"
                      for c in ("color_drift", "edge_offset_px")]
             rows.append(f"| {comparison.context or '-'} | {label} | {cells[0]} | {cells[1]} |")
     return rows
@@ -167,7 +175,7 @@ def judge_drift(on: dict, off: dict, frames: int, limit: float) -> tuple[Optiona
         return None, None, "no color_drift column (metrics=none?)"
     ratio, guided, unguided = drift
     return ratio, bool(ratio <= limit), (f"median over seeds of mean color_drift over frames "
-                                         f"{frames - quarter(frames) + 1}..{frames}: {guided:.4g} vs {unguided:.4g}")
+                                         f"{frames - quarter(frames) + 1}..{frames}: {shown(guided)} vs {shown(unguided)}")
 
 
 def plot_drift(clips: dict[str, dict], frames: Optional[int], title: str, out) -> Optional[object]:

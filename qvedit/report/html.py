@@ -21,7 +21,7 @@ from qvedit.files import write_text_atomic
 from qvedit.images import read_rgb8
 from qvedit.io.preview import cell_size, comparison_gif
 from qvedit.report.confdiff import diff_configs
-from qvedit.report.drift import comparison_trends, paired_trends
+from qvedit.report.drift import comparison_trends, paired_trends, shown
 from qvedit.report.verdict import PLOTTED, Comparison, SweepVerdict, plot_name
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def has_cjk(text: str) -> bool:
 
 
 def _number(value, digits: int = 4) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.{digits}g}"
+    return "-" if value is None else shown(value, f".{digits}g")
 
 
 def write_sweep_html(verdict: SweepVerdict) -> Path:
@@ -99,7 +99,7 @@ def _comparison(verdict: SweepVerdict, comparison: Comparison) -> dict:
 def _drift_rows(comparison: Comparison) -> list[dict]:
     """Per drift column: guided and off, the median over seeds of the last-quarter mean, growth and slope."""
     return [{"column": column, "cells": [cell for t in sides for cell in (_number(t.last_quarter),
-                                                                           _number(t.growth, 3), f"{t.slope:+.3g}")]}
+                                                                           _number(t.growth, 3), shown(t.slope, "+.3g"))]}
             for column, *sides in paired_trends(comparison)]
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import pandas as pd
 
-from qvedit.report.drift import clip_trends, describe
+from qvedit.report.drift import clip_trends, describe, shown
 
 QUALITY = ("edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px", "lpips_to_prev")
 
@@ -53,7 +53,7 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
         lines.append(f"  guidance {weights}: {guided} of {steps} denoising steps per frame took a guidance step")
     else:
         lines.append("  guidance off (ttlg=off): try ttlg=edge_gram")
-    measured = [f"{name} {means[name]:.4g}" for name in QUALITY if name in means]
+    measured = [f"{name} {shown(means[name])}" for name in QUALITY if name in means]
     if measured:
         lines.append(f"  mean over frames: {', '.join(measured)} ({metrics_csv})")
     trends = clip_trends(pd.read_csv(metrics_csv)) if means else {}
@@ -82,5 +82,6 @@ def compare_to_unguided(guided: dict[str, float], unguided: dict[str, float], fo
              if name in guided and name in unguided and unguided[name] > 0]
     if not pairs:
         return ["  unguided twin: no edge_loss / gram_loss to compare (metrics=none?)"]
-    changes = ", ".join(f"{name} {on:.4g} vs {off:.4g} ({(on / off - 1) * 100:+.0f}%)" for name, on, off in pairs)
+    changes = ", ".join(f"{name} {shown(on)} vs {shown(off)} ({shown((on / off - 1) * 100, '+.0f')}%)"
+                        for name, on, off in pairs)
     return [f"  guided vs unguided (the same clip made with ttlg=off in {folder}): {changes}"]
