@@ -3,7 +3,8 @@
     python benchmarks/long_clip.py --frames 200 --out long_clip.json
 
 Streams a synthetic clip of FRAMES edge frames through the rolling loop (with metrics and edge
-guidance on) and records the process's peak RSS after each frame. Memory must not grow with T.
+guidance on) and records the peak RSS after each frame (since the last reset: the loop resets the
+high-water mark at each frame's start on Linux). Memory must not grow with T.
 """
 
 from __future__ import annotations

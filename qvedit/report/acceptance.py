@@ -27,7 +27,7 @@ from qvedit.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
 from qvedit.report.confdiff import diff_configs, group_contexts, load_run
-from qvedit.report.drift import drift_by_setting, drift_table, judge_drift, plot_drift, shown
+from qvedit.report.drift import drift_by_setting, drift_table, honest_y, judge_drift, plot_drift, shown
 from qvedit.report.verdict import PLOTTED, Comparison, Criterion, SweepJob, SweepVerdict, plot_name
 from qvedit.settings.report import Thresholds
 from qvedit.settings.schema import output_path_keys
@@ -165,6 +165,7 @@ def plot_figure(comparison: Comparison, column: str):
     for name, table in tables.items():
         axes.plot(table.index, table.median(axis=1), marker="o", label=f"{name} (median)")
         axes.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.25)
+    honest_y(axes, [(t.index.to_numpy(dtype=float), t.max(axis=1).to_numpy(dtype=float)) for t in tables.values()])
     axes.set_xlabel("frame")
     axes.set_ylabel(column)
     axes.set_title(f"{column}: seeds {comparison.seeds}, min-max band")

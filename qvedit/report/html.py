@@ -21,7 +21,7 @@ from qvedit.files import write_text_atomic
 from qvedit.images import read_rgb8
 from qvedit.io.preview import cell_size, comparison_gif
 from qvedit.report.confdiff import diff_configs
-from qvedit.report.drift import comparison_trends, paired_trends, shown
+from qvedit.report.drift import comparison_trends, paired_trends, shown, sides_by_setting
 from qvedit.report.verdict import PLOTTED, Comparison, SweepVerdict, plot_name
 
 log = logging.getLogger(__name__)
@@ -106,13 +106,12 @@ def _drift_rows(comparison: Comparison) -> list[dict]:
 def _by_setting(comparisons: list) -> list[dict]:
     """The sweep's settings side by side on drift (last-quarter mean, growth), off and guided each."""
     rows = []
-    for comparison in comparisons:
-        for guided in (False, True):
-            trends = comparison_trends(comparison, guided)
-            cells = [_number(getattr(trends.get(c), name, None), digits) for c in ("color_drift", "edge_offset_px")
-                     for name, digits in (("last_quarter", 4), ("growth", 3))]
-            rows.append({"setting": comparison.context or "-", "ttlg": comparison.label if guided else "off",
-                         "cells": cells})
+    for comparison, guided in sides_by_setting(comparisons):  # the off jobs once, however many settings share them
+        trends = comparison_trends(comparison, guided)
+        cells = [_number(getattr(trends.get(c), name, None), digits) for c in ("color_drift", "edge_offset_px")
+                 for name, digits in (("last_quarter", 4), ("growth", 3))]
+        rows.append({"setting": comparison.context or "-", "ttlg": comparison.label if guided else "off",
+                     "cells": cells})
     return rows
 
 
