@@ -86,15 +86,11 @@ def main(argv=None) -> int:
 
 
 def measure(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
 
     from qvedit.files import write_figure_png
     from qvedit.report.acceptance import judge_sweep
-    from qvedit.report.drift import median_trends
+    from qvedit.report.drift import median_trends, shown
 
     out = args.out.resolve()
     if args.jobs > 1:  # one frame first, alone: it builds the tiny model and the clip in the cache
@@ -124,25 +120,39 @@ def measure(args: argparse.Namespace) -> int:
     none = table[table.setting == "anchor=none"].set_index("ttlg")["color_drift last quarter"]
     table["color_drift vs anchor=none"] = [row["color_drift last quarter"] / none.get(row["ttlg"], none.iloc[-1])
                                            for _, row in table.iterrows()]
-    shown = ["setting", "ttlg", "color_drift last quarter", "color_drift vs anchor=none", "color_drift growth",
-             "edge_offset_px last quarter", "lpips_to_init last quarter", "gram_loss last quarter"]
-    lines = [f"tiny model, CPU ({os.cpu_count()} cores), io=demo_long length {args.length}, seeds {args.seeds}, {time.strftime('%Y-%m-%d')}: "
-             "median over seeds; last quarter = mean over the last quarter of the frames", "",
-             "| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
+    columns = ["setting", "ttlg", "color_drift last quarter", "color_drift vs anchor=none", "color_drift growth",
+               "edge_offset_px last quarter", "lpips_to_init last quarter", "gram_loss last quarter"]
+    lines = [f"tiny model, CPU ({os.cpu_count()} cores), io=demo_long length {args.length}, seeds {args.seeds}, "
+             f"{time.strftime('%Y-%m-%d')}: median over seeds; last quarter = mean over the last quarter of the frames",
+             "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for _, row in table.iterrows():
-        lines.append("| " + " | ".join(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
-                                       for c in shown) + " |")
+        lines.append("| " + " | ".join(shown(row[c]) if isinstance(row[c], float) else str(row[c])
+                                       for c in columns) + " |")
     (out / "drift.md").write_text("\n".join(lines) + "\n")
     (out / "drift.json").write_text(json.dumps(rows, indent=2))
+    write_figure_png(curves_figure(curves), out / "drift.png", lay_out=False)
+    print("\n".join(lines))
+    return 0
+
+
+def curves_figure(curves: dict):
+    """``drift.png``: the median ``color_drift`` per frame of every (setting, ttlg), the legend right of the axes.
+    ``curves``: {(setting, ttlg): series over frames}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qvedit.report.drift import honest_y
+
     figure, axes = plt.subplots(figsize=(10, 4.5), layout="constrained")
     for (name, ttlg), curve in curves.items():
         axes.plot(curve.index, curve.to_numpy(), "-" if ttlg != "off" else "--", label=f"{name}, {ttlg}")
+    honest_y(axes, [(c.index.to_numpy(dtype=float), c.to_numpy(dtype=float)) for c in curves.values()])
     axes.set_xlabel("frame")
     axes.set_ylabel("color_drift (median over seeds)")
     figure.legend(loc="outside right upper", fontsize=7)
-    write_figure_png(figure, out / "drift.png", lay_out=False)
-    print("\n".join(lines))
-    return 0
+    return figure
 
 
 if __name__ == "__main__":
