@@ -226,8 +226,9 @@ class FirstFrameEdit:
         """Where frame 0 came from, for the summary and report.html."""
         s = self.settings
         return (f"frame 0: candidate {s.pick} of {len(self.candidates)} ({self.folder / self.picked.file}), the "
-                f'source\'s frame 0 edited with first_frame.prompt="{s.prompt}" (seed {self.picked.seed}, '
-                f"{s.num_inference_steps} steps, true CFG {s.true_cfg_scale:g}); all of them: {self.folder / SHEET}")
+                f'source\'s frame 0 edited with first_frame.prompt="{s.prompt}" (seed {self.picked.seed}, derived '
+                f"from seed={self.run.seed} and candidate {s.pick}; {s.num_inference_steps} steps, true CFG "
+                f"{s.true_cfg_scale:g}); all of them: {self.folder / SHEET}")
 
     def summary(self) -> list[str]:
         """The lines a ``first_frame.only`` run ends with."""
@@ -271,6 +272,8 @@ def pick_command() -> Optional[str]:
 class EditedFirstFrame:
     """A ``FrameSource`` whose frame 0 (``init_image``) is ``frame0``; everything else, the original frame 0
     among the source frames included, is ``source``'s."""
+
+    frame0_edited = True  # previews say so in frame 0's edge cell (qvedit.io.preview)
 
     def __init__(self, source: FrameSource, frame0: Image.Image):
         self.source, self.frame0 = source, frame0

@@ -242,7 +242,8 @@ class Job:
                               self.settings.num_inference_steps, scales, unguided_csv,
                               demo=isinstance(self.io, DemoIO), flow_from_edges=self.flow is not None
                               and self.flow.from_edges,
-                              frame0=self.first_frame.describe() if self.first_frame is not None else None)
+                              frame0=self.first_frame.describe() if self.first_frame is not None else None,
+                              anchor=self.anchor.describe())
         log.info(summary[0].removeprefix("qvedit: "))
         previews = []
         if unguided_csv is not None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import jinja2
+import markupsafe
 import pandas as pd
 
 import qvedit
@@ -30,8 +32,16 @@ REPORT = "report.html"
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                                     autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["breakable"] = breakable
+    return environment
+
+
+def breakable(text) -> markupsafe.Markup:
+    """``text`` (escaped) that a narrow table column may break after each ``_`` or ``.`` (``edge_<wbr>loss``), and
+    nowhere else: never inside a word."""
+    return markupsafe.Markup(re.sub(r"([_.])", r"\1<wbr>", str(markupsafe.escape(text))))
 
 
 def _render(template: str, out: Path, **values) -> Path:
@@ -182,10 +192,19 @@ def write_run_html(run_dir: Path, summary: list[str], settings: dict, metrics_cs
             for row in metrics.itertuples(index=False)]
     images = [{"file": _relative(path, run_dir), "caption": caption} for path, caption in previews if path.is_file()]
     videos = [_relative(path, run_dir) for path in videos or [] if Path(path).is_file()]
-    return _render("run.html", run_dir / REPORT, name=page_name(run_dir), summary=[line.strip() for line in summary],
+    summary = [relative_to_page(line.strip(), run_dir) for line in summary]
+    return _render("run.html", run_dir / REPORT, name=page_name(run_dir), summary=summary,
                    previews=images, settings=[(key, value, has_cjk(value)) for key, value in sorted(settings.items())],
                    metrics_file=_relative(metrics_csv, run_dir), columns=list(metrics.columns), rows=rows,
                    videos=videos, cjk_prompt=has_cjk(settings.get("prompt", "")), first_frame=first_frame)
+
+
+def relative_to_page(line: str, folder: Path) -> str:
+    """``line`` (of the run's summary) with the paths inside ``folder`` written relative to it: the page lies there,
+    beside every file it names. Paths elsewhere (``io.out_frames_dir``, ``metrics.path``) stay as they are."""
+    for prefix in sorted({str(Path(folder)), str(Path(folder).resolve())}, key=len, reverse=True):
+        line = line.replace(prefix + os.sep, "")
+    return line
 
 
 def _relative(path: Path, folder: Path) -> str:

@@ -29,13 +29,15 @@ def column_means(metrics_csv: Path) -> dict[str, float]:
 
 def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metrics_csv: Path,
                 steps: int, scales: dict[str, float], unguided_csv: Optional[Path] = None,
-                demo: bool = False, flow_from_edges: bool = False, frame0: Optional[str] = None) -> list[str]:
+                demo: bool = False, flow_from_edges: bool = False, frame0: Optional[str] = None,
+                anchor: Optional[str] = None) -> list[str]:
     """The lines printed at the end of a run.
 
     ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided_csv``: the metrics
     of the same clip made without guidance (``compare_unguided=true``); ``demo``: add the next steps
     a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps;
-    ``frame0``: where frame 0 came from when it is not the input (``first_frame.prompt``).
+    ``frame0``: where frame 0 came from when it is not the input (``first_frame.prompt``); ``anchor``: what held
+    the clip to frame 0 (``AnchorSettings.describe``), None when nothing did.
     """
     where = frames[0].parent if frames_kept else ", ".join(str(p) for p in outputs if p.suffix == ".mp4")
     origin = "the input" if frame0 is None else "the edited first frame"
@@ -53,6 +55,8 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
         lines.append(f"  guidance {weights}: {guided} of {steps} denoising steps per frame took a guidance step")
     else:
         lines.append("  guidance off (ttlg=off): try ttlg=edge_gram")
+    if anchor:
+        lines.append(f"  {anchor}")
     measured = [f"{name} {shown(means[name])}" for name in QUALITY if name in means]
     if measured:
         lines.append(f"  mean over frames: {', '.join(measured)} ({metrics_csv})")
