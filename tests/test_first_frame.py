@@ -95,6 +95,7 @@ def test_frame_0_is_the_picked_candidate_copied_byte_for_byte(made):
     text = (run_dir / "report.html").read_text()
     assert "frame 0: candidate 0 of 2" in text and "make it a watercolour painting" in text
     assert f"seed {candidate_seed(0, 0)}, derived from seed=0 and candidate 0" in text  # not a bare 19-digit seed
+    assert not list(run_dir.rglob(".qvedit-lock"))  # frames/ and first_frame/ were given back, their locks removed
 
 
 def test_another_pick_reuses_the_candidates_and_starts_the_clip_over(made, tmp_path, no_edit, caplog, capsys):

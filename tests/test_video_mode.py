@@ -30,6 +30,7 @@ def test_video_in_video_out(tmp_path):
     first = iio.imread(clip, index=0)
     assert np.array_equal(np.asarray(Image.open(frames[0])), first)  # frame 0 as decoded, pixel for pixel
     assert sorted(p.name for p in (run / "edges").glob("*.png")) == [f"{i:05d}.png" for i in range(1, 5)]
+    assert not list(run.rglob(".qvedit-lock"))  # frames/ and edges/ were given back at the end, their locks removed
     out = iio.imread(run / "output.mp4")
     assert out.shape == (5, 32, 48, 3)
     assert abs(iio.immeta(run / "output.mp4")["fps"] - 12) < 0.01
