@@ -39,5 +39,6 @@ def describe() -> str:
 
     policy = os.environ.get("OMP_WAIT_POLICY", "(OpenMP's default: threads spin)")
     given = os.environ.get("OMP_NUM_THREADS")
-    return (f"CPU: {torch.get_num_threads()} threads ({f'OMP_NUM_THREADS={given}' if given else 'torch default'}), "
-            f"OMP_WAIT_POLICY={policy}")
+    threads = torch.get_num_threads()
+    return (f"CPU: {threads} thread{'s' if threads > 1 else ''} "
+            f"({f'OMP_NUM_THREADS={given}' if given else 'torch default'}), OMP_WAIT_POLICY={policy}")
