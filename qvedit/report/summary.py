@@ -30,14 +30,15 @@ def column_means(metrics_csv: Path) -> dict[str, float]:
 def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metrics_csv: Path,
                 steps: int, scales: dict[str, float], unguided_csv: Optional[Path] = None,
                 demo: bool = False, flow_from_edges: bool = False, frame0: Optional[str] = None,
-                anchor: Optional[str] = None) -> list[str]:
+                anchor: Optional[str] = None, video_notes: tuple[str, ...] = ()) -> list[str]:
     """The lines printed at the end of a run.
 
     ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided_csv``: the metrics
     of the same clip made without guidance (``compare_unguided=true``); ``demo``: add the next steps
     a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps;
     ``frame0``: where frame 0 came from when it is not the input (``first_frame.prompt``); ``anchor``: what held
-    the clip to frame 0 (``AnchorSettings.describe``), None when nothing did.
+    the clip to frame 0 (``AnchorSettings.describe``), None when nothing did; ``video_notes``: what the mp4 holds
+    (frames, rate, size, sound: ``VideoClip.video_notes``).
     """
     where = frames[0].parent if frames_kept else ", ".join(str(p) for p in outputs if p.suffix == ".mp4")
     origin = "the input" if frame0 is None else "the edited first frame"
@@ -46,8 +47,9 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
     if frame0 is not None:
         lines.append(f"  {frame0}")
     videos = [p for p in outputs if p.suffix == ".mp4"]
-    if frames_kept and videos:  # io=video: the mp4 is what most users came for
-        lines.append(f"  video: {', '.join(str(p) for p in videos)}")
+    if videos:  # io=video: the mp4 is what most users came for
+        notes = f" ({'; '.join(video_notes)})" if video_notes else ""
+        lines.append(f"  video: {', '.join(str(p) for p in videos)}{notes}")
     means = column_means(metrics_csv)
     if scales:
         weights = ", ".join(f"{name} {value:g}" for name, value in scales.items())
