@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections import Counter
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -71,6 +72,27 @@ def parsed_overrides(argv: list[str]) -> list:
         return OverridesParser.create().parse_overrides(args.overrides)
     except (HydraException, SystemExit):
         return []
+
+
+def overrides_last(argv: list[str]) -> list[str]:
+    """``argv`` with every override after Hydra's own options, in the order typed: Hydra takes the overrides as one
+    run of words, so ``experiment=demo -m seed=0,1`` (an override after ``-m``, as users type) was refused."""
+    from hydra._internal.utils import get_args_parser
+
+    args, unknown = get_args_parser().parse_known_args(argv)
+    stray = [arg for arg in unknown if "=" in arg and not arg.startswith("-")]
+    if not stray:
+        return argv
+    left = Counter([*args.overrides, *stray])
+    overrides = []
+    for arg in argv:
+        if left[arg]:
+            left[arg] -= 1
+            overrides.append(arg)
+    options = list(argv)
+    for arg in overrides:
+        options.remove(arg)
+    return options + overrides
 
 
 def argument_problems(argv: list[str]) -> list[str]:

@@ -27,8 +27,8 @@ from qvedit import stopping
 from qvedit.cli import quiet_stdout
 from qvedit.errors import QveditError
 from qvedit.io.layout import discard_if_empty, file_in_the_way, record_job_error
-from qvedit.keys import (argument_problems, merging_dict_overrides, register_help, unknown_config_keys,
-                         unknown_overrides)
+from qvedit.keys import (argument_problems, merging_dict_overrides, overrides_last, register_help,
+                         unknown_config_keys, unknown_overrides)
 from qvedit.launchers import register_plugins
 from qvedit.ranks import follower_overrides, torchrun_rank
 from qvedit.settings.schema import CONF_DIR, register_schemas
@@ -106,7 +106,7 @@ def main() -> None:
     # one line per misspelt key; else the first key of a config from elsewhere that would run code
     # then the values no group or key takes (all in one line), before Hydra says it in many
     use_cpu_threads()  # before torch is imported
-    argv = sys.argv[1:] = merging_dict_overrides(sys.argv[1:])
+    argv = sys.argv[1:] = merging_dict_overrides(overrides_last(sys.argv[1:]))
     problems = argument_problems(argv) or unknown_overrides(argv) or ["; ".join(override_problems(argv))] or []
     problems = [p for p in problems if p] or command_line_problems(argv, Path(__file__))[:1]
     for problem in problems:

@@ -192,6 +192,15 @@ def test_an_argparse_habit_or_an_unquoted_space_is_one_line_naming_the_fix(tmp_p
     assert not (tmp_path / "run").exists()
 
 
+def test_overrides_after_an_option_of_hydras_are_taken():
+    """experiment=demo -m seed=0,1: Hydra took the overrides as one run of words, and refused those after -m."""
+    from qvedit.keys import overrides_last
+
+    assert overrides_last(["experiment=demo", "-m", "seed=0,1"]) == ["-m", "experiment=demo", "seed=0,1"]
+    result = qvedit("experiment=demo", "--cfg", "job", "seed=3")
+    assert result.returncode == 0 and "seed: 3" in result.stdout.splitlines(), result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("override, fragments", [
     ("ttlg=edgegram", ["ttlg=edgegram is not an option of ttlg: did you mean edge_gram?", "edge_gram_flow, "]),
     ("experiment=tiny", ["did you mean tiny_cpu?"]),
