@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from qvedit.cli import OneLineParser
+from qvedit.cli import OneLineParser, emit
 from qvedit.guidance.losses import VGGStyle, edge_loss, gram_loss, vgg16_weights_path
 
 Check = tuple[str, bool, str, bool]
@@ -103,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.parse_args(argv)
     rows = run_checks()
-    print(format_table(rows))
+    emit(format_table(rows))  # a reader that stops early (| head) ends the output quietly
     failed = [name for name, ok, _, required in rows if required and not ok]
     if failed:
-        print(f"selftest failed: {', '.join(failed)}")
+        emit(f"selftest failed: {', '.join(failed)}")
         return 1
-    print("selftest passed")
+    emit("selftest passed")
     return 0
 
 
