@@ -22,6 +22,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
 from qvedit.cli import OneLineParser, file, run_tool, whole  # noqa: E402
+from qvedit.threads import use_cpu_threads  # noqa: E402
+
+use_cpu_threads()  # before torch is imported (in main): OpenMP's threads wait passively on a busy machine
 
 
 def peak_rss_mib() -> float:

@@ -32,12 +32,15 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from qvedit.threads import use_cpu_threads  # noqa: E402
+
+use_cpu_threads()  # before torch is imported (its CPU dry run on a busy machine)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from qvedit.cli import OneLineParser, file, folder, run_tool, whole  # noqa: E402
 
