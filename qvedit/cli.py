@@ -26,6 +26,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(BAD_INPUT, f"qvedit: error: {self.prog}: {message} ({self.prog} --help says what each option "
                              "takes)\n")
 
+    def _print_message(self, message: str, file=None) -> None:  # --help into a reader that stopped early: quiet
+        try:
+            super()._print_message(message, file)
+        except BrokenPipeError:
+            quiet_stdout()
+
 
 def whole(low: Optional[int] = None, high: Optional[int] = None, multiple: int = 1) -> Callable[[str], int]:
     """An argparse ``type``: a whole number in ``low``..``high`` that is a multiple of ``multiple``."""

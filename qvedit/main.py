@@ -126,6 +126,8 @@ def main() -> None:
             raise
         print(f"qvedit: error: {hydra_error_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # --help (or --cfg job) into a reader that stopped early (| head): nothing more to say
+        quiet_stdout()
     except OSError as err:  # Hydra making the run or sweep folder where a file (or no permission) is in the way
         if full_error == "1" or not err.filename or not raised_by_hydra(err):
             raise

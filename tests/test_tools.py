@@ -23,6 +23,16 @@ def test_accept_into_a_reader_that_stops_early_ends_quietly(tmp_path):
     assert (sweep / "acceptance.md").is_file() and (sweep / "report.html").is_file()
 
 
+def test_help_into_a_reader_that_stops_early_ends_quietly():
+    """python -m qvedit --help | head"""
+    process = subprocess.Popen([sys.executable, "-m", "qvedit", "--help"], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert process.wait() == 0 and stderr == "", stderr
+
+
 def test_the_bench_runs_with_the_smallest_sizes_and_steps_it_takes(tmp_path, tiny_pipe, capsys):
     """--steps 0 and --sizes 0 divided by zero: refused in one line; 16 pixels and --last-steps 0 run. (--steps 1 is
     taken, and the one-step NaN of issue 31's point 11 is one line too.)"""
