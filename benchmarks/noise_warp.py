@@ -20,21 +20,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
+from qvedit.cli import OneLineParser, run_tool, whole  # noqa: E402
+from qvedit.threads import use_cpu_threads  # noqa: E402
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1024, help="frame side in pixels (a multiple of 16)")
-    parser.add_argument("--channels", type=int, default=16, help="latent channels (Qwen-Image: 16)")
-    parser.add_argument("--scale", type=int, default=8, help="pixels a latent cell (Qwen-Image's VAE: 8)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--frames", type=int, default=1000, help="the frame a resume starts at")
-    args = parser.parse_args()
-    if args.size < 16 or args.size % 16 or min(args.repeat, args.channels, args.scale) < 1 or args.frames < 2 \
-            or args.size % args.scale:
-        refuse(f"--size must be a multiple of 16 and of --scale; --repeat, --channels "
-                         "and --scale at least 1; --frames at least 2")
+use_cpu_threads()  # before torch is imported (in measure): OpenMP's threads wait passively on a busy machine
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/noise_warp.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=whole(16, 16384, multiple=16), default=1024,
+                        help="frame side in pixels (a multiple of 16 and of --scale)")
+    parser.add_argument("--channels", type=whole(1, 1024), default=16, help="latent channels (Qwen-Image: 16)")
+    parser.add_argument("--scale", type=whole(1, 64), default=8, help="pixels a latent cell (Qwen-Image's VAE: 8)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--repeat", type=whole(1, 1000), default=5)
+    parser.add_argument("--frames", type=whole(2, 10_000_000), default=1000, help="the frame a resume starts at")
+    return parser
+
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument is one ``qvedit: error:`` line (exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.size % args.scale:
+        parser.error(f"argument --size: {args.size} is not a multiple of --scale {args.scale}")
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
+    from qvedit.devices import check_device
+
+    check_device(args.device)
     import torch
 
     from qvedit.guidance.flow import DISFlow, FlowPair
@@ -72,14 +88,8 @@ def main() -> None:
     print(f"  a resume at frame {args.frames}: {args.frames - 2} warps and flow pairs again, about "
           f"{(args.frames - 2) * (warp + flow):.0f} s ({(args.frames - 2) * warp:.0f} s of warps, "
           f"{(args.frames - 2) * flow:.0f} s of flow)")
-
-
-
-def refuse(problem: str) -> None:
-    """One line, exit 2, as python -m qvedit says a problem."""
-    print(f"noise_warp.py: error: {problem}", file=sys.stderr)
-    raise SystemExit(2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

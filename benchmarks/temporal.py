@@ -34,6 +34,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs it starts use (python -m qvedit from REPO)
+
+from qvedit.cli import OneLineParser, folder, number, run_tool, whole  # noqa: E402
+from qvedit.errors import QveditError  # noqa: E402
+
 NOISES = ("independent", "shared", "warped")
 STRENGTHS = (1.0, 0.8, 0.6, 0.4)
 TTLG = ("off", "edge_gram")
@@ -107,30 +111,35 @@ def job_rows(clip: str, sweep: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    argv = sys.argv[1:]
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/temporal.py", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run (after --)")
     parser.add_argument("--model", default="tiny", help="model=NAME for every run (default: tiny)")
     parser.add_argument("--clips", nargs="+", choices=("demo_long", "photo"), default=["demo_long", "photo"])
     parser.add_argument("--photo", default="astronaut", help="the photograph of the photo clip (qvedit.io.photo_clip)")
-    parser.add_argument("--length", type=int, default=16, help="frames of each clip, frame 0 included")
-    parser.add_argument("--steps", type=int, default=8, help="num_inference_steps")
-    parser.add_argument("--strengths", type=float, nargs="+", default=list(STRENGTHS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", default="runs/temporal-bench")
-    parser.add_argument("--jobs", type=int, default=1, help="clips run at once (after a one-frame warm-up)")
+    parser.add_argument("--length", type=whole(3, 10_000), default=16,
+                        help="frames of each clip, frame 0 included (frames 2.. are judged; default %(default)s)")
+    parser.add_argument("--steps", type=whole(1, 1000), default=8, help="num_inference_steps")
+    parser.add_argument("--strengths", type=number(0, 1), nargs="+", default=list(STRENGTHS),
+                        help="start.strength values, in (0, 1]")
+    parser.add_argument("--seeds", type=whole(0, 2**63 - 1), nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=folder, default=Path("runs/temporal-bench"))
+    parser.add_argument("--jobs", type=whole(1, 64), default=1, help="clips run at once (after a one-frame warm-up)")
     parser.add_argument("--reuse", action="store_true", help="keep the sweeps already finished in --out")
-    args = parser.parse_args(argv)
-    args.overrides = overrides
-    problem = ("--length must be at least 3 (frames 2.. are judged)" if args.length < 3 else
-               "--steps and --jobs must be at least 1" if min(args.steps, args.jobs) < 1 else
-               "--strengths are start.strength values, in (0, 1]" if any(not 0 < s <= 1 for s in args.strengths)
-               else "--seeds must be at least 0" if any(seed < 0 for seed in args.seeds) else None)
-    if problem:
-        refuse(f"{problem}")
+    return parser
 
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument, or a sweep that fails, is one ``qvedit: error:`` line (exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if any(strength == 0 for strength in args.strengths):
+        parser.error("argument --strengths: 0 is out of range: give start.strength values in (0, 1]")
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
+    overrides = args.overrides
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,6 +167,7 @@ def main() -> None:
     table.insert(4, "preset", [PRESETS.get((n, s), "") for n, s in zip(table["noise"], table["strength"])])
     write_table(table, args, out)
     plot(table, out / "temporal.png")
+    return 0
 
 
 def write_table(table, args, out: Path) -> None:
@@ -204,10 +214,8 @@ def plot(table, path: Path) -> None:
 
 
 def refuse(problem: str) -> None:
-    """One line, exit 2, as python -m qvedit says a problem."""
-    print(f"temporal.py: error: {problem}", file=sys.stderr)
-    raise SystemExit(2)
+    raise QveditError(problem)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -51,9 +51,11 @@ def test_known_values(metrics):
 
 
 def test_columns(metrics):
-    assert metrics.columns == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px",
-                               "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
-    assert FrameMetrics(MetricsSettings(quality=False)).columns == ["frame", "seconds", "guided_steps", "peak_mem_mib"]
+    assert metrics.columns == ["frame", "hops", "edge_loss", "gram_loss", "warp_error", "color_drift",
+                               "edge_offset_px", "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps",
+                               "peak_mem_mib"]
+    assert FrameMetrics(MetricsSettings(quality=False)).columns == ["frame", "hops", "seconds", "guided_steps",
+                                                                    "peak_mem_mib"]
 
 
 def forget(kind: str, monkeypatch) -> None:
@@ -95,12 +97,33 @@ def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
         outputs.append(edit_clip(tiny_pipe, source, clip_outputs, settings, TTLGSettings(), flow=flow))
     assert [p.read_bytes() for p in outputs[0]] == [p.read_bytes() for p in outputs[1]]
     header, *rows = (tmp_path / "measured.csv").read_text().splitlines()
-    assert header.startswith("frame,edge_loss,gram_loss,warp_error,color_drift,edge_offset_px,lpips_to_init,"
+    assert header.startswith("frame,hops,edge_loss,gram_loss,warp_error,color_drift,edge_offset_px,lpips_to_init,"
                              "lpips_to_prev,seconds")
-    assert len(rows) == 3 and all(len(r.split(",")) == 11 for r in rows)
-    assert all(float(r.split(",")[4]) > 0 and r.split(",")[5] != "" for r in rows)  # color_drift, edge_offset_px
-    assert all(float(r.split(",")[3]) > 0 for r in rows)  # warp_error against the previous frame
+    assert len(rows) == 3 and all(len(r.split(",")) == 12 for r in rows)
+    assert all(float(r.split(",")[5]) > 0 and r.split(",")[6] != "" for r in rows)  # color_drift, edge_offset_px
+    assert all(float(r.split(",")[4]) > 0 for r in rows)  # warp_error against the previous frame
     assert all(float(r.split(",")[-1]) > 0 for r in rows)  # peak memory is measured
+
+
+def test_small_values_keep_their_significant_digits():
+    from qvedit.report.metrics import significant
+
+    assert significant(1.2345678e-6) == 1.23457e-06 and significant(3.98765432e-4) == 3.98765e-04
+    assert significant(39.2512345) == 39.2512 and significant(0.0) == 0.0
+
+
+def test_peak_memory_is_each_frames_own_not_the_process_peak_so_far():
+    from qvedit.devices import peak_memory_mib, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    before = peak_memory_mib(cpu)
+    big = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+    during = peak_memory_mib(cpu)
+    del big
+    reset_peak_memory(cpu)  # the next frame's peak starts from what is in memory now
+    after = peak_memory_mib(cpu)
+    assert during > before + 150 and after < during - 150, (before, during, after)
 
 
 class FakeOpenClip:

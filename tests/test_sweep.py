@@ -28,7 +28,7 @@ def test_acceptance_sweep_writes_the_report(made):
     table = pd.read_csv(sweep / "acceptance.csv")
     assert {"edge_loss ratio guided/off", "warp_error ratio guided/off"} <= set(table["criterion"])
     metrics = pd.read_csv(sweep / jobs[2] / "metrics.csv")
-    assert metrics.columns.tolist() == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift",
+    assert metrics.columns.tolist() == ["frame", "hops", "edge_loss", "gram_loss", "warp_error", "color_drift",
                                         "edge_offset_px", "lpips_to_init", "lpips_to_prev", "seconds",
                                         "guided_steps", "peak_mem_mib"]
     assert metrics["warp_error"].notna().all() and (metrics["warp_error"] >= 0).all()
@@ -77,6 +77,27 @@ def test_rerun_from_a_job_folder_gives_the_same_frames_and_diff_tells_runs_apart
     (only_b,) = [line for line in lines if line.startswith("overrides only in B: ")]
     assert sorted(only_b.removeprefix("overrides only in B: ").split()) == ["seed=1", "ttlg=off"]
     assert diff_main([str(first), str(tmp_path / "nope")]) == 2
+
+
+def test_diff_shows_values_not_interpolations_and_its_help_says_the_arguments_and_exit_codes(tmp_path, capsys):
+    from qvedit.files import cache_dir
+
+    for name, model_id in (("a", "${qvedit.cache:tiny-qwen-image-edit-2509}"), ("b", "/models/other")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"seed: 0\nmodel:\n  model_id: {model_id}\n"
+                                                                f"out: ${{hydra:runtime.output_dir}}\n")
+    assert diff_main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    out = capsys.readouterr().out
+    assert f"model.model_id  '{cache_dir() / 'tiny-qwen-image-edit-2509'}' -> '/models/other'" in out
+    assert "qvedit.cache" not in out  # resolved; a ${hydra:...} only Hydra knows stays as written (and equal here)
+    with pytest.raises(SystemExit) as done:
+        diff_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0 and "RUN_A" in text and "RUN_B" in text
+    assert "Exit code: 0 the configs are equal, 1 they differ, 2 a folder is not a run folder" in text
+    with pytest.raises(SystemExit) as refused:
+        diff_main([str(tmp_path / "a")])
+    assert refused.value.code == 2 and capsys.readouterr().err.count("\n") == 1  # one line, as python -m qvedit's
 
 
 # Twenty overrides with long values, as a user's sweep or a search's floats make them: the folder names they

@@ -15,6 +15,7 @@ from qvedit.fields import setting
 from qvedit.settings.guidance import EDGE_OPS
 
 RESIZE_MODES = ("area", "nearest")  # qvedit.io.frames.RESAMPLING implements each
+AUDIO_MODES = ("keep", "drop")  # io=video: the input's sound in the output mp4, or none
 
 
 @dataclass
@@ -57,6 +58,7 @@ class VideoIO:
     edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS)
     edges_dir: Optional[str] = setting(None, path="output")
     keep_frames: bool = setting(True)
+    audio: str = setting("keep", choices=AUDIO_MODES)  # the rgb video's sound, cut to the frames made
 
 
 IO_OPTIONS = (FramesIO, DemoIO, LongDemoIO, VideoIO)

@@ -30,6 +30,7 @@ from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDem
 from qvedit.settings.model import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 from qvedit.settings.run import RunSettings
+from qvedit.settings.schedule import ScheduleSettings
 from qvedit.settings.start import StartSettings
 
 # conf/ sits beside the package (the repository layout; install with `pip install -e .`)
@@ -54,6 +55,7 @@ ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSe
 FlowSchema, LoggerSchema, TuningSchema = schema(FlowSettings), schema(LoggerSettings), schema(TuningSettings)
 AnchorSchema, FirstFrameSchema = schema(AnchorSettings), schema(FirstFrameSettings)
 StartSchema = schema(StartSettings)
+ScheduleSchema = schema(ScheduleSettings)
 IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO),  # each io/*.yaml picks one
               "schema_demo_long": schema(LongDemoIO)}
 
@@ -75,6 +77,7 @@ class QveditConfig(RunSettings):
     logger: LoggerSchema = field(default_factory=LoggerSchema)
     tuning: TuningSchema = field(default_factory=TuningSchema)
     first_frame: FirstFrameSchema = field(default_factory=FirstFrameSchema)
+    schedule: ScheduleSchema = field(default_factory=ScheduleSchema)
 
 
 # -- key lists derived from the tags ----------------------------------------------------------------

@@ -54,3 +54,13 @@ class StartSettings:
         return (f"start.strength={self.strength} leaves no denoising step of num_inference_steps={num_steps} (a frame "
                 f"runs the last floor(strength x steps) of them): the smallest strength that works here is "
                 f"{smallest:g} (one step, the schedule's last), or raise num_inference_steps")
+
+    def schedule_problem(self, segments: bool) -> Optional[str]:
+        """Why this start cannot run with ``schedule=segments`` (one line), or None. Warped noise and a start from
+        the previous frame are carried along one chain; a segment's frames would need them carried from its
+        keyframe, which is not built yet."""
+        if not segments or self.is_default:
+            return None
+        return (f"start.noise={self.noise} start.strength={self.strength:g} ties each frame to the one before along "
+                f"one chain, and schedule=segments makes the clip in separate segments: use schedule=chain with this "
+                f"start, or start=fresh with schedule=segments")
