@@ -25,7 +25,12 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
   guidance, ``perf=fp8`` and its step cache; tiny decoder weights random), on a freshly loaded pipeline;
   ``fastest_edge_gram_nocache``: the same without the step cache;
 - ``off_first_frame_image`` / ``lightning_off_first_frame_image``: ``anchor.first_frame_image=true``, frame 0
-  as a third condition image (a longer transformer pass).
+  as a third condition image (a longer transformer pass);
+- ``*_s06`` / ``*_s04`` (``off``, ``edge_gram``, ``lightning_*``, ``lightning4_*``): ``start.noise=warped`` with
+  ``start.strength`` 0.6 / 0.4, frame 1 starting part-way down the schedule from frame 0 warped onto it (the flow
+  between the random edge map and frame 0's edges, by DIS on the CPU, is part of the time); ``lightning4_off`` /
+  ``lightning4_edge_gram``: ``experiment=lightning_4step``'s steps and guidance window (``fastest_*`` take the
+  preset's own ``start``).
 
 Per variant: seconds per frame, prompt encoding, transformer time per denoising step, VAE decode,
 peak GPU memory; guided variants also the added seconds per guided step. CUDA events time the
@@ -37,11 +42,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 from qvedit.threads import use_cpu_threads
 
@@ -60,7 +67,10 @@ VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_outp
             "lightning_edge_gram_tiny", "lightning_edge_gram_tiny_decode512", "off_cache", "edge_gram_cache",
             "lightning_off_cache", "lightning_edge_gram_cache", "off_cache_fp8", "edge_gram_cache_fp8", "fastest_off",
             "fastest_edge_gram", "fastest_edge_gram_nocache", "off_first_frame_image",
-            "lightning_off_first_frame_image")
+            "lightning_off_first_frame_image", "off_s06", "off_s04", "edge_gram_s06", "edge_gram_s04",
+            "lightning_off_s06", "lightning_off_s04", "lightning_edge_gram_s06", "lightning_edge_gram_s04",
+            "lightning4_off", "lightning4_edge_gram", "lightning4_off_s06", "lightning4_off_s04",
+            "lightning4_edge_gram_s06", "lightning4_edge_gram_s04")
 # Settings applied to the loaded pipeline (they stay with it: these stages come after the plain ones), and
 # presets that change the pipeline for good, so each gets a freshly loaded one (qvedit.models.loading).
 APPLIED = {"_low_memory": dict(offload_text_encoder=True), "_fast": dict(compile=True)}
@@ -75,8 +85,9 @@ def stage_of(variant: str) -> str:
     return next((suffix for suffix in (*APPLIED, *RELOADED) if variant.endswith(suffix)), "")
 
 
-def fastest_preset() -> dict:
-    """``experiment=fastest`` as composed from ``conf/``: steps, CFG, scheduler, guidance and perf settings."""
+def fastest_preset(experiment: str = "fastest") -> dict:
+    """``experiment=fastest`` (or another preset) as composed from ``conf/``: steps, CFG, scheduler, guidance, perf
+    and start settings."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -84,10 +95,11 @@ def fastest_preset() -> dict:
 
     register_schemas()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = OmegaConf.to_container(compose("config", overrides=["experiment=fastest"]))
+        cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={experiment}"]))
     drop = lambda node: {k: v for k, v in node.items() if k != "_target_"}  # noqa: E731
     return {"steps": cfg["num_inference_steps"], "true_cfg_scale": cfg["true_cfg_scale"],
-            "scheduler": cfg["model"]["scheduler"], "ttlg": drop(cfg["ttlg"]), "perf": drop(cfg["perf"])}
+            "scheduler": cfg["model"]["scheduler"], "ttlg": drop(cfg["ttlg"]), "perf": drop(cfg["perf"]),
+            "start": drop(cfg["start"])}
 
 
 def lightning_preset() -> dict:
@@ -146,6 +158,16 @@ class PartTimer:
         return len(self.spans.get(label, []))
 
 
+def start_of(variant: str, fastest: Optional[dict]):
+    """The variant's ``start``: ``_s06`` / ``_s04`` warped noise at strength 0.6 / 0.4, ``fastest_*`` the preset's."""
+    from qvedit.settings.start import StartSettings
+
+    if fastest is not None:
+        return StartSettings(**fastest["start"])
+    suffix = re.search(r"_s(\d)(\d)$", variant)
+    return StartSettings(noise="warped", strength=float(f"{suffix[1]}.{suffix[2]}")) if suffix else StartSettings()
+
+
 def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "init.png")
@@ -160,8 +182,9 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     from qvedit.models.lora import use_scheduler
     from qvedit.models.step_cache import use_step_cache
     from qvedit.outputs import ClipOutputs
+    from qvedit.io.flow import ClipFlow
     from qvedit.settings.anchor import AnchorSettings
-    from qvedit.settings.guidance import TTLGSettings
+    from qvedit.settings.guidance import FlowSettings, TTLGSettings
     from qvedit.settings.model import PerfSettings
     from qvedit.settings.run import PIPELINE_CONDITION_AREA, RunSettings
 
@@ -172,7 +195,11 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     cond_output = variant.endswith("_cond_output")
     guided = "edge_gram" in variant
     fastest = fastest_preset() if variant.startswith("fastest") else None
-    lightning = fastest or (lightning_preset() if variant.startswith("lightning") else None)
+    lightning = fastest or (fastest_preset("lightning_4step") if variant.startswith("lightning4") else None) or \
+        (lightning_preset() if variant.startswith("lightning") else None)
+    if variant.startswith("lightning4"):  # its guidance window; the guided variants set the scales
+        lightning["ttlg"] = {k: lightning["ttlg"][k] for k in ("every", "start_step", "end_step", "last_steps")}
+    start = start_of(variant, fastest)
     window = lightning["ttlg"] if lightning else {"last_steps": last_steps}
     decode = {"decode_size": 512 if variant.endswith("_decode512") else None,
               "decoder": "tiny" if "_tiny" in variant else "vae", "tiny_decoder": "random"}
@@ -205,15 +232,18 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
         else:
             out = Path(tempfile.mkdtemp(prefix=f"out-{variant}-", dir=work))  # a new clip, never a resumed one
             anchor = AnchorSettings(first_frame_image=variant.endswith("_first_frame_image"))
-            frame = edit_clip(pipe, FrameFolders(str(init), str(edges)), ClipOutputs(FrameWriter(out)), settings,
-                              ttlg, anchor=anchor)[-1]
+            source = FrameFolders(str(init), str(edges))
+            flow = ClipFlow(FlowSettings(), source, (size, size), pipe.device) if start.needs_flow else None
+            frame = edit_clip(pipe, source, ClipOutputs(FrameWriter(out)), settings, ttlg, anchor=anchor, flow=flow,
+                              start=start)[-1]
         if cuda:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    run = start.steps_run(steps)  # the steps a part-way start runs
     row = {
         "variant": variant, "size": size, "steps": steps, "seconds_per_frame": seconds,
         "prompt_encoding_s": timer.seconds("prompt"),
-        "transformer_s_per_step": timer.seconds("transformer") / steps,
+        "transformer_s_per_step": timer.seconds("transformer") / run,
         "transformer_passes": timer.count("transformer"),
         "decode_s": timer.seconds("decode"), "decode_calls": timer.count("decode"),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
@@ -221,8 +251,10 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     }
     if not variant.startswith("plain"):
         row["frame"] = str(frame)  # frame 1 as written (in ``work``)
+    if not start.is_default:
+        row.update(start_noise=start.noise, start_strength=start.strength, steps_run=run)
     if guided:
-        row["guided_steps"] = sum(ttlg.guides_step(i, steps) for i in range(steps))
+        row["guided_steps"] = sum(ttlg.guides_step(i, run) for i in range(run))
     if cache.cache != "none":
         from qvedit.models.step_cache import fresh_steps
 

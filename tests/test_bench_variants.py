@@ -33,3 +33,17 @@ def test_fastest_runs_as_composed_on_the_fp8_pipeline():
         == ["_fp8", "_fp8", "", "_fast"]
     assert [bench.uncached(v) for v in ("edge_gram_cache_fp8", "lightning_off_cache", "fastest_edge_gram")] \
         == ["edge_gram_fp8", "lightning_off", "fastest_edge_gram_nocache"]
+
+
+def test_start_variants_run_the_steps_a_part_way_start_leaves(tmp_path, tiny_pipe, monkeypatch):
+    """The GPU variants of start.strength (timing only there), run here on the tiny model: frame 1 runs the tail of
+    the schedule, and the guidance window counts over the steps run."""
+    monkeypatch.setattr("qvedit.settings.run.PIPELINE_CONDITION_AREA", 32 * 32)
+    assert bench.main(["--model", "tiny", "--device", "cpu", "--sizes", "32", "--steps", "6", "--variants", "off_s06",
+                       "lightning4_edge_gram_s04", "--out", str(tmp_path)]) == 0
+    rows = {row["variant"]: row for row in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert (rows["off_s06"]["steps_run"], rows["off_s06"]["transformer_passes"]) == (3, 6)  # 3 of 6 steps, CFG
+    lightning = rows["lightning4_edge_gram_s04"]
+    assert (lightning["steps"], lightning["steps_run"], lightning["guided_steps"]) == (4, 1, 1)
+    assert (lightning["start_noise"], lightning["start_strength"]) == ("warped", 0.4)
+    assert bench.fastest_preset()["start"] == {"noise": "warped", "strength": 0.5}

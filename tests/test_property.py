@@ -27,6 +27,7 @@ from qvedit.errors import QveditError
 from qvedit.fields import integral, optional, tags_of
 from qvedit.job import run
 from qvedit.keys import unknown_overrides
+from qvedit.settings.io import FramesIO
 from qvedit.settings.schema import register_schemas, schema_fields
 from qvedit.values import hydra_error_line, override_problems
 from tests.conftest import REPO, write_clip
@@ -34,7 +35,10 @@ from tests.conftest import REPO, write_clip
 register_schemas()
 BASE = ["model=tiny", "device=cpu", "dtype=fp32", "num_inference_steps=2", "condition_area=output",
         "metrics.vgg_weights=random", "ttlg.vgg_weights=random", "max_frames=3"]
-NUMERIC = {key: f for key, f in schema_fields().items() if tags_of(f).ranged}
+# the ranged keys io=frames has (the other io options' keys, io.length of io=demo_long, do not compose with it)
+FRAMES_IO_KEYS = {f"io.{f.name}" for f in dataclasses.fields(FramesIO)}
+NUMERIC = {key: f for key, f in schema_fields().items()
+           if tags_of(f).ranged and (not key.startswith("io.") or key in FRAMES_IO_KEYS)}
 # the logger, tuning and path keys io=frames has (model.model_id aside: a new folder builds a tiny model there)
 TEXT = sorted(key for key, f in schema_fields().items()
               if (key.startswith(("logger.", "tuning.")) or tags_of(f).path) and key != "model.model_id"

@@ -31,6 +31,7 @@ from qvedit.settings.model import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schedule import ScheduleSettings
+from qvedit.settings.start import StartSettings
 
 # conf/ sits beside the package (the repository layout; install with `pip install -e .`)
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
@@ -53,6 +54,7 @@ ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSetti
 ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSettings), schema(ParallelSettings)
 FlowSchema, LoggerSchema, TuningSchema = schema(FlowSettings), schema(LoggerSettings), schema(TuningSettings)
 AnchorSchema, FirstFrameSchema = schema(AnchorSettings), schema(FirstFrameSettings)
+StartSchema = schema(StartSettings)
 ScheduleSchema = schema(ScheduleSettings)
 IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO),  # each io/*.yaml picks one
               "schema_demo_long": schema(LongDemoIO)}
@@ -67,6 +69,7 @@ class QveditConfig(RunSettings):
     ttlg: TTLGSchema = field(default_factory=TTLGSchema)
     flow: FlowSchema = field(default_factory=FlowSchema)
     anchor: AnchorSchema = field(default_factory=AnchorSchema)
+    start: StartSchema = field(default_factory=StartSchema)
     metrics: MetricsSchema = field(default_factory=MetricsSchema)
     acceptance: ThresholdsSchema = field(default_factory=ThresholdsSchema)
     perf: PerfSchema = field(default_factory=PerfSchema)
