@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
 
 from qvedit.fields import setting
 from qvedit.files import cache_dir
 
 TINY_MODEL_FOLDER = "tiny-qwen-image-edit-2509"  # in the cache folder; conf/model/tiny.yaml names it too
+TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "toy" / "weights"  # conf/model/toy.yaml names it too
 
 
 @dataclass
@@ -79,6 +81,19 @@ class TinyModel(ModelSettings):
     def in_cache(cls) -> "TinyModel":
         """The tiny model in qvedit's cache folder, where ``model=tiny`` keeps it."""
         return cls(str(cache_dir() / TINY_MODEL_FOLDER))
+
+
+@dataclass
+class ToyModel(ModelSettings):
+    """``model=toy``: the small edit model trained in this repository (``qvedit/toy/``), committed with its
+    weights; ``model_id`` is its folder."""
+
+    kind: ClassVar[str] = "toy"
+
+    @classmethod
+    def committed(cls) -> "ToyModel":
+        """The toy model this repository ships (``qvedit/toy/weights``)."""
+        return cls(str(TOY_WEIGHTS))
 
 
 @dataclass
