@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -18,10 +19,12 @@ from qvedit.anchor.color import ColorAnchor
 from qvedit.devices import frame_memory, peak_memory_mib, reset_peak_memory
 from qvedit.errors import QveditError
 from qvedit.guidance.edges import image_to_edge_target
+from qvedit.guidance.flow import FlowPair
 from qvedit.guidance.guide import Guide, refuse_inference_mode
 from qvedit.images import to_pil, to_tensor
 from qvedit.io.flow import ClipFlow
 from qvedit.io.source import FrameSource
+from qvedit.lab import LabStats
 from qvedit.models.diffusers_compat import condition_area, execution_device, record_velocity
 from qvedit.models.parallel import Team
 from qvedit.outputs import ClipOutputs
@@ -46,6 +49,88 @@ def checked_frame(image: torch.Tensor, frame_index: int) -> Image.Image:
             "try dtype=fp32 or bf16 instead of fp16, or a lower ttlg.lr"
         )
     return to_pil(image)
+
+
+@dataclass
+class MadeFrame:
+    """One frame as ``FrameMaker.make`` made it, with what its metrics row is measured against."""
+
+    frame: Image.Image  # 8-bit RGB at the clip's size, its colours corrected (anchor.color)
+    edge: Image.Image  # its edge map at the clip's size
+    pair: Optional[FlowPair]  # the source flow from this frame back to the frame before it (metrics, guidance)
+    color_target: Optional[LabStats]  # its target colour statistics (anchor.color, color_drift)
+    started: float  # time.perf_counter() when the frame was begun
+    guided_steps: int
+
+
+class FrameMaker:
+    """Makes any one frame of a clip from the images it is conditioned on: one pipeline call with the frame's seed,
+    edge map and guidance, the result resized to the clip's size and its colours corrected.
+
+    A frame depends only on its index and the images it is given (the frame before it, the frame it follows), never
+    on the frames made before in this process, so the rolling loop (``edit_clip``) and a segment schedule on many
+    workers (``qvedit.schedule``) make the same frame from the same images.
+    """
+
+    def __init__(self, pipe, source: FrameSource, settings: RunSettings, ttlg: TTLGSettings, plan: ClipPlan,
+                 first: Image.Image, team: Optional[Team] = None, flow: Optional[ClipFlow] = None,
+                 anchor: Optional[AnchorSettings] = None, debug_dir: Optional[Path] = None, wants_color: bool = False):
+        """first: frame 0 (8-bit RGB): the Gram reference and the colour target. ``wants_color``: the colour targets
+        are needed for the metrics (``color_drift``) even without ``anchor.color`` or ``ttlg.color_scale``."""
+        self.pipe, self.source, self.settings, self.ttlg, self.plan = pipe, source, settings, ttlg, plan
+        self.team, self.flow, self.anchor = team or Team(), flow, anchor or AnchorSettings()
+        self.guide = Guide(ttlg, pipe, to_tensor(first), debug_dir) if ttlg.enabled and self.team.is_main else None
+        wants_color = wants_color or self.anchor.corrects_color or ttlg.color_scale > 0
+        self.color = ColorAnchor(self.anchor, first, source) if wants_color else None
+        self.device = execution_device(pipe)
+
+    def make(self, index: int, images: Callable[[Image.Image], list], prompt: str, previous: Image.Image,
+             temporal: bool = True) -> MadeFrame:
+        """Frame ``index`` (>= 1).
+
+        Args:
+            index: the frame; its seed is (seed, index), its edge map edge frame ``index - 1``.
+            images: the pipeline's ``image`` list given the frame's edge map ([edge, the frame it follows, ...]).
+            prompt: the prompt of the call (``anchor.prompt`` for three images).
+            previous: frame ``index - 1``, the temporal guidance's target (moved along the flow with
+                ``ttlg.temporal_mode=flow``).
+            temporal: False leaves the temporal guidance term out (a keyframe, whose frame before is not made yet).
+        """
+        width, height = self.plan.init_size
+        gen_width, gen_height = self.plan.generation_size
+        started = time.perf_counter()
+        reset_peak_memory(self.device)
+        edge = self.source.edge_frame(index - 1, (width, height))
+        pair = self.flow.pair(index, edge) if self.flow is not None and self.team.is_main else None
+        generator = torch.Generator(device=self.device).manual_seed(frame_seed(self.settings.seed, index))
+        color_target = self.color.target(index) if self.color is not None else None
+        guide = self.guide
+        with frame_memory(index, (gen_width, gen_height), self.pipe, self.device), \
+                condition_area(self.plan.condition_area), record_velocity(self.pipe.scheduler) as velocity:
+            callback = None
+            if guide is not None:
+                guide.frame_done(to_tensor(previous))
+                callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,
+                                          self.settings.num_inference_steps, velocity, pair, color_target, temporal)
+            result = self.pipe(
+                image=images(edge),
+                prompt=prompt,
+                negative_prompt=self.settings.negative_prompt,
+                true_cfg_scale=self.settings.true_cfg_scale,
+                num_inference_steps=self.settings.num_inference_steps,
+                height=gen_height,
+                width=gen_width,
+                generator=generator,
+                output_type="pt",
+                callback_on_step_end=self.team.step_callback(callback),
+            )
+        frame = checked_frame(result.images[0], index)
+        if frame.size != (width, height):
+            frame = frame.resize((width, height), Image.Resampling.BICUBIC)
+        frame = self.team.broadcast(frame)
+        if self.anchor.corrects_color:
+            frame = self.color.correct(frame, index)
+        return MadeFrame(frame, edge, pair, color_target, started, guide.guided_steps if guide else 0)
 
 
 def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSettings,
@@ -85,67 +170,34 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
         raise QveditError("ttlg.temporal_mode=flow has no optical flow to use: give the clip's flow (flow=dis needs "
                           "opencv-python-headless) or set ttlg.temporal_mode=plain")
     plan = plan or ClipPlan.of(settings, source)
-    total, (width, height), (gen_width, gen_height) = plan.total, plan.init_size, plan.generation_size
+    total = plan.total
     init = source.init_image()
+    outputs.hops = anchor.hops
     done = outputs.resume_point(init, total)
     previous = outputs.previous_frame(done, init)
     done, previous = team.broadcast((done, previous))
-    wants_color = anchor.corrects_color or ttlg.color_scale > 0 or outputs.metrics.quality
-    color = ColorAnchor(anchor, init, source) if wants_color else None
-    guide = Guide(ttlg, pipe, to_tensor(init), outputs.debug_dir) if ttlg.enabled and team.is_main else None
-    if guide is not None:
-        guide.frame_done(to_tensor(previous))
+    maker = FrameMaker(pipe, source, settings, ttlg, plan, init, team=team, flow=flow, anchor=anchor,
+                       debug_dir=outputs.debug_dir, wants_color=outputs.metrics.quality)
     written = outputs.start(init, done)
     if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, outputs.folder)
-    device = execution_device(pipe)
     # Progress bars on a terminal; where stderr is a file (a batch job's log) a line per frame instead,
     # since bars that redraw leave escape codes there.
     bars = team.is_main and sys.stderr.isatty()
     pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
+    prompt = anchor.prompt_for(settings.prompt)
     for index in tqdm(range(max(done, 1), total), desc="frames", unit="frame", initial=max(done, 1), total=total,
                       disable=not bars):
         stopping.check()  # a stop whose exception was lost (qvedit.stopping.check) ends the run here
-        started = time.perf_counter()
-        reset_peak_memory(device)
-        edge = source.edge_frame(index - 1, (width, height))
-        pair = flow.pair(index, edge) if flow is not None and team.is_main else None
-        generator = torch.Generator(device=device).manual_seed(frame_seed(settings.seed, index))
-        color_target = color.target(index) if color is not None else None
-        with frame_memory(index, (gen_width, gen_height), pipe, device), condition_area(plan.condition_area), \
-                record_velocity(pipe.scheduler) as velocity:
-            callback = None
-            if guide is not None:
-                callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,
-                                          settings.num_inference_steps, velocity, pair, color_target)
-            result = pipe(
-                image=anchor.condition_images(index, edge, previous, init),
-                prompt=anchor.prompt_for(settings.prompt),
-                negative_prompt=settings.negative_prompt,
-                true_cfg_scale=settings.true_cfg_scale,
-                num_inference_steps=settings.num_inference_steps,
-                height=gen_height,
-                width=gen_width,
-                generator=generator,
-                output_type="pt",
-                callback_on_step_end=team.step_callback(callback),
-            )
-        frame = checked_frame(result.images[0], index)
-        if frame.size != (width, height):
-            frame = frame.resize((width, height), Image.Resampling.BICUBIC)
-        frame = team.broadcast(frame)
-        if anchor.corrects_color:
-            frame = color.correct(frame, index)
-        written.append(outputs.write_frame(index, frame))
-        seconds = time.perf_counter() - started
-        if guide is not None:
-            guide.frame_done(to_tensor(frame))
-        outputs.record(index, frame, edge, previous, pair, color_target, seconds=round(seconds, 4),
-                       guided_steps=guide.guided_steps if guide else 0,
-                       peak_mem_mib=round(peak_memory_mib(device), 1))
+        made = maker.make(index, lambda edge: anchor.condition_images(index, edge, previous, init), prompt, previous)
+        written.append(outputs.write_frame(index, made.frame))
+        seconds = time.perf_counter() - made.started
+        outputs.record(index, made.frame, made.edge, previous, made.pair, made.color_target, hops=anchor.hops(index),
+                       seconds=round(seconds, 4), guided_steps=made.guided_steps,
+                       peak_mem_mib=round(peak_memory_mib(maker.device), 1))
         if team.is_main and not bars:
             log.info("frame %d of %d done in %.2f s%s", index, total - 1, seconds,
-                     f", {guide.guided_steps} guided steps" if guide else "")
-        previous = frame
+                     f", {made.guided_steps} guided steps" if maker.guide else "")
+        previous = made.frame
     stopping.check()
     return written

@@ -92,18 +92,26 @@ def atomic_path(final: str | os.PathLike, rename: bool = True) -> Iterator[Path]
 _staged: set[Path] = set()  # written with rename=False, not yet committed
 
 
-def commit_partial(final: str | os.PathLike) -> Path:
-    """Rename what ``atomic_path(final, rename=False)`` wrote to ``final``."""
+def commit_partial(final: str | os.PathLike, partial: str | os.PathLike | None = None) -> Path:
+    """Rename what ``atomic_path(final, rename=False)`` wrote to ``final`` (or ``partial``, a temporary file another
+    process wrote: a segment schedule's worker)."""
     final = Path(final)
-    _staged.discard(partial_path(final))
+    partial = Path(partial) if partial is not None else partial_path(final)
+    _staged.discard(partial)
     try:
-        os.replace(partial_path(final), final)
+        os.replace(partial, final)
     except OSError as err:
-        partial_path(final).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         if err.errno in WRITE_ERRNOS:
             raise write_error(err, final) from None
         raise
     return final
+
+
+def track_staged(partial: str | os.PathLike) -> None:
+    """``partial`` was written (by this process, under a name of its own) for ``commit_partial`` to rename: a run
+    that stops first removes it (``drop_staged``)."""
+    _staged.add(Path(partial))
 
 
 def drop_staged() -> None:

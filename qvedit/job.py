@@ -11,8 +11,10 @@ previews, the video, ``report.html`` and the summary, and fills the tracking run
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,7 +23,7 @@ import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qvedit import locks
 from qvedit.devices import check_device
@@ -49,11 +51,18 @@ from qvedit.report.html import write_run_html
 from qvedit.report.metrics import FrameMetrics
 from qvedit.report.summary import run_summary
 from qvedit.report.tracking import JobTracking
+from qvedit.schedule.driver import make_segments
+from qvedit.schedule.outputs import SegmentOutputs
+from qvedit.schedule.plan import SegmentPlan
+from qvedit.schedule.pool import LocalPool
+from qvedit.schedule.ray_pool import RayPool, connect, ray_problem
+from qvedit.schedule.worker import GUIDED, UNGUIDED, WorkerParts, WorkerSet
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.io import DemoIO
 from qvedit.settings.model import ModelSettings, PerfSettings
 from qvedit.settings.run import RunSettings
+from qvedit.settings.schedule import ScheduleSettings
 from qvedit.settings.schema import check_values, frame_settings, input_paths, scale_keys
 from qvedit.trust import build
 
@@ -74,7 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     check_values(cfg)  # every value, before anything is built or loaded
     settings = RunSettings.of(cfg)
     parallel = build(cfg.parallel)
-    refuse(parallel.conflict(settings.true_cfg_scale))
+    refuse(parallel.conflict(settings.true_cfg_scale), schedule_of(cfg).parallel_conflict(parallel.degree))
     team = start_team(parallel, settings.device)
     try:
         if team.size > 1 and in_sweep():
@@ -92,6 +101,11 @@ def refuse(*problems: Optional[str]) -> None:
     for problem in problems:
         if problem:
             raise QveditError(problem)
+
+
+def schedule_of(cfg: DictConfig) -> ScheduleSettings:
+    """``schedule/``'s settings; a run folder's config written before the group existed made a chain."""
+    return build(cfg.schedule) if "schedule" in cfg else ScheduleSettings()
 
 
 def in_sweep() -> bool:
@@ -117,8 +131,11 @@ class Job:
     flow: Optional[ClipFlow]
     tracking: Optional[JobTracking]
     anchor: AnchorSettings
+    schedule: ScheduleSettings
     first_frame: Optional[FirstFrameEdit] = None  # frame 0 edited from the source's (first_frame.prompt)
     starts_over: bool = False  # the frames folder holds a clip whose frame 0 was another candidate
+    pipe: object = None  # the loaded pipeline (None where Ray workers hold it: schedule.workers >= 2)
+    pool: Optional[RayPool] = None  # schedule.workers >= 2: the Ray workers
 
     @classmethod
     def prepare(cls, cfg: DictConfig, settings: RunSettings, run_dir: Path, team: Team) -> "Job":
@@ -136,7 +153,7 @@ class Job:
         device = team.device or settings.device
         ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
-        first_frame_settings = build(cfg.first_frame)
+        first_frame_settings, schedule = build(cfg.first_frame), schedule_of(cfg)
         refuse(model.entry_problem(), first_frame_settings.conflict())
         torchao_only_for_fp8(perf.quantize)  # before check_model may import diffusers
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, is_main=team.is_main)
@@ -144,11 +161,15 @@ class Job:
         refuse(layout.input_problem(input_paths(cfg), "hydra.sweep.dir" if in_sweep() else "hydra.run.dir"))
         source = open_source(io, layout)  # inputs are checked before the (slow) model load
         plan = ClipPlan.of(settings, source)  # and what they allow: frame count, sizes
+        refuse(schedule.conflict(plan.total, anchor.every, anchor.first_frame_image),
+               ray_problem(schedule, device, torch.cuda.device_count()) if schedule.on_ray else None)
+        remote = schedule.on_ray and schedule.ray_address is not None  # the GPUs are the cluster's, not this machine's
         for warning in cpu_speed_warnings(device, settings, plan, model.real_weights):
             log.warning(warning)
         # Whether the model can load at all comes first, said together with what fails after it (the VGG
         # weights of the metrics), so one run names every problem a user must fix before loading.
-        unloadable = availability_problem(model.model_id) if model.real_weights and team.is_main else None
+        unloadable = availability_problem(model.model_id) if model.real_weights and team.is_main and not remote \
+            else None
         try:
             check_model(model)  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
             check_decoder(ttlg)  # ttlg.decoder=tiny: its weights file is there and fits
@@ -156,25 +177,30 @@ class Job:
             starts_over = check_or_record(frames.folder, frame_settings(cfg), START_OVER_KEYS)
             first_frame = FirstFrameEdit.prepare(first_frame_settings, cfg, settings, plan, source, layout, team) \
                 if first_frame_settings.prompt is not None else None
-            check_device(device)
-            check_perf(perf, device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU ...
+            if not remote:  # on a cluster each worker checks its own GPU
+                check_device(device)
+                check_perf(perf, device, settings.dtype, team.size)  # fp8 on a GPU without FP8, offloading on the CPU
             check_cache(perf)  # perf.cache: settings diffusers takes
-            scorer = FrameMetrics(metrics, device, quality=metrics.quality and team.is_main)  # rank 0 scores frames
+            # rank 0 scores frames; with Ray workers they do, and this process needs only the columns
+            scorer = FrameMetrics(metrics, "cpu" if schedule.on_ray else device,
+                                  quality=metrics.quality and team.is_main)
             outputs = ClipOutputs(frames, layout.metrics_csv, scorer, layout.debug_dir)
         except QveditError as err:
             raise QveditError(f"{unloadable}; and {err}" if unloadable else str(err)) from None
         if unloadable:
             raise QveditError(unloadable)
-        if device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
+        if schedule.on_ray:  # after every other check: Ray takes seconds to start
+            connect(schedule, device)
+        elif device.startswith("cuda"):  # which physical GPU, for sweeps whose launcher hands out GPUs
             log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                      os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
         flow_guided = ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0
         flow = ClipFlow(flow_settings, source, plan.init_size, torch.device(device)) \
-            if team.is_main and (metrics.quality or flow_guided) else None
+            if team.is_main and (metrics.quality or flow_guided) and not schedule.on_ray else None
         sweep_dir = Path(HydraConfig.get().sweep.dir) if in_sweep() else None
         tracking = JobTracking.start(logger, cfg, run_dir, sweep_dir) if team.is_main else None
         return cls(cfg, settings, team, device, layout, io, source, plan, outputs, ttlg, model, perf, flow, tracking,
-                   anchor, first_frame, starts_over)
+                   anchor, schedule, first_frame, starts_over)
 
     def run(self) -> Path:
         """Make and publish the clip; returns its frames folder. A failure marks the tracking run failed."""
@@ -191,6 +217,9 @@ class Job:
             if self.tracking is not None:
                 self.tracking.fail()
             raise
+        finally:
+            if self.pool is not None:
+                self.pool.close()
         if self.tracking is not None:
             layout = self.layout
             self.tracking.finish(layout.metrics_csv, [*layout.previews, layout.unguided_comparison, layout.report,
@@ -199,17 +228,47 @@ class Job:
 
     def make(self) -> list[Path]:
         warn_if_untested_diffusers()
-        self.pipe = load_pipeline(self.model, self.device, self.settings.dtype, self.perf)
-        apply_perf(self.pipe, self.perf)
-        self.team.share_work(self.pipe)
+        if self.schedule.on_ray:  # the workers load the pipeline, one each
+            resolved = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
+            self.pool = RayPool(functools.partial(build_worker, resolved, str(self.layout.run_dir)), self.schedule,
+                                self.device)
+        else:
+            self.pipe = load_pipeline(self.model, self.device, self.settings.dtype, self.perf)
+            apply_perf(self.pipe, self.perf)
+            self.team.share_work(self.pipe)
         if self.first_frame is not None:  # the picked candidate is frame 0 from here on
-            self.source = EditedFirstFrame(self.source, self.first_frame.make(self.pipe))
+            if self.pool is not None:  # on a worker's pipeline; the edit comes back with what it made
+                self.first_frame, frame0 = self.pool.on_one(functools.partial(edit_first_frame, self.first_frame))
+            else:
+                frame0 = self.first_frame.make(self.pipe)
+            self.source = EditedFirstFrame(self.source, frame0)
             if self.first_frame_only:
                 return []
         if self.starts_over:
             self.restart_clip(self.outputs.folder)
-        return edit_clip(self.pipe, self.source, self.outputs, self.settings, self.ttlg, self.team, self.flow,
-                         self.anchor, self.plan)
+        return self.edit(self.outputs, self.ttlg, GUIDED)
+
+    def edit(self, outputs: ClipOutputs, ttlg: TTLGSettings, variant: str) -> list[Path]:
+        """Make one clip into ``outputs``: the rolling loop (``schedule=chain``), or keyframes and segments."""
+        if not self.schedule.segments:
+            return edit_clip(self.pipe, self.source, outputs, self.settings, ttlg, self.team, self.flow, self.anchor,
+                             self.plan)
+        bars = sys.stderr.isatty()
+        if self.pipe is not None:
+            self.pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
+        pool = self.pool or LocalPool(WorkerSet(WorkerParts(
+            self.pipe, self.source, self.settings, self.ttlg, self.anchor, self.flow, self.plan, self.layout,
+            self.outputs.metrics, self.segment_plan).segment_worker))
+        return make_segments(pool, SegmentOutputs(outputs, self.segment_plan), self.source.init_image(), variant, bars)
+
+    @property
+    def segment_plan(self) -> SegmentPlan:
+        return SegmentPlan(self.schedule, self.plan.total, self.anchor.first_frame_image)
+
+    @property
+    def keyframes(self) -> list[int]:
+        """The keyframes of ``schedule=segments`` (the reports mark the seams before them); none for a chain."""
+        return self.segment_plan.keyframes if self.schedule.segments else []
 
     @property
     def first_frame_only(self) -> bool:
@@ -229,8 +288,7 @@ class Job:
         if check_or_record(frames.folder, unguided, START_OVER_KEYS):
             start_over(frames.folder, unguided)
         log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
-        edit_clip(self.pipe, self.source, ClipOutputs(frames, metrics_csv, self.outputs.metrics), self.settings,
-                  TTLGSettings(), self.team, self.flow, self.anchor, self.plan)
+        self.edit(ClipOutputs(frames, metrics_csv, self.outputs.metrics), TTLGSettings(), UNGUIDED)
         return metrics_csv
 
     def publish(self, paths: list[Path], unguided_csv: Optional[Path]) -> None:
@@ -242,7 +300,8 @@ class Job:
                               self.settings.num_inference_steps, scales, unguided_csv,
                               demo=isinstance(self.io, DemoIO), flow_from_edges=self.flow is not None
                               and self.flow.from_edges,
-                              frame0=self.first_frame.describe() if self.first_frame is not None else None)
+                              frame0=self.first_frame.describe() if self.first_frame is not None else None,
+                              keyframes=self.keyframes)
         log.info(summary[0].removeprefix("qvedit: "))
         previews = []
         if unguided_csv is not None:
@@ -256,7 +315,7 @@ class Job:
         page = summary[:summary.index("next:")] if "next:" in summary else summary  # next steps: the terminal's
         write_run_html(layout.run_dir, page, {**frame_settings(self.cfg), "device": self.device}, layout.metrics_csv,
                        previews, self.first_frame.report_section() if self.first_frame is not None else None,
-                       videos=[p for p in written if p.suffix == ".mp4"])
+                       videos=[p for p in written if p.suffix == ".mp4"], keyframes=self.keyframes)
         if not in_sweep():
             print("\n".join(summary), flush=True)
 
@@ -276,4 +335,37 @@ class Job:
         if not all(path.is_file() for path in csvs.values()):
             return None
         clips = {name: {self.settings.seed: pd.read_csv(path)} for name, path in csvs.items()}
-        return plot_drift(clips, None, "drift over the clip", self.layout.drift_plot)
+        return plot_drift(clips, None, "drift over the clip", self.layout.drift_plot, self.keyframes)
+
+
+def edit_first_frame(first_frame: FirstFrameEdit, pipe) -> tuple[FirstFrameEdit, object]:
+    """On a Ray worker: make frame 0's candidates on its pipeline; the edit (what it made now) and the pick."""
+    return first_frame, first_frame.make(pipe)
+
+
+def build_worker(cfg: DictConfig, run_dir: str) -> WorkerParts:
+    """In a Ray worker of ``schedule.workers >= 2`` (``qvedit.schedule.ray_pool.FrameActor``), once: check this
+    machine's device, load the pipeline and build the clip's objects from the run's config (its interpolations
+    resolved by the driver). The driver holds the run's folders; the worker writes there under its lock."""
+    settings = RunSettings.of(cfg)
+    device = "cpu" if settings.device == "cpu" else "cuda"  # Ray hands each worker one GPU: its cuda:0
+    ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
+    model, perf, flow_settings, schedule = build(cfg.model), build(cfg.perf), build(cfg.flow), schedule_of(cfg)
+    layout = RunLayout.resolve(Path(run_dir), io, metrics, settings.debug_dir)
+    locks.delegate(layout.edges_dir)
+    source = open_source(io, layout)
+    plan = ClipPlan.of(settings, source)
+    torchao_only_for_fp8(perf.quantize)
+    check_device(device)
+    check_perf(perf, device, settings.dtype, 1)
+    check_model(model)
+    check_decoder(ttlg)
+    pipe = load_pipeline(model, device, settings.dtype, perf)
+    apply_perf(pipe, perf)
+    pipe.set_progress_bar_config(disable=True)  # the driver's one line says how the clip goes
+    scorer = FrameMetrics(metrics, device)
+    flow_guided = ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0
+    flow = ClipFlow(flow_settings, source, plan.init_size, torch.device(device)) \
+        if metrics.quality or flow_guided else None
+    return WorkerParts(pipe, source, settings, ttlg, anchor, flow, plan, layout, scorer,
+                       SegmentPlan(schedule, plan.total, anchor.first_frame_image))

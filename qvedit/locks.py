@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".qvedit-lock"
 
 _held: dict[Path, int] = {}  # folder -> the open lock file this process holds
+_delegated: set[Path] = set()  # folders another process of this run holds (a Ray worker's driver)
 
 
 def _still_held(folder: Path) -> bool:
@@ -64,6 +65,16 @@ def hold(folder: Path) -> None:
     except OSError:  # a full disk: the lock holds all the same, its holder is just not named
         pass
     _held[folder] = fd
+
+
+def delegate(folder: Path) -> None:
+    """``folder`` is held by this run's driver (``schedule.workers >= 2``): this worker process writes there under
+    the driver's lock, neither taking it nor clearing what other workers are writing (``delegated``)."""
+    _delegated.add(Path(folder).resolve())
+
+
+def delegated(folder: Path) -> bool:
+    return Path(folder).resolve() in _delegated
 
 
 def release(folder: Path) -> None:

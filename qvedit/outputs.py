@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -94,6 +94,7 @@ class ClipOutputs:
         self.metrics_csv = metrics_csv
         self.metrics = metrics or FrameMetrics()
         self.debug_dir = debug_dir  # guidance debug images, when set
+        self.hops: Callable[[int], int] = lambda index: index  # the hops of each frame (a chain's: its index)
         self._rows: Optional[MetricsLog] = None
 
     @property
@@ -118,7 +119,7 @@ class ClipOutputs:
                               "write to a new folder (another hydra.run.dir or io.out_frames_dir)")
         done = min(done, total)
         if self.metrics_csv and done > 1:  # a frame whose metrics row was lost is made again (same bytes)
-            done = min(done, 1 + len(complete_rows(self.metrics_csv, self.metrics.columns)))
+            done = min(done, 1 + len(complete_rows(self.metrics_csv, self.metrics.columns, self.hops)))
         return done
 
     def previous_frame(self, done: int, init: Image.Image) -> Image.Image:
@@ -129,7 +130,7 @@ class ClipOutputs:
         """Begin at frame ``done``: write frame 0 if needed, keep the metrics rows of the frames before.
         Returns the paths of the frames finished so far."""
         if self.metrics_csv:
-            self._rows = MetricsLog(self.metrics_csv, self.metrics.columns, keep_frames_before=done)
+            self._rows = MetricsLog(self.metrics_csv, self.metrics.columns, keep_frames_before=done, hops=self.hops)
         self.metrics.start(init)
         finished(self.folder, done - 1)
         return [self.frames.write(0, init)] if done == 0 else [self.frames.path(i) for i in range(done)]

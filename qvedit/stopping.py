@@ -44,7 +44,7 @@ _shield_depth = 0
 _deferred: list[tuple[Callable, int]] = []
 _committing = threading.Lock()  # held by the main thread while a shielded block runs
 _stopping = threading.Event()  # the main thread took a stop signal and is unwinding
-_kept: dict[str, int] = {}  # frames folder -> the last frame finished there (with its metrics row)
+_kept: dict[str, int | str] = {}  # frames folder -> the last frame finished there (with its row), or what is
 _message: Callable[[int], str] = lambda signum: f"qvedit: stopped by {signal.Signals(signum).name}"
 _watcher: list = []  # the watcher thread, once started
 
@@ -73,12 +73,19 @@ def finished(folder, last: int) -> None:
     _kept[str(folder)] = last
 
 
+def finished_text(folder, text: str) -> None:
+    """What of the clip in ``folder`` is on disk with its metrics rows, said as ``text`` (``12 of 47 frames``): a
+    segment schedule's finished frames need not be 1..N."""
+    _kept[str(folder)] = text
+
+
 def kept_text() -> str:
     """What a stopped run keeps: ``frames 1..3 (and their metrics rows) are kept in F`` or that none was finished."""
-    made = [(folder, last) for folder, last in _kept.items() if last >= 1]
+    made = [(folder, last) for folder, last in _kept.items() if isinstance(last, str) or last >= 1]
     if not made:
         return "no frame was finished (frame 0 is the input)"
-    return "; ".join((f"frames 1..{last} and their metrics rows are" if last > 1 else "frame 1 and its metrics row is")
+    return "; ".join((f"{last} and their metrics rows are" if isinstance(last, str) else
+                      f"frames 1..{last} and their metrics rows are" if last > 1 else "frame 1 and its metrics row is")
                      + f" kept in {folder}" for folder, last in made)
 
 

@@ -141,20 +141,33 @@ COMMANDS = {  # name -> the commands run one after another into one folder
 }
 
 
+# A segment schedule (keyframes 3 and 6, segments 1-2, 4-5 and 7; frames 2 and 5 meet the next keyframe) with
+# flow-warped temporal guidance after frame 0's edit, in one process, with one thread: the frames Ray's workers
+# (one thread each) must give too (tests/test_schedule.py). Shared like the commands above, not held to recorded
+# pixels.
+SEGMENTS = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram_flow", "ttlg.last_steps=2", "num_inference_steps=4",
+            "max_frames=8", "schedule=segments", "schedule.keyframe_every=3", "schedule.meet_frames=1",
+            "first_frame.prompt=make it a watercolour painting", "first_frame.num_inference_steps=2"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+SHARED = {"segments": ([SEGMENTS], ONE_THREAD)}  # name -> (commands, environment)
+
+
 @pytest.fixture(scope="session")
 def made(tmp_path_factory):
-    """``made(name)`` -> (folder, [the finished process of each command]): ``COMMANDS[name]`` run once per
-    session into one folder (a run folder, or a sweep folder for a ``-m`` command). Readers must not change it."""
+    """``made(name)`` -> (folder, [the finished process of each command]): ``COMMANDS[name]`` (or ``SHARED[name]``)
+    run once per session into one folder (a run folder, or a sweep folder for a ``-m`` command). Readers must not
+    change it."""
     runs = {}
 
     def make(name: str):
         if name not in runs:
             folder, results = tmp_path_factory.mktemp("made") / name, []
-            for command in COMMANDS[name]:
+            commands, env = SHARED[name] if name in SHARED else (COMMANDS[name], THREADS)
+            for command in commands:
                 sweep = "-m" in command
                 overrides = [arg for arg in command if arg != "-m"]
                 results.append(run_qvedit(*overrides, f"hydra.{'sweep' if sweep else 'run'}.dir={folder}",
-                                          *(["-m"] if sweep else []), env=THREADS))
+                                          *(["-m"] if sweep else []), env=env))
                 assert results[-1].returncode == 0, results[-1].stderr[-3000:]
             runs[name] = (folder, results)
         return runs[name]

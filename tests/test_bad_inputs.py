@@ -308,8 +308,9 @@ def misfit_tiny_decoder(t, ctx):
 
     import torch
 
-    save_file({"decoder.1.weight": torch.zeros(256, 4, 3, 3)}, t / "taew2_1.safetensors")
-    return plain(t) + ["ttlg=edge", "ttlg.decoder=tiny", f"ttlg.tiny_decoder={t}"]
+    (t / "decoder").mkdir()  # a folder of its own: the run folder may not be inside an input's
+    save_file({"decoder.1.weight": torch.zeros(256, 4, 3, 3)}, t / "decoder" / "taew2_1.safetensors")
+    return plain(t) + ["ttlg=edge", "ttlg.decoder=tiny", f"ttlg.tiny_decoder={t / 'decoder'}"]
 
 
 def value(*overrides: str):
@@ -318,7 +319,7 @@ def value(*overrides: str):
 
 CASES = [
     Case("no inputs", lambda t, ctx: [], "io.init_frame and io.edge_frames_dir are not set", early=True),
-    Case("missing init frame", lambda t, ctx: [f"io.init_frame={t / 'nope.png'}", f"io.edge_frames_dir={t}"],
+    Case("missing init frame", lambda t, ctx: [f"io.init_frame={t / 'nope.png'}", f"io.edge_frames_dir={clip(t)[1]}"],
          "init frame not found", early=True),
     Case("missing edge folder", lambda t, ctx: frames_io(clip(t)[0], t / "nope"), "edge frame folder not found",
          early=True),

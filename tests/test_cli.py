@@ -16,9 +16,11 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(made):
     frames = sorted(p.name for p in (run_dir / "frames").glob("*.png"))
     assert frames == [f"{i:05d}.png" for i in range(9)]
     header, *rows = (run_dir / "metrics.csv").read_text().splitlines()
-    assert header.split(",") == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px",
-                                 "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
-    assert len(rows) == 8 and all(int(row.split(",")[9]) == 8 for row in rows)  # every one of the 8 steps guided
+    assert header.split(",") == ["frame", "hops", "edge_loss", "gram_loss", "warp_error", "color_drift",
+                                 "edge_offset_px", "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps",
+                                 "peak_mem_mib"]
+    assert len(rows) == 8 and all(int(row.split(",")[10]) == 8 for row in rows)  # every one of the 8 steps guided
+    assert [row.split(",")[1] for row in rows] == [row.split(",")[0] for row in rows]  # a chain: hops = frame
     assert b"\r" not in (run_dir / "metrics.csv").read_bytes()
     assert len(list((run_dir / "unguided" / "frames").glob("*.png"))) == 9  # the twin without guidance
     assert (run_dir / "preview.png").is_file() and (run_dir / "preview.gif").is_file()

@@ -154,7 +154,8 @@ def test_a_value_its_key_does_not_take_is_one_line_before_anything_is_built(key,
 
 
 FREE_TEXT = {"prompt", "negative_prompt", "device", "anchor.prompt", "first_frame.prompt", "first_frame.negative_prompt",
-             "logger.experiment_name", "perf.attention_backend"}  # diffusers' kernels: checked as they are set
+             "logger.experiment_name", "perf.attention_backend",  # diffusers' kernels: checked as they are set
+             "schedule.ray_address"}  # an address: checked by reaching it
 
 
 def test_every_key_that_takes_words_names_them():

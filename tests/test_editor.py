@@ -48,8 +48,8 @@ def test_writes_t_frames_and_copies_frame_0_exactly(tiny_pipe, clip, tmp_path):
     for path in paths[1:]:
         assert Image.open(path).size == (64, 48) and Image.open(path).mode == "RGB"
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "frame,seconds,guided_steps,peak_mem_mib"
-    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert rows[0] == "frame,hops,seconds,guided_steps,peak_mem_mib"
+    assert [r.split(",")[:2] for r in rows[1:]] == [["1", "1"], ["2", "2"], ["3", "3"]]  # a chain: hops = frame
 
 
 def test_same_seed_same_frames_other_seed_other_frames(tiny_pipe, clip, tmp_path):

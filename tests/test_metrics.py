@@ -51,9 +51,11 @@ def test_known_values(metrics):
 
 
 def test_columns(metrics):
-    assert metrics.columns == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px",
-                               "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps", "peak_mem_mib"]
-    assert FrameMetrics(MetricsSettings(quality=False)).columns == ["frame", "seconds", "guided_steps", "peak_mem_mib"]
+    assert metrics.columns == ["frame", "hops", "edge_loss", "gram_loss", "warp_error", "color_drift",
+                               "edge_offset_px", "lpips_to_init", "lpips_to_prev", "seconds", "guided_steps",
+                               "peak_mem_mib"]
+    assert FrameMetrics(MetricsSettings(quality=False)).columns == ["frame", "hops", "seconds", "guided_steps",
+                                                                    "peak_mem_mib"]
 
 
 def forget(kind: str, monkeypatch) -> None:
@@ -95,11 +97,11 @@ def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
         outputs.append(edit_clip(tiny_pipe, source, clip_outputs, settings, TTLGSettings(), flow=flow))
     assert [p.read_bytes() for p in outputs[0]] == [p.read_bytes() for p in outputs[1]]
     header, *rows = (tmp_path / "measured.csv").read_text().splitlines()
-    assert header.startswith("frame,edge_loss,gram_loss,warp_error,color_drift,edge_offset_px,lpips_to_init,"
+    assert header.startswith("frame,hops,edge_loss,gram_loss,warp_error,color_drift,edge_offset_px,lpips_to_init,"
                              "lpips_to_prev,seconds")
-    assert len(rows) == 3 and all(len(r.split(",")) == 11 for r in rows)
-    assert all(float(r.split(",")[4]) > 0 and r.split(",")[5] != "" for r in rows)  # color_drift, edge_offset_px
-    assert all(float(r.split(",")[3]) > 0 for r in rows)  # warp_error against the previous frame
+    assert len(rows) == 3 and all(len(r.split(",")) == 12 for r in rows)
+    assert all(float(r.split(",")[5]) > 0 and r.split(",")[6] != "" for r in rows)  # color_drift, edge_offset_px
+    assert all(float(r.split(",")[4]) > 0 for r in rows)  # warp_error against the previous frame
     assert all(float(r.split(",")[-1]) > 0 for r in rows)  # peak memory is measured
 
 

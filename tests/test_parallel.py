@@ -92,7 +92,7 @@ def test_a_team_resumes_from_rank0s_frames_and_only_rank0_writes(tmp_path):
     assert [p.name for p in frames] == [p.name for p in sorted(whole.glob("*.png"))]
     assert all(p.read_bytes() == (whole / p.name).read_bytes() for p in frames)
     rows = (tmp_path / "shared" / "run0" / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("frame,edge_loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert rows[0].startswith("frame,hops,edge_loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
     assert (tmp_path / "shared" / "run0" / "preview.gif").is_file()
     follower = tmp_path / "shared" / "run1"
     assert not (follower / "preview.gif").exists()  # rank 1 wrote nothing of the run's outputs
@@ -140,7 +140,7 @@ def test_cfg_parallel_torchrun_on_two_cpu_processes_gives_the_single_process_fra
     assert len(frames) == 4  # a clip's first frames do not depend on how many follow
     assert all(p.read_bytes() == (single / "frames" / p.name).read_bytes() for p in frames)
     metrics = (tmp_path / "team" / "metrics.csv").read_text().splitlines()
-    assert len(metrics) == 4 and metrics[0].startswith("frame,edge_loss")
+    assert len(metrics) == 4 and metrics[0].startswith("frame,hops,edge_loss")
     # rank 1 ran in a scratch folder under TMPDIR, removed at its exit
     assert not any(p.name.startswith("qvedit-rank") for p in tmp_path.rglob("*"))
 

@@ -89,8 +89,8 @@ LAYERS = (
     ("io",),
     ("anchor",),
     ("report",),
-    ("plan", "editor", "outputs", "first_frame", "keys", "values", "job", "main", "__main__", "bench", "accept",
-     "diff", "selftest", "toy"),
+    ("plan", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "main", "__main__", "bench",
+     "accept", "diff", "selftest", "toy"),
 )
 # what a settings module (data only) may import: the settings beside it and the leaves that tag and check fields
 SETTINGS_MAY_IMPORT = ("qvedit.settings", "qvedit.errors", "qvedit.fields", "qvedit.files")

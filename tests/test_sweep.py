@@ -28,7 +28,7 @@ def test_acceptance_sweep_writes_the_report(made):
     table = pd.read_csv(sweep / "acceptance.csv")
     assert {"edge_loss ratio guided/off", "warp_error ratio guided/off"} <= set(table["criterion"])
     metrics = pd.read_csv(sweep / jobs[2] / "metrics.csv")
-    assert metrics.columns.tolist() == ["frame", "edge_loss", "gram_loss", "warp_error", "color_drift",
+    assert metrics.columns.tolist() == ["frame", "hops", "edge_loss", "gram_loss", "warp_error", "color_drift",
                                         "edge_offset_px", "lpips_to_init", "lpips_to_prev", "seconds",
                                         "guided_steps", "peak_mem_mib"]
     assert metrics["warp_error"].notna().all() and (metrics["warp_error"] >= 0).all()

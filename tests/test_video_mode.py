@@ -40,8 +40,9 @@ def test_video_in_video_out(tmp_path):
 
 @pytest.mark.long
 def test_edge_video_of_another_size_and_frames_not_kept(tmp_path):
-    clip = make_video(tmp_path / "clip.mp4", frames=2)
-    edges = make_video(tmp_path / "edges.mp4", frames=3, size=(96, 64))
+    (tmp_path / "in").mkdir()  # the inputs' folder of their own: the edited mp4 may not go where they are read from
+    clip = make_video(tmp_path / "in" / "clip.mp4", frames=2)
+    edges = make_video(tmp_path / "in" / "edges.mp4", frames=3, size=(96, 64))
     run = tmp_path / "run"
     result = run_qvedit(*RUN, f"io.rgb_video={clip}", f"io.edge_video={edges}", "io.keep_frames=false",
                         f"io.out_video={tmp_path / 'edited.mp4'}", f"hydra.run.dir={run}")

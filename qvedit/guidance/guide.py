@@ -96,7 +96,7 @@ class Guide:
             terms.append((s.edge_scale, losses.edge_loss(image.float(), edge_target, s.edge_op, s.edge_size)))
         if s.gram_scale > 0:
             terms.append((s.gram_scale, losses.gram_loss(self.vgg.grams(image, s.gram_size), self.reference_grams)))
-        if s.temporal_scale > 0:
+        if s.temporal_scale > 0 and self.temporal_target is not None:
             terms.append((s.temporal_scale, losses.temporal_loss(image.float(), self.temporal_target, s.temporal_size,
                                                                  self.temporal_mask)))
         if s.color_scale > 0:
@@ -118,7 +118,7 @@ class Guide:
 
     def callback(self, frame_index: int, edge_target: torch.Tensor, height: int, width: int,
                  num_steps: int, velocity: VelocityRecorder, flow: Optional[FlowPair] = None,
-                 color_target: Optional[LabStats] = None) -> Callable:
+                 color_target: Optional[LabStats] = None, temporal: bool = True) -> Callable:
         """The ``callback_on_step_end`` for one frame (docs/METHOD.md, section 3).
 
         Args:
@@ -132,6 +132,8 @@ class Guide:
                 occlusions are left out.
             color_target: the frame's target CIELAB statistics (``qvedit.anchor.color.ColorAnchor.target``),
                 for ``ttlg.color_scale``.
+            temporal: False leaves the temporal term out of this frame (a keyframe of ``schedule=segments``: the
+                frame before it is not made yet, and the frame it follows is many frames away).
 
         Returns:
             The callback: ``(pipe, i, t, callback_kwargs) -> {"latents": ...}`` on a guided step, ``{}`` on others.
@@ -144,8 +146,8 @@ class Guide:
                 raise ValueError("ttlg.color_scale needs the frame's colour target")
             self.color_target = tuple(torch.as_tensor(v, dtype=torch.float32, device=self.device)
                                       for v in (color_target.mean, color_target.std))
-        self.temporal_target, self.temporal_mask = self.previous, None
-        if self.settings.temporal_mode == "flow" and self.settings.temporal_scale > 0:
+        self.temporal_target, self.temporal_mask = (self.previous if temporal else None), None
+        if self.settings.temporal_mode == "flow" and self.settings.temporal_scale > 0 and temporal:
             if flow is None:
                 raise ValueError("ttlg.temporal_mode=flow needs the frame's flow")
             self.temporal_target = warp(self.previous, flow.backward.to(self.device))

@@ -166,8 +166,9 @@ class FrameWriter:
             raise QveditError(f"cannot create output folder {self.folder}: {err.strerror}") from None
         if not os.access(self.folder, os.W_OK):
             raise QveditError(f"output folder {self.folder} is not writable: set io.out_frames_dir elsewhere")
-        locks.hold(self.folder)
-        remove_partials(self.folder)  # left by a killed run
+        if not locks.delegated(self.folder):  # a Ray worker writes under its driver's lock
+            locks.hold(self.folder)
+            remove_partials(self.folder)  # left by a killed run
 
     def path(self, index: int) -> Path:
         return self.folder / f"{index:05d}.png"

@@ -170,10 +170,13 @@ def judge_drift(on: dict, off: dict, frames: int, limit: float) -> tuple[Optiona
                                          f"{frames - quarter(frames) + 1}..{frames}: {guided:.4g} vs {unguided:.4g}")
 
 
-def plot_drift(clips: dict[str, dict], frames: Optional[int], title: str, out) -> Optional[object]:
+def plot_drift(clips: dict[str, dict], frames: Optional[int], title: str, out,
+               keyframes: Sequence[int] = ()) -> Optional[object]:
     """One figure, a panel per drift column over frames 1..``frames`` (None: all): a line per seed and clip, a
     colour per seed and a line style per clip, a shared legend below the panels. ``clips``: {name: {seed:
-    metrics.csv table}}, e.g. {"guided": ..., "off": ...}. Returns the PNG, None when no column is there."""
+    metrics.csv table}}, e.g. {"guided": ..., "off": ...}. ``keyframes`` (``schedule=segments``): a dotted line at
+    each seam, between a segment's last frame and the keyframe after it. Returns the PNG, None when no column is
+    there."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,6 +199,9 @@ def plot_drift(clips: dict[str, dict], frames: Optional[int], title: str, out) -
                     series = runs[seed].set_index("frame")[column].loc[1:frames]
                     axis.plot(series.index, series.to_numpy(), style, color=colours[number % len(colours)],
                               marker="o", markersize=3, label=f"{name}, seed {seed}")
+        for number, keyframe in enumerate(keyframes):
+            axis.axvline(keyframe - 0.5, color="#b05000", linestyle=":", linewidth=1,
+                         label="seam (before a keyframe)" if number == 0 else None)
         axis.set_title(column)
         axis.set_xlabel("frame")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -11,7 +11,7 @@ import logging
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import jinja2
 import pandas as pd
@@ -175,18 +175,21 @@ def _edge_maps(job_dir: Path, frames: int) -> list:
 
 def write_run_html(run_dir: Path, summary: list[str], settings: dict, metrics_csv: Path,
                    previews: list[tuple[Path, str]], first_frame: Optional[dict] = None,
-                   videos: Optional[list[Path]] = None) -> Path:
+                   videos: Optional[list[Path]] = None, keyframes: Sequence[int] = ()) -> Path:
     """``<run>/report.html``: what the run made (``videos``: its mp4), its previews, settings and per-frame table;
-    with ``first_frame`` (``FirstFrameEdit.report_section``) the first-frame candidates too."""
+    with ``first_frame`` (``FirstFrameEdit.report_section``) the first-frame candidates too; with ``keyframes``
+    (``schedule=segments``) the keyframes' rows shaded and each seam (the frame before a keyframe) marked."""
     metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
-    rows = [[_number(value, 6) if isinstance(value, float) else str(value) for value in row]
-            for row in metrics.itertuples(index=False)]
+    roles = {**{k - 1: "seam" for k in keyframes}, **{k: "keyframe" for k in keyframes}}
+    rows = [([_number(value, 6) if isinstance(value, float) else str(value) for value in row],
+             roles.get(getattr(row, "frame", None), "")) for row in metrics.itertuples(index=False)]
     images = [{"file": _relative(path, run_dir), "caption": caption} for path, caption in previews if path.is_file()]
     videos = [_relative(path, run_dir) for path in videos or [] if Path(path).is_file()]
     return _render("run.html", run_dir / REPORT, name=page_name(run_dir), summary=[line.strip() for line in summary],
                    previews=images, settings=[(key, value, has_cjk(value)) for key, value in sorted(settings.items())],
                    metrics_file=_relative(metrics_csv, run_dir), columns=list(metrics.columns), rows=rows,
-                   videos=videos, cjk_prompt=has_cjk(settings.get("prompt", "")), first_frame=first_frame)
+                   videos=videos, cjk_prompt=has_cjk(settings.get("prompt", "")), first_frame=first_frame,
+                   keyframes=list(keyframes))
 
 
 def _relative(path: Path, folder: Path) -> str:

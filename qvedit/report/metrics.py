@@ -1,8 +1,10 @@
 """Per-frame quality metrics (docs/METHOD.md, section 4) and ``metrics.csv``.
 
 Metrics are computed from the frames as written, after generation: they never feed back into it.
-Columns: ``frame, edge_loss, gram_loss, warp_error, color_drift, edge_offset_px, lpips_to_init,
-lpips_to_prev, seconds, guided_steps, peak_mem_mib``; the quality columns are left out with ``metrics=none``,
+Columns: ``frame, hops, edge_loss, gram_loss, warp_error, color_drift, edge_offset_px, lpips_to_init,
+lpips_to_prev, seconds, guided_steps, peak_mem_mib``; ``hops`` counts the edits between frame 0 and the frame (the
+frame index in a chain, at most about ``schedule.keyframe_every`` with ``schedule=segments``); the quality columns
+are left out with ``metrics=none``,
 the LPIPS ones when the ``lpips`` package is missing; ``warp_error`` is empty when no flow was computed;
 ``color_drift`` (``qvedit.anchor.color``) and ``edge_offset_px`` (``qvedit.report.drift``) measure drift;
 ``clip_consistency`` is there only with open_clip and its weights (``qvedit.report.clip``).
@@ -15,7 +17,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,7 @@ from qvedit.settings.report import MetricsSettings
 
 log = logging.getLogger(__name__)
 
+ORDER_COLUMNS = ["frame", "hops"]  # which frame, and how many edits from frame 0 it is
 TIMING_COLUMNS = ["seconds", "guided_steps", "peak_mem_mib"]
 QUALITY_COLUMNS = ["edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px"]
 LPIPS_COLUMNS = ["lpips_to_init", "lpips_to_prev"]
@@ -88,7 +91,7 @@ class FrameMetrics:
         self.clip = load_clip(device) if self.quality else None
         quality_columns = (QUALITY_COLUMNS + (LPIPS_COLUMNS if self.lpips is not None else [])
                            + (["clip_consistency"] if self.clip is not None else [])) if self.quality else []
-        self.columns = ["frame"] + quality_columns + TIMING_COLUMNS
+        self.columns = ORDER_COLUMNS + quality_columns + TIMING_COLUMNS
 
     def start(self, init: Image.Image) -> None:
         """Remember frame 0 (the Gram and LPIPS reference)."""
@@ -102,10 +105,12 @@ class FrameMetrics:
                 self.init_grams = self.vgg.grams(self.init, self.settings.gram_size)
 
     @torch.no_grad()
-    def score(self, frame: Image.Image, edge: Image.Image, previous: Image.Image,
+    def score(self, frame: Image.Image, edge: Image.Image, previous: Optional[Image.Image],
               flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None) -> dict:
         """The quality columns of a frame's row; ``warp_error`` only with the frame's source ``flow``,
-        ``color_drift`` only with its target colour statistics (``qvedit.anchor.color.ColorAnchor``)."""
+        ``color_drift`` only with its target colour statistics (``qvedit.anchor.color.ColorAnchor``). Without
+        ``previous`` (a keyframe, made before the frame before it) the columns against it are left empty;
+        ``to_previous`` fills them in later."""
         if not self.quality:
             return {}
         image = to_tensor(frame).to(self.device)
@@ -113,18 +118,30 @@ class FrameMetrics:
             "edge_loss": float(losses.edge_loss(image, image_to_edge_target(edge).to(self.device), "sobel", None)),
             "gram_loss": float(losses.gram_loss(self.vgg.grams(image, self.settings.gram_size), self.init_grams)),
         }
-        if flow is not None:
-            row["warp_error"] = warp_error(image, to_tensor(previous), flow)
         if color_target is not None:
             row["color_drift"] = color_drift(lab_stats(frame), color_target)
         offset = edge_offset_px(frame, edge)
         if offset is not None:
             row["edge_offset_px"] = offset
+        if self.lpips is not None:
+            row["lpips_to_init"] = self._lpips(image, self.init)
+        if previous is not None:
+            row.update(self.to_previous(frame, previous, flow))
+        return {k: round(v, 6) for k, v in row.items()}
+
+    @torch.no_grad()
+    def to_previous(self, frame: Image.Image, previous: Image.Image, flow: Optional[FlowPair] = None) -> dict:
+        """The columns that compare a frame with the frame before it: ``warp_error`` (with the source ``flow``),
+        ``clip_consistency`` and ``lpips_to_prev`` (those that are on)."""
+        if not self.quality:
+            return {}
+        row = {}
+        if flow is not None:
+            row["warp_error"] = warp_error(to_tensor(frame).to(self.device), to_tensor(previous), flow)
         if self.clip is not None:
             row["clip_consistency"] = self.clip.consistency(frame, previous)
         if self.lpips is not None:
-            row["lpips_to_init"] = self._lpips(image, self.init)
-            row["lpips_to_prev"] = self._lpips(image, to_tensor(previous).to(self.device))
+            row["lpips_to_prev"] = self._lpips(to_tensor(frame).to(self.device), to_tensor(previous).to(self.device))
         return {k: round(v, 6) for k, v in row.items()}
 
     def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> float:
@@ -141,10 +158,11 @@ class MetricsLog:
     file with the same columns, so no row is ever duplicated or left half-written.
     """
 
-    def __init__(self, path: Path, columns: list[str], keep_frames_before: int = 0):
+    def __init__(self, path: Path, columns: list[str], keep_frames_before: int = 0,
+                 hops: Optional[Callable[[int], int]] = None):
         self.path = path
         self.columns = columns
-        kept = complete_rows(path, columns)[: max(0, keep_frames_before - 1)]
+        kept = complete_rows(path, columns, hops)[: max(0, keep_frames_before - 1)]
         with atomic_path(path) as partial, open(partial, "w", newline="") as handle:
             csv.writer(handle, lineterminator="\n").writerows([columns] + kept)
 
@@ -154,8 +172,11 @@ class MetricsLog:
         append_whole(self.path, line.getvalue())
 
 
-def complete_rows(path: Path, columns: list[str]) -> list[list[str]]:
-    """The whole rows of frames 1, 2, ... without a gap in an existing ``metrics.csv`` with these columns."""
+def complete_rows(path: Path, columns: list[str], hops: Optional[Callable[[int], int]] = None) -> list[list[str]]:
+    """The whole rows of frames 1, 2, ... without a gap in an existing ``metrics.csv`` with these columns.
+
+    A file an earlier qvedit wrote without the ``hops`` column counts as well when ``hops`` (frame -> its hops)
+    is given: its rows get the column, so a run folder started before it resumes with its frames."""
     if not path.is_file():
         return []
     try:
@@ -164,10 +185,14 @@ def complete_rows(path: Path, columns: list[str]) -> list[list[str]]:
     except (UnicodeDecodeError, csv.Error) as err:  # damaged on disk: its frames are made again
         log.warning("%s cannot be read (%s): its frames are made again", path, err)
         return []
-    if not rows or rows[0] != columns:
+    legacy = bool(rows) and hops is not None and "hops" in columns and rows[0] == [c for c in columns if c != "hops"]
+    if not rows or (rows[0] != columns and not legacy):
         return []
+    at = columns.index("hops") if legacy else 0
     kept = []
     for row in rows[1:]:
+        if legacy and len(row) == len(columns) - 1 and row[0] == str(len(kept) + 1):
+            row = [*row[:at], str(hops(len(kept) + 1)), *row[at:]]
         if len(row) != len(columns) or row[0] != str(len(kept) + 1):
             break
         kept.append(row)

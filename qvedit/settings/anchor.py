@@ -31,6 +31,13 @@ class AnchorSettings:
         """Whether frame ``index`` (>= 1) is made from frame 0 instead of the frame before it."""
         return self.every is not None and index % self.every == 0
 
+    def hops(self, index: int) -> int:
+        """Edits between frame 0 and frame ``index`` of a chain (``metrics.csv``'s ``hops``): ``index``, or fewer
+        from the first frame made from frame 0 on (``every``)."""
+        if self.every is None or index < self.every:
+            return index
+        return index % self.every + 1
+
     def condition_images(self, index: int, edge, previous, first):
         """The pipeline's ``image`` list for frame ``index``: [edge map, the frame it follows] and, with
         ``first_frame_image``, frame 0 as the third image."""

@@ -30,6 +30,7 @@ from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDem
 from qvedit.settings.model import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 from qvedit.settings.run import RunSettings
+from qvedit.settings.schedule import ScheduleSettings
 
 # conf/ sits beside the package (the repository layout; install with `pip install -e .`)
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
@@ -52,6 +53,7 @@ ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSetti
 ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSettings), schema(ParallelSettings)
 FlowSchema, LoggerSchema, TuningSchema = schema(FlowSettings), schema(LoggerSettings), schema(TuningSettings)
 AnchorSchema, FirstFrameSchema = schema(AnchorSettings), schema(FirstFrameSettings)
+ScheduleSchema = schema(ScheduleSettings)
 IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO),  # each io/*.yaml picks one
               "schema_demo_long": schema(LongDemoIO), "schema_shapes": schema(ShapesIO)}
 
@@ -72,6 +74,7 @@ class QveditConfig(RunSettings):
     logger: LoggerSchema = field(default_factory=LoggerSchema)
     tuning: TuningSchema = field(default_factory=TuningSchema)
     first_frame: FirstFrameSchema = field(default_factory=FirstFrameSchema)
+    schedule: ScheduleSchema = field(default_factory=ScheduleSchema)
 
 
 # -- key lists derived from the tags ----------------------------------------------------------------
