@@ -25,20 +25,18 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs (python -m qvedit from REPO) use
+
+from qvedit.cli import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
+from qvedit.errors import QveditError  # noqa: E402
 HELD_OUT = 1_000_000  # qvedit.settings.io.SHAPES_HELD_OUT_SEED
 MODELS = {"toy": "experiment=toy_cpu", "tiny": "experiment=tiny_cpu"}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"qvedit: error: benchmarks/toy_model.py: {message} (--help lists the options)", file=sys.stderr)
-        sys.exit(2)
 
 
 def qvedit(*overrides: str) -> None:
     result = subprocess.run([sys.executable, "-m", "qvedit", *overrides], cwd=REPO, capture_output=True, text=True)
     if result.returncode not in (0, 1):  # 1: a sweep whose verdict is FAIL
-        raise SystemExit(f"python -m qvedit {' '.join(overrides)} failed:\n{result.stderr[-3000:]}")
+        raise QveditError(f"python -m qvedit {' '.join(overrides)} failed: {child_error(result.stderr)}")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -69,16 +67,23 @@ def held_out_scores(model: str, clip_seed: int, seed: int, args, out: Path) -> d
             "seconds_per_frame": float(metrics["seconds"].median())}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="benchmarks/toy_model.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=6, help="held-out clips (seeds 1000000, 1000001, ...)")
-    parser.add_argument("--length", type=int, default=9, help="frames of each clip, frame 0 included (>= 2)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="generation seeds")
-    parser.add_argument("--out", default="runs/toy-bench")
-    args = parser.parse_args()
-    if args.clips < 1 or args.length < 2 or any(seed < 0 for seed in args.seeds):
-        parser.error("--clips must be >= 1, --length >= 2 and every seed >= 0")
+    parser.add_argument("--clips", type=whole(1, 1000), default=6, help="held-out clips (seeds 1000000, 1000001, ...)")
+    parser.add_argument("--length", type=whole(2, 10_000), default=9,
+                        help="frames of each clip, frame 0 included (default %(default)s)")
+    parser.add_argument("--seeds", type=whole(0, 2**63 - 1), nargs="+", default=[0, 1, 2], help="generation seeds")
+    parser.add_argument("--out", type=folder, default=Path("runs/toy-bench"))
+    return parser
 
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument, or a run that fails, is one ``qvedit: error:`` line (exit 2)."""
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
     from qvedit.report.acceptance import judge_sweep
 
     out = Path(args.out).resolve()
@@ -93,8 +98,8 @@ def main() -> None:
                           ("edge_loss", "psnr_frame_1", "psnr_last_frame", "seconds_per_frame")}
     sweep = out / "guidance"
     if not (sweep / "acceptance.md").is_file():
-        qvedit("-m", MODELS["toy"], "io=shapes", f"io.clip_seed={HELD_OUT}", f"io.length={args.length}", "ttlg=off,edge,edge_gram",
-               f"seed={','.join(map(str, args.seeds))}", f"hydra.sweep.dir={sweep}")
+        qvedit("-m", MODELS["toy"], "io=shapes", f"io.clip_seed={HELD_OUT}", f"io.length={args.length}",
+               "ttlg=off,edge,edge_gram", f"seed={','.join(map(str, args.seeds))}", f"hydra.sweep.dir={sweep}")
     verdict = judge_sweep(sweep)
     guidance = {comparison.label: {c.name: (c.value, c.passed) for c in comparison.criteria}
                 for comparison in verdict.comparisons}
@@ -117,7 +122,8 @@ def main() -> None:
     (out / "toy_model.md").write_text("\n".join(lines) + "\n")
     (out / "toy_model.json").write_text(json.dumps({"rows": rows, "summary": summary, "guidance": guidance}, indent=2))
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

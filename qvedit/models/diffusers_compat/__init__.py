@@ -20,7 +20,8 @@ import torch
 
 from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
-from qvedit.models.diffusers_compat.single_frame import check_single_frame, single_frame_convolutions  # noqa: F401
+from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
+    check_single_frame, single_frame_convolutions, use_single_frame_convolutions)
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ ADAPTATIONS = (
                "_repeated_blocks names QwenImageTransformerBlock; HookRegistry.register_hook wraps module.forward as "
                "it finds it (the compiled forward) and puts its own forward on the instance",
                _check_cache_around_compiled_blocks),
-    Adaptation("single-frame VAE convolutions", "the toy model's training (qvedit/toy/train.py)",
+    Adaptation("single-frame VAE convolutions", "perf.single_frame_vae; the toy model's training (qvedit/toy/train.py)",
                "QwenImageCausalConv3d pads time causally by 2 * padding_t zero frames (its _padding) and convolves "
                "with padding 0, so one uncached frame meets only the kernel's last time slice", check_single_frame),
 )

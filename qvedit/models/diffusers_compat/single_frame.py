@@ -35,20 +35,27 @@ def _single_frame_forward(conv, original):
     return forward
 
 
-@contextlib.contextmanager
-def single_frame_convolutions(vae: torch.nn.Module) -> Iterator[None]:
-    """Inside the block, ``vae``'s causal 3D convolutions run as 2D ones on single uncached frames (instance
-    attributes, removed after; gradients flow as through the 3D ones)."""
+def use_single_frame_convolutions(vae: torch.nn.Module, on: bool = True) -> None:
+    """From now on, ``vae``'s causal 3D convolutions run as 2D ones on single uncached frames (``on``), or as diffusers
+    defines them again (not ``on``): instance attributes, set or removed; gradients flow as through the 3D ones."""
     from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
-    convs = [m for m in vae.modules() if isinstance(m, QwenImageCausalConv3d)]
-    for conv in convs:
-        conv.forward = _single_frame_forward(conv, type(conv).forward.__get__(conv))
+    for conv in (m for m in vae.modules() if isinstance(m, QwenImageCausalConv3d)):
+        if on and "forward" not in vars(conv):
+            conv.forward = _single_frame_forward(conv, type(conv).forward.__get__(conv))
+        elif not on and "forward" in vars(conv):
+            del conv.forward
+
+
+@contextlib.contextmanager
+def single_frame_convolutions(vae: torch.nn.Module) -> Iterator[None]:
+    """``use_single_frame_convolutions`` inside the block only (as the toy model's training uses it)."""
+    was_on = any("forward" in vars(m) for m in vae.modules() if hasattr(m, "_padding"))
+    use_single_frame_convolutions(vae)
     try:
         yield
     finally:
-        for conv in convs:
-            del conv.forward
+        use_single_frame_convolutions(vae, was_on)
 
 
 def check_single_frame() -> Optional[str]:
