@@ -43,12 +43,16 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
+from qvedit.threads import use_cpu_threads
 
-from qvedit.report.bench import compare_frames, markdown, uncached, write_report
-from qvedit.settings.run import DTYPE_NAMES
+use_cpu_threads()  # before torch is imported: OpenMP reads its settings once
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from qvedit.cli import OneLineParser, emit, folder, run_tool, whole  # noqa: E402
+from qvedit.report.bench import compare_frames, markdown, uncached, write_report  # noqa: E402
+from qvedit.settings.run import DTYPE_NAMES  # noqa: E402
 
 VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
             "plain_fast", "off_fast", "lightning_off", "lightning_edge_gram", "edge_gram_decode512",
@@ -228,17 +232,20 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0],
-                                     epilog="Each variant is described in the module's docstring (qvedit/bench.py); "
-                                            "README, \"Performance\", has the figures measured with it.")
+    parser = OneLineParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0],
+                           epilog="Each variant is described in the module's docstring (qvedit/bench.py); README, "
+                                  "\"Performance\", has the figures measured with it. Exit code: 0 done, 2 bad "
+                                  "arguments or a setting the device cannot run (one line, before any loading).")
     parser.add_argument("--model", choices=("random_full", "tiny"), default="random_full",
                         help="random_full: the full 2509 architecture, random weights, timing only (a GPU); tiny: "
                              "the offline toy model, to try the benchmark on the CPU (default: %(default)s)")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default: %(default)s)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], metavar="PIXELS",
-                        help="square frame sides to time, each a multiple of 16 (default: 512 1024)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps per frame (default: %(default)s)")
-    parser.add_argument("--last-steps", type=int, default=10,
+    parser.add_argument("--sizes", type=whole(16, 4096, multiple=16), nargs="+", default=[512, 1024],
+                        metavar="PIXELS", help="square frame sides to time, each a multiple of 16 in 16..4096 "
+                                               "(default: 512 1024)")
+    parser.add_argument("--steps", type=whole(1, 1000), default=50,
+                        help="denoising steps per frame, 1..1000 (default: %(default)s)")
+    parser.add_argument("--last-steps", type=whole(0, 1000), default=10,
                         help="guided variants guide the last N steps, as ttlg.last_steps (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "off", "edge_gram"],
                         metavar="VARIANT", help=f"what to time, in this order: {', '.join(VARIANTS)} (default: "
@@ -246,15 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention-backend", default=None, help="perf.attention_backend for every variant")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="default: fp32 for the tiny model, bf16 for random_full (the fp8 variants need bf16)")
-    parser.add_argument("--out", default=None, help="folder for bench.json and bench.md (default: a new "
+    parser.add_argument("--out", type=folder, default=None, help="folder for bench.json and bench.md (default: a new "
                                                     "runs/bench/<date>/<time>/, as a run's folder)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark; bad arguments and settings the device cannot run are one ``qvedit: error:`` line (exit 2)
+    before anything loads."""
     args = build_parser().parse_args(argv)
-    out = Path(args.out) if args.out else Path("runs") / "bench" / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    return run_tool(lambda: bench(args))
 
+
+def bench(args: argparse.Namespace) -> int:
+    out = args.out or Path("runs") / "bench" / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+
+    from qvedit.devices import check_device
     from qvedit.errors import QveditError
     from qvedit.models.perf import apply_perf, check_perf
     from qvedit.settings.model import PerfSettings
@@ -265,12 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     stages += [([v for v in args.variants if stage_of(v) == suffix], perf, True) for suffix, perf in RELOADED.items()]
     stages = [(variants, PerfSettings(attention_backend=args.attention_backend, **perf), reload)
               for variants, perf, reload in stages if variants]
-    try:
-        for _, perf, _ in stages:
-            check_perf(perf, args.device, dtype)
-    except QveditError as err:
-        print(f"qvedit.bench: error: {err}")
-        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise QveditError(f"--device {args.device}{' (the default)' if args.device == 'cuda' else ''} but no CUDA GPU "
+                          "is visible: the benchmark times a GPU; --model tiny --device cpu tries it on the CPU")
+    check_device(args.device)
+    for _, perf, _ in stages:
+        check_perf(perf, args.device, dtype)
     for warning in cpu_warnings(args.model, args.device, args.sizes, args.variants):
         progress(f"warning: {warning}")
     total, done = len(args.variants) * len(args.sizes), 0
@@ -297,9 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                         frames[size, variant] = np.asarray(Image.open(rows[-1].pop("frame")).convert("RGB"))
                     compare_frames(rows, frames)
                     progress(f"{done} of {total}: {variant} at {size}² took {rows[-1]['seconds_per_frame']:.2f} s")
-                    print(json.dumps(rows[-1]), flush=True)
+                    emit(json.dumps(rows[-1]))
                     report = write_report(rows, args.model, pipe.device, out)  # after every row
-    print(markdown(report))
+    emit(markdown(report))
     progress(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
     return 0
 

@@ -301,7 +301,8 @@ class Job:
                               demo=isinstance(self.io, DemoIO), flow_from_edges=self.flow is not None
                               and self.flow.from_edges,
                               frame0=self.first_frame.describe() if self.first_frame is not None else None,
-                              keyframes=self.keyframes)
+                              keyframes=self.keyframes, anchor=self.anchor.describe(),
+                              video_notes=tuple(getattr(self.source, "video_notes", ())))
         log.info(summary[0].removeprefix("qvedit: "))
         previews = []
         if unguided_csv is not None:

@@ -16,6 +16,7 @@ from qvedit.settings.guidance import EDGE_OPS
 
 RESIZE_MODES = ("area", "nearest")  # qvedit.io.frames.RESAMPLING implements each
 SHAPES_HELD_OUT_SEED = 1_000_000  # shapes clips of this seed and above are never in the toy model's training data
+AUDIO_MODES = ("keep", "drop")  # io=video: the input's sound in the output mp4, or none
 
 
 @dataclass
@@ -67,6 +68,7 @@ class VideoIO:
     edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS)
     edges_dir: Optional[str] = setting(None, path="output")
     keep_frames: bool = setting(True)
+    audio: str = setting("keep", choices=AUDIO_MODES)  # the rgb video's sound, cut to the frames made
 
 
 IO_OPTIONS = (FramesIO, DemoIO, LongDemoIO, ShapesIO, VideoIO)
