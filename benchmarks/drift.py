@@ -1,16 +1,16 @@
-"""Drift and its defences on the long synthetic clip: every anchor preset, tiny model on the CPU, seeds 0-2.
+"""Drift and its defences on a 32-frame clip of shapes: every anchor preset, the toy model on the CPU, seeds 0-2.
 
-    python benchmarks/drift.py --out runs/drift-bench            # length 48 (the README shows length 24)
+    python benchmarks/drift.py --out runs/drift-bench            # length 32 (the README's table)
     python benchmarks/drift.py --length 24 --seeds 0 --out DIR   # a quick look
     python benchmarks/drift.py --jobs 2 --out DIR                 # two settings at once (OMP_NUM_THREADS=1)
     python benchmarks/drift.py --reuse --out DIR                  # the finished sweeps kept, the rest made
 
-Each setting below is one ``experiment=drift_demo`` sweep (``io=demo_long``: a pan while the light turns to
-sunset, ``ttlg=off`` and ``ttlg=edge_gram`` for each seed), judged over the whole clip. Writes ``drift.md`` (the
+Each setting below is one ``experiment=drift_demo`` sweep (``io=shapes``: a held-out clip of shapes the toy model
+never saw, ``ttlg=off`` and ``ttlg=edge_gram`` for each seed), judged over the whole clip. Writes ``drift.md`` (the
 table the README shows: per setting, guided and off, the median over seeds of the last-quarter mean of each
 drift column and its growth over the first quarter), ``drift.json`` and ``drift.png`` (median ``color_drift``
-per frame of every setting). The tiny model has random weights: its frames are noise-like, so the figures show
-what each defence does to the measured drift, not how the real model's images look.
+per frame of every setting). The toy model (``model=toy``) was trained in this repository on synthetic shapes: the
+figures show what each defence does to a model that really edits and drifts, not how the real model's images look.
 """
 
 from __future__ import annotations
@@ -63,14 +63,14 @@ def run_setting(name: str, overrides: list[str], args, out: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="benchmarks/drift.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--length", type=whole(2, 10_000), default=48,
+    parser.add_argument("--length", type=whole(2, 10_000), default=32,
                         help="frames of the clip, frame 0 included (io.length: 2..10000; default %(default)s)")
     parser.add_argument("--seeds", type=whole(0, 2**63 - 1), nargs="+", default=[0, 1, 2],
                         help="the seeds of each setting, each once (default 0 1 2)")
     parser.add_argument("--out", type=folder, default=Path("runs/drift-bench"), help="the folder of the sweeps and "
                         "of drift.md/.json/.png (default %(default)s)")
     parser.add_argument("--jobs", type=whole(1, 64), default=1, help="settings run at once (after a one-frame run "
-                        "that builds the tiny model and the clip in the cache; default %(default)s)")
+                        "that makes the clip in the cache; default %(default)s)")
     parser.add_argument("--reuse", action="store_true", help="keep the sweeps already finished in --out (a "
                         "run that stopped, or the table made again) instead of resuming each job")
     return parser
@@ -93,7 +93,7 @@ def measure(args: argparse.Namespace) -> int:
     from qvedit.report.drift import median_trends, shown
 
     out = args.out.resolve()
-    if args.jobs > 1:  # one frame first, alone: it builds the tiny model and the clip in the cache
+    if args.jobs > 1:  # one frame first, alone: it makes the clip in the cache
         warm_up = [sys.executable, "-m", "qvedit", "experiment=drift_demo", f"io.length={args.length}",
                    "max_frames=1", f"hydra.run.dir={out / 'warm-up'}"]
         run_step(warm_up, "the warm-up run", log=out / "warm-up.log", cwd=REPO)
@@ -122,8 +122,9 @@ def measure(args: argparse.Namespace) -> int:
                                            for _, row in table.iterrows()]
     columns = ["setting", "ttlg", "color_drift last quarter", "color_drift vs anchor=none", "color_drift growth",
                "edge_offset_px last quarter", "lpips_to_init last quarter", "gram_loss last quarter"]
-    lines = [f"tiny model, CPU ({os.cpu_count()} cores), io=demo_long length {args.length}, seeds {args.seeds}, "
-             f"{time.strftime('%Y-%m-%d')}: median over seeds; last quarter = mean over the last quarter of the frames",
+    lines = [f"toy model, CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end), io=shapes length "
+             f"{args.length}, seeds {args.seeds}, {time.strftime('%Y-%m-%d')}: median over seeds; last quarter = mean "
+             "over the last quarter of the frames",
              "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(shown(row[c]) if isinstance(row[c], float) else str(row[c])

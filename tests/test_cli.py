@@ -27,7 +27,7 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(made):
     page = assert_page_is_whole(run_dir / "report.html")  # real headless Chromium
     assert [src for src, _ in page["images"]] == ["compare_unguided.gif", "preview.gif", "preview.png", "drift.png"]
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-    assert saved["model"]["_target_"] == "qvedit.settings.model.TinyModel"
+    assert saved["model"]["_target_"] == "qvedit.settings.model.ToyModel"  # the toy model that really edits
     assert "experiment=demo" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     out = result.stdout
     assert "guidance edge 1, gram 0.2: 8 of 8 denoising steps per frame took a guidance step" in out

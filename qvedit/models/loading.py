@@ -20,7 +20,7 @@ import torch
 from qvedit.devices import check_device, torch_dtype
 from qvedit.errors import QveditError, short_reason
 from qvedit.models import cache
-from qvedit.models.integrity import check_model_folder
+from qvedit.models.integrity import check_model_folder, check_toy_weights
 from qvedit.models.lora import PLAIN, Variant
 from qvedit.settings.model import ModelSettings, PerfSettings
 
@@ -45,6 +45,9 @@ def load_pipeline(model: ModelSettings, device: str, dtype: str, perf: Optional[
     variant = Variant.of(model.loras, perf.fuse_loras if perf is not None else True, model.scheduler)
     if model.kind == "tiny":
         return load_tiny(model.model_id, device, dtype, perf, variant)
+    if model.kind == "toy":
+        check_toy_weights(Path(model.model_id).expanduser())
+        return load_pretrained(model.model_id, device, dtype, perf, variant)
     if model.kind == "random_full":
         return load_random_full(device, dtype, perf, variant)
     return load_pretrained(model.model_id, device, dtype, perf, variant)

@@ -26,7 +26,7 @@ from qvedit.fields import tags_of, value_problem, walk
 from qvedit.files import cache_dir
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
-from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, VideoIO
+from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, ShapesIO, VideoIO
 from qvedit.settings.model import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 from qvedit.settings.run import RunSettings
@@ -57,7 +57,7 @@ AnchorSchema, FirstFrameSchema = schema(AnchorSettings), schema(FirstFrameSettin
 StartSchema = schema(StartSettings)
 ScheduleSchema = schema(ScheduleSettings)
 IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO),  # each io/*.yaml picks one
-              "schema_demo_long": schema(LongDemoIO)}
+              "schema_demo_long": schema(LongDemoIO), "schema_shapes": schema(ShapesIO)}
 
 
 @dataclass
@@ -204,6 +204,9 @@ def register_schemas() -> None:
         store.store(group="io", name=name, node=node)
     # ${qvedit.cache:demo-clip} -> <cache folder>/demo-clip; the cache folder is $QVEDIT_CACHE or ~/.cache/qvedit
     OmegaConf.register_new_resolver("qvedit.cache", lambda sub="": str(cache_dir() / sub), replace=True)
+    # ${qvedit.package:toy/weights} -> the folder of that name inside the installed qvedit package
+    OmegaConf.register_new_resolver("qvedit.package", lambda sub="": str(Path(__file__).resolve().parent.parent / sub),
+                                    replace=True)
     # the overrides that sweep folder names leave out (conf/hydra/default.yaml)
     OmegaConf.register_new_resolver("qvedit.folder_name_excluded_keys", folder_name_excluded_keys, replace=True)
     # a sweep job's folder: its number and overrides, bounded in length (job_folder_name)

@@ -22,6 +22,8 @@ import torch
 from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
 from qvedit.models.diffusers_compat.start import check_start_latents, check_start_schedule
+from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
+    check_single_frame, single_frame_convolutions, use_single_frame_convolutions)
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +355,9 @@ ADAPTATIONS = (
                "config values) and begins at index 0; set_timesteps shifts each sigma alone and stretches by the last "
                "one (stretch_shift_to_terminal: 0/0 for a single sigma of 1)",
                lambda: check_start_schedule(_has, _in_call, _in_source)),
+    Adaptation("single-frame VAE convolutions", "perf.single_frame_vae; the toy model's training (qvedit/toy/train.py)",
+               "QwenImageCausalConv3d pads time causally by 2 * padding_t zero frames (its _padding) and convolves "
+               "with padding 0, so one uncached frame meets only the kernel's last time slice", check_single_frame),
 )
 
 
