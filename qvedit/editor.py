@@ -24,7 +24,7 @@ from qvedit.images import to_pil, to_tensor
 from qvedit.io.flow import ClipFlow
 from qvedit.io.source import FrameSource
 from qvedit.lab import LabStats
-from qvedit.models.diffusers_compat import condition_area, execution_device, record_velocity
+from qvedit.models.diffusers_compat import condition_area, execution_device, negative_prompt_for, record_velocity
 from qvedit.models.parallel import Team
 from qvedit.outputs import ClipOutputs, keeps_saved_frames
 from qvedit.plan import ClipPlan
@@ -121,7 +121,7 @@ class FrameMaker:
             result = self.pipe(
                 image=images(edge),
                 prompt=prompt,
-                negative_prompt=self.settings.negative_prompt,
+                negative_prompt=negative_prompt_for(self.settings.negative_prompt, self.settings.true_cfg_scale),
                 true_cfg_scale=self.settings.true_cfg_scale,
                 num_inference_steps=self.settings.num_inference_steps,
                 height=gen_height,

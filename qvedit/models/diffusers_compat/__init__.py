@@ -21,11 +21,17 @@ import torch
 
 from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
-from qvedit.models.diffusers_compat.start import check_start_latents, check_start_schedule
 from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
     check_single_frame, single_frame_convolutions, use_single_frame_convolutions)
+from qvedit.models.diffusers_compat.start import check_start_latents, check_start_schedule
 
 log = logging.getLogger(__name__)
+
+
+def negative_prompt_for(negative_prompt: Optional[str], true_cfg_scale: float) -> Optional[str]:
+    """The ``negative_prompt`` a pipeline call is given: None without true CFG (``true_cfg_scale <= 1``), where
+    ``__call__`` would not use it and logs a warning every call that it was passed."""
+    return negative_prompt if true_cfg_scale > 1 else None
 
 TESTED_DIFFUSERS = "0.42.1"
 
