@@ -2,8 +2,9 @@
 
 qvedit never edits site-packages and never copies the denoising loop; where the pipeline offers no
 argument for what qvedit needs, it adapts the pipeline at run time, and all of that is here. Each
-adaptation is listed in ``ADAPTATIONS`` with what it relies on (the decode path lives in ``decode.py``, the
-CFG passes in ``cfg_passes.py``, beside this file); ``tests/test_diffusers_compat.py``
+adaptation is listed in ``ADAPTATIONS`` with what it relies on and the pipeline family it adapts (the decode path
+lives in ``decode.py``, the CFG passes in ``cfg_passes.py``, Qwen-Image 2.1's ``QwenImage21Pipeline`` in
+``qwenimage21.py``, beside this file); ``tests/test_diffusers_compat.py``
 runs every check, so a diffusers upgrade that breaks one fails with the adaptation's name. At start
 a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the adaptations at risk.
 """
@@ -19,6 +20,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
+from qvedit.models.diffusers_compat import qwenimage21
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -268,15 +270,27 @@ def _check_cache_around_compiled_blocks() -> Optional[str]:
                       "self._module_ref.forward = ")
 
 
+def _check_zero_cond_t() -> Optional[str]:
+    from diffusers import QwenImageTransformer2DModel
+
+    if "zero_cond_t" not in inspect.signature(QwenImageTransformer2DModel).parameters:
+        return "QwenImageTransformer2DModel takes no zero_cond_t"
+    if "modulate_index" not in QwenImageTransformer2DModel._cp_plan.get("transformer_blocks.*", {}):
+        return "QwenImageTransformer2DModel._cp_plan no longer splits modulate_index with the sequence"
+    return (_in_source(QwenImageTransformer2DModel.forward, "if self.zero_cond_t:", "[0] * prod(sample[0])")
+            or _in_call("img_shapes = [", "(1, height // self.vae_scale_factor // 2, width // self.vae_scale_factor // 2)"))
+
+
 @dataclass(frozen=True)
 class Adaptation:
     name: str
     used_by: str
     relies_on: str
     check: Callable[[], Optional[str]]  # None when the assumption holds, else what changed
+    family: str = "qwen_edit_plus"  # the pipeline it adapts (qvedit.models.family): QwenImageEditPlusPipeline's
 
 
-ADAPTATIONS = (
+EDIT_PLUS_ADAPTATIONS = (
     Adaptation("condition_area", "condition_area key",
                "module constant pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE, read by __call__ on every call; "
                "condition image sizes from calculate_dimensions(CONDITION_IMAGE_SIZE / VAE_IMAGE_SIZE, W / H)",
@@ -316,7 +330,13 @@ ADAPTATIONS = (
                "_repeated_blocks names QwenImageTransformerBlock; HookRegistry.register_hook wraps module.forward as "
                "it finds it (the compiled forward) and puts its own forward on the instance",
                _check_cache_around_compiled_blocks),
+    Adaptation("zero_cond_t (2511)", "model=qwen_edit_2511 (with parallel.* degrees, perf.cache)",
+               "the transformer config's zero_cond_t gives condition tokens the t = 0 modulation through modulate_index, "
+               "built from img_shapes with the target image first (as __call__ passes them) and split with the "
+               "sequence by _cp_plan", _check_zero_cond_t),
 )
+# QwenImage21Pipeline's (Qwen-Image 2.1), whose checks live in qwenimage21.py
+ADAPTATIONS = EDIT_PLUS_ADAPTATIONS + tuple(Adaptation(*entry, family="qwen_image_21") for entry in qwenimage21.CHECKS)
 
 
 def broken_adaptations() -> list[tuple[Adaptation, str]]:
