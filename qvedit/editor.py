@@ -25,7 +25,8 @@ from qvedit.images import to_pil, to_tensor
 from qvedit.io.flow import ClipFlow
 from qvedit.io.source import FrameSource
 from qvedit.lab import LabStats
-from qvedit.models.diffusers_compat import condition_area, execution_device, record_velocity
+from qvedit.models.diffusers_compat import execution_device, record_velocity
+from qvedit.models.family import family_of
 from qvedit.models.parallel import Team
 from qvedit.outputs import ClipOutputs
 from qvedit.plan import ClipPlan
@@ -104,9 +105,9 @@ class FrameMaker:
         pair = self.flow.pair(index, edge) if self.flow is not None and self.team.is_main else None
         generator = torch.Generator(device=self.device).manual_seed(frame_seed(self.settings.seed, index))
         color_target = self.color.target(index) if self.color is not None else None
-        guide = self.guide
+        guide, family = self.guide, self.plan.family
         with frame_memory(index, (gen_width, gen_height), self.pipe, self.device), \
-                condition_area(self.plan.condition_area), record_velocity(self.pipe.scheduler) as velocity:
+                family.conditions(self.plan.condition_area), record_velocity(self.pipe.scheduler) as velocity:
             callback = None
             if guide is not None:
                 guide.frame_done(to_tensor(previous))
@@ -115,16 +116,16 @@ class FrameMaker:
             result = self.pipe(
                 image=images(edge),
                 prompt=prompt,
-                negative_prompt=self.settings.negative_prompt,
-                true_cfg_scale=self.settings.true_cfg_scale,
                 num_inference_steps=self.settings.num_inference_steps,
                 height=gen_height,
                 width=gen_width,
                 generator=generator,
                 output_type="pt",
                 callback_on_step_end=self.team.step_callback(callback),
+                **family.call_arguments(self.plan.condition_area, self.settings.true_cfg_scale,
+                                        self.settings.negative_prompt),
             )
-        frame = checked_frame(result.images[0], index)
+        frame = checked_frame(family.rgb(result.images[0]), index)
         if frame.size != (width, height):
             frame = frame.resize((width, height), Image.Resampling.BICUBIC)
         frame = self.team.broadcast(frame)
@@ -144,7 +145,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     is written as soon as the frame is.
 
     Args:
-        pipe: the loaded ``QwenImageEditPlusPipeline`` (``qvedit.models.loading.load_pipeline``).
+        pipe: the loaded pipeline (``qvedit.models.loading.load_pipeline``) of any family (``qvedit.models.family``).
         source: the clip: frame 0 and the T-1 edge frames.
         outputs: where the frames and their metrics rows go (``ClipOutputs``).
         settings: the top-level keys (prompt, steps, CFG, seed, sizes, ``max_frames``).
@@ -169,7 +170,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     if ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0 and team.is_main and flow is None:
         raise QveditError("ttlg.temporal_mode=flow has no optical flow to use: give the clip's flow (flow=dis needs "
                           "opencv-python-headless) or set ttlg.temporal_mode=plain")
-    plan = plan or ClipPlan.of(settings, source)
+    plan = plan or ClipPlan.of(settings, source, family_of(pipe))
     total = plan.total
     init = source.init_image()
     outputs.hops = anchor.hops
