@@ -34,11 +34,16 @@ def family_for(model: ModelSettings) -> Family:
 
 
 def family_of(pipe) -> Family:
-    """The family of a loaded pipeline (by its class), with its default call settings."""
-    name = type(pipe).__name__
-    if name not in BY_PIPELINE:
-        raise ValueError(f"qvedit runs {', '.join(BY_PIPELINE)}, not {name}")
-    return BY_PIPELINE[name]
+    """The family of a loaded pipeline (by its class, or a subclass's; a wrapper that hands on its attributes, by
+    its transformer's class), with its default call settings."""
+    for cls in type(pipe).__mro__:
+        if cls.__name__ in BY_PIPELINE:
+            return BY_PIPELINE[cls.__name__]
+    transformer = type(getattr(pipe, "transformer", None)).__name__
+    for family in FAMILIES.values():
+        if family.transformer_class == transformer:
+            return family
+    raise ValueError(f"qvedit runs {', '.join(BY_PIPELINE)}, not {type(pipe).__name__}")
 
 
 def presets_of(family: str) -> str:

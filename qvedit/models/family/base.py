@@ -18,6 +18,7 @@ class Family:
     name: str = ""  # qwen_edit_plus | qwen_image_21
     title: str = ""  # what README and messages call it
     pipeline_class: str = ""  # the diffusers class, as model_index.json names it
+    transformer_class: str = ""  # its transformer's class
     max_images: int = 3  # condition images one call takes
     size_multiple: int = 16  # the pipeline generates at multiples of this (it rounds other sizes down)
     lora_markers: tuple = ()  # module names only this family's transformer has (LoRA keys that name them are its own)

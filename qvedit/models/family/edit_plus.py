@@ -21,6 +21,7 @@ class EditPlus(Family):
     name: str = "qwen_edit_plus"
     title: str = "Qwen-Image-Edit-Plus (Qwen-Image-Edit-2509, -2511)"
     pipeline_class: str = "QwenImageEditPlusPipeline"
+    transformer_class: str = "QwenImageTransformer2DModel"
     max_images: int = 3
     size_multiple: int = 16
     # the double-stream blocks' own modules: AdaLN modulation and MLP of each stream, the text stream's projections

@@ -34,6 +34,7 @@ class Image21(Family):
     name: str = "qwen_image_21"
     title: str = "Qwen-Image 2.1"
     pipeline_class: str = "QwenImage21Pipeline"
+    transformer_class: str = "QwenImage21Transformer2DModel"
     max_images: int = 10
     size_multiple: int = 32
     # the single-stream blocks' SwiGLU MLP and the text projection: modules 2509's transformer does not have
