@@ -38,7 +38,8 @@ class Image21(Family):
     max_images: int = 10
     size_multiple: int = 32
     # the single-stream blocks' SwiGLU MLP and the text projection: modules 2509's transformer does not have
-    lora_markers: tuple = (".img_mlp.gate_layer", ".img_mlp.proj", "txt_in.in_layer", "txt_in.out_layer")
+    lora_markers: tuple = (".img_mlp.gate_layer", ".img_mlp.proj", ".img_mlp.out", "txt_in.in_layer",
+                           "txt_in.out_layer")
     kv_cache: bool = True
     sample_sigmas: Optional[tuple] = None
 
