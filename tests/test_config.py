@@ -81,13 +81,19 @@ def test_every_experiment_composes(name):
 
 
 def test_every_model_config_instantiates_or_says_why(tiny_pipe):
+    releases = {"qwen_edit_2509": "2509", "qwen_edit_2511": "2511", "qwen_image_21": "2.1", "tiny": "2509",
+                "tiny_21": "2.1", "random_full": "2509", "random_full_21": "2.1"}
+    assert set(options("model")) == set(releases)
     for name in sorted(options("model"), key=lambda n: n != "tiny"):  # a failed load frees the loaded model
         cfg = make([f"model={name}"])
         model = instantiate(cfg.model)
+        assert model.release == releases[name]
         if name == "tiny":
             assert model == TinyModel.in_cache()  # the folder conf/model/tiny.yaml names is the one bench uses
             assert load_pipeline(model, device="cpu", dtype="fp32") is tiny_pipe
-        elif name == "random_full":  # timing only, on a GPU
+        elif name == "tiny_21":  # loaded by the runs of model=tiny_21 (tests/test_lora.py, test_schedule.py ...)
+            assert model == TinyModel.in_cache("2.1") and model.model_id != TinyModel.in_cache().model_id
+        elif name.startswith("random_full"):  # timing only, on a GPU
             with pytest.raises(QveditError, match="needs a GPU"):
                 load_pipeline(model, device="cpu", dtype="bf16")
         else:  # real weights cannot be fetched here: the error says what to do instead
