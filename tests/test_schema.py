@@ -90,7 +90,7 @@ LAYERS = (
     ("anchor",),
     ("report",),
     ("plan", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "main", "__main__", "bench",
-     "accept", "diff", "selftest"),
+     "bench21", "accept", "diff", "selftest"),
 )
 # what a settings module (data only) may import: the settings beside it and the leaves that tag and check fields
 SETTINGS_MAY_IMPORT = ("qvedit.settings", "qvedit.errors", "qvedit.fields", "qvedit.files")
