@@ -122,7 +122,8 @@ def cpu_speed_warnings(device: str, settings: RunSettings, plan: ClipPlan, full_
     area = plan.condition_area
     warnings = []
     if full_model:
-        warnings.append("the full 20.4 B-parameter model on the CPU takes hours per frame: use a GPU (device=cuda), "
+        size = "20.4 B-parameter" if plan.family.name == "qwen_edit_plus" else "7 B-parameter (and 8 B encoder)"
+        warnings.append(f"the full {size} model on the CPU takes hours per frame: use a GPU (device=cuda), "
                         "or experiment=tiny_cpu to try the whole path on the tiny model")
     if settings.condition_area != "output" and area >= 4 * width * height:
         warnings.append(
