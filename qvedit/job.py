@@ -343,7 +343,8 @@ class Job:
 
 
 def call_steps(settings: RunSettings, first_frame: FirstFrameSettings) -> dict[str, int]:
-    """{key: steps} of every kind of pipeline call the run makes: the clip's frames, and frame 0's edit if it has one."""
+    """{key: steps} of every kind of pipeline call the run makes: the clip's frames, and frame 0's edit if it has
+    one."""
     steps = {"num_inference_steps": settings.num_inference_steps}
     if first_frame.prompt is not None:
         steps["first_frame.num_inference_steps"] = first_frame.num_inference_steps

@@ -5,7 +5,6 @@ test_guidance, test_anchor, test_first_frame, test_metrics, test_schedule: param
 from types import SimpleNamespace
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
@@ -58,9 +57,10 @@ def test_a_loaded_21_pipeline_whose_encoder_or_grid_does_not_fit_the_run_is_one_
         "condition_area to at least 65536")
     pipe.config["sample_sigmas"] = [1.0, 0.9, 0.7, 0.4]  # a distilled checkpoint's fixed grid
     assert IMAGE_21.loaded_problem(pipe, (256, 256), {"num_inference_steps": 4}) is None
-    assert IMAGE_21.loaded_problem(pipe, (256, 256), {"num_inference_steps": 4, "first_frame.num_inference_steps": 40}) \
-        == ("this model's pipeline fixes its sampling grid at 4 steps (sample_sigmas in its model_index.json), so a "
-            "call takes 4 steps, but first_frame.num_inference_steps=40: set first_frame.num_inference_steps=4")
+    steps = {"num_inference_steps": 4, "first_frame.num_inference_steps": 40}
+    assert IMAGE_21.loaded_problem(pipe, (256, 256), steps) == (
+        "this model's pipeline fixes its sampling grid at 4 steps (sample_sigmas in its model_index.json), so a call "
+        "takes 4 steps, but first_frame.num_inference_steps=40: set first_frame.num_inference_steps=4")
 
 
 class Spy:

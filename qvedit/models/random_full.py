@@ -63,10 +63,12 @@ def qwen3_vl_8b_config():
     from transformers import Qwen3VLConfig
 
     return Qwen3VLConfig(
-        text_config={"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
-                     "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 262144,
-                     "rms_norm_eps": 1e-6, "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0,
-                                                               "mrope_section": [24, 20, 20], "mrope_interleaved": True}},
+        text_config={"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+                     "max_position_embeddings": 262144,
+                     "rms_norm_eps": 1e-6,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [24, 20, 20],
+                                         "mrope_interleaved": True}},
         vision_config={"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16,
                        "out_hidden_size": 4096, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
                        "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]},

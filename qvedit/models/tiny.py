@@ -65,8 +65,8 @@ def tiny_scheduler():
     """The tiny models' scheduler (2509's and 2.1's): flow matching with a shift that grows with the image size."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    return FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9,
-                                           shift=1.0, shift_terminal=0.02, use_dynamic_shifting=True,
+    return FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192,
+                                           max_shift=0.9, shift=1.0, shift_terminal=0.02, use_dynamic_shifting=True,
                                            time_shift_type="exponential")
 
 

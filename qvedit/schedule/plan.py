@@ -87,7 +87,8 @@ class SegmentPlan:
             return Recipe(index, 0, None, True)
         meets = self.next_keyframe(index)
         if meets is not None and index >= meets - self.meet_frames:
-            return Recipe(index, index - 1, meets, False, 0 if self.first_frame_image and self.max_images >= 4 else None)
+            beside = 0 if self.first_frame_image and self.max_images >= 4 else None  # frame 0 as image 4
+            return Recipe(index, index - 1, meets, False, beside)
         return Recipe(index, index - 1, 0 if self.first_frame_image else None, False)
 
     def hops(self, index: int) -> int:

@@ -278,7 +278,8 @@ def _check_zero_cond_t() -> Optional[str]:
     if "modulate_index" not in QwenImageTransformer2DModel._cp_plan.get("transformer_blocks.*", {}):
         return "QwenImageTransformer2DModel._cp_plan no longer splits modulate_index with the sequence"
     return (_in_source(QwenImageTransformer2DModel.forward, "if self.zero_cond_t:", "[0] * prod(sample[0])")
-            or _in_call("img_shapes = [", "(1, height // self.vae_scale_factor // 2, width // self.vae_scale_factor // 2)"))
+            or _in_call("img_shapes = [",
+                        "(1, height // self.vae_scale_factor // 2, width // self.vae_scale_factor // 2)"))
 
 
 @dataclass(frozen=True)
@@ -331,9 +332,9 @@ EDIT_PLUS_ADAPTATIONS = (
                "it finds it (the compiled forward) and puts its own forward on the instance",
                _check_cache_around_compiled_blocks),
     Adaptation("zero_cond_t (2511)", "model=qwen_edit_2511 (with parallel.* degrees, perf.cache)",
-               "the transformer config's zero_cond_t gives condition tokens the t = 0 modulation through modulate_index, "
-               "built from img_shapes with the target image first (as __call__ passes them) and split with the "
-               "sequence by _cp_plan", _check_zero_cond_t),
+               "the transformer config's zero_cond_t gives condition tokens the t = 0 modulation through "
+               "modulate_index, built from img_shapes with the target image first (as __call__ passes them) and "
+               "split with the sequence by _cp_plan", _check_zero_cond_t),
 )
 # QwenImage21Pipeline's (Qwen-Image 2.1), whose checks live in qwenimage21.py
 ADAPTATIONS = EDIT_PLUS_ADAPTATIONS + tuple(Adaptation(*entry, family="qwen_image_21") for entry in qwenimage21.CHECKS)

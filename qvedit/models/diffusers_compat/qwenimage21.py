@@ -127,8 +127,9 @@ def check_vision_pixels() -> Optional[str]:
 
 
 def check_velocity() -> Optional[str]:
-    return in_source(None, "noise_pred = noise_pred[:, -latents.size(1) :]", "self.scheduler.step(noise_pred, t, latents",
-                     "callback_on_step_end(self, i, t, callback_kwargs)", 'callback_outputs.pop("latents"')
+    return in_source(None, "noise_pred = noise_pred[:, -latents.size(1) :]",
+                     "self.scheduler.step(noise_pred, t, latents", "callback_on_step_end(self, i, t, callback_kwargs)",
+                     'callback_outputs.pop("latents"')
 
 
 def check_decode() -> Optional[str]:
@@ -206,10 +207,11 @@ def check_no_context_parallelism() -> Optional[str]:
 # (name, used by, what it relies on, check)
 CHECKS = (
     ("condition size (2.1)", "condition_area on Qwen-Image 2.1",
-     "__call__(output_resolution) resizes every condition image to calculate_dimensions(output_resolution ** 2, W / H), "
-     "one size for the Qwen3-VL encoder and the VAE", check_condition_size),
+     "__call__(output_resolution) resizes every condition image to calculate_dimensions(output_resolution ** 2, "
+     "W / H), one size for the Qwen3-VL encoder and the VAE", check_condition_size),
     ("vision encoder's pixel range (2.1)", "condition_area on Qwen-Image 2.1 (checked after the model loads)",
-     "transformers' Qwen2VLImageProcessor.size holds min / max pixels as shortest_edge / longest_edge", check_vision_pixels),
+     "transformers' Qwen2VLImageProcessor.size holds min / max pixels as shortest_edge / longest_edge",
+     check_vision_pixels),
     ("record_velocity (2.1)", "guidance x0 estimate on Qwen-Image 2.1",
      "__call__ slices the target tokens' velocity, calls scheduler.step(noise_pred, t, latents), then "
      "callback_on_step_end, and takes its latents", check_velocity),
@@ -222,7 +224,8 @@ CHECKS = (
     ("before_prompt_encoding (2.1)", "perf.offload_text_encoder on Qwen-Image 2.1",
      "__call__ encodes prompts through self.encode_prompt", check_prompt_encoding),
     ("sampling grid and KV cache (2.1)", "model.sample_sigmas, model.kv_cache",
-     "__call__(sigmas=...) over the config's sample_sigmas over num_inference_steps; use_kv_cache", check_sampling_grid),
+     "__call__(sigmas=...) over the config's sample_sigmas over num_inference_steps; use_kv_cache",
+     check_sampling_grid),
     ("LoRA loading (2.1)", "model.loras on Qwen-Image 2.1",
      "QwenImage21Pipeline's LoRA loader (QwenImageLoraLoaderMixin) and a PeftAdapterMixin transformer", check_lora),
     ("step cache (2.1)", "perf.cache on Qwen-Image 2.1",

@@ -65,8 +65,8 @@ class Family:
         return None
 
     def loaded_problem(self, pipe, condition_image: tuple[int, int], steps: list[int]) -> Optional[str]:
-        """Why the loaded ``pipe`` cannot make this run's calls (one line), or None: ``condition_image`` is the (W, H) of
-        its condition images, ``steps`` every ``num_inference_steps`` its calls take."""
+        """Why the loaded ``pipe`` cannot make this run's calls (one line), or None: ``condition_image`` is the (W, H)
+        of its condition images, ``steps`` ({key: value}) every ``num_inference_steps`` its calls take."""
         return None
 
     def replace(self, **changes) -> "Family":

@@ -25,7 +25,8 @@ class EditPlus(Family):
     max_images: int = 3
     size_multiple: int = 16
     # the double-stream blocks' own modules: AdaLN modulation and MLP of each stream, the text stream's projections
-    lora_markers: tuple = (".img_mod.", ".txt_mod.", ".img_mlp.net.", ".txt_mlp.", ".attn.add_q_proj", ".attn.add_k_proj")
+    lora_markers: tuple = (".img_mod.", ".txt_mod.", ".img_mlp.net.", ".txt_mlp.", ".attn.add_q_proj",
+                           ".attn.add_k_proj")
 
     def condition_sizes(self, image_size: tuple[int, int], area: int) -> tuple[tuple[int, int], tuple[int, int]]:
         return diffusers_compat.condition_sizes(image_size, area)

@@ -76,7 +76,8 @@ class Image21(Family):
                     "ttlg.decoder=vae (the default) with model.release=2.1")
         if parallel.context_degree > 1:
             return (f"parallel.ulysses_degree / ring_degree ({parallel.context_degree} GPUs a pass) do not apply to "
-                    "Qwen-Image 2.1: its transformer has no context-parallel plan in diffusers 0.42.1: run it on one GPU")
+                    "Qwen-Image 2.1: its transformer has no context-parallel plan in diffusers 0.42.1: run it on one "
+                    "GPU")
         if parallel.cfg_degree > 1:
             return ("parallel.cfg_degree=2 does not apply to Qwen-Image 2.1: it is sampled without CFG, and with CFG "
                     "its two passes run over the joint text/image sequence, which qvedit's split of the passes was "
