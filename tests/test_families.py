@@ -137,3 +137,37 @@ def test_a_changed_21_pipeline_is_reported_by_the_adaptations_name(monkeypatch):
     assert list(broken) == ["condition size (2.1)"] and "output_resolution * output_resolution" in broken[
         "condition size (2.1)"]
     assert {a.family for a in compat.ADAPTATIONS} == set(FAMILIES)
+
+
+def test_2511s_transformer_runs_through_the_loop_and_a_folder_of_the_other_release_is_one_warning(tiny_pipe, tmp_path,
+                                                                                                  caplog):
+    """Qwen-Image-Edit-2511 is 2509's pipeline with zero_cond_t in its transformer config: the tiny model with that
+    flag, given as a local folder with model.release=2511, makes its clip through the same loop (guided), and its
+    frames are not 2509's; the same folder with model.release=2509 runs, with one warning naming both releases."""
+    from diffusers import QwenImageEditPlusPipeline, QwenImageTransformer2DModel
+
+    from qvedit.job import run
+
+    folder = tmp_path / "tiny-2511"
+    torch_state = tiny_pipe.transformer.state_dict()
+    transformer = QwenImageTransformer2DModel(**{**tiny_pipe.transformer.config, "zero_cond_t": True})
+    transformer.load_state_dict(torch_state)
+    QwenImageEditPlusPipeline(**{**tiny_pipe.components, "transformer": transformer}).save_pretrained(folder)
+    init, edges = write_clip(tmp_path / "clip", edges=1)
+    common = ["experiment=tiny_cpu", "metrics=none", "num_inference_steps=2", "ttlg=edge", f"io.init_frame={init}",
+              f"io.edge_frames_dir={edges}"]
+
+    def frame(name, *overrides):
+        with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+            cfg = compose("config", overrides=[*common, *overrides])
+        return (run(cfg, tmp_path / name) / "00001.png").read_bytes()
+
+    plain = frame("2509")
+    with caplog.at_level("WARNING", logger="qvedit.models.loading"):
+        made = frame("2511", f"model.model_id={folder}", "model.release=2511")
+        assert not caplog.records
+        assert frame("mislabelled", f"model.model_id={folder}") == made
+    assert made != plain
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"model.model_id={folder} holds Qwen-Image-Edit-2511's transformer "
+                                          "(zero_cond_t True in its transformer/config.json), and model.release=2509")

@@ -22,7 +22,7 @@ import torch
 from qvedit.devices import check_device, torch_dtype
 from qvedit.errors import QveditError, short_reason
 from qvedit.models import cache
-from qvedit.models.family import Family, family_for, pipeline_class_problem, read_index
+from qvedit.models.family import Family, family_for, pipeline_class_problem, read_index, release_mismatch
 from qvedit.models.integrity import check_model_folder
 from qvedit.models.lora import PLAIN, Variant
 from qvedit.settings.model import ModelSettings, PerfSettings, TinyModel
@@ -49,7 +49,7 @@ def load_pipeline(model: ModelSettings, device: str, dtype: str, perf: Optional[
     variant = Variant.of(model.loras, perf.fuse_loras if perf is not None else True, model.scheduler)
     family = family_for(model)
     if model.kind == "tiny":
-        return load_tiny(model.model_id, device, dtype, perf, variant, family)
+        return load_tiny(model.model_id, device, dtype, perf, variant, family, model)
     if model.kind == "random_full":
         return load_random_full(device, dtype, perf, variant, family)
     return load_pretrained(model.model_id, device, dtype, perf, variant, family, model)
@@ -138,6 +138,9 @@ def load_pretrained(model_id: str, device: str, dtype: str, perf: Optional[PerfS
         refused = pipeline_class_problem(model, read_index(model_id)[0], str(model_id))
         if refused:
             raise QveditError(refused)
+        mismatch = release_mismatch(model, Path(model_id).expanduser())
+        if mismatch:
+            log.warning(mismatch)
 
     def make():
         check_device(device)
@@ -197,11 +200,11 @@ def availability_problem(model: ModelSettings) -> Optional[str]:
 
 
 def load_tiny(folder: str, device: str, dtype: str, perf: Optional[PerfSettings] = None, variant: Variant = PLAIN,
-              family: Optional[Family] = None):
+              family: Optional[Family] = None, model: Optional[ModelSettings] = None):
     """The tiny offline model of ``family`` (None: Qwen-Image-Edit-Plus) in ``folder``, built there first if it is
-    missing."""
+    missing; ``model``: the settings naming it (None: ``model=tiny`` or ``tiny_21``'s)."""
     folder = Path(folder).expanduser()
-    model = TinyModel.in_cache("2.1" if family is not None and family.name == "qwen_image_21" else "2509")
+    model = model or TinyModel.in_cache("2.1" if family is not None and family.name == "qwen_image_21" else "2509")
     if not (folder / "model_index.json").is_file():
         from qvedit.models.tiny import build_tiny_model
         from qvedit.models.tiny21 import build_tiny_21_model

@@ -68,6 +68,24 @@ def pipeline_class_problem(model: ModelSettings, index: Optional[dict], where: s
             f"{known}")
 
 
+def release_mismatch(model: ModelSettings, folder: Path) -> Optional[str]:
+    """Where a pipeline folder of Qwen-Image-Edit-Plus holds the other release's transformer than ``model.release``
+    says (2511's has ``zero_cond_t`` in its ``transformer/config.json``, 2509's not), a warning naming both; None
+    otherwise. Both load alike; the release picks ``experiment=lightning``'s LoRA and names the model in messages."""
+    if model.family != "qwen_edit_plus" or str(model.release) not in ("2509", "2511"):
+        return None
+    try:
+        zero_cond_t = bool(json.loads((folder / "transformer" / "config.json").read_text()).get("zero_cond_t"))
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    holds = "2511" if zero_cond_t else "2509"
+    if holds == str(model.release):
+        return None
+    return (f"model.model_id={folder} holds Qwen-Image-Edit-{holds}'s transformer (zero_cond_t {zero_cond_t} in its "
+            f"transformer/config.json), and model.release={model.release}: it runs as the folder's model; set "
+            f"model.release={holds} (model=qwen_edit_{holds}) so that experiment=lightning picks its own LoRA")
+
+
 def read_index(model_id: str) -> tuple[Optional[dict], Optional[Path]]:
     """(the parsed ``model_index.json`` of a local folder or a hub id already in the Hugging Face cache, the folder it
     lies in); (None, None) where there is none to read without loading (a damaged one is the loader's to report)."""
