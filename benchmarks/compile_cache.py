@@ -26,9 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from qvedit.bench import make_inputs
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's qvedit, the one its python -m qvedit commands run
+
+from qvedit.bench import make_inputs  # noqa: E402
+from qvedit.cli import OneLineParser, child_error, file, folder, run_tool, whole  # noqa: E402
+from qvedit.errors import QveditError  # noqa: E402
 
 
 def folder_bytes(folder: Path) -> int:
@@ -49,26 +52,43 @@ def one_process(args, cache: Path, clip: tuple[Path, Path], run_dir: Path) -> di
     row = {"process_s": round(wall, 2), "returncode": result.returncode,
            "compile_cache_mib": round(folder_bytes(cache / "torch-compile") / 2**20, 1)}
     if result.returncode != 0:
-        row["error"] = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "(no output)"
+        row["error"] = child_error(result.stderr)
         return row
     with open(run_dir / "metrics.csv", newline="") as handle:
         row["first_frame_s"] = float(next(csv.DictReader(handle))["seconds"])
     return row
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/compile_cache.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="random_full", choices=("random_full", "tiny"))
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default=None, help="default: bf16 (random_full), fp32 (tiny)")
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (with --model tiny)")
+    parser.add_argument("--dtype", default=None, choices=("bf16", "fp16", "fp32"),
+                        help="default: bf16 (random_full), fp32 (tiny)")
     parser.add_argument("--preset", default="fp8", choices=("fp8", "fast"))
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--cache", default=None, help="QVEDIT_CACHE for every process (default: a fresh folder)")
-    parser.add_argument("--out", default="compile_cache.json")
-    args = parser.parse_args(argv)
+    parser.add_argument("--size", type=whole(16, 4096, multiple=16), default=1024, help="frame side, a multiple of 16")
+    parser.add_argument("--steps", type=whole(1, 1000), default=4)
+    parser.add_argument("--processes", type=whole(1, 16), default=2)
+    parser.add_argument("--cache", type=folder, default=None,
+                        help="QVEDIT_CACHE for every process (default: a fresh folder)")
+    parser.add_argument("--out", type=file, default=Path("compile_cache.json"))
+    return parser
+
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument is one ``qvedit: error:`` line (exit 2) before any process starts."""
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
     args.dtype = args.dtype or ("fp32" if args.model == "tiny" else "bf16")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise QveditError(f"--device {args.device} but no CUDA GPU is visible: this benchmark times the GPU's "
+                              "compile cache; --model tiny --device cpu --preset fast --size 64 tries it on the CPU")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -79,7 +99,8 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     report = {"model": args.model, "preset": args.preset, "size": args.size, "steps": args.steps,
               "device": args.device, "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
     lines = [f"perf={args.preset}, model={args.model}, {args.size}², {args.steps} steps, {args.device}, "
              f"{report['date']}",
              "", "| process | first frame s | process s | compile cache MiB |", "| --- | --- | --- | --- |"]

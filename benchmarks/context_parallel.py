@@ -19,13 +19,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
+
+from qvedit.cli import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
+from qvedit.errors import QveditError  # noqa: E402
 
 TINY = ["experiment=demo", "device=cuda", "dtype=bf16"]
 LAUNCH = {
@@ -49,11 +53,9 @@ SAME_FRAMES_AS = {"cfg 2 x ulysses 2": "ulysses 2"}
 def qvedit(layout: str, overrides: list[str], run_dir: Path) -> dict:
     """Run the CLI; returns wall seconds and the per-frame seconds from metrics.csv."""
     started = time.perf_counter()
-    result = subprocess.run([*LAUNCH[layout], *overrides, f"hydra.run.dir={run_dir}"], capture_output=True, text=True)
+    run_step([*LAUNCH[layout], *overrides, f"hydra.run.dir={run_dir}"], f"{layout} {' '.join(overrides)}",
+             log=run_dir.with_name(run_dir.name + ".log"))
     wall = time.perf_counter() - started
-    if result.returncode != 0:
-        print(result.stdout[-4000:], result.stderr[-6000:], sep="\n", file=sys.stderr)
-        raise SystemExit(f"{layout} {' '.join(overrides)} failed (exit {result.returncode})")
     with open(run_dir / "metrics.csv") as rows:
         seconds = [float(row["seconds"]) for row in csv.DictReader(rows)]
     return {"wall_s": round(wall, 2), "frame_s": seconds}
@@ -106,18 +108,45 @@ def write(out: Path, results: dict) -> None:
     (out / "context_parallel.md").write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=50)
+def layout_list(text: str) -> list[str]:
+    """``--layouts``: comma-separated names of ``LAUNCH``."""
+    layouts = [name.strip() for name in text.split(",")]
+    unknown = [name for name in layouts if name not in LAUNCH]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{unknown[0]!r} is no layout: give some of {', '.join(LAUNCH)}, "
+                                         "comma-separated")
+    return layouts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/context_parallel.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=folder, required=True)
+    parser.add_argument("--size", type=whole(16, 4096, multiple=16), default=1024, help="frame side, a multiple of 16")
+    parser.add_argument("--steps", type=whole(1, 1000), default=50)
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-equality", action="store_true")
-    parser.add_argument("--layouts", default="1 GPU,ulysses 2,ring 2,cfg 2", help="the first is the baseline")
-    args = parser.parse_args()
+    parser.add_argument("--layouts", type=layout_list, default=layout_list("1 GPU,ulysses 2,ring 2,cfg 2"),
+                        help=f"comma-separated, the first is the baseline: {', '.join(LAUNCH)}")
+    return parser
+
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument, too few GPUs or a run that fails is one ``qvedit: error:`` line (exit 2)."""
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
+    import torch
+
+    layouts = args.layouts
+    needed = max(int(LAUNCH[name][LAUNCH[name].index("--nproc-per-node") + 1])
+                 if "--nproc-per-node" in LAUNCH[name] else 1 for name in layouts)
+    if torch.cuda.device_count() < needed:
+        raise QveditError(f"--layouts {','.join(layouts)} needs {needed} CUDA GPUs, {torch.cuda.device_count()} are "
+                          "visible: run it on a machine with them")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    layouts = args.layouts.split(",")
     results = {"equality": [], "timing": [],
                "timing_setup": f"model=random_full (random weights), {args.size}², {args.steps} steps, true CFG 4"}
 
@@ -150,7 +179,8 @@ def main() -> None:
             results["timing"].append(row)
             print(json.dumps(row), flush=True)
             write(out, results)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
+
+from qvedit.cli import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
 
 
 def demo_clip(folder: Path, size: int, frames: int = 9) -> list[str]:
@@ -45,12 +48,9 @@ def demo_clip(folder: Path, size: int, frames: int = 9) -> list[str]:
 def sweep(clip: list[str], decode_size: str, out: Path) -> dict:
     folder = out / f"decode_{decode_size}"
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "qvedit", "experiment=acceptance_demo", *clip, "ttlg=off,edge_gram",
-                             f"ttlg.decode_size={decode_size}", f"hydra.sweep.dir={folder}", "-m"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        print(result.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"decode_size={decode_size}: the sweep failed")
+    run_step([sys.executable, "-m", "qvedit", "experiment=acceptance_demo", *clip, "ttlg=off,edge_gram",
+              f"ttlg.decode_size={decode_size}", f"hydra.sweep.dir={folder}", "-m"],
+             f"the sweep with ttlg.decode_size={decode_size}", log=folder.with_name(folder.name + ".log"))
     import pandas as pd
 
     criteria = pd.read_csv(folder / "acceptance.csv")
@@ -66,12 +66,29 @@ def sweep(clip: list[str], decode_size: str, out: Path) -> dict:
             "seconds_per_frame": {k: round(float(np.median(v)), 3) for k, v in seconds.items()}, "acceptance": report}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--decode-sizes", nargs="+", default=["null", "128", "64"])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+def decode_size_value(text: str) -> str:
+    """``--decode-sizes``: null (the frame's size) or a long side of 16 or more, as ttlg.decode_size takes it."""
+    return text if text == "null" else str(whole(16, 4096)(text))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/decode_size.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=whole(16, 1024, multiple=16), default=256,
+                        help="frame side of the demo scene, a multiple of 16 (default %(default)s; the tiny model on "
+                             "the CPU)")
+    parser.add_argument("--decode-sizes", type=decode_size_value, nargs="+", default=["null", "128", "64"],
+                        help="ttlg.decode_size values: null or 16..4096 (default null 128 64)")
+    parser.add_argument("--out", type=folder, required=True)
+    return parser
+
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument or a sweep that fails is one ``qvedit: error:`` line (exit 2)."""
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     clip = demo_clip(out / "clip", args.size)
@@ -80,7 +97,8 @@ def main() -> None:
         rows.append(sweep(clip, decode_size, out))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "acceptance"}), flush=True)
         (out / "decode_size.json").write_text(json.dumps(rows, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -18,12 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
+
+from qvedit.cli import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
+from qvedit.keys import argument_problems, config_groups, unknown_overrides  # noqa: E402
+from qvedit.values import override_problems  # noqa: E402
 
 
 def source_folder(folder: Path, size: int) -> Path:
@@ -36,15 +41,35 @@ def source_folder(folder: Path, size: int) -> Path:
     return folder
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--model", default="random_full")
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--candidates", type=int, default=3)
-    parser.add_argument("--name", default="first_frame")
-    parser.add_argument("extra", nargs="*", help="more qvedit overrides")
-    args = parser.parse_args()
+def name(text: str) -> str:
+    """``--name``: a file name (no folder)."""
+    if not text.strip() or "/" in text or text in (".", ".."):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file name: give a word such as lightning_like")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/first_frame.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=folder, required=True)
+    parser.add_argument("--model", default="random_full", choices=config_groups()["model"])
+    parser.add_argument("--size", type=whole(16, 4096, multiple=16), default=1024, help="frame side, a multiple of 16")
+    parser.add_argument("--candidates", type=whole(1, 64), default=3)
+    parser.add_argument("--name", type=name, default="first_frame", help="names OUT/<name>.json and .md")
+    parser.add_argument("extra", nargs="*", help="more qvedit overrides (key=value)")
+    return parser
+
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument (an override included) or a run that fails is one ``qvedit: error:`` line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = argument_problems(args.extra) or unknown_overrides(args.extra) or override_problems(args.extra)
+    if problems:
+        parser.error(problems[0])
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     run_dir = out / f"{args.name}_run"
     command = [sys.executable, "-m", "qvedit", f"model={args.model}", *args.extra,
@@ -52,11 +77,8 @@ def main() -> None:
                "first_frame.prompt=make it a watercolour painting", f"first_frame.candidates={args.candidates}",
                "metrics=none", "max_frames=2", f"hydra.run.dir={run_dir}"]
     started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True)
+    run_step(command, "the qvedit run", log=out / f"{args.name}_run.log")
     wall = time.time() - started
-    if result.returncode != 0:
-        print(result.stdout[-3000:], result.stderr[-5000:], sep="\n", file=sys.stderr)
-        raise SystemExit(f"qvedit failed (exit {result.returncode})")
     log = (run_dir / "main.log").read_text()
     candidates = [float(s) for s in re.findall(r"candidate \d+ of \d+ made in ([\d.]+) s", log)]
     frames = [float(s) for s in re.findall(r"frame \d+ of \d+ done in ([\d.]+) s", log)]
@@ -73,7 +95,8 @@ def main() -> None:
     lines += [f"| whole process (start, model load, all of the above) | {wall:.1f} |"]
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

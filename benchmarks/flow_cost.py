@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
+
+from qvedit.threads import use_cpu_threads  # noqa: E402
+
+use_cpu_threads()  # before torch is imported
+import torch  # noqa: E402
+
+from qvedit.cli import OneLineParser, file, run_tool, whole  # noqa: E402
 
 
 class DrawnScene:
@@ -52,15 +60,23 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/flow_cost.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=whole(16, 4096), default=1024, help="frame side (default %(default)s)")
+    parser.add_argument("--repeats", type=whole(1, 100), default=5, help="frames timed per method, the fastest kept")
+    parser.add_argument("--out", type=file, default=None, help="a JSON file for the rows")
+    return parser
 
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument is one ``qvedit: error:`` line (exit 2)."""
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
     from qvedit.guidance.flow import warp, warp_error
-from qvedit.io.flow import ClipFlow
+    from qvedit.io.flow import ClipFlow
     from qvedit.images import to_tensor
     from qvedit.settings.guidance import FlowSettings
 
@@ -86,8 +102,10 @@ from qvedit.io.flow import ClipFlow
     report = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

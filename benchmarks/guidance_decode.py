@@ -14,10 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
+
+from qvedit.cli import OneLineParser, file, run_tool, whole  # noqa: E402
+from qvedit.errors import QveditError  # noqa: E402
 
 
 def build_vae(device: str, dtype: torch.dtype):
@@ -65,12 +72,24 @@ def measure(vae, vgg, size: int, checkpointing: bool, repeats: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/guidance_decode.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=whole(16, 4096, multiple=16), nargs="+", default=[512, 1024],
+                        help="frame sides, each a multiple of 16 (default 512 1024)")
+    parser.add_argument("--repeats", type=whole(1, 100), default=3, help="timed steps per row, after one warm-up")
+    parser.add_argument("--out", type=file, default=None, help="a JSON file for the rows")
+    return parser
+
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument, or no GPU, is one ``qvedit: error:`` line (exit 2)."""
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        raise QveditError("no CUDA GPU is visible: this benchmark times the full-size VAE on a GPU")
     from qvedit.guidance.losses import VGGStyle
 
     vae = build_vae("cuda", torch.bfloat16)
@@ -87,9 +106,10 @@ def main() -> None:
         print(f"| {r['size']}² | {r['decode_checkpointing']} | {r['seconds_per_guided_step']:.3f} "
               f"| {r['peak_extra_gib']:.2f} |")
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(report, handle, indent=2)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -32,12 +32,17 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from qvedit.threads import use_cpu_threads  # noqa: E402
+
+use_cpu_threads()  # before torch is imported (its CPU dry run on a busy machine)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from qvedit.cli import OneLineParser, file, folder, run_tool, whole  # noqa: E402
 
 PRESETS = {  # the perf/*.yaml presets as PerfSettings keywords
     "default": {},
@@ -91,33 +96,44 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/perf_presets.py", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=("tiny", "random_full"), default=["tiny", "random_full"])
     parser.add_argument("--presets", nargs="+", choices=tuple(PRESETS), default=["default", "fp8", "vram24"])
     parser.add_argument("--ttlg", nargs="+", choices=("off", "edge_gram"), default=["off", "edge_gram"])
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--last-steps", type=int, default=10)
+    parser.add_argument("--size", type=whole(16, 4096, multiple=16), default=1024, help="frame side, a multiple of 16")
+    parser.add_argument("--steps", type=whole(1, 1000), default=50)
+    parser.add_argument("--last-steps", type=whole(0, 1000), default=10)
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the script on the tiny model")
-    parser.add_argument("--out", default="perf_presets.json", help="JSON file; the .md goes beside it")
+    parser.add_argument("--out", type=file, default=Path("perf_presets.json"),
+                        help="JSON file; the .md goes beside it")
     parser.add_argument("--condition-area-output", action="store_true",
                         help="condition images at the frame's size (condition_area=output) instead of the pipeline's 1 MP")
-    parser.add_argument("--keep-frames", default=None, help="folder to keep the frames in (default: a temporary one)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--keep-frames", type=folder, default=None,
+                        help="folder to keep the frames in (default: a temporary one)")
+    return parser
 
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument, or no GPU, is one ``qvedit: error:`` line (exit 2) before anything loads."""
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
     import diffusers
 
     from qvedit.bench import load_pipeline, run_variant
+    from qvedit.devices import check_device
     from qvedit.errors import QveditError
     from qvedit.models.perf import apply_perf, check_perf
     from qvedit.settings.model import PerfSettings
 
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
-        print("perf_presets: no CUDA GPU visible: this script measures the presets on a GPU (--device cpu: a dry "
-              "run on the tiny model, where fp8 and vram24 are refused)")
-        return 2
+        raise QveditError(f"--device {args.device} but no CUDA GPU is visible: the script measures the presets on a "
+                          "GPU (--device cpu: a dry run on the tiny model, where fp8 and vram24 are refused)")
+    check_device(args.device)
     ao = torchao_line()
     print(ao, flush=True)
     presets = ["default", *[p for p in args.presets if p != "default"]]  # the reference first
@@ -127,7 +143,7 @@ def main(argv=None) -> int:
     report = {"device": torch.cuda.get_device_name(args.device) if cuda else "CPU", "capability": capability, "torch": torch.__version__,
               "diffusers": diffusers.__version__, "torchao": ao, "date": time.strftime("%Y-%m-%d"), "size": args.size,
               "steps": args.steps, "last_steps": args.last_steps, "rows": []}
-    out = Path(args.out)
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def record(row: dict) -> None:
@@ -136,7 +152,7 @@ def main(argv=None) -> int:
         out.write_text(json.dumps(report, indent=2))
         out.with_suffix(".md").write_text(markdown(report))
 
-    keep = Path(args.keep_frames) if args.keep_frames else None
+    keep = args.keep_frames
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             references: dict[str, Path] = {}

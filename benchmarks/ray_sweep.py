@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from context_parallel import synthetic_clip
+from context_parallel import synthetic_clip  # (it puts this checkout's qvedit first on the path)
+
+from qvedit.cli import OneLineParser, folder, run_step, run_tool, whole
+from qvedit.errors import QveditError
+from qvedit.keys import argument_problems, config_groups, unknown_overrides
+from qvedit.values import override_problems
 
 
 def sweep(gpus: int, jobs: int, clip: list[str], extra: list[str], sweep_dir: Path) -> dict:
@@ -27,12 +31,9 @@ def sweep(gpus: int, jobs: int, clip: list[str], extra: list[str], sweep_dir: Pa
                "max_frames=2", f"seed={','.join(map(str, range(jobs)))}", f"hydra.launcher.ray.init.num_gpus={gpus}",
                "+hydra.launcher.ray.init.include_dashboard=false", f"hydra.sweep.dir={sweep_dir}", *extra]
     started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True,
-                            env={**os.environ, "RAY_DEDUP_LOGS": "0"})
+    run_step(command, f"the sweep on {gpus} GPU(s)", log=sweep_dir.with_name(sweep_dir.name + ".log"),
+             env={**os.environ, "RAY_DEDUP_LOGS": "0"})
     ended = time.time()
-    if result.returncode != 0:
-        print(result.stdout[-4000:], result.stderr[-6000:], sep="\n", file=sys.stderr)
-        raise SystemExit(f"sweep on {gpus} GPU(s) failed (exit {result.returncode})")
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()):
         files = [p for p in job.rglob("*") if p.is_file()]
@@ -44,20 +45,45 @@ def sweep(gpus: int, jobs: int, clip: list[str], extra: list[str], sweep_dir: Pa
     return {"gpus": gpus, "wall_s": round(ended - started, 1), "jobs": rows}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--jobs", type=int, default=4)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--model", default="random_full")
-    parser.add_argument("--gpus", default="2,1", help="GPU counts to sweep with, in order")
-    parser.add_argument("extra", nargs="*", help="more qvedit overrides for every job")
-    args = parser.parse_args()
+def gpu_counts(text: str) -> list[int]:
+    """``--gpus``: comma-separated GPU counts, each 1 or more."""
+    return [whole(1, 64)(count) for count in text.split(",")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/ray_sweep.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=folder, required=True)
+    parser.add_argument("--jobs", type=whole(1, 64), default=4)
+    parser.add_argument("--size", type=whole(16, 4096, multiple=16), default=512, help="frame side, a multiple of 16")
+    parser.add_argument("--model", default="random_full", choices=config_groups()["model"])
+    parser.add_argument("--gpus", type=gpu_counts, default=[2, 1], help="GPU counts to sweep with, in order, "
+                        "comma-separated (default 2,1)")
+    parser.add_argument("extra", nargs="*", help="more qvedit overrides for every job (key=value)")
+    return parser
+
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument (an override included), too few GPUs or a sweep that fails is one
+    ``qvedit: error:`` line (exit 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = argument_problems(args.extra) or unknown_overrides(args.extra) or override_problems(args.extra)
+    if problems:
+        parser.error(problems[0])
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
+    import torch
+
+    if torch.cuda.device_count() < max(args.gpus):
+        raise QveditError(f"--gpus {','.join(map(str, args.gpus))} needs {max(args.gpus)} CUDA GPUs, "
+                          f"{torch.cuda.device_count()} are visible: run it on a machine with them")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     clip = [f"model={args.model}", *synthetic_clip(out / "clip", args.size)]
     results = []
-    for gpus in map(int, args.gpus.split(",")):
+    for gpus in args.gpus:
         results.append(sweep(gpus, args.jobs, clip, args.extra, out / f"sweep_{gpus}gpu"))
         print(json.dumps(results[-1]), flush=True)
         (out / "ray_sweep.json").write_text(json.dumps(results, indent=2))
@@ -68,7 +94,8 @@ def main() -> None:
         jobs = "; ".join(f"{j['job'].split('_')[0]}: {j['start_s']}-{j['end_s']} GPU {j['gpu']}" for j in row["jobs"])
         lines.append(f"| {row['gpus']} | {row['wall_s']} | {jobs} |")
     (out / "ray_sweep.md").write_text("\n".join(lines) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

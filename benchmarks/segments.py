@@ -39,6 +39,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs (python -m qvedit from REPO) use
+
+from qvedit.cli import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
+from qvedit.errors import QveditError  # noqa: E402
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 FRAME_DONE = re.compile(r"frame (\d+) (?:of \d+ )?done in ([\d.]+) s")
 FRAME_CPU = re.compile(r"frame (\d+): ([\d.]+) s, ([\d.]+) s CPU, on (\S+)")  # the driver's debug line
@@ -139,7 +142,7 @@ def run(name: str, overrides: list[str], out: Path, threads: int, reuse: bool) -
     _, stderr = process.communicate()
     wall = time.perf_counter() - started
     if process.returncode != 0:
-        raise SystemExit(f"{name} failed (exit {process.returncode}):\n{stderr[-4000:]}")
+        raise QveditError(f"{name} failed (exit {process.returncode}): {child_error(stderr)}")
     row = {"name": name, "overrides": overrides, "folder": str(folder), "wall_s": round(wall, 1),
            "frame_stage_s": round(frame_stage_s(folder / "main.log"), 1), "cpu_s": round(cpu.total(), 1),
            "frame_cpu_s": {w: round(t, 1) for w, t in frame_cpu(folder / "main.log").items()},
@@ -214,24 +217,38 @@ def write(out: Path, speed: list[dict], drift: list[dict], setup: str) -> None:
     print("\n".join(lines))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="benchmarks/segments.py", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides added to every run (model=toy ...)")
-    parser.add_argument("--out", default="runs/segments-bench")
-    parser.add_argument("--length", type=int, default=None, help="frames (48 on the CPU, 64 with --gpu)")
-    parser.add_argument("--keyframe-every", type=int, default=16)
-    parser.add_argument("--meet", type=int, nargs="*", default=None, help="schedule.meet_frames values to run "
-                        "(drift); the default's run is the one-worker speed run")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--out", type=folder, default=Path("runs/segments-bench"),
+                        help="the folder of the runs and of segments.md/.json (default %(default)s)")
+    parser.add_argument("--length", type=whole(4, 10_000), default=None,
+                        help="frames (default 48 on the CPU, 64 with --gpu)")
+    parser.add_argument("--keyframe-every", type=whole(2, 10_000), default=16,
+                        help="schedule.keyframe_every (default %(default)s)")
+    parser.add_argument("--meet", type=whole(0, 64), nargs="*", default=None, help="schedule.meet_frames values "
+                        "to run (drift); the default's run is the one-worker speed run")
+    parser.add_argument("--workers", type=whole(1, 64), nargs="+", default=[1, 2],
+                        help="Ray workers of the speed runs (default 1 2)")
     parser.add_argument("--ttlg", default="edge_gram_flow", help="the guidance preset of the CPU runs")
-    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run")
+    parser.add_argument("--threads", type=whole(1, 256), default=1, help="OMP_NUM_THREADS of every run")
     parser.add_argument("--gpu", action="store_true", help="the GPU benchmark: random_full, 1024², Lightning 8 steps")
-    parser.add_argument("--size", type=int, default=1024, help="--gpu: the clip's side in pixels")
-    parser.add_argument("--repeat", type=int, default=1, help="run the speed runs this many times, alternating")
+    parser.add_argument("--size", type=whole(16, 8192, multiple=16), default=1024,
+                        help="--gpu: the clip's side in pixels")
+    parser.add_argument("--repeat", type=whole(1, 100), default=1,
+                        help="run the speed runs this many times, alternating")
     parser.add_argument("--no-chain", action="store_true", help="leave out the chain run")
     parser.add_argument("--reuse", action="store_true", help="keep the runs already finished in --out")
-    args = parser.parse_args()
+    return parser
 
+
+def main(argv=None) -> int:
+    """The benchmark; a bad argument, or a run that fails, is one ``qvedit: error:`` line (exit 2)."""
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> int:
     from qvedit.settings.schedule import MEET_FRAMES
 
     out = Path(args.out).resolve()
@@ -272,7 +289,8 @@ def main() -> None:
     load = os.getloadavg()
     write(out, speed, drift, f"{setup}; {os.cpu_count()} cores, load average {load[0]:.1f} at the end, "
                              f"{time.strftime('%Y-%m-%d %H:%M')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

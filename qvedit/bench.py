@@ -27,6 +27,11 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
 - ``off_first_frame_image`` / ``lightning_off_first_frame_image``: ``anchor.first_frame_image=true``, frame 0
   as a third condition image (a longer transformer pass);
 - ``q21_*``: Qwen-Image 2.1 in the same run, on its own pipeline loaded after 2509's (``qvedit.bench21``).
+- ``*_s06`` / ``*_s04`` (``off``, ``edge_gram``, ``lightning_*``, ``lightning4_*``): ``start.noise=warped`` with
+  ``start.strength`` 0.6 / 0.4, frame 1 starting part-way down the schedule from frame 0 warped onto it (the flow
+  between the random edge map and frame 0's edges, by DIS on the CPU, is part of the time); ``lightning4_off`` /
+  ``lightning4_edge_gram``: ``experiment=lightning_4step``'s steps and guidance window (``fastest_*`` take the
+  preset's own ``start``).
 
 Per variant: seconds per frame, prompt encoding, transformer time per denoising step, VAE decode,
 peak GPU memory; guided variants also the added seconds per guided step. CUDA events time the
@@ -38,19 +43,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
-import numpy as np
-import torch
-from PIL import Image
+from qvedit.threads import use_cpu_threads
 
-from qvedit.bench21 import Q21_VARIANTS, q21_preset
-from qvedit.report.bench import compare_frames, markdown, uncached, write_report
-from qvedit.settings.run import DTYPE_NAMES
+use_cpu_threads()  # before torch is imported: OpenMP reads its settings once
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from qvedit.bench21 import Q21_VARIANTS, q21_preset  # noqa: E402
+from qvedit.cli import OneLineParser, emit, folder, run_tool, whole  # noqa: E402
+from qvedit.report.bench import compare_frames, markdown, uncached, write_report  # noqa: E402
+from qvedit.settings.run import DTYPE_NAMES  # noqa: E402
 
 VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_output", "edge_gram_low_memory",
             "plain_fast", "off_fast", "lightning_off", "lightning_edge_gram", "edge_gram_decode512",
@@ -58,7 +69,10 @@ VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_outp
             "lightning_edge_gram_tiny", "lightning_edge_gram_tiny_decode512", "off_cache", "edge_gram_cache",
             "lightning_off_cache", "lightning_edge_gram_cache", "off_cache_fp8", "edge_gram_cache_fp8", "fastest_off",
             "fastest_edge_gram", "fastest_edge_gram_nocache", "off_first_frame_image",
-            "lightning_off_first_frame_image", *Q21_VARIANTS)
+            "lightning_off_first_frame_image", "off_s06", "off_s04", "edge_gram_s06", "edge_gram_s04",
+            "lightning_off_s06", "lightning_off_s04", "lightning_edge_gram_s06", "lightning_edge_gram_s04",
+            "lightning4_off", "lightning4_edge_gram", "lightning4_off_s06", "lightning4_off_s04",
+            "lightning4_edge_gram_s06", "lightning4_edge_gram_s04", *Q21_VARIANTS)
 # Settings applied to the loaded pipeline (they stay with it: these stages come after the plain ones), and
 # presets that change the pipeline for good, so each gets a freshly loaded one (qvedit.models.loading).
 APPLIED = {"_low_memory": dict(offload_text_encoder=True), "_fast": dict(compile=True)}
@@ -75,8 +89,9 @@ def stage_of(variant: str) -> str:
     return next((suffix for suffix in (*APPLIED, *RELOADED) if variant.endswith(suffix)), "")
 
 
-def fastest_preset() -> dict:
-    """``experiment=fastest`` as composed from ``conf/``: steps, CFG, scheduler, guidance and perf settings."""
+def fastest_preset(experiment: str = "fastest") -> dict:
+    """``experiment=fastest`` (or another preset) as composed from ``conf/``: steps, CFG, scheduler, guidance, perf
+    and start settings."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -84,10 +99,11 @@ def fastest_preset() -> dict:
 
     register_schemas()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = OmegaConf.to_container(compose("config", overrides=["experiment=fastest"]))
+        cfg = OmegaConf.to_container(compose("config", overrides=[f"experiment={experiment}"]))
     drop = lambda node: {k: v for k, v in node.items() if k != "_target_"}  # noqa: E731
     return {"steps": cfg["num_inference_steps"], "true_cfg_scale": cfg["true_cfg_scale"],
-            "scheduler": cfg["model"]["scheduler"], "ttlg": drop(cfg["ttlg"]), "perf": drop(cfg["perf"])}
+            "scheduler": cfg["model"]["scheduler"], "ttlg": drop(cfg["ttlg"]), "perf": drop(cfg["perf"]),
+            "start": drop(cfg["start"])}
 
 
 def lightning_preset() -> dict:
@@ -146,6 +162,16 @@ class PartTimer:
         return len(self.spans.get(label, []))
 
 
+def start_of(variant: str, fastest: Optional[dict]):
+    """The variant's ``start``: ``_s06`` / ``_s04`` warped noise at strength 0.6 / 0.4, ``fastest_*`` the preset's."""
+    from qvedit.settings.start import StartSettings
+
+    if fastest is not None:
+        return StartSettings(**fastest["start"])
+    suffix = re.search(r"_s(\d)(\d)$", variant)
+    return StartSettings(noise="warped", strength=float(f"{suffix[1]}.{suffix[2]}")) if suffix else StartSettings()
+
+
 def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "init.png")
@@ -156,6 +182,7 @@ def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
 
 def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work: Path) -> dict:
     from qvedit.editor import edit_clip, frame_seed
+    from qvedit.io.flow import ClipFlow
     from qvedit.io.frames import FrameFolders, FrameWriter
     from qvedit.models.family import family_of
     from qvedit.models.lora import use_scheduler
@@ -163,7 +190,7 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     from qvedit.outputs import ClipOutputs
     from qvedit.plan import ClipPlan
     from qvedit.settings.anchor import AnchorSettings
-    from qvedit.settings.guidance import TTLGSettings
+    from qvedit.settings.guidance import FlowSettings, TTLGSettings
     from qvedit.settings.model import PerfSettings
     from qvedit.settings.run import PIPELINE_CONDITION_AREA, RunSettings
 
@@ -175,7 +202,11 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     guided = "edge_gram" in variant
     fastest = fastest_preset() if variant.startswith("fastest") else None
     q21 = q21_preset(variant, last_steps) if variant.startswith("q21") else None
-    lightning = fastest or q21 or (lightning_preset() if variant.startswith("lightning") else None)
+    lightning = fastest or q21 or (fastest_preset("lightning_4step") if variant.startswith("lightning4") else None) \
+        or (lightning_preset() if variant.startswith("lightning") else None)
+    if variant.startswith("lightning4"):  # its guidance window; the guided variants set the scales
+        lightning["ttlg"] = {k: lightning["ttlg"][k] for k in ("every", "start_step", "end_step", "last_steps")}
+    start = start_of(variant, fastest)
     window = lightning["ttlg"] if lightning else {"last_steps": last_steps}
     decode = {"decode_size": 512 if variant.endswith("_decode512") else None,
               "decoder": "tiny" if "_tiny" in variant else "vae", "tiny_decoder": "random"}
@@ -209,14 +240,17 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
             anchor = AnchorSettings(first_frame_image=variant.endswith("_first_frame_image"))
             source = FrameFolders(str(init), str(edges))
             plan = ClipPlan.of(settings, source, family_of(pipe).replace(**q21["family"]) if q21 else None)
-            frame = edit_clip(pipe, source, ClipOutputs(FrameWriter(out)), settings, ttlg, anchor=anchor, plan=plan)[-1]
+            flow = ClipFlow(FlowSettings(), source, (size, size), pipe.device) if start.needs_flow else None
+            frame = edit_clip(pipe, source, ClipOutputs(FrameWriter(out)), settings, ttlg, anchor=anchor, flow=flow,
+                              plan=plan, start=start)[-1]
         if cuda:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - started
+    run = start.steps_run(steps)  # the steps a part-way start runs
     row = {
         "variant": variant, "size": size, "steps": steps, "seconds_per_frame": seconds,
         "prompt_encoding_s": timer.seconds("prompt"),
-        "transformer_s_per_step": timer.seconds("transformer") / steps,
+        "transformer_s_per_step": timer.seconds("transformer") / run,
         "transformer_passes": timer.count("transformer"),
         "decode_s": timer.seconds("decode"), "decode_calls": timer.count("decode"),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
@@ -224,8 +258,10 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     }
     if not variant.removeprefix("q21_").startswith("plain"):
         row["frame"] = str(frame)  # frame 1 as written (in ``work``)
+    if not start.is_default:
+        row.update(start_noise=start.noise, start_strength=start.strength, steps_run=run)
     if guided:
-        row["guided_steps"] = sum(ttlg.guides_step(i, steps) for i in range(steps))
+        row["guided_steps"] = sum(ttlg.guides_step(i, run) for i in range(run))
     if cache.cache != "none":
         from qvedit.models.step_cache import fresh_steps
 
@@ -235,17 +271,20 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0],
-                                     epilog="Each variant is described in the module's docstring (qvedit/bench.py); "
-                                            "README, \"Performance\", has the figures measured with it.")
+    parser = OneLineParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0],
+                           epilog="Each variant is described in the module's docstring (qvedit/bench.py); README, "
+                                  "\"Performance\", has the figures measured with it. Exit code: 0 done, 2 bad "
+                                  "arguments or a setting the device cannot run (one line, before any loading).")
     parser.add_argument("--model", choices=("random_full", "tiny"), default="random_full",
                         help="random_full: the full 2509 architecture, random weights, timing only (a GPU); tiny: "
                              "the offline toy model, to try the benchmark on the CPU (default: %(default)s)")
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default: %(default)s)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], metavar="PIXELS",
-                        help="square frame sides to time, each a multiple of 16 (default: 512 1024)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps per frame (default: %(default)s)")
-    parser.add_argument("--last-steps", type=int, default=10,
+    parser.add_argument("--sizes", type=whole(16, 4096, multiple=16), nargs="+", default=[512, 1024],
+                        metavar="PIXELS", help="square frame sides to time, each a multiple of 16 in 16..4096 "
+                                               "(default: 512 1024)")
+    parser.add_argument("--steps", type=whole(1, 1000), default=50,
+                        help="denoising steps per frame, 1..1000 (default: %(default)s)")
+    parser.add_argument("--last-steps", type=whole(0, 1000), default=10,
                         help="guided variants guide the last N steps, as ttlg.last_steps (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain", "off", "edge_gram"],
                         metavar="VARIANT", help=f"what to time, in this order: {', '.join(VARIANTS)} (default: "
@@ -253,15 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention-backend", default=None, help="perf.attention_backend for every variant")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
                         help="default: fp32 for the tiny model, bf16 for random_full (the fp8 variants need bf16)")
-    parser.add_argument("--out", default=None, help="folder for bench.json and bench.md (default: a new "
+    parser.add_argument("--out", type=folder, default=None, help="folder for bench.json and bench.md (default: a new "
                                                     "runs/bench/<date>/<time>/, as a run's folder)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark; bad arguments and settings the device cannot run are one ``qvedit: error:`` line (exit 2)
+    before anything loads."""
     args = build_parser().parse_args(argv)
-    out = Path(args.out) if args.out else Path("runs") / "bench" / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    return run_tool(lambda: bench(args))
 
+
+def bench(args: argparse.Namespace) -> int:
+    out = args.out or Path("runs") / "bench" / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+
+    from qvedit.devices import check_device
     from qvedit.errors import QveditError
     from qvedit.models.perf import apply_perf, check_perf
     from qvedit.settings.model import PerfSettings
@@ -273,12 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     stages = [(variants, PerfSettings(attention_backend=args.attention_backend, **perf), reload)
               for variants, perf, reload in stages if variants]
     q21_first = [v for v in args.variants if stage_of(v) == "q21"][:1]
-    try:
-        for _, perf, _ in stages:
-            check_perf(perf, args.device, dtype)
-    except QveditError as err:
-        print(f"qvedit.bench: error: {err}")
-        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise QveditError(f"--device {args.device}{' (the default)' if args.device == 'cuda' else ''} but no CUDA GPU "
+                          "is visible: the benchmark times a GPU; --model tiny --device cpu tries it on the CPU")
+    check_device(args.device)
+    for _, perf, _ in stages:
+        check_perf(perf, args.device, dtype)
     for warning in cpu_warnings(args.model, args.device, args.sizes, args.variants):
         progress(f"warning: {warning}")
     total, done = len(args.variants) * len(args.sizes), 0
@@ -306,9 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                         frames[size, variant] = np.asarray(Image.open(rows[-1].pop("frame")).convert("RGB"))
                     compare_frames(rows, frames)
                     progress(f"{done} of {total}: {variant} at {size}² took {rows[-1]['seconds_per_frame']:.2f} s")
-                    print(json.dumps(rows[-1]), flush=True)
+                    emit(json.dumps(rows[-1]))
                     report = write_report(rows, args.model, pipe.device, out)  # after every row
-    print(markdown(report))
+    emit(markdown(report))
     progress(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
     return 0
 

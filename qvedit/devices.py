@@ -35,14 +35,24 @@ def check_device(device: str) -> str:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring a new peak (each frame's): GPU memory allocated; on the CPU under Linux the process's
+    resident-set high-water mark (``/proc/self/clear_refs``; elsewhere it cannot be reset)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")  # 5: reset the peak RSS (VmHWM) to the current RSS; nothing else changes
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """GPU: peak allocated since the last reset (per frame). CPU: the process's peak RSS so far."""
+    """The peak since ``reset_peak_memory`` (a frame's): GPU memory allocated; CPU: resident set (Linux's VmHWM),
+    where it cannot be read the process's peak RSS so far."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError, AttributeError):
+        with open("/proc/self/status") as status:
+            return int(re.search(r"^VmHWM:\s+(\d+) kB", status.read(), re.MULTILINE)[1]) / 2**10
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -28,27 +27,29 @@ from qvedit.lab import LabStats
 from qvedit.models.diffusers_compat import execution_device, record_velocity
 from qvedit.models.family import family_of
 from qvedit.models.parallel import Team
-from qvedit.outputs import ClipOutputs
+from qvedit.outputs import ClipOutputs, keeps_saved_frames
 from qvedit.plan import ClipPlan
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.run import RunSettings
+from qvedit.settings.start import StartSettings
+from qvedit.start.noise import frame_seed  # noqa: F401 (qvedit.editor.frame_seed: a frame's generator's seed)
+from qvedit.start.starts import FrameStarts
 
 log = logging.getLogger(__name__)
 
 
-def frame_seed(seed: int, frame_index: int) -> int:
-    """The seed of one frame's generator, from (run seed, frame index): any frame can be remade alone."""
-    return int(np.random.SeedSequence([seed, frame_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def checked_frame(image: torch.Tensor, frame_index: int) -> Image.Image:
-    """(3, H, W) in [0, 1] -> 8-bit RGB; NaN fails instead of writing black."""
+def checked_frame(image: torch.Tensor, frame_index: int, dtype: Optional[str] = None,
+                  guided: bool = True) -> Image.Image:
+    """(3, H, W) in [0, 1] -> 8-bit RGB; NaN fails instead of writing black, with the hints that fit the run
+    (``dtype``: the run's, None when unknown; ``guided``: whether guidance moved the latents)."""
     if not torch.isfinite(image).all():
-        raise QveditError(
-            f"frame {frame_index}: the pipeline produced NaN/inf values (nothing written for this frame); "
-            "try dtype=fp32 or bf16 instead of fp16, or a lower ttlg.lr"
-        )
+        hints = (["dtype=fp32 or bf16 instead of fp16"] if dtype in (None, "fp16") else []) + \
+            (["a lower ttlg.lr or lower loss scales"] if guided else [])
+        hint = f"try {', or '.join(hints)}" if hints else \
+            "neither fp16 nor guidance is on: try another num_inference_steps or model.scheduler"
+        raise QveditError(f"frame {frame_index}: the pipeline produced NaN/inf values (nothing written for this "
+                          f"frame); {hint}")
     return to_pil(image)
 
 
@@ -75,15 +76,22 @@ class FrameMaker:
 
     def __init__(self, pipe, source: FrameSource, settings: RunSettings, ttlg: TTLGSettings, plan: ClipPlan,
                  first: Image.Image, team: Optional[Team] = None, flow: Optional[ClipFlow] = None,
-                 anchor: Optional[AnchorSettings] = None, debug_dir: Optional[Path] = None, wants_color: bool = False):
+                 anchor: Optional[AnchorSettings] = None, debug_dir: Optional[Path] = None, wants_color: bool = False,
+                 start: Optional[StartSettings] = None):
         """first: frame 0 (8-bit RGB): the Gram reference and the colour target. ``wants_color``: the colour targets
-        are needed for the metrics (``color_drift``) even without ``anchor.color`` or ``ttlg.color_scale``."""
+        are needed for the metrics (``color_drift``) even without ``anchor.color`` or ``ttlg.color_scale``.
+        ``start``: how each frame starts (``qvedit.start``); None = from its own noise, every step."""
         self.pipe, self.source, self.settings, self.ttlg, self.plan = pipe, source, settings, ttlg, plan
         self.team, self.flow, self.anchor = team or Team(), flow, anchor or AnchorSettings()
         self.guide = Guide(ttlg, pipe, to_tensor(first), debug_dir) if ttlg.enabled and self.team.is_main else None
         wants_color = wants_color or self.anchor.corrects_color or ttlg.color_scale > 0
         self.color = ColorAnchor(self.anchor, first, source) if wants_color else None
         self.device = execution_device(pipe)
+        problem = plan.family.start_problem(start)  # said before loading by job.py; here for edit_clip's callers
+        if problem:
+            raise QveditError(problem)
+        self.starts = FrameStarts(start or StartSettings(), pipe, settings.seed, settings.num_inference_steps,
+                                  plan.generation_size, flow, self.team)
 
     def make(self, index: int, images: Callable[[Image.Image], list], prompt: str, previous: Image.Image,
              temporal: bool = True) -> MadeFrame:
@@ -104,6 +112,7 @@ class FrameMaker:
         edge = self.source.edge_frame(index - 1, (width, height))
         pair = self.flow.pair(index, edge) if self.flow is not None and self.team.is_main else None
         generator = torch.Generator(device=self.device).manual_seed(frame_seed(self.settings.seed, index))
+        begin = self.starts.frame(index, previous, pair)
         color_target = self.color.target(index) if self.color is not None else None
         guide, family = self.guide, self.plan.family
         with frame_memory(index, (gen_width, gen_height), self.pipe, self.device), \
@@ -112,7 +121,7 @@ class FrameMaker:
             if guide is not None:
                 guide.frame_done(to_tensor(previous))
                 callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,
-                                          self.settings.num_inference_steps, velocity, pair, color_target, temporal)
+                                          begin.steps, velocity, pair, color_target, temporal)
             result = self.pipe(
                 image=images(edge),
                 prompt=prompt,
@@ -122,10 +131,14 @@ class FrameMaker:
                 generator=generator,
                 output_type="pt",
                 callback_on_step_end=self.team.step_callback(callback),
-                **family.call_arguments(self.plan.condition_area, self.settings.true_cfg_scale,
-                                        self.settings.negative_prompt),
+                # the family's own arguments, then the start's (latents=, sigmas=: only a family whose
+                # start_problem lets the start through gets them, and then gives neither itself)
+                **{**family.call_arguments(self.plan.condition_area, self.settings.true_cfg_scale,
+                                           self.settings.negative_prompt), **begin.kwargs},
             )
-        frame = checked_frame(family.rgb(result.images[0]), index)
+        if guide is not None:
+            guide.check_finite(index)
+        frame = checked_frame(family.rgb(result.images[0]), index, self.settings.dtype, guide is not None)
         if frame.size != (width, height):
             frame = frame.resize((width, height), Image.Resampling.BICUBIC)
         frame = self.team.broadcast(frame)
@@ -134,10 +147,11 @@ class FrameMaker:
         return MadeFrame(frame, edge, pair, color_target, started, guide.guided_steps if guide else 0)
 
 
+@keeps_saved_frames  # frames still being written when an error or a stop comes are kept
 def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSettings,
               ttlg: Optional[TTLGSettings] = None, team: Optional[Team] = None,
               flow: Optional[ClipFlow] = None, anchor: Optional[AnchorSettings] = None,
-              plan: Optional[ClipPlan] = None) -> list[Path]:
+              plan: Optional[ClipPlan] = None, start: Optional[StartSettings] = None) -> list[Path]:
     """Write the edited clip: frame 0 copied, frames 1..T-1 generated in order.
 
     Frames already in ``outputs``' folder (a resumed run) are kept and the loop goes on from the
@@ -158,6 +172,8 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
             frame 0, and each frame's colours moved toward frame 0's (source-adjusted) statistics before it
             is written and followed; the same target feeds ``color_drift`` and ``ttlg.color_scale``.
         plan: the clip's frame count and sizes (``ClipPlan.of(settings, source)``, computed here when None).
+        start: how each frame starts (``qvedit.start``): which noise, and from how far down the schedule; None =
+            each frame from its own noise, every step. Its warped noise and part-way starts follow ``flow``.
 
     Returns:
         The paths of the clip's frames 0..T-1.
@@ -178,7 +194,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     previous = outputs.previous_frame(done, init)
     done, previous = team.broadcast((done, previous))
     maker = FrameMaker(pipe, source, settings, ttlg, plan, init, team=team, flow=flow, anchor=anchor,
-                       debug_dir=outputs.debug_dir, wants_color=outputs.metrics.quality)
+                       debug_dir=outputs.debug_dir, wants_color=outputs.metrics.quality, start=start)
     written = outputs.start(init, done)
     if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, outputs.folder)
@@ -191,14 +207,15 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
                       disable=not bars):
         stopping.check()  # a stop whose exception was lost (qvedit.stopping.check) ends the run here
         made = maker.make(index, lambda edge: anchor.condition_images(index, edge, previous, init), prompt, previous)
-        written.append(outputs.write_frame(index, made.frame))
         seconds = time.perf_counter() - made.started
-        outputs.record(index, made.frame, made.edge, previous, made.pair, made.color_target, hops=anchor.hops(index),
-                       seconds=round(seconds, 4), guided_steps=made.guided_steps,
-                       peak_mem_mib=round(peak_memory_mib(maker.device), 1))
+        # written with its metrics row in the background while the next frame is made
+        written.append(outputs.save(index, made.frame, made.edge, previous, made.pair, made.color_target,
+                                    hops=anchor.hops(index), seconds=round(seconds, 4), guided_steps=made.guided_steps,
+                                    peak_mem_mib=round(peak_memory_mib(maker.device), 1)))
         if team.is_main and not bars:
             log.info("frame %d of %d done in %.2f s%s", index, total - 1, seconds,
                      f", {made.guided_steps} guided steps" if maker.guide else "")
         previous = made.frame
+    outputs.finish()
     stopping.check()
     return written

@@ -83,10 +83,28 @@ def atomic_path(final: str | os.PathLike, rename: bool = True) -> Iterator[Path]
     except OSError as err:
         if err.errno in WRITE_ERRNOS:
             raise write_error(err, final) from None
+        in_the_way = in_the_way_error(err, final)
+        if in_the_way is not None:
+            raise in_the_way from None
         raise
     finally:
         if rename or not finished:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (none to remove below a file in the way)
+                partial.unlink(missing_ok=True)
+
+
+def in_the_way_error(err: OSError, final: Path) -> QveditError | None:
+    """A write that failed because a folder has the file's name, or a file stands where a folder must be, as one
+    line; None for any other failure."""
+    if err.errno == errno.EISDIR and final.is_dir():
+        return QveditError(f"cannot write {final}: a folder of that name is there; move it away (qvedit writes a "
+                           "file there), then run the same command again")
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocked = next((part for part in final.parents if part.exists() and not part.is_dir()), None)
+        if blocked is not None:
+            return QveditError(f"cannot write {final}: {blocked} is a file where qvedit needs a folder; move it away, "
+                               "then run the same command again")
+    return None
 
 
 _staged: set[Path] = set()  # written with rename=False, not yet committed

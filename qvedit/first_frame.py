@@ -155,6 +155,7 @@ class FirstFrameEdit:
         made_with = candidates_made_with(cfg, source_frame0)
         recorded = {}
         if team.is_main:
+            check_writable(folder, settings.candidates)
             folder.mkdir(parents=True, exist_ok=True)
             locks.hold(folder)
             recorded = read_manifest(folder, made_with)
@@ -227,8 +228,9 @@ class FirstFrameEdit:
         """Where frame 0 came from, for the summary and report.html."""
         s = self.settings
         return (f"frame 0: candidate {s.pick} of {len(self.candidates)} ({self.folder / self.picked.file}), the "
-                f'source\'s frame 0 edited with first_frame.prompt="{s.prompt}" (seed {self.picked.seed}, '
-                f"{s.num_inference_steps} steps, true CFG {s.true_cfg_scale:g}); all of them: {self.folder / SHEET}")
+                f'source\'s frame 0 edited with first_frame.prompt="{s.prompt}" (seed {self.picked.seed}, derived '
+                f"from seed={self.run.seed} and candidate {s.pick}; {s.num_inference_steps} steps, true CFG "
+                f"{s.true_cfg_scale:g}); all of them: {self.folder / SHEET}")
 
     def summary(self) -> list[str]:
         """The lines a ``first_frame.only`` run ends with."""
@@ -273,6 +275,8 @@ class EditedFirstFrame:
     """A ``FrameSource`` whose frame 0 (``init_image``) is ``frame0``; everything else, the original frame 0
     among the source frames included, is ``source``'s."""
 
+    frame0_edited = True  # previews say so in frame 0's edge cell (qvedit.io.preview)
+
     def __init__(self, source: FrameSource, frame0: Image.Image):
         self.source, self.frame0 = source, frame0
 
@@ -311,6 +315,19 @@ def read_manifest(folder: Path, made_with: dict) -> dict[int, Candidate]:
             f"{key}: {old!r} -> {new!r}" for key, old, new in differing) + ")")
         return {}
     return {k: c for k, c in candidates.items() if (folder / c.file).is_file()}  # one deleted is made again
+
+
+def check_writable(folder: Path, candidates: int) -> None:
+    """Refuse, before the model loads, a candidates folder that is a file (or below one), or one where a folder has
+    the name of a file qvedit writes there (a candidate, the sheet, the manifest)."""
+    blocked = next((part for part in (folder, *folder.parents) if part.exists() and not part.is_dir()), None)
+    if blocked is not None:
+        raise QveditError(f"{blocked} is a file where qvedit keeps the first-frame candidates ({folder}): move it "
+                          "away, or choose another hydra.run.dir")
+    for path in [folder / candidate_name(k) for k in range(candidates)] + [folder / SHEET, folder / MANIFEST]:
+        if path.exists() and not path.is_file():
+            raise QveditError(f"{path} is a folder where qvedit writes a file of that name: move it away, or choose "
+                              "another hydra.run.dir")
 
 
 def check_candidate(folder: Path, candidate: Candidate, size: tuple[int, int]) -> None:

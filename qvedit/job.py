@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +41,7 @@ from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.family import family_for
 from qvedit.models.fp8 import torchao_only_for_fp8
 from qvedit.models.loading import availability_problem, load_pipeline
+from qvedit.models.schedule import planned_schedule_problem
 from qvedit.models.lora import check_model
 from qvedit.models.parallel import Team, start_team
 from qvedit.models.perf import apply_perf, check_perf
@@ -65,6 +66,7 @@ from qvedit.settings.model import ModelSettings, PerfSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schedule import ScheduleSettings
 from qvedit.settings.schema import check_values, frame_settings, input_paths, scale_keys
+from qvedit.settings.start import StartSettings
 from qvedit.trust import build
 
 log = logging.getLogger("qvedit")
@@ -135,6 +137,7 @@ class Job:
     schedule: ScheduleSettings
     first_frame: Optional[FirstFrameEdit] = None  # frame 0 edited from the source's (first_frame.prompt)
     starts_over: bool = False  # the frames folder holds a clip whose frame 0 was another candidate
+    start: StartSettings = field(default_factory=StartSettings)  # how each frame starts (start/)
     pipe: object = None  # the loaded pipeline (None where Ray workers hold it: schedule.workers >= 2)
     pool: Optional[RayPool] = None  # schedule.workers >= 2: the Ray workers
 
@@ -154,10 +157,12 @@ class Job:
         device = team.device or settings.device
         ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
-        first_frame_settings, schedule = build(cfg.first_frame), schedule_of(cfg)
+        first_frame_settings, schedule, start = build(cfg.first_frame), schedule_of(cfg), build(cfg.start)
         family = family_for(model)  # what the model's pipeline takes (qvedit.models.family)
         refuse(model.entry_problem(), model.family_problem(call_steps(settings, first_frame_settings)),
-               first_frame_settings.conflict(), family.refusal(ttlg, perf, team.settings))
+               first_frame_settings.conflict(), family.refusal(ttlg, perf, team.settings), family.start_problem(start),
+               start.problem(settings.num_inference_steps), start.schedule_problem(schedule.segments),
+               planned_schedule_problem(model, settings.num_inference_steps))
         torchao_only_for_fp8(perf.quantize)  # before check_model may import diffusers
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, is_main=team.is_main)
         layout.check()
@@ -197,12 +202,21 @@ class Job:
             log.info("on %s: %s, CUDA_VISIBLE_DEVICES=%s", device, torch.cuda.get_device_name(device),
                      os.environ.get("CUDA_VISIBLE_DEVICES", "(all)"))
         flow_guided = ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0
-        flow = ClipFlow(flow_settings, source, plan.init_size, torch.device(device)) \
-            if team.is_main and (metrics.quality or flow_guided) and not schedule.on_ray else None
+        try:
+            flow = ClipFlow(flow_settings, source, plan.init_size, torch.device(device)) \
+                if team.is_main and (metrics.quality or flow_guided or start.needs_flow) and not schedule.on_ray else None
+        except QveditError as err:
+            raise QveditError(f"start.noise={start.noise} start.strength={start.strength:g} follows the clip's optical "
+                              f"flow: {err}" if start.needs_flow else str(err)) from None
+        if team.is_main and not start.is_default:
+            log.info("start: %s noise, %s%s", start.noise, f"the last {start.steps_run(settings.num_inference_steps)} "
+                     f"of {settings.num_inference_steps} steps from the previous frame warped onto each"
+                     if start.from_previous else "every step", "; the flow is estimated between edge maps (no source "
+                     "frames: rougher)" if start.needs_flow and flow.from_edges else "")
         sweep_dir = Path(HydraConfig.get().sweep.dir) if in_sweep() else None
         tracking = JobTracking.start(logger, cfg, run_dir, sweep_dir) if team.is_main else None
         return cls(cfg, settings, team, device, layout, io, source, plan, outputs, ttlg, model, perf, flow, tracking,
-                   anchor, schedule, first_frame, starts_over)
+                   anchor, schedule, first_frame, starts_over, start)
 
     def run(self) -> Path:
         """Make and publish the clip; returns its frames folder. A failure marks the tracking run failed."""
@@ -256,7 +270,7 @@ class Job:
         """Make one clip into ``outputs``: the rolling loop (``schedule=chain``), or keyframes and segments."""
         if not self.schedule.segments:
             return edit_clip(self.pipe, self.source, outputs, self.settings, ttlg, self.team, self.flow, self.anchor,
-                             self.plan)
+                             self.plan, self.start)
         bars = sys.stderr.isatty()
         if self.pipe is not None:
             self.pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
@@ -305,7 +319,8 @@ class Job:
                               demo=isinstance(self.io, DemoIO), flow_from_edges=self.flow is not None
                               and self.flow.from_edges,
                               frame0=self.first_frame.describe() if self.first_frame is not None else None,
-                              keyframes=self.keyframes)
+                              keyframes=self.keyframes, anchor=self.anchor.describe(),
+                              video_notes=tuple(getattr(self.source, "video_notes", ())))
         log.info(summary[0].removeprefix("qvedit: "))
         previews = []
         if unguided_csv is not None:

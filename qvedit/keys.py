@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections import Counter
 from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -71,6 +72,60 @@ def parsed_overrides(argv: list[str]) -> list:
         return OverridesParser.create().parse_overrides(args.overrides)
     except (HydraException, SystemExit):
         return []
+
+
+def overrides_last(argv: list[str]) -> list[str]:
+    """``argv`` with every override after Hydra's own options, in the order typed: Hydra takes the overrides as one
+    run of words, so ``experiment=demo -m seed=0,1`` (an override after ``-m``, as users type) was refused."""
+    from hydra._internal.utils import get_args_parser
+
+    args, unknown = get_args_parser().parse_known_args(argv)
+    stray = [arg for arg in unknown if "=" in arg and not arg.startswith("-")]
+    if not stray:
+        return argv
+    left = Counter([*args.overrides, *stray])
+    overrides = []
+    for arg in argv:
+        if left[arg]:
+            left[arg] -= 1
+            overrides.append(arg)
+    options = list(argv)
+    for arg in overrides:
+        options.remove(arg)
+    return options + overrides
+
+
+def argument_problems(argv: list[str]) -> list[str]:
+    """What is not an override at all, one line: an option in argparse's habit (``--max-frames 6``: qvedit takes
+    ``max_frames=6``), or a word without ``=`` (the rest of an unquoted path with a space, most often)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, unknown = get_args_parser().parse_known_args(argv)
+    problems, taken = [], set()
+    for position, arg in enumerate(argv):
+        if arg not in unknown:
+            continue
+        name, _, value = arg.lstrip("-").partition("=")
+        following = argv[position + 1] if position + 1 < len(argv) else None
+        if not value and following is not None and "=" not in following and not following.startswith("-"):
+            value = following
+            taken.add(following)
+        key = name.replace("-", "_")
+        key = key if key in known_names() else closest(key)
+        shown = f"{arg} {value}" if value and arg.partition("=")[2] != value else arg
+        meant = f"{key}={value or 'VALUE'}" if key else None
+        problems.append(f"{shown}: qvedit takes key=value overrides, not --options: "
+                        f"{f'pass {meant}' if meant else 'python -m qvedit --help lists the keys'}")
+    if problems:
+        return problems
+    before = None
+    for arg in args.overrides:
+        if "=" not in arg and not arg.startswith("~") and arg not in taken:
+            hint = (f"if it is the rest of a value with a space, quote the whole override: '{before} {arg}'"
+                    if before else "python -m qvedit --help lists the keys")
+            return [f"{arg} is not key=value (every override is key=value): {hint}"]
+        before = arg
+    return []
 
 
 def unknown_overrides(argv: list[str]) -> list[str]:

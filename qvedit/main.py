@@ -24,12 +24,15 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from qvedit import stopping
+from qvedit.cli import quiet_stdout
 from qvedit.errors import QveditError
 from qvedit.io.layout import discard_if_empty, file_in_the_way, record_job_error
-from qvedit.keys import merging_dict_overrides, register_help, unknown_config_keys, unknown_overrides
+from qvedit.keys import (argument_problems, merging_dict_overrides, overrides_last, register_help,
+                         unknown_config_keys, unknown_overrides)
 from qvedit.launchers import register_plugins
 from qvedit.ranks import follower_overrides, torchrun_rank
 from qvedit.settings.schema import CONF_DIR, register_schemas
+from qvedit.threads import use_cpu_threads
 from qvedit.trust import command_line_problems
 from qvedit.values import hydra_error_line, override_problems
 
@@ -58,6 +61,10 @@ def hydra_main(cfg: DictConfig) -> Optional[tuple]:
             raise QveditError(problem)
         from qvedit.job import in_sweep, run
         from qvedit.report.tuning import trial_objectives
+        from qvedit.threads import describe
+
+        if str(cfg.get("device", "")).startswith("cpu"):
+            log.info(describe())
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         run(cfg, run_dir)
@@ -74,6 +81,8 @@ def hydra_main(cfg: DictConfig) -> Optional[tuple]:
         if not rank:
             discard_if_empty(run_dir)  # twenty typos must not leave twenty empty run folders
         sys.exit(2)
+    except BrokenPipeError:  # the summary's reader left (| head): the run is done and written, say nothing more
+        quiet_stdout()
     except (KeyboardInterrupt, stopping.Terminated) as stop:
         signum = getattr(stop, "signum", signal.SIGINT)
         if torchrun_rank() == 0:
@@ -96,8 +105,9 @@ def main() -> None:
     that is removed at exit: the run folder, its logs and its frames are rank 0's alone."""
     # one line per misspelt key; else the first key of a config from elsewhere that would run code
     # then the values no group or key takes (all in one line), before Hydra says it in many
-    argv = sys.argv[1:] = merging_dict_overrides(sys.argv[1:])
-    problems = unknown_overrides(argv) or ["; ".join(override_problems(argv))] or []
+    use_cpu_threads()  # before torch is imported
+    argv = sys.argv[1:] = merging_dict_overrides(overrides_last(sys.argv[1:]))
+    problems = argument_problems(argv) or unknown_overrides(argv) or ["; ".join(override_problems(argv))] or []
     problems = [p for p in problems if p] or command_line_problems(argv, Path(__file__))[:1]
     for problem in problems:
         print(f"qvedit: error: {problem}", file=sys.stderr)
@@ -116,6 +126,8 @@ def main() -> None:
             raise
         print(f"qvedit: error: {hydra_error_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # --help (or --cfg job) into a reader that stopped early (| head): nothing more to say
+        quiet_stdout()
     except OSError as err:  # Hydra making the run or sweep folder where a file (or no permission) is in the way
         if full_error == "1" or not err.filename or not raised_by_hydra(err):
             raise

@@ -9,6 +9,7 @@ would change the frames is refused, naming the keys that differ.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,6 +18,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
+from qvedit.background import Background
 from qvedit.errors import QveditError
 from qvedit.files import write_text_atomic
 from qvedit.guidance.flow import FlowPair
@@ -57,8 +59,16 @@ def check_or_record(frames_dir: Path, settings: dict[str, object], start_over_on
         differing = diff_configs(before, settings)
         if differing and all(key in start_over_on for key, _, _ in differing):
             return True
+        listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differing)
+        if differing and not (frames_dir / "00001.png").exists():
+            # Frame 0 alone (the input, copied): the run before made no frame (it failed before its first), so
+            # nothing made with its settings is lost: the corrected command goes on in the same folder.
+            log.info("%s holds only frame 0 of a run with other settings (%s) that made no frame: starting afresh",
+                     frames_dir, listed)
+            (frames_dir / "00000.png").unlink()
+            write_text_atomic(manifest, OmegaConf.to_yaml(OmegaConf.create(settings)))
+            return False
         if differing:
-            listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differing)
             raise QveditError(
                 f"{frames_dir} holds frames made with other settings ({listed}): resume with the same settings, "
                 "or write to a new folder (another hydra.run.dir or io.out_frames_dir)"
@@ -69,6 +79,21 @@ def check_or_record(frames_dir: Path, settings: dict[str, object], start_over_on
                           "(another hydra.run.dir or io.out_frames_dir)")
     write_text_atomic(manifest, OmegaConf.to_yaml(OmegaConf.create(settings)))
     return False
+
+
+def keeps_saved_frames(make: Callable) -> Callable:
+    """For ``make(pipe, source, outputs: ClipOutputs, ...)`` (``edit_clip``): an error or a stop on the way out
+    first lets ``outputs`` finish writing the frames it was given (they are finished: a stop keeps them)."""
+
+    @functools.wraps(make)
+    def making(pipe, source, outputs: "ClipOutputs", *args, **kwargs):
+        try:
+            return make(pipe, source, outputs, *args, **kwargs)
+        except BaseException:
+            outputs.finish(quietly=True)
+            raise
+
+    return making
 
 
 def start_over(frames_dir: Path, settings: dict[str, object]) -> int:
@@ -96,6 +121,7 @@ class ClipOutputs:
         self.debug_dir = debug_dir  # guidance debug images, when set
         self.hops: Callable[[int], int] = lambda index: index  # the hops of each frame (a chain's: its index)
         self._rows: Optional[MetricsLog] = None
+        self._writer: Optional[Background] = None  # writes frames and rows beside the loop (save)
 
     @property
     def folder(self) -> Path:
@@ -138,6 +164,27 @@ class ClipOutputs:
     def write_frame(self, index: int, frame: Image.Image) -> Path:
         """Write frame ``index`` under its temporary name; ``record`` makes it appear with its metrics row."""
         return self.frames.stage(index, frame)
+
+    def save(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
+             flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None, **timing) -> Path:
+        """``write_frame`` and ``record`` in the background, while the next frame is made (``qvedit.background``):
+        the frame and its row still appear together, in order. A failure comes back at a later ``save`` or at
+        ``finish``. Returns the frame's path."""
+        if self._writer is None:
+            self._writer = Background(f"qvedit-writer-{self.folder.name}")
+        self._writer.submit(lambda: (self.write_frame(index, frame),
+                                     self.record(index, frame, edge, previous, flow, color_target, **timing)))
+        return self.frames.path(index)
+
+    def finish(self, quietly: bool = False) -> None:
+        """Until every frame ``save`` was given is on disk with its row; raises what failed on the way (``quietly``:
+        logs it, for a caller already on its way out of an error of its own)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            if quietly:
+                writer.close_quietly()
+            else:
+                writer.close()
 
     def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
                flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None, **timing) -> None:

@@ -8,12 +8,12 @@ passes and 1 otherwise. The VGG16 ImageNet weights row is informational: Gram gu
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Callable
 
 import torch
 
+from qvedit.cli import OneLineParser, emit
 from qvedit.guidance.losses import VGGStyle, edge_loss, gram_loss, vgg16_weights_path
 
 Check = tuple[str, bool, str, bool]
@@ -96,18 +96,19 @@ def format_table(rows: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m qvedit.selftest",
         description="Check the guidance losses (edges, Gram, autograd) without loading a diffusion model.",
+        epilog="Exit code: 0 every required check passed, 1 one failed, 2 bad arguments.",
     )
     parser.parse_args(argv)
     rows = run_checks()
-    print(format_table(rows))
+    emit(format_table(rows))  # a reader that stops early (| head) ends the output quietly
     failed = [name for name, ok, _, required in rows if required and not ok]
     if failed:
-        print(f"selftest failed: {', '.join(failed)}")
+        emit(f"selftest failed: {', '.join(failed)}")
         return 1
-    print("selftest passed")
+    emit("selftest passed")
     return 0
 
 

@@ -176,8 +176,16 @@ def install(message: Optional[Callable[[int], str]] = None) -> None:
 
 @contextlib.contextmanager
 def shielded() -> Iterator[None]:
-    """A block no signal interrupts: one that arrives inside acts when the block ends."""
+    """A block no signal interrupts: one that arrives inside acts when the block ends.
+
+    In another thread (the background frame writer, ``qvedit.background``) signals never interrupt the block, since
+    Python runs handlers in the main thread only: there the block only keeps the watcher from ending the process
+    in the middle of it."""
     global _shield_depth
+    if threading.current_thread() is not threading.main_thread():
+        with _committing:
+            yield
+        return
     if not _shield_depth:
         _committing.acquire()
     _shield_depth += 1

@@ -2,7 +2,7 @@
 
 Everything the tests, and the processes they start (Ray, torchrun, multiprocessing, qvedit's cache),
 write to a temporary folder goes into one folder made for the session (``TMPDIR`` points there) and
-removed at its end; pytest's own ``tmp_path`` folders stay where pytest keeps them.
+removed at its end; pytest's own ``tmp_path`` folders too (``PYTEST_DEBUG_TEMPROOT``).
 
 The session's folder is its own: its name is new (``mkdtemp``), qvedit's cache (``QVEDIT_CACHE``: the
 tiny model, the demo clip) is inside it whatever the caller's environment says, and only the process
@@ -29,8 +29,6 @@ _OWNED = os.environ.get("QVEDIT_TESTS_TMP_OWNER") == str(os.getpid())
 if "QVEDIT_TESTS_TMP" not in os.environ or (_PYTEST_SESSION and not _OWNED):
     os.environ["QVEDIT_TESTS_TMP"] = tempfile.mkdtemp(prefix="qvedit-tests-")
     os.environ["QVEDIT_TESTS_TMP_OWNER"] = str(os.getpid())
-    os.environ.setdefault("QVEDIT_TESTS_SYSTEM_TMP", tempfile.gettempdir())
-SYSTEM_TMP = Path(os.environ["QVEDIT_TESTS_SYSTEM_TMP"])
 SESSION_TMP = Path(os.environ["QVEDIT_TESTS_TMP"])
 OWNER = int(os.environ["QVEDIT_TESTS_TMP_OWNER"])
 # Under pytest-xdist (the suite's default, -n auto) every core runs a worker: one thread each, for the tests
@@ -39,7 +37,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 # Before anything imports hydra/huggingface: never touch the network, keep test artefacts apart.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(SYSTEM_TMP))  # pytest's tmp_path root stays put
+# pytest's own tmp_path folders (pytest-of-<user>/pytest-N and, under xdist, its workers' popen-gw*) go into the
+# session's folder too, removed with it: pytest otherwise keeps the last three sessions' in the system's.
+os.environ["PYTEST_DEBUG_TEMPROOT"] = str(SESSION_TMP)
 os.environ["TMPDIR"] = str(SESSION_TMP)  # Ray, torch and multiprocessing make their folders here
 tempfile.tempdir = None  # re-read TMPDIR
 os.environ["QVEDIT_CACHE"] = str(SESSION_TMP / "qvedit-cache")  # the session's own, never a shared one

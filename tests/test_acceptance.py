@@ -229,3 +229,57 @@ def test_the_sweep_page_fits_1280_pixels_and_its_title_has_the_date(tmp_path):
     page = assert_page_is_whole(sweep / "report.html")  # also: not wider than a 1280 px window
     assert page["title"].startswith("qvedit sweep 2026-12-01 07-29-44: ")
     assert "FAILED: max_frames=99" in page["text"]
+
+
+def test_every_plot_keeps_everything_it_draws_inside_the_picture(tmp_path):
+    """Every plot qvedit writes, with the longest labels it makes (flow guidance, three seeds) and frame 1 far above
+    the others (its warp error is against the input frame 0): no label or legend is cut at an edge, so the PNG's
+    outermost pixels are all background; and each y axis starts at 0, so a small change looks small."""
+    import importlib.util
+    import sys
+
+    import optuna
+    from PIL import Image
+
+    from qvedit.report.drift import drift_figure, plot_drift
+    from qvedit.report.tuning import _plot
+    from tests.conftest import REPO
+
+    sweep = tmp_path / "sweep"
+    rng = np.random.default_rng(0)
+    flow = {"edge_scale": 1.0, "gram_scale": 0.2, "temporal_scale": 1.0, "temporal_mode": "flow"}
+    for seed in (0, 1, 2):
+        for name, ttlg, factor in ((f"{seed}_seed={seed},ttlg=off", {}, 1.0),
+                                   (f"{3 + seed}_seed={seed},ttlg=edge_gram_flow", flow, 0.9)):
+            job = make_job(sweep, name, seed, ttlg, (0.06 + 0.01 * rng.random(8)) * factor, 4e-4 + 1e-6 * rng.random(8))
+            table = pd.read_csv(job / "metrics.csv")
+            table["warp_error"] = [0.25] + list(0.02 + 0.001 * rng.random(7))
+            table["color_drift"], table["edge_offset_px"] = 39 + 0.002 * rng.random(8), 5 + rng.random(8)
+            table.to_csv(job / "metrics.csv", index=False)
+    write_report(sweep)
+    run_table = pd.read_csv(job / "metrics.csv")
+    pngs = [*sweep.glob("acceptance_*.png"),
+            plot_drift({"guided": {0: run_table}, "ttlg=off": {0: run_table}}, None, "drift over the clip",
+                       tmp_path / "drift.png")]
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for values in ((0.9, 0.95), (0.8, 1.0), (1.0, 0.85)):
+        study.add_trial(optuna.trial.create_trial(values=list(values), params={}, distributions={}))
+    pngs.append(_plot(study, ["edge_loss", "warp_error"], study.best_trials[0], tmp_path / "optuna_pareto.png"))
+    spec = importlib.util.spec_from_file_location("drift_benchmark", REPO / "benchmarks" / "drift.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    curves = {(name, ttlg): pd.Series(39 + rng.random(8), index=range(1, 9)) for name in benchmark.SETTINGS
+              for ttlg in ("off", "edge_gram")}
+    from qvedit.files import write_figure_png
+
+    pngs.append(write_figure_png(benchmark.curves_figure(curves), tmp_path / "bench_drift.png", lay_out=False))
+    sys.modules.pop("drift_benchmark", None)
+    assert len(pngs) == 7  # edge_loss, gram_loss, warp_error and drift of the sweep; a run's drift, Pareto, benchmark
+    for png in pngs:
+        pixels = np.asarray(Image.open(png).convert("RGB")).astype(int)
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        assert (border == 255).all(), f"{png.name}: something is cut at an edge"
+    figure = drift_figure({"guided": {0: run_table}}, None, "drift")
+    assert all(axis.get_ylim()[0] == 0 for axis in figure.axes)  # color_drift 39.000..39.002 is not zoomed into
+    warp = [p for p in pngs if p.name.endswith("_warp_error.png")]
+    assert warp  # frame 1 (0.25) is above its axis, written; the later frames (~0.02) fill the panel

@@ -140,4 +140,16 @@ def test_a_sweep_over_the_defences_on_the_long_demo(tmp_path):
     assert sum("_drift.png" in src for src, _ in found["images"]) == 2
     job = next(sweep.glob("*anchor=color*ttlg=edge_gram*"))
     assert (job / "drift.png").is_file()
-    assert any(src == "drift.png" for src, _ in open_in_chromium(job / "report.html")["images"])
+    page = open_in_chromium(job / "report.html")
+    assert any(src == "drift.png" for src, _ in page["images"])
+    # the top of the page (the run's summary) says an anchor held the clip; a run without one says nothing of it
+    assert "anchor: each frame's colours moved to frame 0's (anchor.color=mean_std)" in page["text"].split("Settings")[0]
+    unanchored = next(sweep.glob("*anchor=none*ttlg=edge_gram*"))
+    assert "anchor:" not in (unanchored / "report.html").read_text()
+
+
+def test_an_anchor_in_words():
+    assert AnchorSettings().describe() is None and AnchorSettings(color="mean_std", color_strength=0).describe() is None
+    assert AnchorSettings(color="histogram", color_strength=0.5, every=8).describe() == (
+        "anchor: each frame's colours moved to frame 0's (anchor.color=histogram, anchor.color_strength=0.5); "
+        "frames 8, 16, ... made from frame 0 (anchor.every=8)")

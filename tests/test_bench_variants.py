@@ -48,3 +48,17 @@ def test_qwen_image_21_variants_run_in_the_same_bench_on_its_own_pipeline(tmp_pa
     assert rows["q21_edge_gram"]["added_s_per_guided_step"] is not None
     assert rows["q21_off"]["transformer_passes"] == 40  # no CFG: one pass a step
     assert "| vs 2509 plain |" in (tmp_path / "bench.md").read_text()
+
+
+def test_start_variants_run_the_steps_a_part_way_start_leaves(tmp_path, tiny_pipe, monkeypatch):
+    """The GPU variants of start.strength (timing only there), run here on the tiny model: frame 1 runs the tail of
+    the schedule, and the guidance window counts over the steps run."""
+    monkeypatch.setattr("qvedit.settings.run.PIPELINE_CONDITION_AREA", 32 * 32)
+    assert bench.main(["--model", "tiny", "--device", "cpu", "--sizes", "32", "--steps", "6", "--variants", "off_s06",
+                       "lightning4_edge_gram_s04", "--out", str(tmp_path)]) == 0
+    rows = {row["variant"]: row for row in json.loads((tmp_path / "bench.json").read_text())["rows"]}
+    assert (rows["off_s06"]["steps_run"], rows["off_s06"]["transformer_passes"]) == (3, 6)  # 3 of 6 steps, CFG
+    lightning = rows["lightning4_edge_gram_s04"]
+    assert (lightning["steps"], lightning["steps_run"], lightning["guided_steps"]) == (4, 1, 1)
+    assert (lightning["start_noise"], lightning["start_strength"]) == ("warped", 0.4)
+    assert bench.fastest_preset()["start"] == {"noise": "warped", "strength": 0.5}

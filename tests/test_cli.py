@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tests.browser import assert_page_is_whole
-from tests.conftest import REPO
+from tests.conftest import REPO, THREADS
 from tests.conftest import run_qvedit as qvedit
 
 
@@ -27,7 +27,7 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(made):
     page = assert_page_is_whole(run_dir / "report.html")  # real headless Chromium
     assert [src for src, _ in page["images"]] == ["compare_unguided.gif", "preview.gif", "preview.png", "drift.png"]
     saved = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-    assert saved["model"]["_target_"] == "qvedit.settings.model.TinyModel"
+    assert saved["model"]["_target_"] == "qvedit.settings.model.ToyModel"  # the toy model that really edits
     assert "experiment=demo" in (run_dir / ".hydra" / "overrides.yaml").read_text()
     out = result.stdout
     assert "guidance edge 1, gram 0.2: 8 of 8 denoising steps per frame took a guidance step" in out
@@ -39,6 +39,25 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(made):
     # stderr is a pipe here, not a terminal: a log line per frame, no progress-bar escape codes
     assert "frame 8 of 8 done in" in result.stdout + result.stderr
     assert "\x1b[" not in result.stdout + result.stderr and "\x1b[" not in (run_dir / "main.log").read_text()
+    # OpenMP's threads wait passively (never spin against other work on shared cores); the suite's thread count kept
+    threads = int(THREADS["OMP_NUM_THREADS"])
+    assert (f"CPU: {threads} thread{'s' if threads > 1 else ''} (OMP_NUM_THREADS={threads}), OMP_WAIT_POLICY=PASSIVE"
+            in (run_dir / "main.log").read_text())
+
+
+def test_cpu_threads_wait_passively_and_what_a_user_set_is_kept(monkeypatch):
+    import os
+
+    from qvedit.threads import use_cpu_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    environ = {}
+    assert use_cpu_threads(environ) == {"OMP_WAIT_POLICY": "PASSIVE"} == environ  # torch's own count: the cores
+    mine = {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "3"}
+    assert use_cpu_threads(mine) == {} and mine == {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "3"}
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)  # taskset or a container's cpuset: 2 of the machine's 8 cores
+    assert use_cpu_threads({}) == {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "2"}
 
 
 def readme_demo_output() -> str:
@@ -159,6 +178,29 @@ def test_misspelt_key_fails_before_running(tmp_path):
     result = qvedit("ttlg.edge_scal=1", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "edge_scal" in result.stderr
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--max-frames", "6"], "--max-frames 6: qvedit takes key=value overrides, not --options: pass max_frames=6"),
+    (["--max_frames=6"], "--max_frames=6: qvedit takes key=value overrides, not --options: pass max_frames=6"),
+    (["--keep-frames"], "--keep-frames: qvedit takes key=value overrides, not --options: pass io.keep_frames=VALUE"),
+    (["io.init_frame=/data/my", "clip.png"], "clip.png is not key=value (every override is key=value): if it is the "
+                                             "rest of a value with a space, quote the whole override: "
+                                             "'io.init_frame=/data/my clip.png'"),
+])
+def test_an_argparse_habit_or_an_unquoted_space_is_one_line_naming_the_fix(tmp_path, argv, line):
+    result = qvedit(*argv, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2 and result.stderr == f"qvedit: error: {line}\n", result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_overrides_after_an_option_of_hydras_are_taken():
+    """experiment=demo -m seed=0,1: Hydra took the overrides as one run of words, and refused those after -m."""
+    from qvedit.keys import overrides_last
+
+    assert overrides_last(["experiment=demo", "-m", "seed=0,1"]) == ["-m", "experiment=demo", "seed=0,1"]
+    result = qvedit("experiment=demo", "--cfg", "job", "seed=3")
+    assert result.returncode == 0 and "seed: 3" in result.stdout.splitlines(), result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("override, fragments", [

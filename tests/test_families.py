@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from qvedit.editor import edit_clip
+from qvedit.errors import QveditError
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.models import diffusers_compat as compat
 from qvedit.models.diffusers_compat import qwenimage21
@@ -19,6 +20,7 @@ from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.model import ModelSettings, PerfSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schema import register_schemas
+from qvedit.settings.start import StartSettings
 from tests.conftest import REPO, write_clip
 
 register_schemas()
@@ -27,6 +29,8 @@ EDIT_PLUS, IMAGE_21 = FAMILIES["qwen_edit_plus"], FAMILIES["qwen_image_21"]
 
 def test_each_family_passes_the_arguments_its_pipeline_takes():
     assert EDIT_PLUS.call_arguments(4096, 4.0, " ") == {"negative_prompt": " ", "true_cfg_scale": 4.0}
+    # no negative prompt without true CFG (the pipeline would warn on every call), on both families
+    assert EDIT_PLUS.call_arguments(4096, 1.0, " ") == {"negative_prompt": None, "true_cfg_scale": 1.0}
     # 2.1: the condition size is an argument (a side); the negative prompt only where CFG uses it
     assert IMAGE_21.call_arguments(64 * 48, 1.0, " ") == {"output_resolution": 56, "use_kv_cache": True,
                                                           "true_cfg_scale": 1.0}
@@ -89,6 +93,14 @@ def test_a_fixed_grid_and_the_kv_cache_switch_reach_qwen_image_21s_call(tiny_21_
     (call,) = spy.calls
     assert (call["sigmas"], call["use_kv_cache"], call["output_resolution"]) == ([1.0, 0.7, 0.35], False, 64)
     assert "negative_prompt" not in call and len(tiny_21_pipe.scheduler.timesteps) == 3
+    # qvedit.start's latents= are shaped for 2509's pipeline, and a part-way start's sigmas= would meet the grid:
+    # refused before any call (job.py says the same before the model loads: test_bad_inputs)
+    with pytest.raises(QveditError, match=r"^start.noise=warped start.strength=0.6 does not apply to Qwen-Image 2.1: "
+                       r".*start.strength=0.6 below 1 passes its own sigmas= where model.sample_sigmas is the call's "
+                       r"sigmas already: use start=fresh with model.release=2.1$"):
+        edit_clip(spy, source, ClipOutputs(FrameWriter(tmp_path / "started")), settings, TTLGSettings(),
+                  plan=ClipPlan.of(settings, source, family), start=StartSettings(noise="warped", strength=0.6))
+    assert len(spy.calls) == 1 and EDIT_PLUS.start_problem(StartSettings(noise="warped", strength=0.6)) is None
 
 
 def test_taylorseer_runs_on_qwen_image_21_with_its_kv_cache(tiny_21_pipe, tmp_path):

@@ -94,7 +94,8 @@ def test_frame_0_is_the_picked_candidate_copied_byte_for_byte(made):
     assert "first_frame/candidates.png" in page["links"]
     text = (run_dir / "report.html").read_text()
     assert "frame 0: candidate 0 of 2" in text and "make it a watercolour painting" in text
-    assert f"seed {candidate_seed(0, 0)}" in text
+    assert f"seed {candidate_seed(0, 0)}, derived from seed=0 and candidate 0" in text  # not a bare 19-digit seed
+    assert not list(run_dir.rglob(".qvedit-lock"))  # frames/ and first_frame/ were given back, their locks removed
 
 
 def test_another_pick_reuses_the_candidates_and_starts_the_clip_over(made, tmp_path, no_edit, caplog, capsys):
@@ -206,15 +207,18 @@ def test_an_init_frame_that_is_not_the_source_frame_0_is_ambiguous(tmp_path, no_
     (lambda folder: (folder / "candidates.yaml").write_text("made_with: [\n"), "candidates.yaml is damaged"),
     (lambda folder: (folder / "candidate_01.png").write_bytes(b"not a png"), "candidate_01.png is damaged"),
     (lambda folder: Image.new("RGB", (40, 24)).save(folder / "candidate_00.png"), "its pixels changed"),
+    (lambda folder: ((folder / "candidate_01.png").unlink(), (folder / "candidate_01.png").mkdir()),
+     "candidate_01.png is a folder where qvedit writes a file"),
+    (lambda folder: (shutil.rmtree(folder), folder.write_text("a file")), "first_frame is a file where qvedit keeps"),
 ])
 def test_a_damaged_candidates_folder_is_one_line_before_the_model_loads(made, tmp_path, no_model, damage, message):
     run_dir, clip = copy_of(made, tmp_path)
     damage(run_dir / "first_frame")
-    kept = {p: digest(p) for p in run_dir.rglob("*.png")}
+    kept = {p: digest(p) for p in run_dir.rglob("*.png") if p.is_file()}
     with pytest.raises(QveditError, match=message) as info:
         execute(run_dir, *clip, "first_frame.pick=1")
     assert "\n" not in str(info.value)
-    assert {p: digest(p) for p in run_dir.rglob("*.png")} == kept  # nothing finished lost
+    assert {p: digest(p) for p in run_dir.rglob("*.png") if p.is_file()} == kept  # nothing finished lost
 
 
 @pytest.mark.long

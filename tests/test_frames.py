@@ -96,3 +96,64 @@ def test_writer_refuses_a_file_as_folder(tmp_path):
     (tmp_path / "out").write_text("x")
     with pytest.raises(QveditError, match="is a file"):
         FrameWriter(tmp_path / "out")
+
+
+def test_a_folder_or_file_in_the_way_of_a_write_is_one_line(tmp_path):
+    from qvedit.files import write_text_atomic
+
+    (tmp_path / "report.html").mkdir()  # a folder with the name of a file qvedit writes
+    with pytest.raises(QveditError, match="cannot write .*report.html: a folder of that name is there") as info:
+        write_text_atomic(tmp_path / "report.html", "<html>")
+    (tmp_path / "unguided").write_text("a file where a folder must be")
+    with pytest.raises(QveditError, match="unguided is a file where qvedit needs a folder") as second:
+        write_text_atomic(tmp_path / "unguided" / "metrics.csv", "frame\n")
+    assert "\n" not in str(info.value) + str(second.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "unguided"]  # no partial file left
+
+
+TAKER = """import sys; from pathlib import Path; from qvedit import locks
+locks.hold(Path(sys.argv[1])); print("held", flush=True)
+sys.stdin.readline(); locks.release_all(); print("released", flush=True)"""
+
+
+def test_a_released_lock_file_is_removed_and_never_lets_two_writers_in(tmp_path, monkeypatch):
+    """The lock file goes when its holder lets go; a process that opened the file just before it went and locks
+    it just after takes the path's new file instead, held by a third: it is refused, not let in beside it."""
+    import subprocess
+    import sys
+
+    from qvedit import locks
+    from tests.conftest import REPO
+
+    def taker():
+        process = subprocess.Popen([sys.executable, "-c", TAKER, str(tmp_path)], cwd=REPO, text=True,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    first = taker()
+    lock = tmp_path / locks.LOCK_FILE
+    assert lock.is_file()
+    real_flock, third = locks.fcntl.flock, []
+
+    def flock_after_the_first_lets_go(fd, operation):  # between this process's open and its flock:
+        if not third:
+            first.stdin.write("\n")
+            first.stdin.flush()
+            assert first.stdout.readline().strip() == "released" and not lock.exists()  # removed, then unlocked
+            third.append(taker())  # makes a new lock file and holds it
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(locks.fcntl, "flock", flock_after_the_first_lets_go)
+    try:
+        with pytest.raises(QveditError, match="in use by process") as info:
+            locks.hold(tmp_path)
+        assert f"process {third[0].pid}" in str(info.value)
+    finally:
+        for process in (first, *third):
+            process.communicate("\n")
+    assert not lock.exists() and tmp_path not in locks._held  # the third let go too: no file left
+    locks.hold(tmp_path)
+    assert lock.is_file()
+    locks.release_all()
+    assert not lock.exists()

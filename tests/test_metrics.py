@@ -105,6 +105,27 @@ def test_metrics_never_change_the_frames(family_pipe, clip, tmp_path):
     assert all(float(r.split(",")[-1]) > 0 for r in rows)  # peak memory is measured
 
 
+def test_small_values_keep_their_significant_digits():
+    from qvedit.report.metrics import significant
+
+    assert significant(1.2345678e-6) == 1.23457e-06 and significant(3.98765432e-4) == 3.98765e-04
+    assert significant(39.2512345) == 39.2512 and significant(0.0) == 0.0
+
+
+def test_peak_memory_is_each_frames_own_not_the_process_peak_so_far():
+    from qvedit.devices import peak_memory_mib, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    before = peak_memory_mib(cpu)
+    big = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+    during = peak_memory_mib(cpu)
+    del big
+    reset_peak_memory(cpu)  # the next frame's peak starts from what is in memory now
+    after = peak_memory_mib(cpu)
+    assert during > before + 150 and after < during - 150, (before, during, after)
+
+
 class FakeOpenClip:
     """Stands in for open_clip: its 'CLIP' embeds an image as its mean colour (R, G, B)."""
 

@@ -165,3 +165,21 @@ def test_cli_names_torchrun_when_degrees_ask_for_processes(tmp_path):
         "qvedit: error: parallel.* degrees ask for 2 processes, but this is one process: "
         "start it with torchrun --nproc-per-node 2 -m qvedit ...")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.long
+def test_cfg_parallel_with_warped_noise_and_a_part_way_start_gives_the_single_process_frames(tmp_path):
+    """Rank 0 alone has the flow: it makes each frame's start (warped noise, the warped previous frame encoded and
+    noised) and every rank takes it, so the team's frames are the single process's."""
+    clip = [*TEMPORAL, "start=warped_previous", "max_frames=3"]
+    single = run_qvedit(*clip, f"hydra.run.dir={tmp_path / 'single'}", env=THREADS)
+    assert single.returncode == 0, single.stderr[-3000:]
+    team = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "qvedit",
+         *clip, "parallel.cfg_degree=2", f"hydra.run.dir={tmp_path / 'team'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=SAFETY_TIMEOUT_S,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=str(tmp_path), **THREADS))
+    assert team.returncode == 0, team.stderr[-3000:]
+    frames = sorted((tmp_path / "team" / "frames").glob("*.png"))
+    assert len(frames) == 3
+    assert all(p.read_bytes() == (tmp_path / "single" / "frames" / p.name).read_bytes() for p in frames)

@@ -263,7 +263,7 @@ def test_bench_refuses_a_preset_the_device_cannot_run_before_loading(tmp_path, c
     monkeypatch.setattr("qvedit.models.loading._cached", lambda *a, **k: pytest.fail("the model loaded"))
     assert bench_main(["--model", "tiny", "--device", "cpu", "--variants", "off", "off_vram24",
                        "--out", str(tmp_path)]) == 2
-    assert "qvedit.bench: error: perf.group_offload streams" in capsys.readouterr().out
+    assert "qvedit: error: perf.group_offload streams" in capsys.readouterr().err
 
 
 def test_pinned_chunks_hold_the_full_model_with_little_waste():

@@ -8,7 +8,10 @@ import pytest
 from PIL import Image, ImageSequence
 
 from qvedit.io.preview import (
+    EDITED_TEXTS,
     GAP,
+    NO_EDGE_TEXTS,
+    _no_edge_cell,
     cell_size,
     contact_sheet,
     frame_label,
@@ -201,3 +204,10 @@ def test_write_previews_reads_frames_and_edges(tmp_path):
         assert image.size == sheet.size
     with Image.open(written[1]) as image:
         assert image.n_frames == 5 and image.info["duration"] == 120
+    input_cell = crop(pixels(written[0]), sheet.cell_box(0, 0))
+    assert np.array_equal(input_cell, np.asarray(_no_edge_cell((256, 171), NO_EDGE_TEXTS)))  # "input frame (copied)"
+
+    Source.frame0_edited = True  # frame 0 made by first_frame.prompt (qvedit.first_frame.EditedFirstFrame)
+    edited_cell = crop(pixels(write_previews(Source(), paths, run)[0]), sheet.cell_box(0, 0))
+    assert np.array_equal(edited_cell, np.asarray(_no_edge_cell((256, 171), EDITED_TEXTS)))  # "frame 0 edited"
+    assert not np.array_equal(edited_cell, input_cell)

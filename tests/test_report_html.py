@@ -12,13 +12,18 @@ def test_a_run_page_is_dated_names_a_cjk_font_for_the_prompt_and_links_the_video
     run.mkdir(parents=True)
     Image.new("RGB", (64, 64), (200, 40, 20)).save(run / "preview.png")
     (run / "output.mp4").write_bytes(b"\0")
-    (run / "metrics.csv").write_text("frame,edge_loss,seconds\n1,0.05,0.3\n")
+    (run / "metrics.csv").write_text(  # every column a run writes: the headers must break at "_" only
+        "frame,edge_loss,gram_loss,warp_error,color_drift,edge_offset_px,lpips_to_init,lpips_to_prev,clip_consistency,"
+        "seconds,guided_steps,peak_mem_mib\n1,0.0465383,0.000398123,0.0499612,39.2512,8.34712,0.127412,0.0804123,"
+        "0.912345,2.0123,8,1234.5\n")
     long_path = "/data/" + "a_folder_name_with_no_space_to_break_at_" * 6 + "/init.png"
     write_run_html(run, [f"qvedit: made frames 1..1 of 2 -> {run / 'frames'}", f"  video: {run / 'output.mp4'}"],
                    {"prompt": DEFAULT_PROMPT, "io.init_frame": long_path, "seed": 0}, run / "metrics.csv",
                    [(run / "preview.png", "contact sheet")], videos=[run / "output.mp4"])
     page = assert_page_is_whole(run / "report.html")  # loads, every image and link there, fits 1280 px
     assert page["title"] == "qvedit run 2026-12-01 07-29-44"
+    assert "made frames 1..1 of 2 -> frames" in page["text"] and "video: output.mp4" in page["text"]
+    assert str(run) not in page["text"]  # the summary's paths are relative to the page, which lies beside them
     assert "output.mp4" in page["links"]
     assert "The prompt is shown as text below" in page["text"]
     (font,) = [family for text, family in page["fonts"].items() if text == DEFAULT_PROMPT]

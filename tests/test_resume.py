@@ -149,10 +149,29 @@ def test_ctrl_c_keeps_frames_and_prints_how_to_resume(tmp_path):
 def test_a_run_that_wrote_no_frame_does_not_block_the_folder(tmp_path):
     check_or_record(tmp_path, {"seed": 0})  # e.g. the model then failed to load
     check_or_record(tmp_path, {"seed": 1})  # no frames yet: new settings are fine
-    (tmp_path / "00000.png").write_bytes(b"")
+    (tmp_path / "00000.png").write_bytes(b"")  # frame 0 (the input) written, then the first frame failed
     check_or_record(tmp_path, {"seed": 1})
-    with pytest.raises(QveditError, match="seed: 1 -> 2"):
-        check_or_record(tmp_path, {"seed": 2})
+    check_or_record(tmp_path, {"seed": 2})  # the corrected command: nothing made with seed 1 is lost
+    assert not (tmp_path / "00000.png").exists() and "seed: 2" in (tmp_path / ".qvedit-run.yaml").read_text()
+    for name in ("00000.png", "00001.png"):  # a frame made with seed 2: now other settings are refused
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(QveditError, match="seed: 2 -> 3"):
+        check_or_record(tmp_path, {"seed": 3})
+
+
+@pytest.mark.long
+def test_a_run_that_failed_before_its_first_frame_leaves_nothing_that_blocks_the_corrected_command(tmp_path):
+    """num_inference_steps=1 failed after frame 0 was written (NaN), and the corrected command into the same folder
+    was refused; any run whose first frame fails (here: guidance steps so large they give NaN) is the same case."""
+    run_dir = tmp_path / "run"
+    clip = [*CLIP[:1], "io=demo", "max_frames=2", "num_inference_steps=2"]
+    first = run_qvedit(*clip, "seed=5", "ttlg=edge", "ttlg.lr=1e30", "ttlg.vgg_weights=random",
+                       f"hydra.run.dir={run_dir}")  # NaN at frame 1: only frame 0 is on disk
+    assert first.returncode == 2 and "NaN" in first.stderr.strip().splitlines()[-1]
+    assert sorted(p.name for p in (run_dir / "frames").glob("*.png")) == ["00000.png"]
+    corrected = run_qvedit(*clip, "seed=5", f"hydra.run.dir={run_dir}")
+    assert corrected.returncode == 0, corrected.stderr[-2000:]
+    assert sorted(p.name for p in (run_dir / "frames").glob("*.png")) == ["00000.png", "00001.png"]
 
 
 def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path):
@@ -196,6 +215,7 @@ def test_a_manifest_written_before_the_settings_were_tagged_still_resumes(tmp_pa
     old.update({"model._target_": "qvedit.pipeline.load_tiny_pipeline",
                 "ttlg._target_": "qvedit.guidance.TTLGSettings"})
     (tmp_path / "00000.png").write_bytes(b"")
+    (tmp_path / "00001.png").write_bytes(b"")
     (tmp_path / ".qvedit-run.yaml").write_text(yaml.safe_dump(old, allow_unicode=True))
     check_or_record(tmp_path, frame_settings(cfg))
     with pytest.raises(QveditError, match="parallel.ring_degree: 1 -> 2"):

@@ -216,7 +216,8 @@ def test_the_frame_changing_schedule_keys_are_held_on_resume_and_the_workers_are
     assert {"schedule.mode", "schedule.keyframe_every", "schedule.keyframes_from", "schedule.meet_frames"} <= set(
         settings) and not {"schedule.workers", "schedule.ray_address"} & set(settings)
     check_or_record(tmp_path, settings)
-    (tmp_path / "00000.png").write_bytes(b"")
+    for name in ("00000.png", "00001.png"):  # frames made (frame 0 alone would be a run that made none)
+        (tmp_path / name).write_bytes(b"")
     check_or_record(tmp_path, frame_settings(compose("schedule.workers=2")))  # where frames are made may change
     with pytest.raises(QveditError, match="schedule.keyframe_every: 3 -> 4"):
         check_or_record(tmp_path, frame_settings(compose("schedule.keyframe_every=4")))

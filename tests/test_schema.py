@@ -81,16 +81,17 @@ def test_the_schema_loads_without_torch_diffusers_or_runtime_modules():
 # The rooms of the package from the bottom up: a module may import its own room and the rooms of its layer or
 # below, never a room above (README, "How the code is laid out"). A room is a top-level module or a subpackage.
 LAYERS = (
-    ("qvedit", "errors", "fields", "files", "images", "lab", "locks", "stopping", "trust", "launchers", "ranks"),
+    ("qvedit", "errors", "fields", "files", "images", "lab", "locks", "stopping", "trust", "launchers", "ranks", "cli",
+     "threads", "background"),
     ("settings",),
     ("devices",),
     ("models",),
     ("guidance",),
     ("io",),
-    ("anchor",),
+    ("anchor", "start"),
     ("report",),
     ("plan", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "main", "__main__", "bench",
-     "bench21", "accept", "diff", "selftest"),
+     "bench21", "accept", "diff", "selftest", "toy"),
 )
 # what a settings module (data only) may import: the settings beside it and the leaves that tag and check fields
 SETTINGS_MAY_IMPORT = ("qvedit.settings", "qvedit.errors", "qvedit.fields", "qvedit.files")
@@ -217,3 +218,11 @@ def test_every_conf_group_has_its_schema():
     groups.add("io")
     presets = {"experiment", "hparams_search", "hydra"}  # @package _global_ presets and Hydra's own groups
     assert groups == {p.name for p in (REPO / "conf").iterdir() if p.is_dir()} - presets
+
+
+def test_pytest_tmp_paths_lie_in_the_sessions_own_folder_which_its_end_removes(tmp_path, tmp_path_factory):
+    from tests.conftest import SESSION_TMP
+
+    # pytest's own folders (pytest-of-<user>/pytest-N, an xdist worker's popen-gw*) are inside the session's folder,
+    # which pytest_sessionfinish removes: nothing of the suite stays in the system's temporary folder
+    assert SESSION_TMP in tmp_path.parents and SESSION_TMP in tmp_path_factory.getbasetemp().parents

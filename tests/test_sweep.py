@@ -79,6 +79,27 @@ def test_rerun_from_a_job_folder_gives_the_same_frames_and_diff_tells_runs_apart
     assert diff_main([str(first), str(tmp_path / "nope")]) == 2
 
 
+def test_diff_shows_values_not_interpolations_and_its_help_says_the_arguments_and_exit_codes(tmp_path, capsys):
+    from qvedit.files import cache_dir
+
+    for name, model_id in (("a", "${qvedit.cache:tiny-qwen-image-edit-2509}"), ("b", "/models/other")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(f"seed: 0\nmodel:\n  model_id: {model_id}\n"
+                                                                f"out: ${{hydra:runtime.output_dir}}\n")
+    assert diff_main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    out = capsys.readouterr().out
+    assert f"model.model_id  '{cache_dir() / 'tiny-qwen-image-edit-2509'}' -> '/models/other'" in out
+    assert "qvedit.cache" not in out  # resolved; a ${hydra:...} only Hydra knows stays as written (and equal here)
+    with pytest.raises(SystemExit) as done:
+        diff_main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0 and "RUN_A" in text and "RUN_B" in text
+    assert "Exit code: 0 the configs are equal, 1 they differ, 2 a folder is not a run folder" in text
+    with pytest.raises(SystemExit) as refused:
+        diff_main([str(tmp_path / "a")])
+    assert refused.value.code == 2 and capsys.readouterr().err.count("\n") == 1  # one line, as python -m qvedit's
+
+
 # Twenty overrides with long values, as a user's sweep or a search's floats make them: the folder names they
 # made were over 255 bytes (OSError: File name too long, the sweep lost).
 LONG_OVERRIDES = [

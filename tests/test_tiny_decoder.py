@@ -103,6 +103,14 @@ def test_a_saved_state_dict_loads_and_a_mismatching_one_names_the_file_and_key(t
         check_decoder(TTLGSettings(edge_scale=1.0, decoder="tiny"))
 
 
+def test_a_folder_where_the_weights_file_should_be_is_one_line(tmp_path):
+    (tmp_path / "taew2_1.safetensors").mkdir()  # a folder with the weights' name, nothing else
+    with pytest.raises(QveditError, match=r"holds no .safetensors file \(taew2_1.safetensors there is a folder\)"):
+        checked_file(str(tmp_path))
+    save_file(published_layout(random_decoder(16, 3)), tmp_path / "other.safetensors")
+    assert checked_file(str(tmp_path)) == tmp_path / "other.safetensors"  # the one file there
+
+
 def test_a_file_for_qwen_image_on_a_model_with_other_latents_is_one_line(tiny_pipe, tmp_path):
     save_file(published_layout(random_decoder(16, 3)), tmp_path / "taew2_1.safetensors")
     with pytest.raises(QveditError, match="decodes 16-channel latents 8x .* VAE makes 4-channel latents and upsamples "

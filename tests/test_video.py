@@ -1,5 +1,10 @@
 """Video-file mode: frame 0 and edge frames from video files, streaming, mp4 output, previews, errors."""
 
+import re
+import subprocess
+from itertools import pairwise
+from types import SimpleNamespace
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -245,3 +250,94 @@ def test_the_rgb_video_gives_the_source_frames_when_it_has_one_per_output_frame(
     with caplog.at_level("WARNING"):
         assert not VideoClip(str(short), edge_video=str(edges)).has_source_frames
     assert "io.rgb_video has 3 frames but the clip has 6" in caplog.text
+
+
+FFMPEG = video.imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ffmpeg(*args):
+    subprocess.run([FFMPEG, "-hide_banner", "-v", "error", "-y", *map(str, args)], check=True)
+
+
+def with_sound(path, out, codec="aac"):
+    """``path`` with a 440 Hz tone as long as its video (``codec``: aac in an mp4, pcm_s16le in a mov)."""
+    ffmpeg("-i", path, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=5", "-map", "0:v",
+           "-map", "1:a", "-c:v", "copy", "-c:a", codec, "-shortest", out)
+    return out
+
+
+def stream_seconds(path, kind):
+    """(packets, seconds) of the first ``kind`` ("v" or "a") stream of ``path``: its packets' end, read without
+    decoding."""
+    done = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-map", f"0:{kind}:0", "-c", "copy", "-f",
+                           "framecrc", "-"], capture_output=True, text=True, check=True)
+    base = re.search(r"^#tb 0: (\d+)/(\d+)", done.stdout, re.MULTILINE)
+    packets = [(int(pts), int(duration)) for pts, duration in
+               re.findall(r"^0,\s*-?\d+,\s*(-?\d+),\s*(\d+),", done.stdout, re.MULTILINE)]
+    return len(packets), max(p + d for p, d in packets) * int(base[1]) / int(base[2])
+
+
+def made_frames(clip, count, folder):
+    """The first ``count`` frames of ``clip`` as PNGs, standing in for the frames a run made (max_frames=count)."""
+    folder.mkdir(exist_ok=True)
+    paths = [folder / f"{i:05d}.png" for i in range(count)]
+    clip.init_image().save(paths[0])
+    for k, path in enumerate(paths[1:]):
+        clip.source_frame(k + 1, clip.size).save(path)
+    return paths
+
+
+@pytest.mark.parametrize("container, codec, audio", [("mp4", "aac", "keep"), ("mov", "pcm_s16le", "keep"),
+                                                      ("mp4", "aac", "drop"), ("mp4", None, "keep")])
+def test_the_mp4_has_the_rate_count_duration_and_sound_of_the_frames_made(tmp_path, container, codec, audio):
+    """12 frames at 12 fps with a tone; 5 of them made (max_frames=5): the mp4 holds those 5 at 12 fps, 5/12 s, and
+    the tone cut to them (AAC copied as it is, PCM made AAC), or no sound (io.audio=drop, or none to keep)."""
+    source = write_video(tmp_path / "plain.mp4", square_frames(12), fps=12)
+    if codec:
+        source = with_sound(source, tmp_path / f"clip.{container}", codec)
+    clip = VideoClip(str(source), audio=audio)
+    paths = made_frames(clip, 5, tmp_path / "frames")
+    clip.finish(paths, SimpleNamespace(video=tmp_path / "output.mp4"))
+    frames, seconds = stream_seconds(tmp_path / "output.mp4", "v")
+    assert frames == 5 and seconds == pytest.approx(5 / 12, abs=1e-3)
+    assert iio.immeta(tmp_path / "output.mp4", plugin="FFMPEG")["fps"] == pytest.approx(12)
+    if codec and audio == "keep":
+        assert stream_seconds(tmp_path / "output.mp4", "a")[1] == pytest.approx(5 / 12, abs=0.03)  # 23 ms a packet
+        assert iio.immeta(tmp_path / "output.mp4", plugin="FFMPEG")["audio_codec"] == "aac"
+        assert clip.video_notes == ["5 frames at 12 fps, 0.417 s", "sound of io.rgb_video, cut to these frames"]
+    else:
+        assert "audio_codec" not in iio.immeta(tmp_path / "output.mp4", plugin="FFMPEG")  # no sound stream
+        assert clip.video_notes[-1] == ("no sound (io.audio=drop)" if codec else "no sound (io.rgb_video has none)")
+
+
+def test_a_portrait_phone_clip_comes_out_portrait_and_odd_sizes_are_said(tmp_path):
+    """A phone stores portrait video landscape with a rotation in its metadata: it is read and written portrait."""
+    stored = write_video(tmp_path / "stored.mp4", square_frames(4, width=36, height=20), fps=8)
+    ffmpeg("-display_rotation", 90, "-i", stored, "-c", "copy", tmp_path / "phone.mp4")
+    clip = VideoClip(str(tmp_path / "phone.mp4"))
+    assert clip.size == (20, 36)  # portrait, as the phone shows it
+    clip.finish(made_frames(clip, 4, tmp_path / "frames"), SimpleNamespace(video=tmp_path / "output.mp4"))
+    assert decode(tmp_path / "output.mp4")[0].shape == (36, 20, 3)
+    odd = tmp_path / "odd.mp4"  # 4:4:4 takes odd sizes (a camera's 4:2:0 does not)
+    iio.imwrite(odd, square_frames(3, width=35, height=21), fps=8, codec="libx264", pixelformat="yuv444p",
+                macro_block_size=1, ffmpeg_log_level="error")
+    clip = VideoClip(str(odd))
+    clip.finish(made_frames(clip, 3, tmp_path / "odd"), SimpleNamespace(video=tmp_path / "odd_out.mp4"))
+    assert "stored 36x22, the last column/row repeated (H.264 takes even sizes; the PNG frames are 35x21)" in \
+        clip.video_notes
+
+
+def test_a_variable_rate_clip_is_read_at_its_average_rate_keeping_its_timing(tmp_path, caplog):
+    """Frames 0-5 at 1/12 s, then a pause of half a second (a phone's low-light rate, two clips joined): read at
+    the average rate, the frame on screen at each tick, so the output lasts as the input does."""
+    regular = write_video(tmp_path / "regular.mp4", square_frames(12), fps=12)
+    ffmpeg("-i", regular, "-vf", "setpts='if(lt(N,6),N/(12*TB),(N+6)/(12*TB))'", "-fps_mode", "passthrough",
+           "-c:v", "libx264", "-pix_fmt", "yuv420p", tmp_path / "variable.mp4")
+    assert not video.frame_times(regular).irregular and video.frame_times(tmp_path / "variable.mp4").irregular
+    with caplog.at_level("WARNING"):
+        clip = VideoClip(str(tmp_path / "variable.mp4"))
+    assert "shows its frames at a variable rate" in caplog.text
+    frames, seconds = stream_seconds(tmp_path / "variable.mp4", "v")
+    assert len(clip) + 1 == pytest.approx(seconds * clip.fps, abs=1.5)  # the frames fill its time at its rate
+    decoded = [np.asarray(clip.source_frame(i, clip.size)) for i in range(len(clip) + 1)]
+    assert any(np.array_equal(a, b) for a, b in pairwise(decoded))  # the pause: a frame held on screen repeats

@@ -82,6 +82,7 @@ class Guide:
         self.temporal_target, self.temporal_mask = self.previous, None  # set per frame by callback()
         self.color_target: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (mean, std), each (3,); per frame
         self.guided_steps = 0  # in the frame being made
+        self.finite: list[tuple[int, torch.Tensor]] = []  # (guided step, its latents and gradient finite?), a frame's
         self.tiny = tiny_decoder(settings.tiny_decoder, pipe.vae, pipe.vae_scale_factor, self.device) \
             if settings.decoder == "tiny" else None
         self.x0_estimate = supports_x0_estimate(pipe.scheduler)
@@ -142,6 +143,7 @@ class Guide:
         decoder = family_of(self.pipe).decoder(self.pipe, height, width, self.settings.decode_checkpointing,
                                                self.settings.decode_size, self.tiny)
         self.guided_steps = 0
+        self.finite = []
         if self.settings.color_scale > 0:
             if color_target is None:
                 raise ValueError("ttlg.color_scale needs the frame's colour target")
@@ -164,7 +166,7 @@ class Guide:
                 return {}
             latents = callback_kwargs["latents"]
             self.guided_steps += 1
-            sigma = step_sigma(pipe.scheduler) if self.x0_estimate else 0.0
+            sigma = step_sigma(pipe.scheduler, velocity) if self.x0_estimate else 0.0
             with torch.enable_grad():
                 leaf = latents.detach().float().requires_grad_(True)
                 x0 = leaf - sigma * velocity.velocity.detach().float() if sigma else leaf
@@ -172,12 +174,18 @@ class Guide:
                 (grad,) = torch.autograd.grad(image, leaf, grad_outputs=self.image_gradient(image, edge_target))
             if debug is not None:
                 self._save_debug(debug, i, image.detach())
-            if not (torch.isfinite(grad).all() and torch.isfinite(latents).all()):
-                raise QveditError(f"frame {frame_index}: the latents or their guidance gradient became NaN/inf at "
-                                  f"step {i} (nothing written for this frame); lower ttlg.lr or the loss scales")
+            self.finite.append((i, torch.isfinite(grad).all() & torch.isfinite(latents).all()))  # read after the frame
             return {"latents": (leaf.detach() - normalised_step(grad, self.settings.lr)).to(latents.dtype)}
 
         return on_step_end
+
+    def check_finite(self, frame_index: int) -> None:
+        """Raise for the first guided step of the frame just made whose latents or gradient were NaN/inf. Read once
+        the pipeline call returns, not at each step: reading a flag on a GPU waits for all the work queued."""
+        for step, finite in self.finite:
+            if not bool(finite):
+                raise QveditError(f"frame {frame_index}: the latents or their guidance gradient became NaN/inf at "
+                                  f"step {step} (nothing written for this frame); lower ttlg.lr or the loss scales")
 
     def frame_done(self, image: torch.Tensor) -> None:
         """image (1, 3, H, W) in [0, 1]: the frame just written, the temporal anchor of the next."""

@@ -131,10 +131,12 @@ def weights_file(spec: str) -> Path:
     if path.is_dir():
         if (path / WEIGHT_NAME).is_file():
             return path / WEIGHT_NAME
-        found = sorted(path.glob("*.safetensors"))
+        found = sorted(p for p in path.glob("*.safetensors") if p.is_file())  # a folder of that name is no file
         if len(found) == 1:
             return found[0]
         what = f"{len(found)} .safetensors files and no {WEIGHT_NAME}" if found else "no .safetensors file"
+        if (path / WEIGHT_NAME).exists():
+            what += f" ({WEIGHT_NAME} there is a folder)"
         raise QveditError(f"ttlg.tiny_decoder={spec}: the folder holds {what}: name the file")
     if HUB_FILE.match(spec) and not spec.startswith((".", "~")):
         return hub_file(spec)
@@ -189,9 +191,12 @@ def checked_file(spec: str) -> Path:
     if file.suffix != ".safetensors":
         raise QveditError(f"ttlg.tiny_decoder: {file} is not a .safetensors file; qvedit loads weights from "
                           f"safetensors only (unpickling can run any code): use {PUBLISHED}")
-    problem = safetensors_problem(file)
-    if problem is None:
-        problem = fit_problem(header_shapes(file), TinyDecoder())
+    try:
+        problem = safetensors_problem(file)
+        if problem is None:
+            problem = fit_problem(header_shapes(file), TinyDecoder())
+    except OSError as err:  # unreadable: permissions, a file that went away, a failing disk
+        raise QveditError(f"ttlg.tiny_decoder: cannot read {file}: {err.strerror or err}") from None
     if problem:
         raise QveditError(f"ttlg.tiny_decoder: {file} does not hold the taew2_1 tiny decoder: {problem}")
     return file

@@ -4,6 +4,8 @@
 - ``io=demo_long``: a camera panning along a landscape of hills, houses and trees while the light slowly
   turns to sunset (darker and warmer), ``io.length`` frames (48 by default): long enough for drift to show,
   with a real colour change in the source that drift measures must not count.
+- ``io=shapes``: a synthetic clip of shapes (``qvedit.io.shapes``, what the toy model learns from) drawn from
+  ``io.clip_seed``; seeds from 1,000,000 on are never shown to the toy model in training.
 
 ``demo_clip(...)`` writes ``init.png``, ``edges/00001.png ...`` (the project's own Sobel edges of
 frames 1..T-1) and ``source/00000.png ...`` (the scene's frames, for optical flow) the first time,
@@ -22,11 +24,13 @@ from qvedit.files import atomic_folder, cache_dir
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.images import to_tensor
 from qvedit.io.frames import FrameFolders
+from qvedit.io.shapes import ToyScene
 
 DEMO_FOLDER = "demo-clip"  # in the cache folder; conf/io/demo.yaml names it too
 DEMO_SIZE = (64, 64)  # (W, H)
 DEMO_FRAMES = 9  # frame 0 + 8 edge frames
 LONG_DEMO_FOLDER = "demo-long-{length}"  # in the cache folder; conf/io/demo_long.yaml names it too
+SHAPES_FOLDER = "shapes-{seed}-{length}"  # in the cache folder; conf/io/shapes.yaml names it too
 
 
 def demo_frame(t: int, size: tuple[int, int] = DEMO_SIZE) -> np.ndarray:
@@ -94,20 +98,35 @@ def write_source_frames(folder: Path, frame=demo_frame, count: int = DEMO_FRAMES
 def demo_clip(init_frame: str, edge_frames_dir: str, resize: str = "area",
               source_frames_dir: str | None = None, length: int | None = None) -> FrameFolders:
     """The ``io=demo`` source (``length=None``) or the ``io=demo_long`` one (``length`` frames): the demo
-    clip, made in the cache folder on first use.
+    clip, made in the cache folder on first use."""
+    if length is None:
+        return cached_clip(init_frame, edge_frames_dir, resize, source_frames_dir, cache_dir() / DEMO_FOLDER,
+                           demo_frame, DEMO_FRAMES, "io=demo")
 
-    The clip is only ever written to ``<cache>/demo-clip`` or ``<cache>/demo-long-<length>`` (where
-    conf/io/demo.yaml and demo_long.yaml point); an ``io.init_frame`` elsewhere must already exist, so a
-    typo never fills a new folder with a clip.
+    def frame(t: int) -> np.ndarray:
+        return long_demo_frame(t, length)
+
+    return cached_clip(init_frame, edge_frames_dir, resize, source_frames_dir,
+                       cache_dir() / LONG_DEMO_FOLDER.format(length=length), frame, length, "io=demo_long")
+
+
+def shapes_clip(init_frame: str, edge_frames_dir: str, resize: str, source_frames_dir: str | None, seed: int,
+                length: int) -> FrameFolders:
+    """The ``io=shapes`` source: the synthetic shapes clip of ``seed`` (``qvedit.io.shapes``), ``length`` frames of
+    64x64, made in the cache folder on first use."""
+    scene = ToyScene.from_seed(seed, DEMO_SIZE)
+    return cached_clip(init_frame, edge_frames_dir, resize, source_frames_dir,
+                       cache_dir() / SHAPES_FOLDER.format(seed=seed, length=length), scene.frame, length, "io=shapes")
+
+
+def cached_clip(init_frame: str, edge_frames_dir: str, resize: str, source_frames_dir: str | None, home: Path,
+                frame, count: int, option: str) -> FrameFolders:
+    """A synthetic clip of ``count`` frames (``frame(t)`` -> (H, W, 3) uint8) served like a frame folder.
+
+    The clip is only ever written to ``home`` (in the cache folder, where conf/io/<option>.yaml points); an
+    ``io.init_frame`` elsewhere must already exist, so a typo never fills a new folder with a clip.
     """
     init = Path(init_frame).expanduser()
-    if length is None:
-        home, frame, count, option = cache_dir() / DEMO_FOLDER, demo_frame, DEMO_FRAMES, "io=demo"
-    else:
-        home, count, option = cache_dir() / LONG_DEMO_FOLDER.format(length=length), length, "io=demo_long"
-
-        def frame(t: int) -> np.ndarray:
-            return long_demo_frame(t, length)
     if not init.is_file():
         if init.parent.resolve() != home.resolve():
             raise QveditError(f"io.init_frame={init} does not exist, and {option} makes its clip only in {home}: "

@@ -35,6 +35,8 @@ MIN_CELL_SIDE = 192
 COLUMN_TITLES = ("edge map", "output")
 # frame 0's grey edge cell: the first wording that fits the cell, else none
 NO_EDGE_TEXTS = (("input frame", "(copied)", "no edge map"), ("input frame (copied)",), ("input frame",), ("input",))
+# ... where frame 0 is the source's frame 0 edited with first_frame.prompt (a source whose frame0_edited is true)
+EDITED_TEXTS = (("frame 0 edited", "(first_frame.prompt)", "no edge map"), ("frame 0 edited",), ("edited",))
 
 FONT_SIZE = 14
 TITLE_FONT_SIZE = 16
@@ -192,14 +194,15 @@ def _shrunk(image: Image.Image, cell: Size) -> Image.Image:
     return image.resize(cell, Image.Resampling.BOX) if image.width > cell[0] or image.height > cell[1] else image
 
 
-def _no_edge_cell(cell: Size) -> Image.Image:
-    """A grey ``cell`` saying that frame 0 is the input frame, with no edge map (where the text fits)."""
+def _no_edge_cell(cell: Size, wordings: tuple = NO_EDGE_TEXTS) -> Image.Image:
+    """A grey ``cell`` saying what frame 0 is (the input frame, or ``EDITED_TEXTS``: the source's edited), with no
+    edge map: the first of ``wordings`` that fits."""
     image = Image.new("RGB", cell, NO_EDGE_GREY)
     draw = ImageDraw.Draw(image)
     for size in (FONT_SIZE, 10):
         font = _font(size)
         line = _line_height(font)
-        for texts in NO_EDGE_TEXTS:
+        for texts in wordings:
             if line * len(texts) <= cell[1] and all(font.getlength(t) <= cell[0] - 2 for t in texts):
                 top = (cell[1] - line * len(texts)) // 2
                 for k, text in enumerate(texts):
@@ -245,11 +248,12 @@ def _save_atomic(image: Image.Image, out_path: Path, fmt: str, **options) -> Pat
     return Path(out_path)
 
 
-def contact_sheet(edge_images: list, frames: list, out_path, max_rows: int = 8) -> Path:
+def contact_sheet(edge_images: list, frames: list, out_path, max_rows: int = 8, frame0: tuple = NO_EDGE_TEXTS) -> Path:
     """A PNG with one labelled ``edge | output`` row per sampled frame (``sampled_rows``), under a title
     naming the frames shown and the column titles; ``preview_layout(...).size`` pixels.
 
-    ``frames``: PIL images of frames 0..T-1, all of frame 0's size or already shrunk to its cell.
+    ``frames``: PIL images of frames 0..T-1, all of frame 0's size or already shrunk to its cell; ``frame0``: what
+    frame 0's grey edge cell says (``NO_EDGE_TEXTS`` or ``EDITED_TEXTS``).
     """
     if max_rows < 1:
         raise ValueError(f"max_rows={max_rows} must be >= 1")
@@ -260,20 +264,21 @@ def contact_sheet(edge_images: list, frames: list, out_path, max_rows: int = 8) 
     title = shown_frames_caption(indices, len(frames))
     layout = preview_layout(cell, len(indices), [title], labels)
     rows = [(label, edges[i], frames[i]) for label, i in zip(labels, indices)]
-    return _save_atomic(_compose(layout, title, rows, _no_edge_cell(cell)), out_path, "PNG")
+    return _save_atomic(_compose(layout, title, rows, _no_edge_cell(cell, frame0)), out_path, "PNG")
 
 
-def side_by_side_gif(edge_images: list, frames: list, out_path, fps: float) -> Path:
+def side_by_side_gif(edge_images: list, frames: list, out_path, fps: float, frame0: tuple = NO_EDGE_TEXTS) -> Path:
     """An animated GIF, looping, of ``edge | output`` for every frame, at ``fps`` frames per second;
     each animation frame is titled ``frame i / T-1`` and has the column titles.
 
     GIF delays are whole hundredths of a second and browsers slow delays under 0.02 s down, so the
     delay is 1/fps rounded to 10 ms, at least 20 ms.
     """
-    return comparison_gif(edge_images, {COLUMN_TITLES[1]: frames}, out_path, fps)
+    return comparison_gif(edge_images, {COLUMN_TITLES[1]: frames}, out_path, fps, frame0)
 
 
-def comparison_gif(edge_images: list, clips: dict[str, list], out_path, fps: float) -> Path:
+def comparison_gif(edge_images: list, clips: dict[str, list], out_path, fps: float,
+                   frame0: tuple = NO_EDGE_TEXTS) -> Path:
     """``side_by_side_gif`` with several clips of the same frames side by side: ``edge | clip | clip ...``,
     each column titled with its key in ``clips`` (e.g. ``{"ttlg=off": [...], "guided": [...]}``)."""
     if not fps > 0:
@@ -285,7 +290,7 @@ def comparison_gif(edge_images: list, clips: dict[str, list], out_path, fps: flo
     cell = cell_size(columns[0][0].size)
     titles = [frame_label(i, count) for i in range(count)]
     layout = preview_layout(cell, 1, titles, columns=(COLUMN_TITLES[0], *clips))
-    no_edge = _no_edge_cell(cell)
+    no_edge = _no_edge_cell(cell, frame0)
 
     def animation() -> Iterator[Image.Image]:
         # One at a time: Pillow keeps each as a palette image, a third of the RGB.
@@ -323,7 +328,9 @@ def write_previews(source: FrameSource, frame_paths: list[Path], layout: RunLayo
         if index:
             edges.append(_shrunk(source.edge_frame(index - 1, frame.size), cell))
     sheet, gif = layout.previews
-    return [contact_sheet(edges, frames, sheet), side_by_side_gif(edges, frames, gif, source.fps)]
+    frame0 = EDITED_TEXTS if getattr(source, "frame0_edited", False) else NO_EDGE_TEXTS
+    return [contact_sheet(edges, frames, sheet, frame0=frame0),
+            side_by_side_gif(edges, frames, gif, source.fps, frame0)]
 
 
 def write_comparison(source: FrameSource, clips: dict[str, list[Path]], out: Path) -> Path:
@@ -338,4 +345,5 @@ def write_comparison(source: FrameSource, clips: dict[str, list[Path]], out: Pat
             shrunk[title].append(_shrunk(frame, cell))
         if index:
             edges.append(_shrunk(source.edge_frame(index - 1, frame.size), cell))
-    return comparison_gif(edges, shrunk, out, source.fps)
+    return comparison_gif(edges, shrunk, out, source.fps,
+                          EDITED_TEXTS if getattr(source, "frame0_edited", False) else NO_EDGE_TEXTS)

@@ -8,13 +8,13 @@ from typing import Protocol, Union, runtime_checkable
 
 from PIL import Image
 
-from qvedit.io.demo import demo_clip
+from qvedit.io.demo import demo_clip, shapes_clip
 from qvedit.io.frames import FrameFolders
 from qvedit.io.layout import RunLayout
 from qvedit.io.video import VideoClip
-from qvedit.settings.io import DemoIO, FramesIO, LongDemoIO, VideoIO
+from qvedit.settings.io import DemoIO, FramesIO, LongDemoIO, ShapesIO, VideoIO
 
-IOSettings = Union[FramesIO, VideoIO]  # an io/ option: FramesIO, DemoIO, LongDemoIO or VideoIO
+IOSettings = Union[FramesIO, VideoIO]  # an io/ option: FramesIO, DemoIO, LongDemoIO, ShapesIO or VideoIO
 
 
 @runtime_checkable
@@ -57,6 +57,8 @@ def open_source(io: IOSettings, layout: RunLayout) -> FrameSource:
     """
     if isinstance(io, VideoIO):
         return VideoClip(io, edges_dir=layout.edges_dir)
+    if isinstance(io, ShapesIO):
+        return shapes_clip(io.init_frame, io.edge_frames_dir, io.resize, io.source_frames_dir, io.clip_seed, io.length)
     if isinstance(io, LongDemoIO):
         return demo_clip(io.init_frame, io.edge_frames_dir, io.resize, io.source_frames_dir, io.length)
     if isinstance(io, DemoIO):

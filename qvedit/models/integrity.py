@@ -8,6 +8,7 @@ bytes of each file), so they take milliseconds and name the file to copy again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -77,3 +78,35 @@ def check_model_folder(folder: Path) -> None:
             problem = safetensors_problem(path)
             if problem:
                 raise _damaged(folder, f"{name}/{problem}")
+
+
+TOY_RECORD = "training.json"  # beside the toy model's weights: what its training run made (qvedit/toy/train.py)
+TOY_TRAIN_COMMAND = "python -m qvedit.toy.train --publish"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_toy_weights(folder: Path) -> None:
+    """``model=toy``: raise a QveditError of one line when a weight file of the toy model in ``folder`` is missing
+    or is not the file its training run wrote (its SHA-256 differs from the one in ``training.json``)."""
+    record = folder / TOY_RECORD
+    fix = f"restore it (git checkout -- {folder}) or train the toy model again: {TOY_TRAIN_COMMAND}"
+    if not record.is_file():
+        raise QveditError(f"model=toy: {record} is missing, so its weights cannot be checked: {fix}")
+    try:
+        files = json.loads(record.read_text())["files"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise QveditError(f"model=toy: {record} is damaged: {fix}") from None
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise QveditError(f"model=toy: its weights file {path} is missing: {fix}")
+        if sha256(path) != digest:
+            raise QveditError(f"model=toy: its weights file {path} is damaged (not the file its training run wrote, "
+                              f"by its SHA-256 in {TOY_RECORD}): {fix}")

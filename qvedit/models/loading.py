@@ -23,7 +23,7 @@ from qvedit.devices import check_device, torch_dtype
 from qvedit.errors import QveditError, short_reason
 from qvedit.models import cache
 from qvedit.models.family import Family, family_for, pipeline_class_problem, read_index, release_mismatch
-from qvedit.models.integrity import check_model_folder
+from qvedit.models.integrity import check_model_folder, check_toy_weights
 from qvedit.models.lora import PLAIN, Variant
 from qvedit.settings.model import ModelSettings, PerfSettings, TinyModel
 
@@ -50,6 +50,9 @@ def load_pipeline(model: ModelSettings, device: str, dtype: str, perf: Optional[
     family = family_for(model)
     if model.kind == "tiny":
         return load_tiny(model.model_id, device, dtype, perf, variant, family, model)
+    if model.kind == "toy":
+        check_toy_weights(Path(model.model_id).expanduser())
+        return load_pretrained(model.model_id, device, dtype, perf, variant, family, model)
     if model.kind == "random_full":
         return load_random_full(device, dtype, perf, variant, family)
     return load_pretrained(model.model_id, device, dtype, perf, variant, family, model)

@@ -21,7 +21,7 @@ import torch
 
 from qvedit.errors import QveditError
 from qvedit.files import cache_dir
-from qvedit.models.diffusers_compat import before_prompt_encoding, execution_device
+from qvedit.models.diffusers_compat import before_prompt_encoding, execution_device, use_single_frame_convolutions
 from qvedit.models.step_cache import use_step_cache, without_step_cache
 from qvedit.settings.model import PerfSettings
 
@@ -90,6 +90,7 @@ def apply_perf(pipe, settings: PerfSettings) -> None:
         applied.add("offload")
     if settings.cache != "none" or "_qvedit_cache" in vars(pipe.transformer):
         use_step_cache(pipe.transformer, settings)
+    use_single_frame_convolutions(pipe.vae, settings.single_frame_vae)
 
 
 def compile_blocks(transformer: torch.nn.Module) -> None:

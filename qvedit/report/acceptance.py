@@ -8,10 +8,9 @@ Writes ``acceptance.md``, ``acceptance.csv`` and per-frame loss plots into the s
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Optional
 
@@ -21,12 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from qvedit.cli import OneLineParser, emit, number, whole
 from qvedit.errors import QveditError
+from qvedit.fields import tags_of
 from qvedit.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
 from qvedit.report.confdiff import diff_configs, group_contexts, load_run
-from qvedit.report.drift import drift_by_setting, drift_table, judge_drift, plot_drift
+from qvedit.report.drift import drift_by_setting, drift_table, honest_y, judge_drift, plot_drift, shown
 from qvedit.report.verdict import PLOTTED, Comparison, Criterion, SweepJob, SweepVerdict, plot_name
 from qvedit.settings.report import Thresholds
 from qvedit.settings.schema import output_path_keys
@@ -112,8 +113,8 @@ def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
             return
         ratio = on.mean().median() / off.mean().median()
         criteria.append(Criterion(name, ratio, f"<= {limit}", bool(ratio <= limit),
-                                  f"median over seeds of mean {column}: {on.mean().median():.5g} vs "
-                                  f"{off.mean().median():.5g}"))
+                                  f"median over seeds of mean {column}: {shown(on.mean().median(), '.5g')} vs "
+                                  f"{shown(off.mean().median(), '.5g')}"))
         if extra_fraction is not None:
             share = float((on.median(axis=1) <= off.median(axis=1)).mean())
             criteria.append(Criterion(f"{column} not worse, share of frames", share, f">= {extra_fraction}",
@@ -133,7 +134,7 @@ def judge(comparison: Comparison, limits: Thresholds) -> Comparison:
     else:
         prev_mean, init_mean = prev.mean().median(), init.mean().median()
         criteria.append(Criterion("lpips_to_prev < lpips_to_init", prev_mean - init_mean, "< 0",
-                                  bool(prev_mean < init_mean), f"{prev_mean:.4g} vs {init_mean:.4g}"))
+                                  bool(prev_mean < init_mean), f"{shown(prev_mean)} vs {shown(init_mean)}"))
         criteria.append(Criterion("lpips_to_prev", prev_mean, f"> {limits.lpips_prev_min}",
                                   bool(prev_mean > limits.lpips_prev_min)))
         criteria.append(Criterion("lpips_to_init", init_mean, f"> {limits.lpips_init_min}",
@@ -164,6 +165,7 @@ def plot_figure(comparison: Comparison, column: str):
     for name, table in tables.items():
         axes.plot(table.index, table.median(axis=1), marker="o", label=f"{name} (median)")
         axes.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.25)
+    honest_y(axes, [(t.index.to_numpy(dtype=float), t.max(axis=1).to_numpy(dtype=float)) for t in tables.values()])
     axes.set_xlabel("frame")
     axes.set_ylabel(column)
     axes.set_title(f"{column}: seeds {comparison.seeds}, min-max band")
@@ -225,7 +227,7 @@ def markdown(verdict: SweepVerdict, plots: bool) -> str:
                   "| criterion | value | threshold | verdict | detail |", "| --- | --- | --- | --- | --- |"]
         for c in comparison.criteria:
             verdict_text = "skipped" if c.passed is None else ("pass" if c.passed else "FAIL")
-            value = "-" if c.value is None else f"{c.value:.4g}"
+            value = "-" if c.value is None else shown(c.value)
             lines.append(f"| {c.name} | {value} | {c.threshold} | {verdict_text} | {c.note} |")
         on, off = comparison.on[comparison.seeds[0]], comparison.off[comparison.seeds[0]]
         lines += ["", "Runs compared: " + ", ".join(
@@ -312,28 +314,32 @@ def _is_search(config) -> bool:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m qvedit.accept", description=__doc__.splitlines()[0],
         epilog="Without threshold options the sweep's acceptance.md, .csv and plots are rewritten and printed. "
                "With any, the report is a what-if: printed only, the sweep's files stay as they are. The criteria "
-               "and their defaults: docs/METHOD.md, section 5 (\"Does guidance work? The acceptance check\").")
+               "and their defaults: docs/METHOD.md, section 5 (\"Does guidance work? The acceptance check\"). "
+               "Exit code: 0 every criterion passed, 1 one failed (or a job), 2 bad arguments or not a sweep folder.")
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. runs/multirun/2026-11-26/12-00-00")
-    for name, default in asdict(Thresholds()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=None,
-                            help=f"judge with this acceptance.{name} instead of the sweep's (default {default})")
+    for field in fields(Thresholds):
+        tags = tags_of(field)
+        kind = whole(tags.min, tags.max) if isinstance(field.default, int) else number(tags.min, tags.max)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=None,
+                            help=f"judge with this acceptance.{field.name} instead of the sweep's (default "
+                                 f"{field.default})")
     args = parser.parse_args(argv)
     sweep_dir = Path(args.sweep_dir)
     overrides = {k: v for k, v in vars(args).items() if k != "sweep_dir" and v is not None}
     try:
         if not overrides:
             passed, report = write_report(sweep_dir)
-            print(report.read_text())
+            emit(report.read_text())  # a reader that stops early (| head) ends the output quietly
         else:
             jobs_limits = thresholds_of(load_jobs(sweep_dir)) if sweep_dir.is_dir() else Thresholds()
             verdict = judge_sweep(sweep_dir, Thresholds(**{**asdict(jobs_limits), **overrides}))
             passed = verdict.passed
-            print(markdown(verdict, plots=False))
-            print(f"(what-if thresholds {overrides}: {sweep_dir / 'acceptance.md'} is unchanged)")
+            emit(markdown(verdict, plots=False))
+            emit(f"(what-if thresholds {overrides}: {sweep_dir / 'acceptance.md'} is unchanged)")
     except QveditError as err:
         print(f"qvedit: error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qvedit.files import write_text_atomic
 from qvedit.models.random_full import RANDOM_WEIGHTS
 
 
@@ -80,7 +81,6 @@ def write_report(rows: list[dict], model: str, device: torch.device, out: Path) 
         report["note"] = RANDOM_WEIGHTS
     if any("_tiny" in r["variant"] or r["variant"].startswith("fastest") for r in rows):
         report["tiny_decoder"] = "ttlg.tiny_decoder=random: the tiny decoder's cost, not its images"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(report, indent=2))
-    (out / "bench.md").write_text(markdown(report))
+    write_text_atomic(out / "bench.json", json.dumps(report, indent=2))  # a full or read-only disk: one line
+    write_text_atomic(out / "bench.md", markdown(report))
     return report

@@ -7,7 +7,6 @@ Reads each run's ``.hydra/config.yaml`` (the composed config) and ``.hydra/overr
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -59,9 +58,28 @@ def group_contexts(groups: list[tuple]) -> dict[tuple, str]:
     return {group: ",".join(f"{key}={shown(dict(group).get(key, '-'))}" for key in varying) for group in groups}
 
 
+def resolved(run_dir: str | Path, flat: dict[str, object]) -> dict[str, object]:
+    """``flat`` (a run's config, ``load_run``) with each interpolation that can be resolved here replaced by its value
+    (``${qvedit.cache:tiny-qwen-image-edit-2509}`` -> the folder in qvedit's cache, ``$QVEDIT_CACHE``); one that
+    cannot (``${hydra:...}``, which only a running Hydra knows) stays as written."""
+    from qvedit.settings.schema import register_schemas
+
+    register_schemas()  # qvedit's resolvers
+    config = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    values = dict(flat)
+    for key, value in flat.items():
+        if isinstance(value, str) and "${" in value:
+            try:
+                values[key] = OmegaConf.select(config, key, throw_on_resolution_failure=True)
+            except Exception:  # noqa: BLE001 - any resolver's failure: the value as written
+                pass
+    return values
+
+
 def format_diff(run_a: str | Path, run_b: str | Path) -> tuple[str, bool]:
     """A readable report of the differences and whether there are any."""
     (config_a, overrides_a), (config_b, overrides_b) = load_run(run_a), load_run(run_b)
+    config_a, config_b = resolved(run_a, config_a), resolved(run_b, config_b)
     differences = diff_configs(config_a, config_b)
     lines = [f"A: {run_a}", f"B: {run_b}"]
     if not differences:
@@ -79,15 +97,22 @@ def format_diff(run_a: str | Path, run_b: str | Path) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m qvedit.diff",
-                                     description="Config keys that differ between two runs.")
-    parser.add_argument("run_a")
-    parser.add_argument("run_b")
+    from qvedit.cli import OneLineParser, emit
+
+    parser = OneLineParser(
+        prog="python -m qvedit.diff", description="Config keys that differ between two runs (or sweep jobs): each key "
+        "whose value differs, A's value -> B's, then the command-line overrides only one of them had.",
+        epilog="Each folder is a run folder (hydra.run.dir) or a sweep's job folder: its .hydra/config.yaml (the "
+               "composed config) and .hydra/overrides.yaml (what was typed) are read. Values are shown resolved as "
+               "on this machine (model.model_id=${qvedit.cache:...}: the folder in qvedit's cache, $QVEDIT_CACHE). "
+               "Exit code: 0 the configs are equal, 1 they differ, 2 a folder is not a run folder (or bad arguments).")
+    parser.add_argument("run_a", metavar="RUN_A", help="the first run folder, e.g. runs/2026-12-01/14-09-01")
+    parser.add_argument("run_b", metavar="RUN_B", help="the run folder to compare it with")
     args = parser.parse_args(argv)
     try:
         text, differ = format_diff(args.run_a, args.run_b)
     except QveditError as err:
         print(f"qvedit: error: {err}", file=sys.stderr)
         return 2
-    print(text)
+    emit(text)
     return 1 if differ else 0

@@ -42,6 +42,14 @@ def edge_offset_px(frame: Image.Image, edge: Image.Image) -> Optional[float]:
     return float(math.hypot(dx, dy)) / scale
 
 
+def shown(value: Optional[float], spec: str = ".4g") -> str:
+    """``value`` formatted with ``spec``, or ``n/a`` where there is no number (None, NaN: a growth over a first
+    quarter of 0, a mean of no rows): a summary or a table never says ``nan``."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
+
+
 def quarter(frames: int) -> int:
     """How many frames a quarter of ``frames`` is (at least 1)."""
     return max(1, frames // 4)
@@ -88,7 +96,7 @@ def clip_trends(metrics: pd.DataFrame, frames: Optional[int] = None) -> dict[str
 def describe(trends: dict[str, Trend]) -> str:
     """``color_drift 3.1 (x1.8, +0.12/frame)``: per column, the last quarter's mean, its growth over the first
     quarter's and the slope."""
-    return ", ".join(f"{column} {t.last_quarter:.4g} (x{t.growth:.3g}, {t.slope:+.3g}/frame)"
+    return ", ".join(f"{column} {shown(t.last_quarter)} (x{shown(t.growth, '.3g')}, {shown(t.slope, '+.3g')}/frame)"
                      for column, t in trends.items())
 
 
@@ -141,7 +149,7 @@ def drift_table(comparison) -> list[str]:
     rows = ["| metric | guided: last-quarter mean | growth (last / first quarter) | slope per frame | off: last-quarter "
             "mean | growth | slope per frame |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for column, *sides in paired_trends(comparison):
-        cells = [f"{t.last_quarter:.4g} | {t.growth:.3g} | {t.slope:+.3g}" for t in sides]
+        cells = [f"{shown(t.last_quarter)} | {shown(t.growth, '.3g')} | {shown(t.slope, '+.3g')}" for t in sides]
         rows.append(f"| {column} | {cells[0]} | {cells[1]} |")
     return rows if len(rows) > 2 else ["(no drift columns: metrics=none?)"]
 
@@ -150,12 +158,25 @@ def drift_by_setting(comparisons: list) -> list[str]:
     """Markdown rows comparing the sweep's settings (anchor presets ...) on drift, guided and off each."""
     rows = ["| setting | ttlg | color_drift, last-quarter mean | growth (last / first quarter) | edge_offset_px, "
             "last-quarter mean | growth |", "| --- | --- | --- | --- | --- | --- |"]
+    for comparison, guided in sides_by_setting(comparisons):  # the off jobs once, however many settings share them
+        trends = comparison_trends(comparison, guided)
+        cells = [f"{shown(trends[c].last_quarter)} | {shown(trends[c].growth, '.3g')}" if c in trends else "- | -"
+                 for c in ("color_drift", "edge_offset_px")]
+        rows.append(f"| {comparison.context or '-'} | {comparison.label if guided else 'off'} | {cells[0]} | "
+                    f"{cells[1]} |")
+    return rows
+
+
+def sides_by_setting(comparisons: list) -> list[tuple[object, bool]]:
+    """(comparison, guided) for each row of a "drift by setting" table: each comparison's guided jobs, and its
+    ``ttlg=off`` jobs once (several guided settings compared with the same off jobs share them)."""
+    rows, seen = [], set()
     for comparison in comparisons:
-        for side, label in (("off", "off"), ("guided", comparison.label)):
-            trends = comparison_trends(comparison, side == "guided")
-            cells = [f"{trends[c].last_quarter:.4g} | {trends[c].growth:.3g}" if c in trends else "- | -"
-                     for c in ("color_drift", "edge_offset_px")]
-            rows.append(f"| {comparison.context or '-'} | {label} | {cells[0]} | {cells[1]} |")
+        off = tuple(sorted(str(job.path) for job in comparison.off.values()))
+        if off not in seen:
+            seen.add(off)
+            rows.append((comparison, False))
+        rows.append((comparison, True))
     return rows
 
 
@@ -167,47 +188,93 @@ def judge_drift(on: dict, off: dict, frames: int, limit: float) -> tuple[Optiona
         return None, None, "no color_drift column (metrics=none?)"
     ratio, guided, unguided = drift
     return ratio, bool(ratio <= limit), (f"median over seeds of mean color_drift over frames "
-                                         f"{frames - quarter(frames) + 1}..{frames}: {guided:.4g} vs {unguided:.4g}")
+                                         f"{frames - quarter(frames) + 1}..{frames}: {shown(guided)} vs {shown(unguided)}")
 
 
 def plot_drift(clips: dict[str, dict], frames: Optional[int], title: str, out,
                keyframes: Sequence[int] = ()) -> Optional[object]:
+    """``drift_figure`` written as a PNG at ``out``; returns it, None when no drift column is there."""
+    from qvedit.files import write_figure_png
+
+    figure = drift_figure(clips, frames, title, keyframes)
+    return None if figure is None else write_figure_png(figure, out, lay_out=False)
+
+
+def drift_figure(clips: dict[str, dict], frames: Optional[int], title: str, keyframes: Sequence[int] = ()):
     """One figure, a panel per drift column over frames 1..``frames`` (None: all): a line per seed and clip, a
-    colour per seed and a line style per clip, a shared legend below the panels. ``clips``: {name: {seed:
-    metrics.csv table}}, e.g. {"guided": ..., "off": ...}. ``keyframes`` (``schedule=segments``): a dotted line at
-    each seam, between a segment's last frame and the keyframe after it. Returns the PNG, None when no column is
-    there."""
+    colour per seed and a line style per clip, a shared legend below the panels (as many columns as fit the
+    figure's width), each panel's y axis from 0 (``honest_y``). ``clips``: {name: {seed: metrics.csv table}}, e.g.
+    {"guided": ..., "off": ...}. ``keyframes`` (``schedule=segments``): a dotted line at each seam, between a
+    segment's last frame and the keyframe after it. None when no column is there."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from qvedit.files import write_figure_png
-
     tables = [table for seeds in clips.values() for table in seeds.values()]
     columns = [c for c in DRIFT_COLUMNS if tables and all(c in t.columns and not t[c].isna().all() for t in tables)]
     if not columns:
         return None
-    figure, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.2), squeeze=False)
+    figure, axes = plt.subplots(1, len(columns), figsize=(max(7.2, 3.6 * len(columns)), 3.2), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     seeds = sorted({seed for runs in clips.values() for seed in runs}, key=str)
     for axis, column in zip(axes[0], columns):
+        lines = []
         for (name, runs), style in zip(clips.items(), ("-", "--", ":", "-.")):
             for number, seed in enumerate(seeds):
                 if seed in runs:
                     series = runs[seed].set_index("frame")[column].loc[1:frames]
                     axis.plot(series.index, series.to_numpy(), style, color=colours[number % len(colours)],
                               marker="o", markersize=3, label=f"{name}, seed {seed}")
+                    lines.append((series.index.to_numpy(dtype=float), series.to_numpy(dtype=float)))
         for number, keyframe in enumerate(keyframes):
             axis.axvline(keyframe - 0.5, color="#b05000", linestyle=":", linewidth=1,
                          label="seam (before a keyframe)" if number == 0 else None)
+        honest_y(axis, lines)
         axis.set_title(column)
         axis.set_xlabel("frame")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0][0].get_legend_handles_labels()
-    rows = math.ceil(len(labels) / 6)
     figure.suptitle(title)
-    figure.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), frameon=False)
-    figure.tight_layout(rect=(0, 0.07 * rows + 0.02, 1, 0.95))
-    return write_figure_png(figure, out, lay_out=False)
+    legend = legend_that_fits(figure, handles, labels)
+    below = legend.get_window_extent(figure.canvas.get_renderer()).height / figure.dpi + 0.1  # inches
+    figure.set_figheight(3.2 + below)  # the panels keep their height whatever the legend takes
+    figure.tight_layout(rect=(0, below / (3.2 + below), 1, 1 - 0.3 / (3.2 + below)))
+    return figure
+
+
+def legend_that_fits(figure, handles: list, labels: list[str]):
+    """A legend at the bottom of ``figure`` with as many columns (6 at most) as fit its width; where one label alone
+    is wider, the labels are wrapped."""
+    import textwrap
+
+    renderer = figure.canvas.get_renderer()
+    for columns in range(min(6, len(labels)), 0, -1):
+        legend = figure.legend(handles, labels, loc="lower center", ncol=columns, frameon=False, fontsize="small")
+        width = legend.get_window_extent(renderer).width
+        if width <= 0.98 * figure.bbox.width:
+            return legend
+        legend.remove()
+    chars = max(12, int(max(map(len, labels)) * 0.98 * figure.bbox.width / width))
+    return figure.legend(handles, [textwrap.fill(label, chars) for label in labels], loc="lower center", ncol=1,
+                         frameon=False, fontsize="small")
+
+
+def honest_y(axis, lines: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """The y range of a panel of metrics that are never negative: from 0 to a little over the highest value, so a
+    change of 0.002 on a value of 39 looks as small as it is, not as the whole height of the panel. Where frame 1
+    (made from the input frame 0, which no later frame is) lies far above every later frame, the axis ends over the
+    later frames and frame 1's value is written at the top, instead of flattening them. ``lines``: (frames, values)."""
+    values = np.concatenate([y[np.isfinite(y)] for _, y in lines]) if lines else np.array([])
+    if not values.size:
+        return
+    later = np.concatenate([y[(x > 1) & np.isfinite(y)] for x, y in lines])
+    top, bottom = float(values.max()), min(0.0, float(values.min()))
+    if later.size and later.max() > 0 and top > 3 * later.max():
+        axis.set_ylim(bottom, float(later.max()) * 1.25)
+        axis.plot([1], [float(later.max()) * 1.25], marker="^", color="0.3", clip_on=False)
+        axis.annotate(f"frame 1 up to {shown(top, '.3g')}, above the axis", xy=(0.98, 0.97), xycoords="axes fraction",
+                      ha="right", va="top", fontsize="x-small", color="0.3")
+    else:
+        axis.set_ylim(bottom, top * 1.08 if top > 0 else 1.0)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 import jinja2
+import markupsafe
 import pandas as pd
 
 import qvedit
@@ -21,7 +23,7 @@ from qvedit.files import write_text_atomic
 from qvedit.images import read_rgb8
 from qvedit.io.preview import cell_size, comparison_gif
 from qvedit.report.confdiff import diff_configs
-from qvedit.report.drift import comparison_trends, paired_trends
+from qvedit.report.drift import comparison_trends, paired_trends, shown, sides_by_setting
 from qvedit.report.verdict import PLOTTED, Comparison, SweepVerdict, plot_name
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,16 @@ REPORT = "report.html"
 
 
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                              autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                                     autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["breakable"] = breakable
+    return environment
+
+
+def breakable(text) -> markupsafe.Markup:
+    """``text`` (escaped) that a narrow table column may break after each ``_`` or ``.`` (``edge_<wbr>loss``), and
+    nowhere else: never inside a word."""
+    return markupsafe.Markup(re.sub(r"([_.])", r"\1<wbr>", str(markupsafe.escape(text))))
 
 
 def _render(template: str, out: Path, **values) -> Path:
@@ -55,7 +65,7 @@ def has_cjk(text: str) -> bool:
 
 
 def _number(value, digits: int = 4) -> str:
-    return "-" if value is None or pd.isna(value) else f"{value:.{digits}g}"
+    return "-" if value is None else shown(value, f".{digits}g")
 
 
 def write_sweep_html(verdict: SweepVerdict) -> Path:
@@ -99,20 +109,19 @@ def _comparison(verdict: SweepVerdict, comparison: Comparison) -> dict:
 def _drift_rows(comparison: Comparison) -> list[dict]:
     """Per drift column: guided and off, the median over seeds of the last-quarter mean, growth and slope."""
     return [{"column": column, "cells": [cell for t in sides for cell in (_number(t.last_quarter),
-                                                                           _number(t.growth, 3), f"{t.slope:+.3g}")]}
+                                                                           _number(t.growth, 3), shown(t.slope, "+.3g"))]}
             for column, *sides in paired_trends(comparison)]
 
 
 def _by_setting(comparisons: list) -> list[dict]:
     """The sweep's settings side by side on drift (last-quarter mean, growth), off and guided each."""
     rows = []
-    for comparison in comparisons:
-        for guided in (False, True):
-            trends = comparison_trends(comparison, guided)
-            cells = [_number(getattr(trends.get(c), name, None), digits) for c in ("color_drift", "edge_offset_px")
-                     for name, digits in (("last_quarter", 4), ("growth", 3))]
-            rows.append({"setting": comparison.context or "-", "ttlg": comparison.label if guided else "off",
-                         "cells": cells})
+    for comparison, guided in sides_by_setting(comparisons):  # the off jobs once, however many settings share them
+        trends = comparison_trends(comparison, guided)
+        cells = [_number(getattr(trends.get(c), name, None), digits) for c in ("color_drift", "edge_offset_px")
+                 for name, digits in (("last_quarter", 4), ("growth", 3))]
+        rows.append({"setting": comparison.context or "-", "ttlg": comparison.label if guided else "off",
+                     "cells": cells})
     return rows
 
 
@@ -185,11 +194,20 @@ def write_run_html(run_dir: Path, summary: list[str], settings: dict, metrics_cs
              roles.get(getattr(row, "frame", None), "")) for row in metrics.itertuples(index=False)]
     images = [{"file": _relative(path, run_dir), "caption": caption} for path, caption in previews if path.is_file()]
     videos = [_relative(path, run_dir) for path in videos or [] if Path(path).is_file()]
-    return _render("run.html", run_dir / REPORT, name=page_name(run_dir), summary=[line.strip() for line in summary],
+    summary = [relative_to_page(line.strip(), run_dir) for line in summary]
+    return _render("run.html", run_dir / REPORT, name=page_name(run_dir), summary=summary,
                    previews=images, settings=[(key, value, has_cjk(value)) for key, value in sorted(settings.items())],
                    metrics_file=_relative(metrics_csv, run_dir), columns=list(metrics.columns), rows=rows,
                    videos=videos, cjk_prompt=has_cjk(settings.get("prompt", "")), first_frame=first_frame,
                    keyframes=list(keyframes))
+
+
+def relative_to_page(line: str, folder: Path) -> str:
+    """``line`` (of the run's summary) with the paths inside ``folder`` written relative to it: the page lies there,
+    beside every file it names. Paths elsewhere (``io.out_frames_dir``, ``metrics.path``) stay as they are."""
+    for prefix in sorted({str(Path(folder)), str(Path(folder).resolve())}, key=len, reverse=True):
+        line = line.replace(prefix + os.sep, "")
+    return line
 
 
 def _relative(path: Path, folder: Path) -> str:

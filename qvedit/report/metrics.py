@@ -127,7 +127,7 @@ class FrameMetrics:
             row["lpips_to_init"] = self._lpips(image, self.init)
         if previous is not None:
             row.update(self.to_previous(frame, previous, flow))
-        return {k: round(v, 6) for k, v in row.items()}
+        return {k: significant(v) for k, v in row.items()}
 
     @torch.no_grad()
     def to_previous(self, frame: Image.Image, previous: Image.Image, flow: Optional[FlowPair] = None) -> dict:
@@ -142,13 +142,19 @@ class FrameMetrics:
             row["clip_consistency"] = self.clip.consistency(frame, previous)
         if self.lpips is not None:
             row["lpips_to_prev"] = self._lpips(to_tensor(frame).to(self.device), to_tensor(previous).to(self.device))
-        return {k: round(v, 6) for k, v in row.items()}
+        return {k: significant(v) for k, v in row.items()}
 
     def _lpips(self, a: torch.Tensor, b: torch.Tensor) -> float:
         """Both (1, 3, H, W) in [0, 1], resized to long side ``size``, compared in [-1, 1]."""
         a = losses.at_least(losses.resize_long_side(a, self.settings.size), LPIPS_SMALLEST_INPUT)
         b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
         return float(self.lpips(a * 2 - 1, b * 2 - 1).mean())
+
+
+def significant(value: float, digits: int = 6) -> float:
+    """``value`` to ``digits`` significant digits, as ``metrics.csv`` keeps it: a gram_loss of 1.23457e-06 stays
+    that, where 6 decimals made it 1e-06 (and a plot of it false steps)."""
+    return float(f"{value:.{digits}g}")
 
 
 class MetricsLog:

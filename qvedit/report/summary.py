@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from qvedit.report.drift import clip_trends, describe
+from qvedit.report.drift import clip_trends, describe, shown
 
 QUALITY = ("edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px", "lpips_to_prev")
 
@@ -30,14 +30,17 @@ def column_means(metrics_csv: Path) -> dict[str, float]:
 def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metrics_csv: Path,
                 steps: int, scales: dict[str, float], unguided_csv: Optional[Path] = None,
                 demo: bool = False, flow_from_edges: bool = False, frame0: Optional[str] = None,
-                keyframes: Sequence[int] = ()) -> list[str]:
+                keyframes: Sequence[int] = (), anchor: Optional[str] = None,
+                video_notes: tuple[str, ...] = ()) -> list[str]:
     """The lines printed at the end of a run.
 
     ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided_csv``: the metrics
     of the same clip made without guidance (``compare_unguided=true``); ``demo``: add the next steps
     a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps;
     ``frame0``: where frame 0 came from when it is not the input (``first_frame.prompt``); ``keyframes``: the
-    keyframes of ``schedule=segments`` (the seams' warp error is said beside the segments').
+    keyframes of ``schedule=segments`` (the seams' warp error is said beside the segments'); ``anchor``: what held
+    the clip to frame 0 (``AnchorSettings.describe``), None when nothing did; ``video_notes``: what the mp4 holds
+    (frames, rate, size, sound: ``VideoClip.video_notes``).
     """
     where = frames[0].parent if frames_kept else ", ".join(str(p) for p in outputs if p.suffix == ".mp4")
     origin = "the input" if frame0 is None else "the edited first frame"
@@ -46,8 +49,9 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
     if frame0 is not None:
         lines.append(f"  {frame0}")
     videos = [p for p in outputs if p.suffix == ".mp4"]
-    if frames_kept and videos:  # io=video: the mp4 is what most users came for
-        lines.append(f"  video: {', '.join(str(p) for p in videos)}")
+    if videos:  # io=video: the mp4 is what most users came for
+        notes = f" ({'; '.join(video_notes)})" if video_notes else ""
+        lines.append(f"  video: {', '.join(str(p) for p in videos)}{notes}")
     means = column_means(metrics_csv)
     if scales:
         weights = ", ".join(f"{name} {value:g}" for name, value in scales.items())
@@ -55,7 +59,9 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
         lines.append(f"  guidance {weights}: {guided} of {steps} denoising steps per frame took a guidance step")
     else:
         lines.append("  guidance off (ttlg=off): try ttlg=edge_gram")
-    measured = [f"{name} {means[name]:.4g}" for name in QUALITY if name in means]
+    if anchor:
+        lines.append(f"  {anchor}")
+    measured = [f"{name} {shown(means[name])}" for name in QUALITY if name in means]
     if measured:
         lines.append(f"  mean over frames: {', '.join(measured)} ({metrics_csv})")
     trends = clip_trends(pd.read_csv(metrics_csv)) if means else {}
@@ -100,5 +106,6 @@ def compare_to_unguided(guided: dict[str, float], unguided: dict[str, float], fo
              if name in guided and name in unguided and unguided[name] > 0]
     if not pairs:
         return ["  unguided twin: no edge_loss / gram_loss to compare (metrics=none?)"]
-    changes = ", ".join(f"{name} {on:.4g} vs {off:.4g} ({(on / off - 1) * 100:+.0f}%)" for name, on, off in pairs)
+    changes = ", ".join(f"{name} {shown(on)} vs {shown(off)} ({shown((on / off - 1) * 100, '+.0f')}%)"
+                        for name, on, off in pairs)
     return [f"  guided vs unguided (the same clip made with ttlg=off in {folder}): {changes}"]

@@ -51,3 +51,15 @@ class AnchorSettings:
     @property
     def corrects_color(self) -> bool:
         return self.color != "none" and self.color_strength > 0
+
+    def describe(self) -> Optional[str]:
+        """What holds the clip to frame 0, in words (the summary and the top of report.html); None when nothing."""
+        held = []
+        if self.corrects_color:
+            strength = f", anchor.color_strength={self.color_strength:g}" if self.color_strength != 1 else ""
+            held.append(f"each frame's colours moved to frame 0's (anchor.color={self.color}{strength})")
+        if self.first_frame_image:
+            held.append("frame 0 as a third condition image (anchor.first_frame_image=true)")
+        if self.every is not None:
+            held.append(f"frames {self.every}, {2 * self.every}, ... made from frame 0 (anchor.every={self.every})")
+        return "anchor: " + "; ".join(held) if held else None

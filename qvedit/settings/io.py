@@ -15,6 +15,8 @@ from qvedit.fields import setting
 from qvedit.settings.guidance import EDGE_OPS
 
 RESIZE_MODES = ("area", "nearest")  # qvedit.io.frames.RESAMPLING implements each
+SHAPES_HELD_OUT_SEED = 1_000_000  # shapes clips of this seed and above are never in the toy model's training data
+AUDIO_MODES = ("keep", "drop")  # io=video: the input's sound in the output mp4, or none
 
 
 @dataclass
@@ -46,6 +48,15 @@ class LongDemoIO(DemoIO):
 
 
 @dataclass
+class ShapesIO(DemoIO):
+    """``io=shapes``: a synthetic clip of shapes drawn from ``clip_seed`` (``qvedit.io.shapes``), made on first use.
+    The toy model (``model=toy``) learnt from the clips of seeds below ``SHAPES_HELD_OUT_SEED`` and never saw these."""
+
+    clip_seed: int = setting(SHAPES_HELD_OUT_SEED, frames=True, min=0, max=2**31 - 1)
+    length: int = setting(24, frames=True, min=2, max=10_000)  # output frames, frame 0 included
+
+
+@dataclass
 class VideoIO:
     """``io=video``: video files in, an mp4 and a frame folder out."""
 
@@ -57,9 +68,10 @@ class VideoIO:
     edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS)
     edges_dir: Optional[str] = setting(None, path="output")
     keep_frames: bool = setting(True)
+    audio: str = setting("keep", choices=AUDIO_MODES)  # the rgb video's sound, cut to the frames made
 
 
-IO_OPTIONS = (FramesIO, DemoIO, LongDemoIO, VideoIO)
+IO_OPTIONS = (FramesIO, DemoIO, LongDemoIO, ShapesIO, VideoIO)
 
 
 @dataclass

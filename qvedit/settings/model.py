@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
 
 from qvedit.fields import setting
@@ -17,6 +18,7 @@ from qvedit.files import cache_dir
 
 TINY_MODEL_FOLDER = "tiny-qwen-image-edit-2509"  # in the cache folder; conf/model/tiny.yaml names it too
 TINY_21_FOLDER = "tiny-qwen-image-2.1"  # conf/model/tiny_21.yaml names it too
+TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "toy" / "weights"  # conf/model/toy.yaml names it too
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,19 @@ class TinyModel(ModelSettings):
 
 
 @dataclass
+class ToyModel(ModelSettings):
+    """``model=toy``: the small edit model trained in this repository (``qvedit/toy/``), committed with its
+    weights; ``model_id`` is its folder."""
+
+    kind: ClassVar[str] = "toy"
+
+    @classmethod
+    def committed(cls) -> "ToyModel":
+        """The toy model this repository ships (``qvedit/toy/weights``)."""
+        return cls(str(TOY_WEIGHTS))
+
+
+@dataclass
 class RandomFullModel(ModelSettings):
     """``model=random_full`` (``random_full_21``): the full architecture of ``release``'s family with random weights
     (timing only); ``model_id`` is a label."""
@@ -211,6 +226,10 @@ class PerfSettings:
     cache_stop_step: Optional[int] = setting(None, frames=True, min=1)  # taylorseer: steps from N on in full
     cache_order: int = setting(1, frames=True, min=0, max=4)  # taylorseer: order of the Taylor extrapolation
     cache_threshold: float = setting(0.05, frames=True, min=0)  # first_block: relative change that recomputes
+    # the VAE's causal 3D convolutions computed as 2D ones on single frames: the same function (to float rounding)
+    # with a third of the work, faster on the CPU (PyTorch runs 3D convolutions there on a slow path); off by default:
+    # the frames of a run change in their last bits
+    single_frame_vae: bool = setting(False, frames=True)
 
     def __post_init__(self):
         self.fp8_keep_bf16 = [str(pattern) for pattern in self.fp8_keep_bf16]  # a ListConfig from Hydra

@@ -26,11 +26,12 @@ from qvedit.fields import tags_of, value_problem, walk
 from qvedit.files import cache_dir
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
-from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, VideoIO
+from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, ShapesIO, VideoIO
 from qvedit.settings.model import RELEASES, ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schedule import ScheduleSettings
+from qvedit.settings.start import StartSettings
 
 # conf/ sits beside the package (the repository layout; install with `pip install -e .`)
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
@@ -53,9 +54,10 @@ ModelSchema, TTLGSchema, MetricsSchema = schema(ModelSettings), schema(TTLGSetti
 ThresholdsSchema, PerfSchema, ParallelSchema = schema(Thresholds), schema(PerfSettings), schema(ParallelSettings)
 FlowSchema, LoggerSchema, TuningSchema = schema(FlowSettings), schema(LoggerSettings), schema(TuningSettings)
 AnchorSchema, FirstFrameSchema = schema(AnchorSettings), schema(FirstFrameSettings)
+StartSchema = schema(StartSettings)
 ScheduleSchema = schema(ScheduleSettings)
 IO_SCHEMAS = {"schema_frames": schema(FramesIO), "schema_video": schema(VideoIO),  # each io/*.yaml picks one
-              "schema_demo_long": schema(LongDemoIO)}
+              "schema_demo_long": schema(LongDemoIO), "schema_shapes": schema(ShapesIO)}
 
 
 @dataclass
@@ -67,6 +69,7 @@ class QveditConfig(RunSettings):
     ttlg: TTLGSchema = field(default_factory=TTLGSchema)
     flow: FlowSchema = field(default_factory=FlowSchema)
     anchor: AnchorSchema = field(default_factory=AnchorSchema)
+    start: StartSchema = field(default_factory=StartSchema)
     metrics: MetricsSchema = field(default_factory=MetricsSchema)
     acceptance: ThresholdsSchema = field(default_factory=ThresholdsSchema)
     perf: PerfSchema = field(default_factory=PerfSchema)
@@ -213,6 +216,9 @@ def register_schemas() -> None:
     # experiment=lightning's LoRA: the hub repo and file distilled from the model (model.release), "" for none
     OmegaConf.register_new_resolver("qvedit.lightning_repo", lambda release: lightning(release, None), replace=True)
     OmegaConf.register_new_resolver("qvedit.lightning_file", lightning, replace=True)
+    # ${qvedit.package:toy/weights} -> the folder of that name inside the installed qvedit package
+    OmegaConf.register_new_resolver("qvedit.package", lambda sub="": str(Path(__file__).resolve().parent.parent / sub),
+                                    replace=True)
     # the overrides that sweep folder names leave out (conf/hydra/default.yaml)
     OmegaConf.register_new_resolver("qvedit.folder_name_excluded_keys", folder_name_excluded_keys, replace=True)
     # a sweep job's folder: its number and overrides, bounded in length (job_folder_name)

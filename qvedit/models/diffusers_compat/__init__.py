@@ -4,7 +4,7 @@ qvedit never edits site-packages and never copies the denoising loop; where the 
 argument for what qvedit needs, it adapts the pipeline at run time, and all of that is here. Each
 adaptation is listed in ``ADAPTATIONS`` with what it relies on and the pipeline family it adapts (the decode path
 lives in ``decode.py``, the CFG passes in ``cfg_passes.py``, Qwen-Image 2.1's ``QwenImage21Pipeline`` in
-``qwenimage21.py``, beside this file); ``tests/test_diffusers_compat.py``
+``qwenimage21.py``, the velocity recorder in ``velocity.py``, beside this file); ``tests/test_diffusers_compat.py``
 runs every check, so a diffusers upgrade that breaks one fails with the adaptation's name. At start
 a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the adaptations at risk.
 """
@@ -17,13 +17,22 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-import torch
-
 from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
 from qvedit.models.diffusers_compat import qwenimage21
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
+from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
+    check_single_frame, single_frame_convolutions, use_single_frame_convolutions)
+from qvedit.models.diffusers_compat.start import check_start_latents, check_start_schedule
+from qvedit.models.diffusers_compat.velocity import VelocityRecorder, record_velocity, step_sigma  # noqa: F401
 
 log = logging.getLogger(__name__)
+
+
+def negative_prompt_for(negative_prompt: Optional[str], true_cfg_scale: float) -> Optional[str]:
+    """The ``negative_prompt`` a pipeline call is given: None without true CFG (``true_cfg_scale <= 1``), where
+    ``__call__`` would not use it and logs a warning every call that it was passed."""
+    return negative_prompt if true_cfg_scale > 1 else None
+
 
 TESTED_DIFFUSERS = "0.42.1"
 
@@ -69,39 +78,7 @@ def pipeline_condition_area() -> int:
     return _pipeline_module().VAE_IMAGE_SIZE
 
 
-# -- 2. the velocity of each scheduler step ---------------------------------------------------------
-
-class VelocityRecorder:
-    """Holds the model output (velocity v) of the scheduler's latest ``step`` call."""
-
-    def __init__(self):
-        self.velocity: Optional[torch.Tensor] = None
-
-
-@contextlib.contextmanager
-def record_velocity(scheduler) -> Iterator[VelocityRecorder]:
-    """Record what ``scheduler.step`` is given, for the duration of one pipeline call.
-
-    ``callback_on_step_end`` only sees x_{t-1}; the velocity the step used turns it into an x0
-    estimate. Wrapping the instance's ``step`` leaves the class and the pipeline untouched.
-    """
-    recorder = VelocityRecorder()
-    original = scheduler.step
-
-    def step(model_output, *args, **kwargs):
-        recorder.velocity = model_output
-        return original(model_output, *args, **kwargs)
-
-    scheduler.step = step
-    try:
-        yield recorder
-    finally:
-        del scheduler.step
-
-
-def step_sigma(scheduler) -> float:
-    """sigma of the latents the scheduler's last ``step`` returned (0 after the final step)."""
-    return float(scheduler.sigmas[scheduler.step_index])
+# -- 2. the velocity of each scheduler step: velocity.py (record_velocity, step_sigma) -----------------
 
 # -- 3. decoding packed latents like the pipeline, with gradients: decode.py (LatentDecoder) ------------
 
@@ -171,7 +148,11 @@ def _check_velocity() -> Optional[str]:
 
     return (_in_call("self.scheduler.step(noise_pred", "callback_on_step_end(self, i, t, callback_kwargs)",
                      'callback_outputs.pop("latents"')
-            or _has(FlowMatchEulerDiscreteScheduler(), "sigmas", "step_index"))
+            or _has(FlowMatchEulerDiscreteScheduler(), "sigmas", "step_index", "set_timesteps")
+            or _in_call("retrieve_timesteps(")
+            or _in_source(_pipeline_module().retrieve_timesteps, "scheduler.set_timesteps(sigmas=sigmas, device=device")
+            or _in_source(FlowMatchEulerDiscreteScheduler.set_timesteps, "sigmas = torch.from_numpy(sigmas).to(",
+                          "self.sigmas = sigmas"))
 
 
 def _check_decode() -> Optional[str]:
@@ -298,7 +279,9 @@ EDIT_PLUS_ADAPTATIONS = (
                _check_condition_area),
     Adaptation("record_velocity", "guidance x0 estimate",
                "__call__ calls scheduler.step(noise_pred, ...) once per step, then callback_on_step_end, and "
-               "takes its latents; scheduler.sigmas[step_index] is the sigma of the new latents", _check_velocity),
+               "takes its latents; scheduler.sigmas[step_index] is the sigma of the new latents; set_timesteps "
+               "(through retrieve_timesteps) computes the sigmas in numpy and then moves them to the device",
+               _check_velocity),
     Adaptation("LatentDecoder", "guidance decode",
                "__call__ decodes with _unpack_latents, z / (1/latents_std) + latents_mean, vae.decode()[0][:, :, 0]; "
                "private _unpack_latents and _execution_device", _check_decode),
@@ -335,6 +318,19 @@ EDIT_PLUS_ADAPTATIONS = (
                "the transformer config's zero_cond_t gives condition tokens the t = 0 modulation through "
                "modulate_index, built from img_shapes with the target image first (as __call__ passes them) and "
                "split with the sequence by _cp_plan", _check_zero_cond_t),
+    Adaptation("start latents", "start.noise, start.strength (qvedit/start/)",
+               "prepare_latents draws (B, 1, in_channels // 4, h, w) noise (h, w: the size over vae_scale_factor, "
+               "even) and packs it with _pack_latents, and takes given latents as they are; _encode_vae_image gives "
+               "(z - latents_mean) / latents_std of the VAE's mode",
+               lambda: check_start_latents(_has, _in_call, _in_source)),
+    Adaptation("start schedule", "start.strength < 1; the one-step check of num_inference_steps",
+               "__call__ shifts np.linspace(1, 1/N, N) or the given sigmas with mu = calculate_shift(image_seq_len, "
+               "config values) and begins at index 0; set_timesteps shifts each sigma alone and stretches by the last "
+               "one (stretch_shift_to_terminal: 0/0 for a single sigma of 1)",
+               lambda: check_start_schedule(_has, _in_call, _in_source)),
+    Adaptation("single-frame VAE convolutions", "perf.single_frame_vae; the toy model's training (qvedit/toy/train.py)",
+               "QwenImageCausalConv3d pads time causally by 2 * padding_t zero frames (its _padding) and convolves "
+               "with padding 0, so one uncached frame meets only the kernel's last time slice", check_single_frame),
 )
 # QwenImage21Pipeline's (Qwen-Image 2.1), whose checks live in qwenimage21.py
 ADAPTATIONS = EDIT_PLUS_ADAPTATIONS + tuple(Adaptation(*entry, family="qwen_image_21") for entry in qwenimage21.CHECKS)

@@ -9,6 +9,8 @@ from typing import ContextManager, Optional
 
 import torch
 
+from qvedit.models.diffusers_compat import negative_prompt_for
+
 
 @dataclass(frozen=True)
 class Family:
@@ -45,8 +47,9 @@ class Family:
 
     def call_arguments(self, area: int, true_cfg_scale: float, negative_prompt: str) -> dict:
         """The family's own arguments of one pipeline call: the condition size where it is an argument, the negative
-        prompt where it is used, the sampling grid ..."""
-        return {"negative_prompt": negative_prompt, "true_cfg_scale": true_cfg_scale}
+        prompt where it is used (None without true CFG: ``negative_prompt_for``), the sampling grid ..."""
+        return {"negative_prompt": negative_prompt_for(negative_prompt, true_cfg_scale),
+                "true_cfg_scale": true_cfg_scale}
 
     def rgb(self, image: torch.Tensor) -> torch.Tensor:
         """The RGB channels of one image of the pipeline's ``output_type="pt"`` output, (C, H, W) in [0, 1]."""
@@ -62,6 +65,11 @@ class Family:
     def refusal(self, ttlg, perf, parallel) -> Optional[str]:
         """Why a qvedit feature these settings turn on does not fit this family (one line), or None; before the model
         loads. ``ttlg``, ``perf``, ``parallel``: those groups' settings."""
+        return None
+
+    def start_problem(self, start) -> Optional[str]:
+        """Why this family's calls cannot start as ``start`` (``qvedit.settings.start.StartSettings``) says (one line),
+        or None; before the model loads, and again where a clip's frames are made (``qvedit.editor.FrameMaker``)."""
         return None
 
     def loaded_problem(self, pipe, condition_image: tuple[int, int], steps: list[int]) -> Optional[str]:

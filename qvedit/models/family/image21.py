@@ -15,7 +15,9 @@ What differs from 2509 for qvedit (each relied-on detail checked in ``diffusers_
 Refused here, each in one line: ``ttlg.decoder=tiny`` (taehv's ``taew2_1`` was trained for Qwen-Image's 16-channel
 latents), ``parallel.*`` degrees (no context-parallel plan in diffusers 0.42.1; the CFG passes run over the joint
 text/image sequence, which qvedit's split of the passes was not built for), ``perf.cache=first_block`` (no
-``QwenImage21TransformerBlock`` in diffusers' block registry).
+``QwenImage21TransformerBlock`` in diffusers' block registry); a ``start`` other than ``start=fresh``
+(``start_problem``: ``qvedit.start`` shapes its ``latents=`` as ``QwenImageEditPlusPipeline`` draws them, and a
+part-way start's ``sigmas=`` would meet ``model.sample_sigmas``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ class Image21(Family):
             return ("perf.cache=first_block does not apply to Qwen-Image 2.1: diffusers 0.42.1's first block cache "
                     "has no entry for its QwenImage21TransformerBlock: use perf.cache=taylorseer")
         return None
+
+    def start_problem(self, start) -> Optional[str]:
+        if start is None or start.is_default:
+            return None
+        grid = (f"; and start.strength={start.strength:g} below 1 passes its own sigmas= where model.sample_sigmas "
+                "is the call's sigmas already") if start.from_previous and self.sample_sigmas is not None else ""
+        return (f"start.noise={start.noise} start.strength={start.strength:g} does not apply to Qwen-Image 2.1: it "
+                "gives each call latents= shaped as QwenImageEditPlusPipeline draws them (in_channels // 4 channels "
+                "packed 2x2; a part-way start encodes an RGB image), and QwenImage21Pipeline's latents are unpacked "
+                "and its VAE takes RGBA"
+                f"{grid}: use start=fresh with model.release=2.1")
 
     def loaded_problem(self, pipe, condition_image: tuple[int, int], steps: dict) -> Optional[str]:
         low, high = qwenimage21.vision_pixel_range(pipe)
