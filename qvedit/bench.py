@@ -26,6 +26,7 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
   ``fastest_edge_gram_nocache``: the same without the step cache;
 - ``off_first_frame_image`` / ``lightning_off_first_frame_image``: ``anchor.first_frame_image=true``, frame 0
   as a third condition image (a longer transformer pass);
+- ``q21_*``: Qwen-Image 2.1 in the same run, on its own pipeline loaded after 2509's (``qvedit.bench21``).
 - ``*_s06`` / ``*_s04`` (``off``, ``edge_gram``, ``lightning_*``, ``lightning4_*``): ``start.noise=warped`` with
   ``start.strength`` 0.6 / 0.4, frame 1 starting part-way down the schedule from frame 0 warped onto it (the flow
   between the random edge map and frame 0's edges, by DIS on the CPU, is part of the time); ``lightning4_off`` /
@@ -57,6 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from qvedit.bench21 import Q21_VARIANTS, q21_preset  # noqa: E402
 from qvedit.cli import OneLineParser, emit, folder, run_tool, whole  # noqa: E402
 from qvedit.report.bench import compare_frames, markdown, uncached, write_report  # noqa: E402
 from qvedit.settings.run import DTYPE_NAMES  # noqa: E402
@@ -70,11 +72,11 @@ VARIANTS = ("plain", "off", "edge_gram", "off_cond_output", "edge_gram_cond_outp
             "lightning_off_first_frame_image", "off_s06", "off_s04", "edge_gram_s06", "edge_gram_s04",
             "lightning_off_s06", "lightning_off_s04", "lightning_edge_gram_s06", "lightning_edge_gram_s04",
             "lightning4_off", "lightning4_edge_gram", "lightning4_off_s06", "lightning4_off_s04",
-            "lightning4_edge_gram_s06", "lightning4_edge_gram_s04")
+            "lightning4_edge_gram_s06", "lightning4_edge_gram_s04", *Q21_VARIANTS)
 # Settings applied to the loaded pipeline (they stay with it: these stages come after the plain ones), and
 # presets that change the pipeline for good, so each gets a freshly loaded one (qvedit.models.loading).
 APPLIED = {"_low_memory": dict(offload_text_encoder=True), "_fast": dict(compile=True)}
-RELOADED = {"_fp8": dict(quantize="fp8", compile=True), "_vram24": dict(group_offload=True)}
+RELOADED = {"_fp8": dict(quantize="fp8", compile=True), "_vram24": dict(group_offload=True), "q21": {}}
 
 
 def stage_of(variant: str) -> str:
@@ -82,6 +84,8 @@ def stage_of(variant: str) -> str:
     ``experiment=fastest`` runs with ``perf=fp8``."""
     if variant.startswith("fastest"):
         return "_fp8"
+    if variant.startswith("q21"):
+        return "q21"  # Qwen-Image 2.1's own pipeline
     return next((suffix for suffix in (*APPLIED, *RELOADED) if variant.endswith(suffix)), "")
 
 
@@ -178,11 +182,13 @@ def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
 
 def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work: Path) -> dict:
     from qvedit.editor import edit_clip, frame_seed
+    from qvedit.io.flow import ClipFlow
     from qvedit.io.frames import FrameFolders, FrameWriter
+    from qvedit.models.family import family_of
     from qvedit.models.lora import use_scheduler
     from qvedit.models.step_cache import use_step_cache
     from qvedit.outputs import ClipOutputs
-    from qvedit.io.flow import ClipFlow
+    from qvedit.plan import ClipPlan
     from qvedit.settings.anchor import AnchorSettings
     from qvedit.settings.guidance import FlowSettings, TTLGSettings
     from qvedit.settings.model import PerfSettings
@@ -195,8 +201,9 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     cond_output = variant.endswith("_cond_output")
     guided = "edge_gram" in variant
     fastest = fastest_preset() if variant.startswith("fastest") else None
-    lightning = fastest or (fastest_preset("lightning_4step") if variant.startswith("lightning4") else None) or \
-        (lightning_preset() if variant.startswith("lightning") else None)
+    q21 = q21_preset(variant, last_steps) if variant.startswith("q21") else None
+    lightning = fastest or q21 or (fastest_preset("lightning_4step") if variant.startswith("lightning4") else None) \
+        or (lightning_preset() if variant.startswith("lightning") else None)
     if variant.startswith("lightning4"):  # its guidance window; the guided variants set the scales
         lightning["ttlg"] = {k: lightning["ttlg"][k] for k in ("every", "start_step", "end_step", "last_steps")}
     start = start_of(variant, fastest)
@@ -208,7 +215,7 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     ttlg = TTLGSettings(**{"edge_scale": 1.0, "gram_scale": 0.2, **window, **decode, "vgg_weights": "random"}) \
         if guided else TTLGSettings()
     if lightning:
-        steps = lightning["steps"] if steps > 2 else steps  # (2: a warm-up)
+        steps = lightning["steps"] if steps > 2 or "_grid" in variant else steps  # (2: a warm-up; a grid: its own)
     settings = RunSettings(num_inference_steps=steps, true_cfg_scale=lightning["true_cfg_scale"] if lightning else 4.0,
                            condition_area="output" if cond_output else PIPELINE_CONDITION_AREA)
     use_scheduler(pipe, lightning["scheduler"] if lightning else {})
@@ -222,20 +229,20 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
     started = time.perf_counter()
     with timer.wrapping(pipe, "encode_prompt", "prompt"), timer.wrapping(pipe.transformer, "forward", "transformer"), \
             timer.wrapping(pipe.vae, "decode", "decode"):
-        if variant.startswith("plain"):
+        if variant.removeprefix("q21_").startswith("plain"):
             edge = Image.open(sorted(edges.iterdir())[0]).convert("RGB")
+            cfg = {} if q21 else {"negative_prompt": " ", "true_cfg_scale": settings.true_cfg_scale}  # 2.1: its own
             with torch.inference_mode():
-                pipe(image=[edge, Image.open(init)], prompt=settings.prompt, negative_prompt=" ",
-                     true_cfg_scale=settings.true_cfg_scale,
-                     num_inference_steps=steps, height=size, width=size,
-                     generator=torch.Generator(pipe.device).manual_seed(frame_seed(0, 1)))
+                pipe(image=[edge, Image.open(init)], prompt=settings.prompt, num_inference_steps=steps, height=size,
+                     width=size, generator=torch.Generator(pipe.device).manual_seed(frame_seed(0, 1)), **cfg)
         else:
             out = Path(tempfile.mkdtemp(prefix=f"out-{variant}-", dir=work))  # a new clip, never a resumed one
             anchor = AnchorSettings(first_frame_image=variant.endswith("_first_frame_image"))
             source = FrameFolders(str(init), str(edges))
+            plan = ClipPlan.of(settings, source, family_of(pipe).replace(**q21["family"]) if q21 else None)
             flow = ClipFlow(FlowSettings(), source, (size, size), pipe.device) if start.needs_flow else None
             frame = edit_clip(pipe, source, ClipOutputs(FrameWriter(out)), settings, ttlg, anchor=anchor, flow=flow,
-                              start=start)[-1]
+                              plan=plan, start=start)[-1]
         if cuda:
             torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -249,7 +256,7 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
     }
-    if not variant.startswith("plain"):
+    if not variant.removeprefix("q21_").startswith("plain"):
         row["frame"] = str(frame)  # frame 1 as written (in ``work``)
     if not start.is_default:
         row.update(start_noise=start.noise, start_strength=start.strength, steps_run=run)
@@ -311,6 +318,7 @@ def bench(args: argparse.Namespace) -> int:
     stages += [([v for v in args.variants if stage_of(v) == suffix], perf, True) for suffix, perf in RELOADED.items()]
     stages = [(variants, PerfSettings(attention_backend=args.attention_backend, **perf), reload)
               for variants, perf, reload in stages if variants]
+    q21_first = [v for v in args.variants if stage_of(v) == "q21"][:1]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise QveditError(f"--device {args.device}{' (the default)' if args.device == 'cuda' else ''} but no CUDA GPU "
                           "is visible: the benchmark times a GPU; --model tiny --device cpu tries it on the CPU")
@@ -326,9 +334,10 @@ def bench(args: argparse.Namespace) -> int:
         for number, (variants, perf, reload) in enumerate(stages):
             if pipe is None or reload:
                 pipe = None  # the loader frees the pipeline loaded now before it loads the next
-                progress(f"loading the {args.model} pipeline on {args.device} ({dtype})")
-                pipe = load_pipeline(args.model, args.device, dtype, perf if reload else None)
-                if number == 0:
+                release = "2.1" if variants[0].startswith("q21") else "2509"
+                progress(f"loading the {args.model} pipeline ({release}) on {args.device} ({dtype})")
+                pipe = load_pipeline(args.model, args.device, dtype, perf if reload else None, release)
+                if number == 0 or variants[:1] == q21_first:
                     progress(f"warm-up: {variants[0]} at {min(args.sizes)}², 2 steps")
                     run_variant(pipe, variants[0], min(args.sizes), 2, 0, work)  # warm-up: kernels, allocator
             apply_perf(pipe, perf)
@@ -372,12 +381,15 @@ def cpu_warnings(model: str, device: str, sizes: list[int], variants: list[str])
     return found
 
 
-def load_pipeline(model: str, device: str, dtype: str, perf=None):
-    """The tiny or random_full pipeline (``perf``: the settings that change it for good, applied as it loads)."""
+def load_pipeline(model: str, device: str, dtype: str, perf=None, release: str = "2509"):
+    """The tiny or random_full pipeline of ``release``'s family (``perf``: the settings that change it for good,
+    applied as it loads)."""
     from qvedit.models.loading import load_pipeline as load
     from qvedit.settings.model import RandomFullModel, TinyModel
 
-    pipe = load(TinyModel.in_cache() if model == "tiny" else RandomFullModel(), device, dtype, perf)
+    chosen = TinyModel.in_cache(release) if model == "tiny" else RandomFullModel(f"random-full-{release}",
+                                                                                 release=release)
+    pipe = load(chosen, device, dtype, perf)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

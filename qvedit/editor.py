@@ -24,7 +24,8 @@ from qvedit.images import to_pil, to_tensor
 from qvedit.io.flow import ClipFlow
 from qvedit.io.source import FrameSource
 from qvedit.lab import LabStats
-from qvedit.models.diffusers_compat import condition_area, execution_device, negative_prompt_for, record_velocity
+from qvedit.models.diffusers_compat import execution_device, record_velocity
+from qvedit.models.family import family_of
 from qvedit.models.parallel import Team
 from qvedit.outputs import ClipOutputs, keeps_saved_frames
 from qvedit.plan import ClipPlan
@@ -86,6 +87,9 @@ class FrameMaker:
         wants_color = wants_color or self.anchor.corrects_color or ttlg.color_scale > 0
         self.color = ColorAnchor(self.anchor, first, source) if wants_color else None
         self.device = execution_device(pipe)
+        problem = plan.family.start_problem(start)  # said before loading by job.py; here for edit_clip's callers
+        if problem:
+            raise QveditError(problem)
         self.starts = FrameStarts(start or StartSettings(), pipe, settings.seed, settings.num_inference_steps,
                                   plan.generation_size, flow, self.team)
 
@@ -110,9 +114,9 @@ class FrameMaker:
         generator = torch.Generator(device=self.device).manual_seed(frame_seed(self.settings.seed, index))
         begin = self.starts.frame(index, previous, pair)
         color_target = self.color.target(index) if self.color is not None else None
-        guide = self.guide
+        guide, family = self.guide, self.plan.family
         with frame_memory(index, (gen_width, gen_height), self.pipe, self.device), \
-                condition_area(self.plan.condition_area), record_velocity(self.pipe.scheduler) as velocity:
+                family.conditions(self.plan.condition_area), record_velocity(self.pipe.scheduler) as velocity:
             callback = None
             if guide is not None:
                 guide.frame_done(to_tensor(previous))
@@ -121,19 +125,20 @@ class FrameMaker:
             result = self.pipe(
                 image=images(edge),
                 prompt=prompt,
-                negative_prompt=negative_prompt_for(self.settings.negative_prompt, self.settings.true_cfg_scale),
-                true_cfg_scale=self.settings.true_cfg_scale,
                 num_inference_steps=self.settings.num_inference_steps,
                 height=gen_height,
                 width=gen_width,
                 generator=generator,
                 output_type="pt",
                 callback_on_step_end=self.team.step_callback(callback),
-                **begin.kwargs,
+                # the family's own arguments, then the start's (latents=, sigmas=: only a family whose
+                # start_problem lets the start through gets them, and then gives neither itself)
+                **{**family.call_arguments(self.plan.condition_area, self.settings.true_cfg_scale,
+                                           self.settings.negative_prompt), **begin.kwargs},
             )
         if guide is not None:
             guide.check_finite(index)
-        frame = checked_frame(result.images[0], index, self.settings.dtype, guide is not None)
+        frame = checked_frame(family.rgb(result.images[0]), index, self.settings.dtype, guide is not None)
         if frame.size != (width, height):
             frame = frame.resize((width, height), Image.Resampling.BICUBIC)
         frame = self.team.broadcast(frame)
@@ -154,7 +159,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     is written as soon as the frame is.
 
     Args:
-        pipe: the loaded ``QwenImageEditPlusPipeline`` (``qvedit.models.loading.load_pipeline``).
+        pipe: the loaded pipeline (``qvedit.models.loading.load_pipeline``) of any family (``qvedit.models.family``).
         source: the clip: frame 0 and the T-1 edge frames.
         outputs: where the frames and their metrics rows go (``ClipOutputs``).
         settings: the top-level keys (prompt, steps, CFG, seed, sizes, ``max_frames``).
@@ -181,7 +186,7 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     if ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0 and team.is_main and flow is None:
         raise QveditError("ttlg.temporal_mode=flow has no optical flow to use: give the clip's flow (flow=dis needs "
                           "opencv-python-headless) or set ttlg.temporal_mode=plain")
-    plan = plan or ClipPlan.of(settings, source)
+    plan = plan or ClipPlan.of(settings, source, family_of(pipe))
     total = plan.total
     init = source.init_image()
     outputs.hops = anchor.hops

@@ -44,7 +44,7 @@ from qvedit.images import read_rgb8, unusable_image
 from qvedit.io.layout import RunLayout
 from qvedit.io.preview import candidate_sheet, cell_size
 from qvedit.io.source import FrameSource
-from qvedit.models.diffusers_compat import condition_area, execution_device, negative_prompt_for
+from qvedit.models.diffusers_compat import execution_device
 from qvedit.models.parallel import Team
 from qvedit.plan import ClipPlan
 from qvedit.report.confdiff import diff_configs
@@ -198,13 +198,14 @@ class FirstFrameEdit:
         gen_width, gen_height = self.plan.generation_size
         device = execution_device(pipe)
         generator = torch.Generator(device=device).manual_seed(seed)
-        with frame_memory(0, (gen_width, gen_height), pipe, device), condition_area(self.plan.condition_area):
-            result = pipe(image=[source], prompt=settings.prompt,
-                          negative_prompt=negative_prompt_for(settings.negative_prompt, settings.true_cfg_scale),
-                          true_cfg_scale=settings.true_cfg_scale, num_inference_steps=settings.num_inference_steps,
+        family = self.plan.family
+        with frame_memory(0, (gen_width, gen_height), pipe, device), family.conditions(self.plan.condition_area):
+            result = pipe(image=[source], prompt=settings.prompt, num_inference_steps=settings.num_inference_steps,
                           height=gen_height, width=gen_width, generator=generator, output_type="pt",
-                          callback_on_step_end=self.team.step_callback(None))
-        image = checked_frame(result.images[0], 0)
+                          callback_on_step_end=self.team.step_callback(None),
+                          **family.call_arguments(self.plan.condition_area, settings.true_cfg_scale,
+                                                  settings.negative_prompt))
+        image = checked_frame(family.rgb(result.images[0]), 0)
         return image if image.size == source.size else image.resize(source.size, Image.Resampling.BICUBIC)
 
     def write(self, index: int, image: Image.Image) -> None:

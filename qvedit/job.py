@@ -11,12 +11,11 @@ previews, the video, ``report.html`` and the summary, and fills the tracking run
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -39,6 +38,7 @@ from qvedit.io.layout import RunLayout
 from qvedit.io.preview import write_comparison, write_previews
 from qvedit.io.source import FrameSource, IOSettings, open_source
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
+from qvedit.models.family import family_for
 from qvedit.models.fp8 import torchao_only_for_fp8
 from qvedit.models.loading import availability_problem, load_pipeline
 from qvedit.models.schedule import planned_schedule_problem
@@ -61,7 +61,7 @@ from qvedit.schedule.ray_pool import RayPool, connect, ray_problem
 from qvedit.schedule.worker import GUIDED, UNGUIDED, WorkerParts, WorkerSet
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
-from qvedit.settings.io import DemoIO
+from qvedit.settings.io import DemoIO, FirstFrameSettings
 from qvedit.settings.model import ModelSettings, PerfSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schedule import ScheduleSettings
@@ -137,7 +137,7 @@ class Job:
     schedule: ScheduleSettings
     first_frame: Optional[FirstFrameEdit] = None  # frame 0 edited from the source's (first_frame.prompt)
     starts_over: bool = False  # the frames folder holds a clip whose frame 0 was another candidate
-    start: StartSettings = dataclasses.field(default_factory=StartSettings)  # how each frame starts (start/)
+    start: StartSettings = field(default_factory=StartSettings)  # how each frame starts (start/)
     pipe: object = None  # the loaded pipeline (None where Ray workers hold it: schedule.workers >= 2)
     pool: Optional[RayPool] = None  # schedule.workers >= 2: the Ray workers
 
@@ -158,23 +158,25 @@ class Job:
         ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
         first_frame_settings, schedule, start = build(cfg.first_frame), schedule_of(cfg), build(cfg.start)
-        refuse(model.entry_problem(), first_frame_settings.conflict(), start.problem(settings.num_inference_steps),
-               start.schedule_problem(schedule.segments), planned_schedule_problem(model, settings.num_inference_steps))
+        family = family_for(model)  # what the model's pipeline takes (qvedit.models.family)
+        refuse(model.entry_problem(), model.family_problem(call_steps(settings, first_frame_settings)),
+               first_frame_settings.conflict(), family.refusal(ttlg, perf, team.settings), family.start_problem(start),
+               start.problem(settings.num_inference_steps), start.schedule_problem(schedule.segments),
+               planned_schedule_problem(model, settings.num_inference_steps))
         torchao_only_for_fp8(perf.quantize)  # before check_model may import diffusers
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, is_main=team.is_main)
         layout.check()
         refuse(layout.input_problem(input_paths(cfg), "hydra.sweep.dir" if in_sweep() else "hydra.run.dir"))
         source = open_source(io, layout)  # inputs are checked before the (slow) model load
-        plan = ClipPlan.of(settings, source)  # and what they allow: frame count, sizes
-        refuse(schedule.conflict(plan.total, anchor.every, anchor.first_frame_image),
+        plan = ClipPlan.of(settings, source, family)  # and what they allow: frame count, sizes
+        refuse(schedule.conflict(plan.total, anchor.every, anchor.first_frame_image, family.max_images),
                ray_problem(schedule, device, torch.cuda.device_count()) if schedule.on_ray else None)
         remote = schedule.on_ray and schedule.ray_address is not None  # the GPUs are the cluster's, not this machine's
         for warning in cpu_speed_warnings(device, settings, plan, model.real_weights):
             log.warning(warning)
         # Whether the model can load at all comes first, said together with what fails after it (the VGG
         # weights of the metrics), so one run names every problem a user must fix before loading.
-        unloadable = availability_problem(model.model_id) if model.real_weights and team.is_main and not remote \
-            else None
+        unloadable = availability_problem(model) if model.real_weights and team.is_main and not remote else None
         try:
             check_model(model)  # LoRA files (a hub LoRA fetched into its cache) and scheduler keys
             check_decoder(ttlg)  # ttlg.decoder=tiny: its weights file is there and fits
@@ -248,6 +250,8 @@ class Job:
                                 self.device)
         else:
             self.pipe = load_pipeline(self.model, self.device, self.settings.dtype, self.perf)
+            refuse(self.plan.family.loaded_problem(self.pipe, self.plan.condition_image,
+                                                   call_steps(self.settings, build(self.cfg.first_frame))))
             apply_perf(self.pipe, self.perf)
             self.team.share_work(self.pipe)
         if self.first_frame is not None:  # the picked candidate is frame 0 from here on
@@ -277,7 +281,7 @@ class Job:
 
     @property
     def segment_plan(self) -> SegmentPlan:
-        return SegmentPlan(self.schedule, self.plan.total, self.anchor.first_frame_image)
+        return SegmentPlan(self.schedule, self.plan.total, self.anchor.first_frame_image, self.plan.family.max_images)
 
     @property
     def keyframes(self) -> list[int]:
@@ -353,6 +357,15 @@ class Job:
         return plot_drift(clips, None, "drift over the clip", self.layout.drift_plot, self.keyframes)
 
 
+def call_steps(settings: RunSettings, first_frame: FirstFrameSettings) -> dict[str, int]:
+    """{key: steps} of every kind of pipeline call the run makes: the clip's frames, and frame 0's edit if it has
+    one."""
+    steps = {"num_inference_steps": settings.num_inference_steps}
+    if first_frame.prompt is not None:
+        steps["first_frame.num_inference_steps"] = first_frame.num_inference_steps
+    return steps
+
+
 def edit_first_frame(first_frame: FirstFrameEdit, pipe) -> tuple[FirstFrameEdit, object]:
     """On a Ray worker: make frame 0's candidates on its pipeline; the edit (what it made now) and the pick."""
     return first_frame, first_frame.make(pipe)
@@ -369,13 +382,14 @@ def build_worker(cfg: DictConfig, run_dir: str) -> WorkerParts:
     layout = RunLayout.resolve(Path(run_dir), io, metrics, settings.debug_dir)
     locks.delegate(layout.edges_dir)
     source = open_source(io, layout)
-    plan = ClipPlan.of(settings, source)
+    plan = ClipPlan.of(settings, source, family_for(model))
     torchao_only_for_fp8(perf.quantize)
     check_device(device)
     check_perf(perf, device, settings.dtype, 1)
     check_model(model)
     check_decoder(ttlg)
     pipe = load_pipeline(model, device, settings.dtype, perf)
+    refuse(plan.family.loaded_problem(pipe, plan.condition_image, call_steps(settings, build(cfg.first_frame))))
     apply_perf(pipe, perf)
     pipe.set_progress_bar_config(disable=True)  # the driver's one line says how the clip goes
     scorer = FrameMetrics(metrics, device)
@@ -383,4 +397,4 @@ def build_worker(cfg: DictConfig, run_dir: str) -> WorkerParts:
     flow = ClipFlow(flow_settings, source, plan.init_size, torch.device(device)) \
         if metrics.quality or flow_guided else None
     return WorkerParts(pipe, source, settings, ttlg, anchor, flow, plan, layout, scorer,
-                       SegmentPlan(schedule, plan.total, anchor.first_frame_image))
+                       SegmentPlan(schedule, plan.total, anchor.first_frame_image, plan.family.max_images))

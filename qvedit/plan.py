@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from qvedit.errors import QveditError
 from qvedit.io.source import FrameSource
-from qvedit.models.diffusers_compat import condition_sizes
+from qvedit.models.family import FAMILIES, Family
 from qvedit.settings.run import RunSettings
 
 # transformers' Qwen2-VL image processor refuses images more elongated than this (smart_resize)
@@ -28,37 +28,46 @@ class ClipPlan:
 
     total: int  # T, the output frames including frame 0
     init_size: tuple[int, int]  # (W, H) of frame 0, and of every frame written
-    generation_size: tuple[int, int]  # (W, H) the pipeline generates at: multiples of 16, within max_area
+    generation_size: tuple[int, int]  # (W, H) the pipeline generates at: multiples of 16 (32), within max_area
     condition_area: int  # pixels the condition images are VAE-encoded at
+    family: Family = FAMILIES["qwen_edit_plus"]  # the model family whose pipeline makes the calls, as configured
 
     @classmethod
-    def of(cls, settings: RunSettings, source: FrameSource) -> "ClipPlan":
+    def of(cls, settings: RunSettings, source: FrameSource, family: Optional[Family] = None) -> "ClipPlan":
         """The plan of the clip ``source`` holds, edited with ``settings``.
 
         Args:
             settings: the top-level keys (``max_frames``, ``max_area``, ``condition_area`` are read).
             source: the clip: its frame 0 and its T-1 edge frames.
+            family: the model family (``qvedit.models.family.family_for``); None: Qwen-Image-Edit-Plus.
 
         Returns:
             The plan. Raises a QveditError for a clip no stage could finish: ``max_frames`` beyond the edge
             frames, or frames too elongated for the pipeline's vision-language encoder.
         """
-        return cls.sized(settings, source.init_image().size, len(source))
+        return cls.sized(settings, source.init_image().size, len(source), family)
 
     @classmethod
-    def sized(cls, settings: RunSettings, init_size: tuple[int, int], edge_count: int) -> "ClipPlan":
+    def sized(cls, settings: RunSettings, init_size: tuple[int, int], edge_count: int,
+              family: Optional[Family] = None) -> "ClipPlan":
         """``of`` for a clip whose frame 0 is ``init_size`` = (W, H) with ``edge_count`` edge frames."""
+        family = family or FAMILIES["qwen_edit_plus"]
         width, height = init_size
         total = output_frame_count(edge_count, settings.max_frames)
-        generation = generation_size(width, height, settings.max_area)
+        generation = generation_size(width, height, settings.max_area, family.size_multiple)
         area = vae_area(settings.condition_area, *generation, init_size)
-        (vl_width, vl_height), _ = condition_sizes(init_size, area)
+        (vl_width, vl_height), _ = family.condition_sizes(init_size, area)
         if min(vl_width, vl_height) == 0 or max(vl_width, vl_height) / min(vl_width, vl_height) > VL_MAX_ASPECT:
             raise QveditError(
                 f"the frames are {width}x{height}, too elongated for the pipeline's vision-language encoder (its "
                 f"condition image would be {vl_width}x{vl_height}, at most {VL_MAX_ASPECT}:1 is taken): crop or pad "
                 "the frames to a less elongated shape")
-        return cls(total, (width, height), generation, area)
+        return cls(total, (width, height), generation, area, family)
+
+    @property
+    def condition_image(self) -> tuple[int, int]:
+        """(W, H) the VAE encodes a condition image at (one of frame 0's size)."""
+        return self.family.condition_sizes(self.init_size, self.condition_area)[1]
 
 
 def output_frame_count(edge_count: int, max_frames: Optional[int]) -> int:
@@ -73,12 +82,13 @@ def output_frame_count(edge_count: int, max_frames: Optional[int]) -> int:
     return max_frames
 
 
-def generation_size(width: int, height: int, max_area: Optional[int] = None) -> tuple[int, int]:
-    """(W, H) to generate at: the init size, scaled down to ``max_area`` if given, in multiples of 16."""
+def generation_size(width: int, height: int, max_area: Optional[int] = None, multiple: int = 16) -> tuple[int, int]:
+    """(W, H) to generate at: the init size, scaled down to ``max_area`` if given, in multiples of ``multiple`` (the
+    family's: 16, Qwen-Image 2.1's 32)."""
     if max_area is not None:
         scale = min(1.0, math.sqrt(max_area / (width * height)))
         width, height = width * scale, height * scale
-    return max(16, round(width / 16) * 16), max(16, round(height / 16) * 16)
+    return max(multiple, round(width / multiple) * multiple), max(multiple, round(height / multiple) * multiple)
 
 
 def vae_area(condition_area: Union[int, str], width: int, height: int,
@@ -112,7 +122,8 @@ def cpu_speed_warnings(device: str, settings: RunSettings, plan: ClipPlan, full_
     area = plan.condition_area
     warnings = []
     if full_model:
-        warnings.append("the full 20.4 B-parameter model on the CPU takes hours per frame: use a GPU (device=cuda), "
+        size = "20.4 B-parameter" if plan.family.name == "qwen_edit_plus" else "7 B-parameter (and 8 B encoder)"
+        warnings.append(f"the full {size} model on the CPU takes hours per frame: use a GPU (device=cuda), "
                         "or experiment=tiny_cpu to try the whole path on the tiny model")
     if settings.condition_area != "output" and area >= 4 * width * height:
         warnings.append(

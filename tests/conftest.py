@@ -56,12 +56,40 @@ from qvedit.settings.model import TinyModel
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = TinyModel.in_cache().model_id
+TINY_21_MODEL = TinyModel.in_cache("2.1").model_id
+MODELS = ("tiny", "tiny_21")  # the model= presets the loop tests run on: one tiny model per family
 
 
 @pytest.fixture
 def tiny_pipe():
     """The process-wide tiny pipeline (qvedit's own loader cache keeps one; built once per machine)."""
     return load_pipeline(TinyModel(TINY_MODEL), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_21_pipe():
+    """The tiny Qwen-Image 2.1 pipeline (``model=tiny_21``: built offline on first use), loaded once per session
+    beside the tiny 2509 one, frozen as the loader freezes it. The loader's cache holds one pipeline at a time, and
+    tests alternating the two families would load them again and again (runs of ``model=tiny_21`` use the
+    loader)."""
+    from diffusers import QwenImage21Pipeline
+
+    from qvedit.models.tiny21 import build_tiny_21_model
+
+    folder = Path(TINY_21_MODEL)
+    if not (folder / "model_index.json").is_file():
+        build_tiny_21_model(folder)
+    pipe = QwenImage21Pipeline.from_pretrained(str(folder), dtype=torch.float32, use_safetensors=True)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False).eval()
+    return pipe
+
+
+@pytest.fixture(params=MODELS)
+def family_pipe(request):
+    """The tiny pipeline of each family in turn (a loop test parametrised over ``tiny`` and ``tiny_21``)."""
+    return request.getfixturevalue("tiny_pipe" if request.param == "tiny" else "tiny_21_pipe")
 
 
 def write_clip(folder: Path, size=(64, 48), edges=3, seed=0) -> tuple[Path, Path]:

@@ -56,14 +56,14 @@ def same(a: Image.Image, b) -> bool:
     return np.array_equal(np.asarray(a), np.asarray(Image.open(b) if isinstance(b, Path) else b))
 
 
-def test_frame_0_reaches_the_pipeline_as_a_third_image(tiny_pipe, tmp_path):
-    clip = write_clip(tmp_path / "clip", edges=2)
-    tokens, hook = transformer_tokens(tiny_pipe)
+def test_frame_0_reaches_the_pipeline_as_a_third_image(family_pipe, tmp_path):
+    clip = write_clip(tmp_path / "clip", size=(64, 64), edges=2)
+    tokens, hook = transformer_tokens(family_pipe)
     try:
-        two, _ = make(tiny_pipe, clip, tmp_path / "two", AnchorSettings())
+        two, _ = make(family_pipe, clip, tmp_path / "two", AnchorSettings())
         two_tokens = list(tokens)
         tokens.clear()
-        three, paths = make(tiny_pipe, clip, tmp_path / "three", AnchorSettings(first_frame_image=True),
+        three, paths = make(family_pipe, clip, tmp_path / "three", AnchorSettings(first_frame_image=True),
                             TTLGSettings(edge_scale=1.0, last_steps=None))
     finally:
         hook.remove()

@@ -36,7 +36,7 @@ from qvedit.job import run
 from qvedit.models.loading import load_pipeline
 from qvedit.settings.model import TinyModel
 from qvedit.settings.schema import register_schemas
-from tests.conftest import REPO, TINY_MODEL
+from tests.conftest import REPO, TINY_21_MODEL, TINY_MODEL
 
 register_schemas()
 TINY = ["model=tiny", "device=cpu", "dtype=fp32", "num_inference_steps=2", "condition_area=output", "metrics=none"]
@@ -317,6 +317,24 @@ def value(*overrides: str):
     return lambda t, ctx: plain(t) + list(overrides)
 
 
+def folder_of(class_name: Optional[str], preset: str):
+    """A copy of the tiny model of the other family (or of 2509's, renamed ``class_name``) given to ``preset``."""
+    def setup(t, ctx):
+        from qvedit.models.tiny21 import build_tiny_21_model
+
+        folder = t / "model"
+        if class_name is None:  # the tiny Qwen-Image 2.1, whatever the preset
+            if not (Path(TINY_21_MODEL) / "model_index.json").is_file():
+                build_tiny_21_model(TINY_21_MODEL)
+            shutil.copytree(TINY_21_MODEL, folder)
+        else:
+            shutil.copytree(TINY_MODEL, folder)
+            index = folder / "model_index.json"
+            index.write_text(index.read_text().replace('"QwenImageEditPlusPipeline"', f'"{class_name}"'))
+        return plain(t) + [f"model={preset}", f"model.model_id={folder}"]
+    return setup
+
+
 CASES = [
     Case("no inputs", lambda t, ctx: [], "io.init_frame and io.edge_frames_dir are not set", early=True),
     Case("missing init frame", lambda t, ctx: [f"io.init_frame={t / 'nope.png'}", f"io.edge_frames_dir={clip(t)[1]}"],
@@ -438,6 +456,37 @@ CASES = [
          "perf.cache does not combine with perf.group_offload", early=True),
     Case("step cache computing no step in full", value("perf.cache=taylorseer", "perf.cache_start_step=0"),
          r"perf.cache_start_step=0 is out of range: use an integer >= 1", early=True),
+    # the model family (model.release) and what it takes: one line before the model loads
+    Case("a model key 2509's family does not take", value("model.kv_cache=false"),
+         r"model.kv_cache is a key of Qwen-Image 2.1 \(qwen_image_21\); model.release=2509 is the qwen_edit_plus "
+         r"family \(Qwen-Image-Edit-2509, Qwen-Image-Edit-2511\), which does not take it: drop model.kv_cache",
+         early=True),
+    Case("a sampling grid of other steps", value("model=tiny_21", "model.sample_sigmas=[1.0,0.6,0.3]"),
+         r"model.sample_sigmas has 3 values, so each call takes 3 steps, but num_inference_steps=2: set "
+         r"num_inference_steps=3", early=True),
+    Case("a 2.1 folder given to 2509's preset", folder_of(None, "qwen_edit_2509"),
+         r"model.model_id=.*/model: its model_index.json names QwenImage21Pipeline, but model.release=2509 "
+         r"\(Qwen-Image-Edit-2509\) runs QwenImageEditPlusPipeline: use model=qwen_image_21 with model.model_id=",
+         early=True),
+    Case("a 2509 folder given to 2.1's tiny preset", folder_of("QwenImageEditPlusPipeline", "tiny_21"),
+         r"its model_index.json names QwenImageEditPlusPipeline, but model.release=2.1 \(Qwen-Image 2.1\) runs "
+         r"QwenImage21Pipeline: use model=qwen_edit_2509 or model=qwen_edit_2511 with model.model_id=", early=True),
+    Case("a folder of a pipeline qvedit does not run", folder_of("FluxPipeline", "qwen_edit_2511"),
+         r"its model_index.json names FluxPipeline, which qvedit does not run: qvedit runs QwenImageEditPlusPipeline "
+         r"\(model=qwen_edit_2509 or model=qwen_edit_2511\); QwenImage21Pipeline \(model=qwen_image_21\)$",
+         early=True),
+    Case("the tiny guidance decoder on 2.1", value("model=tiny_21", "ttlg=edge", "ttlg.decoder=tiny",
+                                                   "ttlg.tiny_decoder=random"),
+         r"ttlg.decoder=tiny decodes with taehv's taew2_1, trained for Qwen-Image's 16-channel latents", early=True),
+    Case("the first block cache on 2.1", value("model=tiny_21", "perf.cache=first_block"),
+         r"perf.cache=first_block does not apply to Qwen-Image 2.1: .*use perf.cache=taylorseer", early=True),
+    Case("a start other than fresh on 2.1", value("model=tiny_21", "start=shared"),
+         r"start.noise=shared start.strength=1 does not apply to Qwen-Image 2.1: .*use start=fresh with "
+         r"model.release=2.1", early=True),
+    Case("a part-way start beside 2.1's sampling grid", value("model=tiny_21", "start=warped_previous",
+                                                              "model.sample_sigmas=[1.0,0.5]"),
+         r"start.strength=0.6 below 1 passes its own sigmas= where model.sample_sigmas is the call's sigmas already: "
+         r"use start=fresh with model.release=2.1", early=True),
     # configs are data: only qvedit's own _target_s are built
     Case("a model _target_ that runs a command", value("model._target_=os.system"),
          r"model._target_='os.system' is not qvedit's", early=True),

@@ -12,10 +12,11 @@ from qvedit.errors import QveditError
 from qvedit.fields import tags_of
 from qvedit.io.layout import RunLayout
 from qvedit.io.source import FrameSource, open_source
+from qvedit.models.family import family_for, pipeline_class_problem, read_index
 from qvedit.models.loading import load_pipeline
 from qvedit.report.metrics import FrameMetrics
 from qvedit.settings.guidance import TTLGSettings
-from qvedit.settings.model import TinyModel
+from qvedit.settings.model import TinyModel, ToyModel
 from qvedit.settings.report import MetricsSettings
 from qvedit.settings.schema import check_values, register_schemas, schema_fields
 from qvedit.trust import build as instantiate
@@ -81,13 +82,22 @@ def test_every_experiment_composes(name):
 
 
 def test_every_model_config_instantiates_or_says_why(tiny_pipe):
+    releases = {"qwen_edit_2509": "2509", "qwen_edit_2511": "2511", "qwen_image_21": "2.1", "tiny": "2509",
+                "tiny_21": "2.1", "random_full": "2509", "random_full_21": "2.1", "toy": "2509"}
+    assert set(options("model")) == set(releases)
     for name in sorted(options("model"), key=lambda n: n != "tiny"):  # a failed load frees the loaded model
         cfg = make([f"model={name}"])
         model = instantiate(cfg.model)
+        assert model.release == releases[name]
         if name == "tiny":
             assert model == TinyModel.in_cache()  # the folder conf/model/tiny.yaml names is the one bench uses
             assert load_pipeline(model, device="cpu", dtype="fp32") is tiny_pipe
-        elif name == "random_full":  # timing only, on a GPU
+        elif name == "tiny_21":  # loaded by the runs of model=tiny_21 (tests/test_lora.py, test_schedule.py ...)
+            assert model == TinyModel.in_cache("2.1") and model.model_id != TinyModel.in_cache().model_id
+        elif name == "toy":  # the committed toy model: 2509's pipeline classes at small size (tests/test_toy_model.py)
+            assert model == ToyModel.committed() and family_for(model).name == "qwen_edit_plus"
+            assert pipeline_class_problem(model, read_index(model.model_id)[0], model.model_id) is None
+        elif name.startswith("random_full"):  # timing only, on a GPU
             with pytest.raises(QveditError, match="needs a GPU"):
                 load_pipeline(model, device="cpu", dtype="bf16")
         else:  # real weights cannot be fetched here: the error says what to do instead

@@ -40,9 +40,9 @@ def pixels(path):
     return np.asarray(Image.open(path))
 
 
-def test_writes_t_frames_and_copies_frame_0_exactly(tiny_pipe, clip, tmp_path):
+def test_writes_t_frames_and_copies_frame_0_exactly(family_pipe, clip, tmp_path):
     init, edges = clip
-    paths = run(tiny_pipe, init, edges, tmp_path / "out", metrics_path=tmp_path / "metrics.csv")
+    paths = run(family_pipe, init, edges, tmp_path / "out", metrics_path=tmp_path / "metrics.csv")
     assert [p.name for p in paths] == ["00000.png", "00001.png", "00002.png", "00003.png"]
     assert np.array_equal(pixels(paths[0]), pixels(init))
     for path in paths[1:]:
@@ -52,11 +52,11 @@ def test_writes_t_frames_and_copies_frame_0_exactly(tiny_pipe, clip, tmp_path):
     assert [r.split(",")[:2] for r in rows[1:]] == [["1", "1"], ["2", "2"], ["3", "3"]]  # a chain: hops = frame
 
 
-def test_same_seed_same_frames_other_seed_other_frames(tiny_pipe, clip, tmp_path):
+def test_same_seed_same_frames_other_seed_other_frames(family_pipe, clip, tmp_path):
     init, edges = clip
-    a = run(tiny_pipe, init, edges, tmp_path / "a")
-    b = run(tiny_pipe, init, edges, tmp_path / "b")
-    c = run(tiny_pipe, init, edges, tmp_path / "c", gen=settings(seed=1))
+    a = run(family_pipe, init, edges, tmp_path / "a")
+    b = run(family_pipe, init, edges, tmp_path / "b")
+    c = run(family_pipe, init, edges, tmp_path / "c", gen=settings(seed=1))
     assert all(np.array_equal(pixels(x), pixels(y)) for x, y in zip(a, b))
     assert not np.array_equal(pixels(a[2]), pixels(c[2]))
 
@@ -162,14 +162,14 @@ def test_a_bad_frame_midway_keeps_the_frames_before(tiny_pipe, clip, tmp_path):
                                                                                                    "00001.png"]
 
 
-def test_resume_remakes_a_frame_whose_metrics_row_was_lost(tiny_pipe, clip, tmp_path, caplog):
+def test_resume_remakes_a_frame_whose_metrics_row_was_lost(family_pipe, clip, tmp_path, caplog):
     init, edges = clip
-    whole = run(tiny_pipe, init, edges, tmp_path / "whole")
+    whole = run(family_pipe, init, edges, tmp_path / "whole")
     out, metrics = tmp_path / "out", tmp_path / "metrics.csv"
-    run(tiny_pipe, init, edges, out, max_frames=2, metrics_path=metrics)
+    run(family_pipe, init, edges, out, max_frames=2, metrics_path=metrics)
     metrics.write_text(metrics.read_text().splitlines()[0] + "\n")  # killed after frame 1, before its row
     with caplog.at_level("INFO", logger="qvedit.editor"):
-        resumed = run(tiny_pipe, init, edges, out, metrics_path=metrics)
+        resumed = run(family_pipe, init, edges, out, metrics_path=metrics)
     assert "resuming at frame 1" in caplog.text
     assert [p.read_bytes() for p in resumed] == [p.read_bytes() for p in whole]
     assert [r.split(",")[0] for r in metrics.read_text().splitlines()[1:]] == ["1", "2", "3"]

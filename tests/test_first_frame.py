@@ -19,7 +19,7 @@ from qvedit.io.frames import FrameFolders
 from qvedit.job import run
 from qvedit.settings.schema import register_schemas
 from tests.browser import assert_page_is_whole
-from tests.conftest import REPO, run_qvedit, write_clip
+from tests.conftest import MODELS, REPO, run_qvedit, write_clip
 
 register_schemas()
 TINY = ["model=tiny", "device=cpu", "dtype=fp32", "num_inference_steps=2", "condition_area=output", "metrics=none",
@@ -146,12 +146,13 @@ def test_another_prompt_before_the_clip_moves_the_candidates_aside_and_makes_new
     assert "oil painting" in (run_dir / "first_frame" / "candidates.yaml").read_text()
 
 
-def test_only_writes_the_candidates_and_no_clip(tmp_path, capsys):
+@pytest.mark.parametrize("model", MODELS)
+def test_only_writes_the_candidates_and_no_clip(tmp_path, capsys, model):
     source = write_source_frames(tmp_path / "source")
     frame0 = tmp_path / "frame0.png"  # the source's own frame 0 as io.init_frame: the frame to edit
     shutil.copy(sorted(source.iterdir())[0], frame0)
     execute(tmp_path / "run", f"io.source_frames_dir={source}", f"io.init_frame={frame0}", PROMPT,
-            "first_frame.only=true")
+            "first_frame.only=true", f"model={model}")
     run_dir = tmp_path / "run"
     assert (run_dir / "first_frame" / "candidate_00.png").is_file() and (run_dir / "first_frame" / "candidates.png").is_file()
     assert not list(run_dir.rglob("0000*.png")) and not (run_dir / "metrics.csv").exists()
@@ -221,14 +222,16 @@ def test_a_damaged_candidates_folder_is_one_line_before_the_model_loads(made, tm
 
 
 @pytest.mark.long
-def test_tiny_cpu_edits_a_video_in_one_command(tmp_path):
-    """The README's one-command job on the CPU: a video and one instruction in, the clip out."""
+@pytest.mark.parametrize("model", MODELS)
+def test_tiny_cpu_edits_a_video_in_one_command(tmp_path, model):
+    """The README's one-command job on the CPU: a video and one instruction in, the clip out (the tiny model of each
+    family)."""
     import imageio.v3 as iio
 
     rng = np.random.default_rng(3)
     video = tmp_path / "in.mp4"
     iio.imwrite(video, rng.integers(0, 256, (2, 32, 48, 3), dtype=np.uint8), fps=8, codec="libx264")
-    result = run_qvedit("experiment=tiny_cpu", "io=video", f"io.rgb_video={video}", PROMPT,
+    result = run_qvedit("experiment=tiny_cpu", f"model={model}", "io=video", f"io.rgb_video={video}", PROMPT,
                         "num_inference_steps=2", "first_frame.num_inference_steps=2", "metrics=none",
                         f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr[-3000:]

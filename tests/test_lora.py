@@ -275,3 +275,82 @@ def test_keys_below_loras_and_scheduler_are_accepted_on_the_command_line():
         ("unknown key model.loras[0].scal (model.loras=[{path:a.safetensors,scal:1}]): did you mean scale? an entry "
          "of model.loras takes path, weight_name, scale")]
     assert "did you mean weight_name?" in unknown_overrides(["model.loras.0.wieght_name=x"])[0]
+
+
+# -- LoRAs on Qwen-Image 2.1, and LoRAs of the other family ---------------------------------------------------------
+
+TARGETS_21 = ("to_q", "to_k", "to_v", "to_out.0", "img_mlp.out")  # 2.1's single-stream blocks
+TINY_21 = [*TINY, "model=tiny_21"]
+
+
+@pytest.fixture(scope="module")
+def lora_21(tmp_path_factory, tiny_21_pipe) -> Path:
+    """A random LoRA of the tiny 2.1 transformer, saved by QwenImage21Pipeline in diffusers' format."""
+    from diffusers import QwenImage21Pipeline
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    folder = tmp_path_factory.mktemp("lora_21")
+    model = copy.deepcopy(tiny_21_pipe.transformer)
+    torch.manual_seed(0)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=list(TARGETS_21), init_lora_weights=False),
+                            model)
+    QwenImage21Pipeline.save_lora_weights(folder, transformer_lora_layers=get_peft_model_state_dict(model))
+    return folder / LORA_WEIGHT_NAME
+
+
+def test_a_lora_of_qwen_image_21_changes_its_frames_and_scale_0_gives_them_back(lora_21, tmp_path):
+    plain = frames(execute(tmp_path / "plain", base=TINY_21))
+    assert frames(execute(tmp_path / "one", lora_override(lora_21), base=TINY_21))[1] != plain[1]
+    assert frames(execute(tmp_path / "zero", lora_override(lora_21, 0.0), base=TINY_21)) == plain
+
+
+@pytest.mark.parametrize("model, made_for, fits", [
+    ("tiny_21", "good", r"its keys are a Qwen-Image-Edit-Plus \(Qwen-Image-Edit-2509, -2511\) LoRA's \(model="
+                        r"qwen_edit_2509 or model=qwen_edit_2511\), and this model is Qwen-Image 2.1$"),
+    ("tiny", "lora_21", r"its keys are a Qwen-Image 2.1 LoRA's \(model=qwen_image_21\), and this model is "
+                        r"Qwen-Image-Edit-Plus \(Qwen-Image-Edit-2509, -2511\)$"),
+])
+def test_a_lora_of_the_other_family_is_one_line_naming_both(model, made_for, fits, loras, lora_21, tmp_path):
+    file = lora_21 if made_for == "lora_21" else loras[made_for]
+    with pytest.raises(QveditError, match=rf"model.loras\[0\] \({file}\) does not fit this model's transformer: .*"
+                                          f"{fits}") as info:
+        execute(tmp_path, lora_override(file), f"model={model}")
+    assert "\n" not in str(info.value) and not list((tmp_path / "run" / "frames").glob("0000[1-9].png"))
+
+
+def test_a_2509_lora_on_2511_loads_with_one_warning_naming_the_mismatch(loras, tmp_path, caplog):
+    from qvedit.models.lora import check_model, release_named
+    from qvedit.settings.model import ModelSettings
+
+    named = tmp_path / "Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors"
+    named.write_bytes(loras["good"].read_bytes())
+    assert [release_named(n) for n in (named.name, "lightx2v/Qwen-Image-Edit-2511-Lightning", "style.safetensors")] \
+        == ["2509", "2511", None]
+    with caplog.at_level("WARNING", logger="qvedit.models.lora"):
+        check_model(ModelSettings("Qwen/Qwen-Image-Edit-2511", loras=[LoraSpec(str(named))], release="2511"))
+        check_model(ModelSettings("Qwen/Qwen-Image-Edit-2509", loras=[LoraSpec(str(named))]))  # its own model
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"model.loras[0] ({named}) was made for Qwen-Image-Edit-2509, and this run's model is Qwen-Image-Edit-2511 "
+        "(model.release=2511): it loads (the same transformer) but was trained on the other weights; "
+        "Qwen-Image-Edit-2511's own: experiment=lightning")
+
+
+@pytest.mark.parametrize("experiment, steps", [("lightning", 8), ("lightning_4step", 4)])
+def test_lightning_picks_the_lora_distilled_from_the_model(experiment, steps):
+    lora = make([f"experiment={experiment}", "model=qwen_edit_2511"]).model.loras[0]
+    assert (lora.path, lora.weight_name) == ("lightx2v/Qwen-Image-Edit-2511-Lightning",
+                                             f"Qwen-Image-Edit-2511-Lightning-{steps}steps-V1.0-bf16.safetensors")
+    lora = make([f"experiment={experiment}"]).model.loras[0]  # 2509, the default model
+    assert (lora.path, lora.weight_name) == ("lightx2v/Qwen-Image-Lightning", f"Qwen-Image-Edit-2509/Qwen-Image-Edit"
+                                                                              f"-2509-Lightning-{steps}steps-V1.0-bf16"
+                                                                              ".safetensors")
+
+
+def test_lightning_on_a_model_without_a_lightning_lora_is_one_line_before_the_model_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr("qvedit.models.loading._cached", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(QveditError, match=r"^model.loras\[0\] is empty: experiment=lightning loads the Lightning LoRA "
+                                          r"distilled from the model, and none is published for Qwen-Image 2.1 "
+                                          r"\(model.release=2.1\): drop experiment=lightning, or give a LoRA with "
+                                          r"model.loras=\[\{path:...\}\]$"):
+        execute(tmp_path, "model=tiny_21", base=LIGHTNING)

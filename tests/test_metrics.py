@@ -86,7 +86,7 @@ def test_lpips_offline_without_vgg_weights_says_where_they_go(monkeypatch, tmp_p
     assert "metrics=none" in str(info.value) or "vgg_weights=random" in str(info.value)
 
 
-def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
+def test_metrics_never_change_the_frames(family_pipe, clip, tmp_path):
     init, edges = clip
     settings = RunSettings(prompt="p", num_inference_steps=2, condition_area="output")
     outputs = []
@@ -94,7 +94,7 @@ def test_metrics_never_change_the_frames(tiny_pipe, clip, tmp_path):
         clip_outputs = ClipOutputs(FrameWriter(tmp_path / name), tmp_path / f"{name}.csv", metrics)
         source = FrameFolders(str(init), str(edges))
         flow = ClipFlow(FlowSettings(), source, (64, 48), torch.device("cpu")) if metrics else None
-        outputs.append(edit_clip(tiny_pipe, source, clip_outputs, settings, TTLGSettings(), flow=flow))
+        outputs.append(edit_clip(family_pipe, source, clip_outputs, settings, TTLGSettings(), flow=flow))
     assert [p.read_bytes() for p in outputs[0]] == [p.read_bytes() for p in outputs[1]]
     header, *rows = (tmp_path / "measured.csv").read_text().splitlines()
     assert header.startswith("frame,hops,edge_loss,gram_loss,warp_error,color_drift,edge_offset_px,lpips_to_init,"

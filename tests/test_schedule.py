@@ -41,6 +41,41 @@ def test_keyframes_come_first_and_each_segment_is_a_chain_that_meets_the_next_ke
     assert anchored.recipe(3).third == 0 and anchored.recipe(4).third is None
 
 
+def test_a_model_taking_four_images_gets_frame_0_beside_the_next_keyframe():
+    """Qwen-Image 2.1 takes up to 10 condition images: anchor.first_frame_image and meet_frames go together there
+    (image 3 the next keyframe, image 4 frame 0); 2509's family, three at most, is refused the pair."""
+    settings = ScheduleSettings(mode="segments", keyframe_every=4, meet_frames=1)
+    four = SegmentPlan(settings, 11, first_frame_image=True, max_images=4)
+    assert [four.recipe(i).anchors for i in (1, 2, 3, 4)] == [(0,), (0,), (4, 0), ()]
+    assert four.recipe(3).depends_on == (2, 4)
+    assert settings.conflict(11, None, True, max_images=10) is None
+    assert "at most 3" in settings.conflict(11, None, True, max_images=3)
+
+
+@pytest.mark.long
+def test_segments_on_qwen_image_21_run_with_frame_0_as_a_fourth_image(tmp_path, monkeypatch):
+    """The segment schedule in this process on model=tiny_21, frame 0 edited first and flow guidance on, frame 0 as
+    an image of every call beside the next keyframe: the meeting frames' calls take four images, and the run
+    publishes its frames, metrics (hops, seams) and report as on 2509's family."""
+    from qvedit.editor import FrameMaker
+    from qvedit.job import run
+
+    counts = {}
+    make = FrameMaker.make
+
+    def counting(self, index, images, *args, **kwargs):
+        counts[index] = len(images(None))
+        return make(self, index, images, *args, **kwargs)
+
+    monkeypatch.setattr(FrameMaker, "make", counting)
+    run(compose("model=tiny_21", "anchor=first_frame"), tmp_path)
+    assert counts == {3: 2, 6: 2, 1: 3, 2: 4, 4: 3, 5: 4, 7: 3}  # keyframes 3, 6: [edge, frame 0]
+    rows = pd.read_csv(tmp_path / "metrics.csv")
+    assert rows["frame"].tolist() == list(range(1, 8)) and rows["hops"].tolist() == [1, 2, 1, 2, 3, 1, 2]
+    assert len(frame_bytes(tmp_path)) == 8 and (tmp_path / "report.html").is_file()
+    assert (tmp_path / "first_frame" / "candidate_00.png").is_file()
+
+
 def test_hops_count_the_edits_from_frame_0_and_stay_within_a_segment_of_the_keyframes_own():
     first, chained = plan(40, every=8), plan(40, every=8, source="previous_keyframe")
     assert [first.hops(i) for i in (1, 7, 8, 9, 15, 16, 39)] == [1, 7, 1, 2, 8, 1, 8]

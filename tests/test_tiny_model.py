@@ -31,3 +31,27 @@ def test_loads_through_from_pretrained_with_every_component(tiny_pipe):
     config = tiny_pipe.text_encoder.config
     assert config.image_token_id == vocab["<|image_pad|>"]
     assert config.vision_start_token_id == vocab["<|vision_start|>"]
+
+
+def test_the_tiny_21_model_is_the_same_bytes_on_every_build_and_loads_with_its_qwen3_vl_encoder(tiny_21_pipe,
+                                                                                               tmp_path):
+    """model=tiny_21: every QwenImage21Pipeline component at toy size, a Qwen3-VL text encoder and its processor
+    (chat template included) among them, built offline the same way twice and loaded back through from_pretrained."""
+    from diffusers import QwenImage21Pipeline
+    from transformers import Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    from qvedit.models.tiny21 import build_tiny_21_model
+    from tests.conftest import TINY_21_MODEL
+
+    again = build_tiny_21_model(tmp_path / "tiny21")
+    first, second = files(Path(TINY_21_MODEL)), files(again)
+    assert sorted(first) == sorted(second) and [name for name in first if first[name] != second[name]] == []
+    assert {"model_index.json", "transformer/diffusion_pytorch_model.safetensors", "vae/config.json",
+            "text_encoder/model.safetensors", "processor/chat_template.jinja"} <= set(first)
+    assert isinstance(tiny_21_pipe, QwenImage21Pipeline)
+    assert isinstance(tiny_21_pipe.text_encoder, Qwen3VLForConditionalGeneration)
+    assert isinstance(tiny_21_pipe.processor, Qwen3VLProcessor)
+    vocab = tiny_21_pipe.processor.tokenizer.get_vocab()
+    assert tiny_21_pipe.text_encoder.config.image_token_id == vocab["<|image_pad|>"] == tiny_21_pipe._img_token_id
+    assert tiny_21_pipe._drop_idx > 0  # the system prompt's tokens, counted through the chat template
+    assert tiny_21_pipe.vae_scale_factor == 16 and tiny_21_pipe.vae.config.z_dim == 8

@@ -3,7 +3,7 @@
 At the end of a denoising step diffusers calls ``callback_on_step_end`` with the latents x_{t-1}.
 The callback estimates the clean sample x0 = x_{t-1} - sigma_{t-1} * v (v: the velocity the
 scheduler just used, recorded by ``diffusers_compat.record_velocity``), decodes x0 along the
-pipeline's own decode path (``diffusers_compat.LatentDecoder``), scores it with the edge / Gram /
+pipeline's own decode path (the model family's: ``diffusers_compat.LatentDecoder``, ``LatentDecoder21``), scores it with the edge / Gram /
 temporal losses, and moves the latents one normalised gradient step down that loss. With
 ``ttlg.decoder=tiny`` taehv's tiny decoder (``tiny_decoder``) decodes x0 instead of the VAE.
 """
@@ -24,7 +24,8 @@ from qvedit.guidance.flow import FlowPair, warp
 from qvedit.guidance.tiny_decoder import tiny_decoder
 from qvedit.images import to_pil
 from qvedit.lab import LabStats
-from qvedit.models.diffusers_compat import LatentDecoder, VelocityRecorder, execution_device, step_sigma
+from qvedit.models.diffusers_compat import VelocityRecorder, execution_device, step_sigma
+from qvedit.models.family import family_of
 from qvedit.settings.guidance import TTLGSettings
 
 log = logging.getLogger(__name__)
@@ -139,8 +140,8 @@ class Guide:
         Returns:
             The callback: ``(pipe, i, t, callback_kwargs) -> {"latents": ...}`` on a guided step, ``{}`` on others.
         """
-        decoder = LatentDecoder(self.pipe, height, width, self.settings.decode_checkpointing, self.settings.decode_size,
-                                self.tiny)
+        decoder = family_of(self.pipe).decoder(self.pipe, height, width, self.settings.decode_checkpointing,
+                                               self.settings.decode_size, self.tiny)
         self.guided_steps = 0
         self.finite = []
         if self.settings.color_scale > 0:

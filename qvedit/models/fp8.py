@@ -31,6 +31,12 @@ the embedding, modulation and output layers also left unquantized (vllm-project/
 0.17. SGLang's NVFP4 exports also keep the first and last blocks; for FP8 its preset does not, and
 ``transformer_blocks.0.*`` / ``transformer_blocks.59.*`` can be added to the list.
 
+Qwen-Image 2.1 (``QwenImage21Transformer2DModel``, 32 single-stream blocks) has other module names; its presets
+(``model=qwen_image_21``, ``random_full_21``) keep the same kinds of layers in bf16 by analogy, not by a published
+ablation (none was found for 2.1): ``img_in``, ``txt_in.*`` (its text projection), ``time_text_embed.*``,
+``modulation.*`` (the one modulation all blocks share: a vector per pass), ``norm_out.*``, ``proj_out``, and each
+block's MLP down projection ``*.img_mlp.out`` (2509's ``img_mlp.net.2``). Its image quality under FP8 was not seen.
+
 Guidance does not differentiate through the transformer: ``Guide`` takes the latents as a fresh leaf
 and the velocity detached, and backpropagates only through the VAE decode of x0, and the VAE is not
 quantized. FP8 changes the velocity the scheduler integrates, not how the guidance step is taken.

@@ -26,7 +26,7 @@ from typing import Optional
 
 from qvedit.errors import QveditError, short_reason
 from qvedit.models.integrity import PICKLED_SUFFIXES, safetensors_problem
-from qvedit.settings.model import LoraSpec, ModelSettings
+from qvedit.settings.model import RELEASES, LoraSpec, ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,23 @@ class LoraFile:
 
 def check_model(model: ModelSettings) -> None:
     """What can be checked of ``model`` before it loads: every LoRA file (a hub LoRA is fetched into the
-    Hugging Face cache now) and the scheduler keys; a QveditError naming the entry or key otherwise."""
-    resolve_loras(model.loras)
+    Hugging Face cache now) and the scheduler keys; a QveditError naming the entry or key otherwise. A LoRA whose
+    name says it was made for the other model of the same family (a 2509 Lightning LoRA on 2511) is one warning."""
+    for lora, spec in zip(resolve_loras(model.loras), model.loras):
+        made_for = release_named(f"{spec.path}/{spec.weight_name or ''}/{lora.file.name}")
+        if made_for is not None and made_for != model.release and RELEASES[made_for].family == model.family:
+            log.warning("%s was made for %s, and this run's model is %s (model.release=%s): it loads (the same "
+                        "transformer) but was trained on the other weights%s", lora.label, RELEASES[made_for].name,
+                        model.about.name, model.release,
+                        f"; {model.about.name}'s own: experiment=lightning" if model.about.lightning_repo else "")
     check_scheduler(model.scheduler)
+
+
+def release_named(name: str) -> Optional[str]:
+    """The release a LoRA's path or file name names (``Qwen-Image-Edit-2509-Lightning-...``: 2509), or None."""
+    found = re.findall(r"Qwen-Image-Edit-(2509|2511)|Qwen-Image-(2\.1)", name, flags=re.IGNORECASE)
+    named = {edit or image for edit, image in found}
+    return named.pop() if len(named) == 1 else None
 
 
 def require_peft() -> None:
@@ -231,11 +245,26 @@ def load_lora(pipe, lora: LoraFile, modules: dict) -> None:
         raise QveditError(f"{lora.label} is not a LoRA diffusers can read: {short_reason(err)}") from None
     problem = mismatch(state, modules)
     if problem:
-        raise QveditError(f"{lora.label} does not fit this model's transformer: {problem}")
+        from qvedit.models.family import FAMILIES, family_of, presets_of
+
+        mine, theirs = family_of(pipe), lora_family(state)
+        other = (f"; its keys are a {FAMILIES[theirs].title} LoRA's ({presets_of(theirs)}), and this model is "
+                 f"{mine.title}" if theirs not in (None, mine.name) else "")
+        raise QveditError(f"{lora.label} does not fit this model's transformer: {problem}{other}")
     try:
         pipe.load_lora_weights(str(lora.file.parent), adapter_name=lora.adapter, **where)
     except Exception as err:  # whatever diffusers or peft raise: one line naming the file
         raise QveditError(f"{lora.label} could not be loaded: {short_reason(err)}") from None
+
+
+def lora_family(state: dict) -> Optional[str]:
+    """The family whose transformer has the modules a LoRA's keys name (``qvedit.models.family``), where its keys
+    name modules only one family has; None otherwise."""
+    from qvedit.models.family import FAMILIES
+
+    found = {family.name for family in FAMILIES.values()
+             if any(marker in key for key in state for marker in family.lora_markers)}
+    return found.pop() if len(found) == 1 else None
 
 
 def mismatch(state: dict, modules: dict) -> Optional[str]:

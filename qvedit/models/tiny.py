@@ -61,9 +61,18 @@ def _train_tokenizer():
     return tokenizer
 
 
+def tiny_scheduler():
+    """The tiny models' scheduler (2509's and 2.1's): flow matching with a shift that grows with the image size."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192,
+                                           max_shift=0.9, shift=1.0, shift_terminal=0.02, use_dynamic_shifting=True,
+                                           time_shift_type="exponential")
+
+
 def build_tiny_components() -> dict:
     """All six ``QwenImageEditPlusPipeline`` components, seeded, on the CPU in float32."""
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
@@ -94,16 +103,7 @@ def build_tiny_components() -> dict:
         latents_mean=[0.0] * z_dim,
         latents_std=[1.0] * z_dim,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=256,
-        base_shift=0.5,
-        max_image_seq_len=8192,
-        max_shift=0.9,
-        shift=1.0,
-        shift_terminal=0.02,
-        use_dynamic_shifting=True,
-        time_shift_type="exponential",
-    )
+    scheduler = tiny_scheduler()
     torch.manual_seed(0)
     config = Qwen2_5_VLConfig(
         text_config={

@@ -20,11 +20,15 @@ def uncached(variant: str) -> str:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Adds ratios to the plain call and the cost of a guided step, per size."""
+    """Adds ratios to the plain call (the model's own: Qwen-Image 2.1's ``q21_*`` rows to ``q21_plain``, and to
+    2509's ``plain`` beside it) and the cost of a guided step, per size."""
     for row in rows:
         same_size = {r["variant"]: r for r in rows if r["size"] == row["size"]}
-        if "plain" in same_size:
-            row["ratio_to_plain"] = row["seconds_per_frame"] / same_size["plain"]["seconds_per_frame"]
+        own_plain = "q21_plain" if row["variant"].startswith("q21") else "plain"
+        if own_plain in same_size:
+            row["ratio_to_plain"] = row["seconds_per_frame"] / same_size[own_plain]["seconds_per_frame"]
+        if own_plain == "q21_plain" and "plain" in same_size:
+            row["ratio_to_2509_plain"] = row["seconds_per_frame"] / same_size["plain"]["seconds_per_frame"]
         base = same_size.get(row["variant"].replace("edge_gram", "off").replace("_tiny", "").removesuffix("_decode512")
                              .removesuffix("_nocache"))
         if row.get("guided_steps") and base and base is not row:
@@ -52,14 +56,15 @@ def markdown(report: dict) -> str:
     lines = [f"{report['device']}, torch {report['torch']}, diffusers {report['diffusers']}, {report['date']}, "
              f"model={report['model']}" + (f" ({RANDOM_WEIGHTS})" if report["model"] == "random_full" else "")
              + (f"; {report['tiny_decoder']}" if report.get("tiny_decoder") else ""), "",
-             "| size | steps | variant | s/frame | vs plain | prompt s | transformer s/step | decode s | peak GiB "
-             "| s per guided step | steps in full | x vs uncached | levels vs uncached (max / mean) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| size | steps | variant | s/frame | vs plain | vs 2509 plain | prompt s | transformer s/step | decode s "
+             "| peak GiB | s per guided step | steps in full | x vs uncached | levels vs uncached (max / mean) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["rows"]:
         def f(key, fmt="{:.3f}"):
             return fmt.format(r[key]) if r.get(key) is not None else "-"
         lines.append(f"| {r['size']}² | {r['steps']} | {r['variant']} | {f('seconds_per_frame', '{:.2f}')} | "
-                     f"{f('ratio_to_plain')} | {f('prompt_encoding_s')} | {f('transformer_s_per_step')} | "
+                     f"{f('ratio_to_plain')} | {f('ratio_to_2509_plain')} | {f('prompt_encoding_s')} | "
+                     f"{f('transformer_s_per_step')} | "
                      f"{f('decode_s')} | {f('peak_gib', '{:.1f}')} | {f('added_s_per_guided_step')} | "
                      f"{f('steps_in_full', '{}')} | {f('speedup_vs_uncached', '{:.2f}')} | "
                      f"{f('levels_vs_uncached_max', '{}')} / {f('levels_vs_uncached_mean', '{:.2f}')} |")

@@ -7,9 +7,11 @@ With K = ``schedule.keyframe_every`` and T frames (0..T-1):
   keyframe before it, is made from frame 0 alone);
 - segment j, frames jK+1 .. min((j+1)K, T)-1: a chain from keyframe jK (frame 0 for j = 0), ``image=[edge, frame
   before]``; its last ``meet_frames`` frames get the next keyframe as image 3, where there is one (the last
-  segment ends the clip without one); with ``anchor.first_frame_image`` (and ``meet_frames=0``) frame 0 is image 3.
+  segment ends the clip without one); with ``anchor.first_frame_image`` (and ``meet_frames=0``) frame 0 is image 3,
+  and on a model that takes four images (Qwen-Image 2.1) frame 0 is image 4 of the frames meeting a keyframe.
 
-Three-image calls use ``anchor.prompt`` ("keep the appearance of image 3"), two-image calls the run's prompt.
+Calls of three or four images use ``anchor.prompt`` ("keep the appearance of image 3"), two-image calls the run's
+prompt.
 """
 
 from __future__ import annotations
@@ -28,18 +30,25 @@ class Recipe:
     follows: int  # image 2: the frame before (segments) or frame 0 / the previous keyframe (keyframes)
     third: Optional[int]  # image 3: frame 0, the previous keyframe's frame 0, or the next keyframe; None = two images
     keyframe: bool  # keyframes are made before the frame before them: no temporal term, no row against it yet
+    fourth: Optional[int] = None  # image 4: frame 0 beside the next keyframe (a model taking four images)
+
+    @property
+    def anchors(self) -> tuple[int, ...]:
+        """The frames after the one it follows: images 3 and 4."""
+        return tuple(i for i in (self.third, self.fourth) if i is not None)
 
     @property
     def depends_on(self) -> tuple[int, ...]:
         """The frames (other than frame 0, which is always there) that must be finished before this one."""
-        return tuple(sorted({i for i in (self.follows, self.third) if i}))
+        return tuple(sorted({i for i in (self.follows, self.third, self.fourth) if i}))
 
 
 class SegmentPlan:
     """The keyframes and segments of a clip of ``total`` frames (frame 0 included)."""
 
-    def __init__(self, settings: ScheduleSettings, total: int, first_frame_image: bool = False):
-        self.every, self.total = settings.keyframe_every, total
+    def __init__(self, settings: ScheduleSettings, total: int, first_frame_image: bool = False, max_images: int = 3):
+        """``max_images``: the condition images one call of the model takes (its family's)."""
+        self.every, self.total, self.max_images = settings.keyframe_every, total, max_images
         self.from_previous = settings.keyframes_from == "previous_keyframe"
         self.meet_frames, self.first_frame_image = settings.meet_frames, first_frame_image
         self.keyframes = list(range(self.every, total, self.every))
@@ -78,7 +87,8 @@ class SegmentPlan:
             return Recipe(index, 0, None, True)
         meets = self.next_keyframe(index)
         if meets is not None and index >= meets - self.meet_frames:
-            return Recipe(index, index - 1, meets, False)
+            beside = 0 if self.first_frame_image and self.max_images >= 4 else None  # frame 0 as image 4
+            return Recipe(index, index - 1, meets, False, beside)
         return Recipe(index, index - 1, 0 if self.first_frame_image else None, False)
 
     def hops(self, index: int) -> int:

@@ -82,9 +82,8 @@ class SegmentWorker:
         cpu = time.process_time()
         recipe = self.plan.recipe(index)
         follows = self.read(recipe.follows)
-        third = self.read(recipe.third) if recipe.third is not None else None
-        images = [follows] + ([third] if third is not None else [])
-        prompt = self.prompts[1] if third is not None else self.prompts[0]
+        images = [follows] + [self.read(anchor) for anchor in recipe.anchors]
+        prompt = self.prompts[1] if recipe.anchors else self.prompts[0]
         made = self.maker.make(index, lambda edge: [edge, *images], prompt, follows, temporal=not recipe.keyframe)
         staged = self.stage(index, made.frame)
         seconds = time.perf_counter() - made.started

@@ -17,7 +17,41 @@ from qvedit.fields import setting
 from qvedit.files import cache_dir
 
 TINY_MODEL_FOLDER = "tiny-qwen-image-edit-2509"  # in the cache folder; conf/model/tiny.yaml names it too
+TINY_21_FOLDER = "tiny-qwen-image-2.1"  # conf/model/tiny_21.yaml names it too
 TOY_WEIGHTS = Path(__file__).resolve().parent.parent / "toy" / "weights"  # conf/model/toy.yaml names it too
+
+
+@dataclass(frozen=True)
+class Release:
+    """One model of the Qwen edit family as qvedit knows it: which diffusers pipeline runs it (its family, the code
+    of ``qvedit.models.family``) and the few-step LoRAs distilled from it (``experiment=lightning``)."""
+
+    name: str  # Qwen-Image-Edit-2509
+    family: str  # qwen_edit_plus | qwen_image_21 (qvedit.models.family.FAMILIES)
+    preset: str  # the model= option of its real weights
+    lightning_repo: str = ""  # the hub repo of its Lightning LoRAs; "" = none published
+    lightning_files: tuple = ()  # ((steps, file in the repo), ...)
+
+    def lightning_file(self, steps: int) -> str:
+        return dict(self.lightning_files).get(int(steps), "")
+
+
+# The Lightning files, as ModelTC/Qwen-Image-Lightning's README lists them (snapshot of 2026-01-01): 2509's 4 and 8
+# steps in lightx2v/Qwen-Image-Lightning; 2511's 4 steps in lightx2v/Qwen-Image-Edit-2511-Lightning. 2511's 8-step
+# file is not in that README; its name is the one public code downloads from the same repo (README, "Few-step
+# Lightning and LoRAs": not verified against the hub).
+RELEASES = {
+    "2509": Release("Qwen-Image-Edit-2509", "qwen_edit_plus", "qwen_edit_2509", "lightx2v/Qwen-Image-Lightning",
+                    ((8, "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-8steps-V1.0-bf16.safetensors"),
+                     (4, "Qwen-Image-Edit-2509/Qwen-Image-Edit-2509-Lightning-4steps-V1.0-bf16.safetensors"))),
+    "2511": Release("Qwen-Image-Edit-2511", "qwen_edit_plus", "qwen_edit_2511",
+                    "lightx2v/Qwen-Image-Edit-2511-Lightning",
+                    ((8, "Qwen-Image-Edit-2511-Lightning-8steps-V1.0-bf16.safetensors"),
+                     (4, "Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors"))),
+    "2.1": Release("Qwen-Image 2.1", "qwen_image_21", "qwen_image_21"),
+}
+# model keys only one family takes: {key: the family}
+FAMILY_KEYS = {"kv_cache": "qwen_image_21", "sample_sigmas": "qwen_image_21"}
 
 
 @dataclass
@@ -40,29 +74,53 @@ def plain(value: Any) -> Any:
 
 @dataclass
 class ModelSettings:
-    """``model=qwen_edit_2509``: real weights from a hub id or a local folder in the diffusers layout."""
+    """``model=qwen_edit_2509`` (``qwen_edit_2511``, ``qwen_image_21``): real weights from a hub id or a local folder
+    in the diffusers layout, of the model ``release`` names."""
 
     model_id: str = setting("Qwen/Qwen-Image-Edit-2509", frames=True, path="input")
     # LoRAs loaded into the transformer; paths inside, so left out of sweep folder names like model_id
     loras: List[LoraSpec] = setting(frames=True, path="input", default_factory=list)
     # FlowMatchEulerDiscreteScheduler config values that replace the model's own; {} = the model's scheduler
     scheduler: Dict[str, Any] = setting(frames=True, default_factory=dict)
+    # which model of the family the weights are (RELEASES): picks the pipeline class and experiment=lightning's LoRA
+    release: str = setting("2509", frames=True, choices=tuple(RELEASES))
+    # Qwen-Image 2.1 only: its condition keys/values cached after the first step (use_kv_cache); null = on
+    kv_cache: Optional[bool] = setting(None, frames=True)
+    # Qwen-Image 2.1 only: a fixed sampling grid (sigmas from 1 down, the terminal 0 left out); its length is the steps
+    sample_sigmas: Optional[List[float]] = setting(None, frames=True)
 
     kind: ClassVar[str] = "pretrained"  # how qvedit.models.loading.load_pipeline obtains the pipeline
 
     def __post_init__(self):
         self.loras = [entry if isinstance(entry, LoraSpec) else LoraSpec(**plain(entry)) for entry in self.loras]
         self.scheduler = plain(self.scheduler)
+        self.release = str(self.release)
+        if self.sample_sigmas is not None:
+            self.sample_sigmas = [float(s) if isinstance(s, (int, float)) and not isinstance(s, bool) else s
+                                  for s in plain(self.sample_sigmas)]
 
     @property
     def real_weights(self) -> bool:
         """Whether the pipeline is the real model (a hub id or a folder), not the tiny or random one."""
         return self.kind == "pretrained"
 
+    @property
+    def about(self) -> Release:
+        return RELEASES[str(self.release)]
+
+    @property
+    def family(self) -> str:
+        """The family whose pipeline runs these weights (``qvedit.models.family``)."""
+        return self.about.family
+
     def entry_problem(self) -> Optional[str]:
         """Why an entry of ``model.loras`` is not one a LoRA can be loaded from (one line), or None."""
         for i, lora in enumerate(self.loras):
             if not isinstance(lora.path, str) or not lora.path.strip():
+                if not self.about.lightning_repo and not lora.weight_name:  # experiment=lightning's entry, unfilled
+                    return (f"model.loras[{i}] is empty: experiment=lightning loads the Lightning LoRA distilled from "
+                            f"the model, and none is published for {self.about.name} (model.release={self.release}): "
+                            "drop experiment=lightning, or give a LoRA with model.loras=[{path:...}]")
                 return (f"model.loras[{i}].path is empty: give a .safetensors file, a folder holding one, or a hub id "
                         "such as lightx2v/Qwen-Image-Lightning")
             scale = lora.scale
@@ -70,17 +128,42 @@ class ModelSettings:
                 return f"model.loras[{i}].scale={lora.scale!r} is not a finite number"
         return None
 
+    def family_problem(self, steps: Dict[str, int]) -> Optional[str]:
+        """Why these keys do not fit the family of ``release`` (one line naming it), or None: a key only the other
+        family takes, or a sampling grid that is not one. ``steps``: {key: value} of every ``num_inference_steps``
+        the run's calls take, each of which must be the grid's length."""
+        for key, family in FAMILY_KEYS.items():
+            if getattr(self, key) is not None and family != self.family:
+                takes = " and ".join(RELEASES[r].name for r, about in RELEASES.items() if about.family == family)
+                mine = ", ".join(about.name for about in RELEASES.values() if about.family == self.family)
+                return (f"model.{key} is a key of {takes} ({family}); model.release={self.release} is the "
+                        f"{self.family} family ({mine}), which does not take it: drop model.{key}")
+        sigmas = self.sample_sigmas
+        if sigmas is not None:
+            if not sigmas or not all(isinstance(s, (int, float)) and 0 < s <= 1 for s in sigmas) or \
+                    any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+                return (f"model.sample_sigmas={list(sigmas)} is not a sampling grid: give falling sigmas in (0, 1], "
+                        "the first usually 1.0, the terminal 0 left out")
+            for key, count in steps.items():
+                if len(sigmas) != count:
+                    return (f"model.sample_sigmas has {len(sigmas)} values, so each call takes {len(sigmas)} steps, "
+                            f"but {key}={count}: set {key}={len(sigmas)}")
+        return None
+
 
 @dataclass
 class TinyModel(ModelSettings):
-    """``model=tiny``: the offline toy model, built into the folder ``model_id`` on first use."""
+    """``model=tiny`` (``tiny_21``): the offline toy model of ``release``'s family, built into the folder ``model_id``
+    on first use."""
 
     kind: ClassVar[str] = "tiny"
 
     @classmethod
-    def in_cache(cls) -> "TinyModel":
-        """The tiny model in qvedit's cache folder, where ``model=tiny`` keeps it."""
-        return cls(str(cache_dir() / TINY_MODEL_FOLDER))
+    def in_cache(cls, release: str = "2509") -> "TinyModel":
+        """The tiny model of ``release``'s family in qvedit's cache folder, where ``model=tiny`` (``tiny_21``) keeps
+        it."""
+        folder = TINY_21_FOLDER if RELEASES[release].family == "qwen_image_21" else TINY_MODEL_FOLDER
+        return cls(str(cache_dir() / folder), release=release)
 
 
 @dataclass
@@ -98,8 +181,8 @@ class ToyModel(ModelSettings):
 
 @dataclass
 class RandomFullModel(ModelSettings):
-    """``model=random_full``: the full 2509 architecture with random weights (timing only);
-    ``model_id`` is a label."""
+    """``model=random_full`` (``random_full_21``): the full architecture of ``release``'s family with random weights
+    (timing only); ``model_id`` is a label."""
 
     kind: ClassVar[str] = "random_full"
 

@@ -52,9 +52,10 @@ class ScheduleSettings:
                     "and set schedule.workers to the GPUs to use")
         return None
 
-    def conflict(self, total: int, anchor_every: Optional[int], first_frame_image: bool) -> Optional[str]:
+    def conflict(self, total: int, anchor_every: Optional[int], first_frame_image: bool,
+                 max_images: int = 3) -> Optional[str]:
         """Why these schedule settings cannot make a clip of ``total`` frames (frame 0 included) with the anchor
-        settings given (one line), or None."""
+        settings given, on a model taking ``max_images`` condition images a call (one line), or None."""
         if not self.segments:
             if self.workers > 1:
                 return (f"schedule.workers={self.workers} with schedule=chain: a chain makes one frame after another, "
@@ -73,9 +74,10 @@ class ScheduleSettings:
         if anchor_every is not None:
             return (f"anchor.every={anchor_every} with schedule=segments: the keyframes already bound every chain; "
                     "use schedule.keyframe_every instead (anchor=none)")
-        if first_frame_image and self.meet_frames > 0:
+        if first_frame_image and self.meet_frames > 0 and max_images < 4:
             return (f"anchor.first_frame_image with schedule=segments and schedule.meet_frames={self.meet_frames}: a "
                     "segment's last frames already take three images (edge map, previous frame, next keyframe) and "
-                    "Qwen-Image-Edit-2509 takes at most three; set schedule.meet_frames=0 (frame 0 is then every "
-                    "segment frame's third image) or anchor.first_frame_image=false")
+                    f"this model takes at most {max_images} (Qwen-Image-Edit-2509 and -2511; Qwen-Image 2.1 takes "
+                    "frame 0 as a fourth); set schedule.meet_frames=0 (frame 0 is then every segment frame's third "
+                    "image) or anchor.first_frame_image=false")
         return None

@@ -27,7 +27,7 @@ from qvedit.files import cache_dir
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, ShapesIO, VideoIO
-from qvedit.settings.model import ModelSettings, ParallelSettings, PerfSettings
+from qvedit.settings.model import RELEASES, ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schedule import ScheduleSettings
@@ -196,6 +196,15 @@ def frame_setting_defaults() -> dict[str, object]:
     return defaults
 
 
+def lightning(release: Any, steps: Any = None) -> str:
+    """``${qvedit.lightning_file:${model.release},8}``: the Lightning LoRA file of ``steps`` steps distilled from the
+    release (its hub repo when ``steps`` is None); "" where none is published."""
+    about = RELEASES.get(str(release))
+    if about is None:
+        return ""
+    return about.lightning_repo if steps is None else about.lightning_file(int(steps))
+
+
 def register_schemas() -> None:
     """Make the schemas available to ``conf/``, and the resolvers its files use (idempotent)."""
     store = ConfigStore.instance()
@@ -204,6 +213,9 @@ def register_schemas() -> None:
         store.store(group="io", name=name, node=node)
     # ${qvedit.cache:demo-clip} -> <cache folder>/demo-clip; the cache folder is $QVEDIT_CACHE or ~/.cache/qvedit
     OmegaConf.register_new_resolver("qvedit.cache", lambda sub="": str(cache_dir() / sub), replace=True)
+    # experiment=lightning's LoRA: the hub repo and file distilled from the model (model.release), "" for none
+    OmegaConf.register_new_resolver("qvedit.lightning_repo", lambda release: lightning(release, None), replace=True)
+    OmegaConf.register_new_resolver("qvedit.lightning_file", lightning, replace=True)
     # ${qvedit.package:toy/weights} -> the folder of that name inside the installed qvedit package
     OmegaConf.register_new_resolver("qvedit.package", lambda sub="": str(Path(__file__).resolve().parent.parent / sub),
                                     replace=True)

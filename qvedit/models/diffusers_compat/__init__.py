@@ -2,8 +2,9 @@
 
 qvedit never edits site-packages and never copies the denoising loop; where the pipeline offers no
 argument for what qvedit needs, it adapts the pipeline at run time, and all of that is here. Each
-adaptation is listed in ``ADAPTATIONS`` with what it relies on (the decode path lives in ``decode.py``, the
-CFG passes in ``cfg_passes.py``, beside this file); ``tests/test_diffusers_compat.py``
+adaptation is listed in ``ADAPTATIONS`` with what it relies on and the pipeline family it adapts (the decode path
+lives in ``decode.py``, the CFG passes in ``cfg_passes.py``, Qwen-Image 2.1's ``QwenImage21Pipeline`` in
+``qwenimage21.py``, the velocity recorder in ``velocity.py``, beside this file); ``tests/test_diffusers_compat.py``
 runs every check, so a diffusers upgrade that breaks one fails with the adaptation's name. At start
 a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the adaptations at risk.
 """
@@ -11,19 +12,18 @@ a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the 
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-import torch
-
 from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
+from qvedit.models.diffusers_compat import qwenimage21
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
 from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
     check_single_frame, single_frame_convolutions, use_single_frame_convolutions)
 from qvedit.models.diffusers_compat.start import check_start_latents, check_start_schedule
+from qvedit.models.diffusers_compat.velocity import VelocityRecorder, record_velocity, step_sigma  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ def negative_prompt_for(negative_prompt: Optional[str], true_cfg_scale: float) -
     """The ``negative_prompt`` a pipeline call is given: None without true CFG (``true_cfg_scale <= 1``), where
     ``__call__`` would not use it and logs a warning every call that it was passed."""
     return negative_prompt if true_cfg_scale > 1 else None
+
 
 TESTED_DIFFUSERS = "0.42.1"
 
@@ -77,58 +78,7 @@ def pipeline_condition_area() -> int:
     return _pipeline_module().VAE_IMAGE_SIZE
 
 
-# -- 2. the velocity of each scheduler step ---------------------------------------------------------
-
-class VelocityRecorder:
-    """Holds the model output (velocity v) of the scheduler's latest ``step`` call, and the call's sigmas on the
-    CPU (``sigmas``: what ``scheduler.sigmas`` holds on the pipeline's device, final 0 included)."""
-
-    def __init__(self):
-        self.velocity: Optional[torch.Tensor] = None
-        self.sigmas: Optional[torch.Tensor] = None
-
-
-@contextlib.contextmanager
-def record_velocity(scheduler) -> Iterator[VelocityRecorder]:
-    """Record what ``scheduler.step`` is given, for the duration of one pipeline call.
-
-    ``callback_on_step_end`` only sees x_{t-1}; the velocity the step used turns it into an x0
-    estimate. Wrapping the instance's ``step`` leaves the class and the pipeline untouched. The call's
-    ``set_timesteps`` is wrapped too: it runs once more on the CPU first (the same float32 sigmas: they are
-    computed in numpy, then moved), so that ``step_sigma`` reads a sigma without waiting for the device.
-    """
-    recorder = VelocityRecorder()
-    original, set_timesteps = scheduler.step, scheduler.set_timesteps
-
-    def step(model_output, *args, **kwargs):
-        recorder.velocity = model_output
-        return original(model_output, *args, **kwargs)
-
-    @functools.wraps(set_timesteps)  # retrieve_timesteps reads its signature (does it take sigmas?)
-    def set_timesteps_recording(*args, **kwargs):
-        set_timesteps(*args, **{**kwargs, "device": None})
-        recorder.sigmas = scheduler.sigmas.clone()
-        return set_timesteps(*args, **kwargs)
-
-    own = {name: vars(scheduler)[name] for name in ("step", "set_timesteps") if name in vars(scheduler)}
-    scheduler.step, scheduler.set_timesteps = step, set_timesteps_recording
-    try:
-        yield recorder
-    finally:  # an outer recorder's wrappers (nested calls) come back; else the class's methods
-        for name in ("step", "set_timesteps"):
-            if name in own:
-                setattr(scheduler, name, own[name])
-            else:
-                delattr(scheduler, name)
-
-
-def step_sigma(scheduler, recorder: Optional[VelocityRecorder] = None) -> float:
-    """sigma of the latents the scheduler's last ``step`` returned (0 after the final step). With the call's
-    ``recorder`` it is read from the CPU copy of the sigmas (``step_index`` is a Python int): no device sync,
-    which on a GPU would wait for every queued transformer pass (0.49 s of a 2.26 s frame on an H200)."""
-    if recorder is not None and recorder.sigmas is not None:
-        return float(recorder.sigmas[scheduler.step_index])
-    return float(scheduler.sigmas[scheduler.step_index])
+# -- 2. the velocity of each scheduler step: velocity.py (record_velocity, step_sigma) -----------------
 
 # -- 3. decoding packed latents like the pipeline, with gradients: decode.py (LatentDecoder) ------------
 
@@ -301,15 +251,28 @@ def _check_cache_around_compiled_blocks() -> Optional[str]:
                       "self._module_ref.forward = ")
 
 
+def _check_zero_cond_t() -> Optional[str]:
+    from diffusers import QwenImageTransformer2DModel
+
+    if "zero_cond_t" not in inspect.signature(QwenImageTransformer2DModel).parameters:
+        return "QwenImageTransformer2DModel takes no zero_cond_t"
+    if "modulate_index" not in QwenImageTransformer2DModel._cp_plan.get("transformer_blocks.*", {}):
+        return "QwenImageTransformer2DModel._cp_plan no longer splits modulate_index with the sequence"
+    return (_in_source(QwenImageTransformer2DModel.forward, "if self.zero_cond_t:", "[0] * prod(sample[0])")
+            or _in_call("img_shapes = [",
+                        "(1, height // self.vae_scale_factor // 2, width // self.vae_scale_factor // 2)"))
+
+
 @dataclass(frozen=True)
 class Adaptation:
     name: str
     used_by: str
     relies_on: str
     check: Callable[[], Optional[str]]  # None when the assumption holds, else what changed
+    family: str = "qwen_edit_plus"  # the pipeline it adapts (qvedit.models.family): QwenImageEditPlusPipeline's
 
 
-ADAPTATIONS = (
+EDIT_PLUS_ADAPTATIONS = (
     Adaptation("condition_area", "condition_area key",
                "module constant pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE, read by __call__ on every call; "
                "condition image sizes from calculate_dimensions(CONDITION_IMAGE_SIZE / VAE_IMAGE_SIZE, W / H)",
@@ -351,6 +314,10 @@ ADAPTATIONS = (
                "_repeated_blocks names QwenImageTransformerBlock; HookRegistry.register_hook wraps module.forward as "
                "it finds it (the compiled forward) and puts its own forward on the instance",
                _check_cache_around_compiled_blocks),
+    Adaptation("zero_cond_t (2511)", "model=qwen_edit_2511 (with parallel.* degrees, perf.cache)",
+               "the transformer config's zero_cond_t gives condition tokens the t = 0 modulation through "
+               "modulate_index, built from img_shapes with the target image first (as __call__ passes them) and "
+               "split with the sequence by _cp_plan", _check_zero_cond_t),
     Adaptation("start latents", "start.noise, start.strength (qvedit/start/)",
                "prepare_latents draws (B, 1, in_channels // 4, h, w) noise (h, w: the size over vae_scale_factor, "
                "even) and packs it with _pack_latents, and takes given latents as they are; _encode_vae_image gives "
@@ -365,6 +332,8 @@ ADAPTATIONS = (
                "QwenImageCausalConv3d pads time causally by 2 * padding_t zero frames (its _padding) and convolves "
                "with padding 0, so one uncached frame meets only the kernel's last time slice", check_single_frame),
 )
+# QwenImage21Pipeline's (Qwen-Image 2.1), whose checks live in qwenimage21.py
+ADAPTATIONS = EDIT_PLUS_ADAPTATIONS + tuple(Adaptation(*entry, family="qwen_image_21") for entry in qwenimage21.CHECKS)
 
 
 def broken_adaptations() -> list[tuple[Adaptation, str]]:

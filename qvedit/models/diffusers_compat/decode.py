@@ -50,7 +50,7 @@ class LatentDecoder:
         z = self.pipe._unpack_latents(latents, self.height, self.width, self.pipe.vae_scale_factor)
         z = z.to(self.vae.dtype)
         if self.tiny is None:
-            z = z / self.inv_std.to(z.device, z.dtype) + self.mean.to(z.device, z.dtype)
+            z = self._denormalise(z)
         if self.latent_size is not None:  # (B, C, 1, h, w): one latent frame
             z = torch.nn.functional.interpolate(z[:, :, 0].float(), size=self.latent_size, mode="bilinear",
                                                 antialias=True, align_corners=False)[:, :, None].to(z.dtype)
@@ -61,6 +61,10 @@ class LatentDecoder:
         else:
             image = self.vae.decode(z, return_dict=False)[0]
         return (image[:, :, 0] / 2 + 0.5).clamp(0, 1)
+
+    def _denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        """The pipeline's ``latents / (1 / latents_std) + latents_mean``, as it writes it (the same rounding)."""
+        return z / self.inv_std.to(z.device, z.dtype) + self.mean.to(z.device, z.dtype)
 
     def _decode_checkpointed(self, z: torch.Tensor) -> torch.Tensor:
         """``vae.decode`` for one frame, block by block under activation checkpointing.

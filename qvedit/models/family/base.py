@@ -1,0 +1,81 @@
+"""``Family``: what the loop asks a model family (one diffusers pipeline class); each family module fills it in."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import ContextManager, Optional
+
+import torch
+
+from qvedit.models.diffusers_compat import negative_prompt_for
+
+
+@dataclass(frozen=True)
+class Family:
+    """One pipeline class and how qvedit drives it. Instances are frozen: ``configured(model)`` gives the one a run's
+    ``model`` settings ask for; the class defaults describe the family."""
+
+    name: str = ""  # qwen_edit_plus | qwen_image_21
+    title: str = ""  # what README and messages call it
+    pipeline_class: str = ""  # the diffusers class, as model_index.json names it
+    transformer_class: str = ""  # its transformer's class
+    max_images: int = 3  # condition images one call takes
+    size_multiple: int = 16  # the pipeline generates at multiples of this (it rounds other sizes down)
+    lora_markers: tuple = ()  # module names only this family's transformer has (LoRA keys that name them are its own)
+
+    def configured(self, model) -> "Family":
+        """This family with the call settings of ``model`` (``qvedit.settings.model.ModelSettings``)."""
+        return self
+
+    def pipeline_type(self) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class)
+
+    # -- what a call looks like ------------------------------------------------------------------------------------
+
+    def condition_sizes(self, image_size: tuple[int, int], area: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((W, H) the vision-language encoder sees, (W, H) the VAE encodes) for a condition image of ``image_size``
+        (W, H) at ``area`` pixels."""
+        raise NotImplementedError
+
+    def conditions(self, area: int) -> ContextManager:
+        """The context one call runs in to encode its condition images at ``area`` pixels (none by default)."""
+        return contextlib.nullcontext()
+
+    def call_arguments(self, area: int, true_cfg_scale: float, negative_prompt: str) -> dict:
+        """The family's own arguments of one pipeline call: the condition size where it is an argument, the negative
+        prompt where it is used (None without true CFG: ``negative_prompt_for``), the sampling grid ..."""
+        return {"negative_prompt": negative_prompt_for(negative_prompt, true_cfg_scale),
+                "true_cfg_scale": true_cfg_scale}
+
+    def rgb(self, image: torch.Tensor) -> torch.Tensor:
+        """The RGB channels of one image of the pipeline's ``output_type="pt"`` output, (C, H, W) in [0, 1]."""
+        return image
+
+    def decoder(self, pipe, height: int, width: int, checkpointing: bool = False, long_side: Optional[int] = None,
+                tiny=None):
+        """The differentiable decode of packed latents along the pipeline's own path (``diffusers_compat``)."""
+        raise NotImplementedError
+
+    # -- what it takes ---------------------------------------------------------------------------------------------
+
+    def refusal(self, ttlg, perf, parallel) -> Optional[str]:
+        """Why a qvedit feature these settings turn on does not fit this family (one line), or None; before the model
+        loads. ``ttlg``, ``perf``, ``parallel``: those groups' settings."""
+        return None
+
+    def start_problem(self, start) -> Optional[str]:
+        """Why this family's calls cannot start as ``start`` (``qvedit.settings.start.StartSettings``) says (one line),
+        or None; before the model loads, and again where a clip's frames are made (``qvedit.editor.FrameMaker``)."""
+        return None
+
+    def loaded_problem(self, pipe, condition_image: tuple[int, int], steps: list[int]) -> Optional[str]:
+        """Why the loaded ``pipe`` cannot make this run's calls (one line), or None: ``condition_image`` is the (W, H)
+        of its condition images, ``steps`` ({key: value}) every ``num_inference_steps`` its calls take."""
+        return None
+
+    def replace(self, **changes) -> "Family":
+        return dataclasses.replace(self, **changes)
