@@ -81,7 +81,7 @@ def test_help_is_qvedits_own(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     text = result.stdout
     assert text.startswith("qvedit: video editing with Qwen-Image-Edit-2509")
-    assert "io:             frames (default), demo, demo_long, video" in text
+    assert "io:             frames (default), demo, demo_long, shapes, video" in text
     assert ("ttlg:           off (default), edge, edge_gram, edge_gram_color, edge_gram_flow, edge_gram_temporal, "
             "gram") in text
     assert "flow:           dis (default), raft" in text

@@ -66,12 +66,14 @@ def test_every_io_config_instantiates(name, clip, tmp_path):
         overrides = ["io=demo"]
     elif name == "demo_long":
         overrides = ["io=demo_long", "io.length=4"]
+    elif name == "shapes":
+        overrides = ["io=shapes", "io.length=4"]
     else:
         overrides = [f"io={name}", f"io.init_frame={init}", f"io.edge_frames_dir={edges}"]
     io = instantiate(make(overrides).io)
     source = open_source(io, RunLayout.resolve(tmp_path / "run", io, MetricsSettings()))
     assert isinstance(source, FrameSource) and len(source) >= 1
-    if name == "demo_long":
+    if name in ("demo_long", "shapes"):
         assert len(source) == 3 and source.has_source_frames
 
 

@@ -36,7 +36,7 @@ def test_frame_affecting_keys_are_the_tagged_ones():
     cache = {"perf.cache", "perf.cache_interval", "perf.cache_start_step", "perf.cache_stop_step", "perf.cache_order",
              "perf.cache_threshold"}
     assert {k for k in keys if k.startswith("perf.")} == {"perf.quantize", "perf.fp8_keep_bf16",
-                                                          "perf.layerwise_fp8_storage", *cache}
+                                                          "perf.layerwise_fp8_storage", "perf.single_frame_vae", *cache}
     video = set(frame_settings(make(["io=video"])))
     assert {"io.rgb_video", "io.edge_video", "io.edge_op"} <= video and "io.keep_frames" not in video
 
