@@ -158,12 +158,12 @@ class Job:
         ttlg, io, metrics, anchor = build(cfg.ttlg), build(cfg.io), build(cfg.metrics), build(cfg.anchor)
         model, perf, flow_settings, logger = build(cfg.model), build(cfg.perf), build(cfg.flow), build(cfg.logger)
         first_frame_settings, schedule, start = build(cfg.first_frame), schedule_of(cfg), build(cfg.start)
+        torchao_only_for_fp8(perf.quantize)  # before the checks below may import diffusers (the scheduler's config)
         family = family_for(model)  # what the model's pipeline takes (qvedit.models.family)
         refuse(model.entry_problem(), model.family_problem(call_steps(settings, first_frame_settings)),
                first_frame_settings.conflict(), family.refusal(ttlg, perf, team.settings), family.start_problem(start),
                start.problem(settings.num_inference_steps), start.schedule_problem(schedule.segments),
                planned_schedule_problem(model, settings.num_inference_steps))
-        torchao_only_for_fp8(perf.quantize)  # before check_model may import diffusers
         layout = RunLayout.resolve(run_dir, io, metrics, settings.debug_dir, is_main=team.is_main)
         layout.check()
         refuse(layout.input_problem(input_paths(cfg), "hydra.sweep.dir" if in_sweep() else "hydra.run.dir"))

@@ -105,7 +105,8 @@ def test_resume_refuses_other_anchor_settings_listing_the_key(tmp_path):
             return compose("config", overrides=["experiment=tiny_cpu", "io=demo", *overrides])
 
     check_or_record(tmp_path, frame_settings(config()))
-    (tmp_path / "00000.png").write_bytes(b"")
+    for made in ("00000.png", "00001.png"):  # frames made (frame 0 alone: a run that made none, started afresh)
+        (tmp_path / made).write_bytes(b"")
     for preset, listed in (("anchor=color", "anchor.color: 'none' -> 'mean_std'"),
                            ("anchor=first_frame", "anchor.first_frame_image: False -> True"),
                            ("anchor.every=4", "anchor.every: None -> 4")):

@@ -63,7 +63,7 @@ def test_cpu_threads_wait_passively_and_what_a_user_set_is_kept(monkeypatch):
 def readme_demo_output() -> str:
     """The demo's printed lines as the README shows them (its first code block after the demo's paragraph)."""
     readme = (REPO / "README.md").read_text()
-    block = readme[readme.index("qvedit: made frames 1..8 of 9", readme.index("The demo builds")):]
+    block = readme[readme.index("qvedit: made frames 1..8 of 9", readme.index("The demo runs")):]
     return block[:block.index("```")].split("qvedit: made frames", 1)[1]
 
 
@@ -125,7 +125,7 @@ def test_no_inputs_names_the_missing_keys_and_the_demo_and_leaves_no_folder(tmp_
 def test_the_demo_never_writes_its_clip_outside_the_cache(tmp_path):
     result = qvedit("experiment=demo", f"io.init_frame={tmp_path / 'typo' / 'init.png'}",
                     f"hydra.run.dir={tmp_path / 'run'}")
-    one_line_error(result, "io=demo makes its clip only in", "io=frames")
+    one_line_error(result, "io=shapes makes its clip only in", "io=frames")  # the demo's clip
     assert not (tmp_path / "typo").exists()
 
 

@@ -243,7 +243,8 @@ def test_loras_are_frame_settings_left_out_of_folder_names_and_resumed_by_value(
     folder = tmp_path / "frames"
     folder.mkdir()
     check_or_record(folder, settings)
-    (folder / "00000.png").write_bytes(b"")
+    for made in ("00000.png", "00001.png"):  # frames made (frame 0 alone: a run that made none, started afresh)
+        (folder / made).write_bytes(b"")
     check_or_record(folder, frame_settings(cfg))  # the same LoRAs: resumes
     with pytest.raises(QveditError, match=r"model.loras: \[.*'scale': 0.5\}\] -> \[.*'scale': 1.0\}\]"):
         check_or_record(folder, frame_settings(make(["model.loras=[{path:/loras/a.safetensors,scale:1.0}]",

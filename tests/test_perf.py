@@ -339,7 +339,8 @@ def test_a_clip_started_in_bf16_is_not_finished_in_fp8(tmp_path):
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         base, fast, vram24, fp8_run, fewer_kept = (compose("config", overrides=o) for o in (
             [], ["perf=fast"], ["perf=vram24"], ["perf=fp8"], ["perf.fp8_keep_bf16=[proj_out]"]))
-    (tmp_path / "00000.png").write_bytes(b"")
+    for made in ("00000.png", "00001.png"):  # frames made (frame 0 alone: a run that made none, started afresh)
+        (tmp_path / made).write_bytes(b"")
     before = {k: v for k, v in frame_settings(base).items() if not k.startswith("perf.")}
     (tmp_path / ".qvedit-run.yaml").write_text(yaml.safe_dump(before, allow_unicode=True))
     for same in (base, fast, vram24):

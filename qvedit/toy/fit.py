@@ -57,6 +57,7 @@ class VAEStage:
     def __init__(self, vae, recipe: Recipe, frames: np.ndarray, edges: np.ndarray):
         """frames, edges: (N, H, W, 3) uint8, the frames (every style, and the sources) and edge maps to learn from."""
         self.vae, self.recipe, self.frames, self.edges = vae.train(), recipe, frames, edges
+        self.device = next(vae.parameters()).device  # batches are drawn on the CPU and moved there
         self.optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
 
     def step(self, step: int) -> float:
@@ -66,7 +67,7 @@ class VAEStage:
         picked = np.concatenate([self.frames[rng.choice(len(self.frames), recipe.vae_batch - edge_count)],
                                  self.edges[rng.choice(len(self.edges), edge_count)]])
         top, left = (int(rng.integers(0, side - recipe.vae_crop + 1)) for side in picked.shape[1:3])
-        batch = to_model_range(picked[:, top:top + recipe.vae_crop, left:left + recipe.vae_crop])
+        batch = to_model_range(picked[:, top:top + recipe.vae_crop, left:left + recipe.vae_crop]).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = cosine_lr(recipe.vae_lr, step, recipe.vae_steps, warmup=50)
         latents = self.vae.encode(batch).latent_dist.mean  # the mode, as the pipeline encodes its images
@@ -92,7 +93,8 @@ class VAEStage:
 def normalise_latents(vae, frames: np.ndarray) -> None:
     """Set ``latents_mean`` / ``latents_std`` in the VAE's config from the per-channel statistics of ``frames``'
     latents, so the normalised latents the transformer sees have zero mean and unit deviation per channel."""
-    latents = torch.cat([vae.encode(to_model_range(frames[i:i + 64])).latent_dist.mode()
+    device = next(vae.parameters()).device
+    latents = torch.cat([vae.encode(to_model_range(frames[i:i + 64]).to(device)).latent_dist.mode().cpu()
                          for i in range(0, len(frames), 64)])
     mean = latents.mean(dim=(0, 2, 3, 4))
     std = latents.std(dim=(0, 2, 3, 4)).clamp(min=1e-3)
@@ -106,7 +108,8 @@ def encode_frames(vae, frames: np.ndarray) -> torch.Tensor:
     (``_encode_vae_image``: the posterior's mode, then (z - latents_mean) / latents_std)."""
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    out = [((vae.encode(to_model_range(frames[i:i + 64])).latent_dist.mode() - mean) / std)[:, :, 0]
+    device = next(vae.parameters()).device
+    out = [((vae.encode(to_model_range(frames[i:i + 64]).to(device)).latent_dist.mode().cpu() - mean) / std)[:, :, 0]
            for i in range(0, len(frames), 64)]
     return torch.cat(out).half()
 
@@ -127,6 +130,7 @@ class TransformerStage:
     def __init__(self, transformer, recipe: Recipe, latents: dict, prompts: dict, styles: list[str], pack, mu: float):
         self.transformer, self.recipe, self.latents = transformer.train(), recipe, latents
         self.prompts, self.styles, self.pack, self.mu = prompts, styles, pack, mu
+        self.device = next(transformer.parameters()).device  # latents and noise stay on the CPU, batches move
         self.ema = copy.deepcopy(transformer).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(transformer.parameters(), lr=recipe.lr, betas=(0.9, 0.99),
                                            weight_decay=0.01)
@@ -135,7 +139,7 @@ class TransformerStage:
         """(B, N, 4C) packed latents of (kind, clip, frame) triples."""
         frames = torch.stack([self.latents[kind][clip, frame] for kind, clip, frame in where]).float()
         batch, channels, height, width = frames.shape
-        return self.pack(frames, batch, channels, height, width)
+        return self.pack(frames, batch, channels, height, width).to(self.device)
 
     def step(self, step: int) -> float:
         recipe = self.recipe
@@ -146,8 +150,9 @@ class TransformerStage:
         x0 = self.packed([(e.target[0], e.clip, e.target[1]) for e in examples])
         conditions = [self.packed([(e.conditions[i][0], e.clip, e.conditions[i][1]) for e in examples])
                       for i in range(len(examples[0].conditions))]
-        noise = torch.randn(x0.shape, generator=torch_rng)
-        sigma = flow_sigmas(torch.rand(len(examples), generator=torch_rng).clamp(1e-4, 1 - 1e-4), self.mu)
+        noise = torch.randn(x0.shape, generator=torch_rng).to(self.device)  # drawn on the CPU: any device, same noise
+        sigma = flow_sigmas(torch.rand(len(examples), generator=torch_rng).clamp(1e-4, 1 - 1e-4), self.mu).to(
+            self.device)
         noisy = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         embeds, mask = self.prompt_batch(rng, examples)
         height, width = (s // 2 for s in self.latents["styled"].shape[-2:])
@@ -179,7 +184,7 @@ class TransformerStage:
         longest = max(e.shape[0] for e, _ in chosen)
         embeds = torch.stack([F.pad(e, (0, 0, 0, longest - e.shape[0])) for e, _ in chosen]).float()
         mask = torch.stack([F.pad(m, (0, longest - m.shape[0])) for _, m in chosen])
-        return embeds, mask
+        return embeds.to(self.device), mask.to(self.device)
 
     def state(self) -> dict:
         return {"transformer": self.transformer.state_dict(), "ema": self.ema.state_dict(),

@@ -2,6 +2,7 @@
 
     python -m qvedit.toy.train                 # into runs/toy-train: checkpoints, then runs/toy-train/model
     python -m qvedit.toy.train --publish       # the same, then the model replaces qvedit/toy/weights (model=toy)
+    python -m qvedit.toy.train --device cuda --out runs/toy-train-gpu   # on a GPU
 
 Stages (each checkpointed; the same command again goes on from the last checkpoint): the training clips are drawn
 (``qvedit.toy.data``), the VAE learns to reconstruct them, the frames are encoded and the prompts' encodings are
@@ -47,8 +48,8 @@ def weight_hashes(folder: Path) -> dict[str, str]:
 class Run:
     """One training run in its folder ``out``: the recipe, the checkpoints of each stage, the model at the end."""
 
-    def __init__(self, out: Path, recipe: Recipe, quiet: bool = False):
-        self.out, self.recipe, self.quiet = out, recipe, quiet
+    def __init__(self, out: Path, recipe: Recipe, quiet: bool = False, device: str = "cpu"):
+        self.out, self.recipe, self.quiet, self.device = out, recipe, quiet, device
         self.seconds: dict[str, float] = {}
         self.claim()
 
@@ -84,7 +85,7 @@ class Run:
         if not path.is_file():
             return 0, None
         try:
-            state = torch.load(path, weights_only=True)
+            state = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as err:  # a damaged checkpoint: say which, and how to go on
             raise QveditError(f"checkpoint {path} does not load ({type(err).__name__}): delete it to redo that stage "
                               "from its start") from None
@@ -140,6 +141,8 @@ class Run:
             return model_dir
         frames, styles = self.clips()
         pipe = build_pipeline()
+        pipe.vae.to(self.device)  # the text encoder stays on the CPU: it encodes the prompts' pools once
+        pipe.transformer.to(self.device)
         restyled = [c for c, style in enumerate(styles) if style != "none"]
         pool = np.concatenate([frames["styled"].reshape(-1, *frames["styled"].shape[2:]),
                                frames["source"][restyled].reshape(-1, *frames["source"].shape[2:])])
@@ -158,13 +161,13 @@ class Run:
                                      pipe._pack_latents, mu)
         self.fit("transformer", stage, self.recipe.transformer_steps)
         pipe.transformer = stage.ema
-        return self.write_model(pipe, model_dir)
+        return self.write_model(pipe.to("cpu"), model_dir)
 
     def encoded(self, pipe, frames: dict) -> dict:
         """Every training frame's normalised latents and the prompts' pooled encodings, made once and kept."""
         path = self.out / "encoded.pt"
         if path.is_file():
-            return torch.load(path, weights_only=True)
+            return torch.load(path, weights_only=True, map_location="cpu")
         from qvedit.toy import fit
 
         began = time.perf_counter()
@@ -214,11 +217,17 @@ class Run:
             record = {"recipe": self.recipe.as_dict(), "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
                       "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                                   "processor": platform.processor() or platform.machine(),
-                                  "torch": torch.__version__, "load_average": [round(v, 2) for v in os.getloadavg()]},
+                                  "torch": torch.__version__, "load_average": [round(v, 2) for v in os.getloadavg()],
+                                  "device": device_name(self.device)},
                       "files": weight_hashes(staging)}
             (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
         log.info("the toy model is in %s (%s)", model_dir, ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         return model_dir
+
+
+def device_name(device: str) -> str:
+    """What trained it: "cpu", or the GPU's name."""
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
 def publish(model_dir: Path, target: Path = WEIGHTS) -> Path:
@@ -248,6 +257,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/toy-train", help="the run's folder (checkpoints, then model/)")
     parser.add_argument("--publish", action="store_true", help="copy the finished model into qvedit/toy/weights")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    parser.add_argument("--device", default="cpu", help="where the VAE and the transformer train: cpu (default), "
+                        "cuda or cuda:N (the weights differ from a CPU run's in their last bits)")
     for field in fields(Recipe):  # every recipe value can be changed (a smaller run for a try, a test)
         if field.name != "size":
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
@@ -255,7 +266,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     recipe = replace(Recipe(), **{f.name: getattr(args, f.name) for f in fields(Recipe) if f.name != "size"})
     try:
-        model_dir = Run(Path(args.out), recipe, args.quiet).train()
+        from qvedit.devices import check_device
+
+        model_dir = Run(Path(args.out), recipe, args.quiet, check_device(args.device)).train()
         if args.publish:
             log.info("published: %s", publish(model_dir))
     except QveditError as err:
