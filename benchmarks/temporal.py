@@ -1,7 +1,7 @@
 """Frames tied where they are made: every start (noise x strength) against the warp error and the seconds a frame.
 
     python benchmarks/temporal.py --out runs/temporal-bench                  # tiny model, CPU, the README's figures
-    python benchmarks/temporal.py --model toy --out DIR                     # another model (conf/model/toy.yaml)
+    python benchmarks/temporal.py --model toy --clips shapes --out DIR      # the toy model on a clip of shapes
     python benchmarks/temporal.py --out DIR -- model.model_id=/m dtype=bf16  # any overrides, passed to every run
     python benchmarks/temporal.py --jobs 2 --out DIR                        # both clips at once (OMP_NUM_THREADS=1)
     python benchmarks/temporal.py --reuse --out DIR                         # finished sweeps kept: the table again
@@ -47,8 +47,8 @@ PRESETS = {("independent", 1.0): "fresh", ("shared", 1.0): "shared", ("warped", 
 
 
 def clip_overrides(clip: str, args, out: Path) -> list[str]:
-    if clip == "demo_long":
-        return ["io=demo_long", f"io.length={args.length}"]
+    if clip in ("demo_long", "shapes"):  # shapes: a clip the toy model never saw (io.clip_seed's default)
+        return [f"io={clip}", f"io.length={args.length}"]
     from qvedit.io.photo_clip import write_photo_clip
 
     folder = write_photo_clip(out / "clips" / f"{args.photo}-{args.length}", args.photo, args.length)
@@ -57,7 +57,8 @@ def clip_overrides(clip: str, args, out: Path) -> list[str]:
 
 def sweep_command(clip: str, args, out: Path) -> tuple[list[str], Path]:
     sweep = out / f"{clip}-{args.model}"
-    command = [sys.executable, "-m", "qvedit", "-m", "experiment=tiny_cpu", f"model={args.model}",
+    experiment = "toy_cpu" if args.model == "toy" else "tiny_cpu"  # the toy model's own CPU settings
+    command = [sys.executable, "-m", "qvedit", "-m", f"experiment={experiment}", f"model={args.model}",
                f"num_inference_steps={args.steps}", *clip_overrides(clip, args, out),
                f"start.noise={','.join(NOISES)}", f"start.strength={','.join(f'{s:g}' for s in args.strengths)}",
                f"ttlg={','.join(TTLG)}", f"seed={','.join(map(str, args.seeds))}", *args.overrides,
@@ -115,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="benchmarks/temporal.py", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run (after --)")
     parser.add_argument("--model", default="tiny", help="model=NAME for every run (default: tiny)")
-    parser.add_argument("--clips", nargs="+", choices=("demo_long", "photo"), default=["demo_long", "photo"])
+    parser.add_argument("--clips", nargs="+", choices=("demo_long", "photo", "shapes"), default=["demo_long", "photo"],
+                        help="demo_long (a synthetic pan), photo (a photograph panned and zoomed), shapes (a clip of "
+                        "shapes the toy model never saw: use it with --model toy)")
     parser.add_argument("--photo", default="astronaut", help="the photograph of the photo clip (qvedit.io.photo_clip)")
     parser.add_argument("--length", type=whole(3, 10_000), default=16,
                         help="frames of each clip, frame 0 included (frames 2.. are judged; default %(default)s)")
