@@ -41,4 +41,7 @@ def main(run: Path, out: Path = Path(__file__).with_name("demo.png")) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "unguided" / "frames").is_dir():
+        sys.exit("qvedit: error: give the folder of a finished python -m qvedit experiment=demo run "
+                 "(it holds frames/ and unguided/frames/): python docs/images/make_demo.py RUN_FOLDER")
     main(Path(sys.argv[1]))
