@@ -270,7 +270,11 @@ def refused(tmp_path, monkeypatch, *overrides) -> str:
     (["start.noise=flowing"], "start.noise='flowing' is not valid: use independent, shared or warped"),
     (["num_inference_steps=1"], "num_inference_steps=1 cannot run with this model's scheduler: it stretches its "
                                 "sigmas so that the last step starts at shift_terminal=0.02"),
-], ids=["zero", "too low", "nan", "above 1", "unknown noise", "one step"])
+    (["start=warped_previous", "schedule=segments", "schedule.keyframe_every=2"],
+     "start.noise=warped start.strength=0.6 ties each frame to the one before along one chain, and "
+     "schedule=segments makes the clip in separate segments: use schedule=chain with this start, or start=fresh "
+     "with schedule=segments"),
+], ids=["zero", "too low", "nan", "above 1", "unknown noise", "one step", "segments"])
 def test_a_start_that_cannot_run_is_one_line_before_the_model_loads(tiny_pipe, tmp_path, monkeypatch, overrides,
                                                                     message):
     """(tiny_pipe: the tiny model's folder is there, whose scheduler config is read before it loads)"""
