@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from qvedit.models.diffusers_compat import negative_prompt_for
 
 
 @dataclass(frozen=True)
-class Family:
+class Family(abc.ABC):
     """One pipeline class and how qvedit drives it. Instances are frozen: ``configured(model)`` gives the one a run's
     ``model`` settings ask for; the class defaults describe the family."""
 
@@ -36,10 +37,10 @@ class Family:
 
     # -- what a call looks like ------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def condition_sizes(self, image_size: tuple[int, int], area: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((W, H) the vision-language encoder sees, (W, H) the VAE encodes) for a condition image of ``image_size``
         (W, H) at ``area`` pixels."""
-        raise NotImplementedError
 
     def conditions(self, area: int) -> ContextManager:
         """The context one call runs in to encode its condition images at ``area`` pixels (none by default)."""
@@ -55,10 +56,10 @@ class Family:
         """The RGB channels of one image of the pipeline's ``output_type="pt"`` output, (C, H, W) in [0, 1]."""
         return image
 
+    @abc.abstractmethod
     def decoder(self, pipe, height: int, width: int, checkpointing: bool = False, long_side: Optional[int] = None,
                 tiny=None):
         """The differentiable decode of packed latents along the pipeline's own path (``diffusers_compat``)."""
-        raise NotImplementedError
 
     # -- what it takes ---------------------------------------------------------------------------------------------
 
