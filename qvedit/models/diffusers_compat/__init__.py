@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
 from qvedit.models.diffusers_compat import qwenimage21
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
+from qvedit.models.diffusers_compat.fragments import missing_fragment
 from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
     check_single_frame, single_frame_convolutions, use_single_frame_convolutions)
 from qvedit.models.diffusers_compat.start import check_start_latents, check_start_schedule
@@ -123,13 +124,8 @@ def _in_call(*fragments: str) -> Optional[str]:
 def _in_source(function: Optional[Callable], *fragments: str) -> Optional[str]:
     """None if every fragment appears in ``function``'s source (None: ``__call__``'s), in this order."""
     source = _call_source() if function is None else inspect.getsource(function)
-    where, position = "QwenImageEditPlusPipeline.__call__" if function is None else function.__qualname__, 0
-    for fragment in fragments:
-        found = source.find(fragment, position)
-        if found < 0:
-            return f"{where} no longer contains {fragment!r} (after the fragments before it)"
-        position = found + len(fragment)
-    return None
+    return missing_fragment(source, "QwenImageEditPlusPipeline.__call__" if function is None else function.__qualname__,
+                            fragments)
 
 
 def _has(owner, *names: str) -> Optional[str]:

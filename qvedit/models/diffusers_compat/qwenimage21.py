@@ -23,6 +23,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from qvedit.models.diffusers_compat.decode import LatentDecoder
+from qvedit.models.diffusers_compat.fragments import missing_fragment
 
 RGB = 3  # the channels of the VAE's RGBA image qvedit keeps
 
@@ -99,13 +100,8 @@ class LatentDecoder21(LatentDecoder):
 def in_source(function: Optional[Callable], *fragments: str) -> Optional[str]:
     """None if every fragment appears in ``function``'s source (None: ``QwenImage21Pipeline.__call__``), in order."""
     source = call_source() if function is None else inspect.getsource(function)
-    where, position = "QwenImage21Pipeline.__call__" if function is None else function.__qualname__, 0
-    for fragment in fragments:
-        found = source.find(fragment, position)
-        if found < 0:
-            return f"{where} no longer contains {fragment!r} (after the fragments before it)"
-        position = found + len(fragment)
-    return None
+    return missing_fragment(source, "QwenImage21Pipeline.__call__" if function is None else function.__qualname__,
+                            fragments)
 
 
 def check_condition_size() -> Optional[str]:
