@@ -22,6 +22,7 @@ from qvedit.settings.run import RunSettings
 from qvedit.settings.schema import register_schemas
 from qvedit.settings.start import StartSettings
 from tests.conftest import REPO, write_clip
+from tests.test_anchor import PipeSpy
 
 register_schemas()
 EDIT_PLUS, IMAGE_21 = FAMILIES["qwen_edit_plus"], FAMILIES["qwen_image_21"]
@@ -67,18 +68,6 @@ def test_a_loaded_21_pipeline_whose_encoder_or_grid_does_not_fit_the_run_is_one_
         "takes 4 steps, but first_frame.num_inference_steps=40: set first_frame.num_inference_steps=4")
 
 
-class Spy:
-    def __init__(self, pipe):
-        self.pipe, self.calls = pipe, []
-
-    def __getattr__(self, name):
-        return getattr(self.pipe, name)
-
-    def __call__(self, **kwargs):
-        self.calls.append(kwargs)
-        return self.pipe(**kwargs)
-
-
 def test_a_fixed_grid_and_the_kv_cache_switch_reach_qwen_image_21s_call(tiny_21_pipe, tmp_path):
     """model.sample_sigmas and model.kv_cache go to the pipeline as sigmas= and use_kv_cache=; the frame has as many
     steps as the grid, guided as a run of that many steps."""
@@ -86,7 +75,7 @@ def test_a_fixed_grid_and_the_kv_cache_switch_reach_qwen_image_21s_call(tiny_21_
     family = family_for(ModelSettings(release="2.1", kv_cache=False, sample_sigmas=[1.0, 0.7, 0.35]))
     settings = RunSettings(prompt="p", num_inference_steps=3, true_cfg_scale=1.0, condition_area="output")
     source = FrameFolders(str(init), str(edges))
-    spy = Spy(tiny_21_pipe)
+    spy = PipeSpy(tiny_21_pipe)
     outputs = ClipOutputs(FrameWriter(tmp_path / "out"))
     edit_clip(spy, source, outputs, settings, TTLGSettings(edge_scale=1, last_steps=None),
               plan=ClipPlan.of(settings, source, family))
@@ -137,7 +126,7 @@ def test_fp8_keeps_21s_layers_outside_the_blocks_and_its_mlp_down_projections_in
 
 
 def test_a_wrapped_pipeline_is_known_by_its_transformer(tiny_21_pipe):
-    assert family_of(tiny_21_pipe) is family_of(Spy(tiny_21_pipe)) is IMAGE_21
+    assert family_of(tiny_21_pipe) is family_of(PipeSpy(tiny_21_pipe)) is IMAGE_21
     with pytest.raises(ValueError, match="qvedit runs QwenImageEditPlusPipeline, QwenImage21Pipeline, not Image"):
         family_of(Image.new("RGB", (1, 1)))
 

@@ -14,6 +14,8 @@ tiny model on the CPU; ``tests/test_cli.py`` shows that a QveditError reaches th
 import dataclasses
 import itertools
 import math
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from omegaconf import DictConfig
 from PIL import Image
 
 from qvedit.errors import QveditError
@@ -146,6 +149,27 @@ def one_line(message: str) -> None:
     assert "\n" not in message and message.strip(), repr(message)
 
 
+def run_or_one_line(overrides: list[str], run_dir) -> Optional[tuple[DictConfig, Path]]:
+    """Run ``overrides`` as python -m qvedit does (their keys and values checked, composed, run into ``run_dir``):
+    (the config, its frames folder), or None where it stopped, each way out with one line."""
+    problems = unknown_overrides(overrides) + override_problems(overrides)
+    for problem in problems:
+        one_line(problem)
+    if problems:
+        return None
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+            cfg = compose("config", overrides=overrides)
+    except HydraException as err:
+        one_line(hydra_error_line(err))
+        return None
+    try:
+        return cfg, run(cfg, run_dir)
+    except QveditError as err:
+        one_line(str(err))
+        return None
+
+
 @settings(max_examples=14, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(chosen=text_overrides(), backend=st.sampled_from(["none", "mlflow"]))
@@ -158,22 +182,10 @@ def test_any_logger_tuning_or_path_value_runs_or_stops_with_one_line(tiny_pipe, 
     chosen = [override.replace("{d}", str(folder)) for override in chosen]
     overrides = [*BASE, "max_frames=2", "metrics=none", f"logger={backend}", f"io.init_frame={init}",
                  f"io.edge_frames_dir={edges}", f"logger.tracking_uri='sqlite:///{folder}/afile/mlflow.db'", *chosen]
-    problems = unknown_overrides(overrides) + override_problems(overrides)
-    for problem in problems:
-        one_line(problem)
-    if problems:
+    made = run_or_one_line(overrides, folder / "run")
+    if made is None:
         return
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-            cfg = compose("config", overrides=overrides)
-    except HydraException as err:
-        one_line(hydra_error_line(err))
-        return
-    try:
-        frames_dir = run(cfg, folder / "run")
-    except QveditError as err:
-        one_line(str(err))
-        return
+    _, frames_dir = made
     assert len(sorted(frames_dir.glob("*.png"))) == 2
 
 
@@ -236,22 +248,10 @@ def test_any_anchor_first_frame_decoder_or_cache_value_runs_or_stops_with_one_li
     guidance = ["ttlg=edge", "ttlg.last_steps=1"] if guided else []
     overrides = [*BASE, "max_frames=2", "metrics=none", "first_frame.num_inference_steps=2", *guidance,
                  f"io.init_frame={init}", f"io.edge_frames_dir={edges}", *chosen]
-    problems = unknown_overrides(overrides) + override_problems(overrides)
-    for problem in problems:
-        one_line(problem)
-    if problems:
+    made = run_or_one_line(overrides, folder / "run")
+    if made is None:
         return
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-            cfg = compose("config", overrides=overrides)
-    except HydraException as err:
-        one_line(hydra_error_line(err))
-        return
-    try:
-        frames_dir = run(cfg, folder / "run")
-    except QveditError as err:
-        one_line(str(err))
-        return
+    cfg, frames_dir = made
     if cfg.first_frame.only:  # the candidates alone, no clip
         assert not list(frames_dir.glob("*.png")) and list((folder / "run" / "first_frame").glob("candidate_*.png"))
     else:
