@@ -130,8 +130,8 @@ def test_the_command_line_refuses_in_one_line(tmp_path, capsys):
         train.main(["--clips", "many"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "qvedit: error: python -m qvedit.toy.train: argument --clips: invalid int value: 'many' (--help lists the "
-        "options)"]
+        "qvedit: error: python -m qvedit.toy.train: argument --clips: invalid int value: 'many' (python -m "
+        "qvedit.toy.train --help says what each option takes)"]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "recipe.json").write_text(json.dumps(MICRO.as_dict()))
     (tmp_path / "run" / "vae.ckpt").write_bytes(b"not a checkpoint")

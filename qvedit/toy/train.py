@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from qvedit.cli import OneLineParser, run_tool
 from qvedit.errors import QveditError
 from qvedit.files import atomic_folder, atomic_path, write_text_atomic
 from qvedit.models.integrity import TOY_RECORD as RECORD
@@ -243,14 +244,6 @@ def publish(model_dir: Path, target: Path = WEIGHTS) -> Path:
     return target
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose refusals are one ``qvedit: error`` line and exit 2, as qvedit's own commands refuse."""
-
-    def error(self, message: str):
-        print(f"qvedit: error: python -m qvedit.toy.train: {message} (--help lists the options)", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m qvedit.toy.train", description=__doc__.split("\n\n")[0],
                            epilog="Exit codes: 0 trained (or already finished), 2 a problem said in one line.")
@@ -265,16 +258,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     recipe = replace(Recipe(), **{f.name: getattr(args, f.name) for f in fields(Recipe) if f.name != "size"})
-    try:
-        from qvedit.devices import check_device
+    return run_tool(lambda: train(args, recipe))
 
-        model_dir = Run(Path(args.out), recipe, args.quiet, check_device(args.device)).train()
-        if args.publish:
-            log.info("published: %s", publish(model_dir))
-    except QveditError as err:
-        print(f"qvedit: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+def train(args: argparse.Namespace, recipe: Recipe) -> None:
+    from qvedit.devices import check_device
+
+    model_dir = Run(Path(args.out), recipe, args.quiet, check_device(args.device)).train()
+    if args.publish:
+        log.info("published: %s", publish(model_dir))
 
 
 if __name__ == "__main__":
