@@ -17,9 +17,9 @@ SCHEDULE_MODES = ("chain", "segments")
 KEYFRAME_SOURCES = ("first", "previous_keyframe")
 # A segment's last frames that also get the next keyframe as image 3. Measured on io=demo_long (docs/scale-out.md,
 # "One long clip on many GPUs and machines"): on the tiny model, whose random weights barely use the condition
-# images, 0, 1, 2 and 4 such frames gave the seams' warp error within 0.3% of each other (0.02274 .. 0.02269, falling with more),
-# so the measurement cannot choose; 2 gives the model the keyframe on the two frames before the seam for +6% of a
-# segment's time (a three-image frame costs 1.44x, measured on an H200), where 4 would cost +12%.
+# images, 0, 1, 2 and 4 such frames gave the seams' warp error within 0.3% of each other (0.02274 .. 0.02269,
+# falling with more), so the measurement cannot choose; 2 gives the model the keyframe on the two frames before the
+# seam for +6% of a segment's time (a three-image frame costs 1.44x, measured on an H200), where 4 would cost +12%.
 MEET_FRAMES = 2
 
 
