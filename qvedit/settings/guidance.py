@@ -50,9 +50,10 @@ class TTLGSettings:
     temporal_mode: str = setting("plain", frames=True, choices=TEMPORAL_MODES, help=(
         "`plain`: the temporal loss compares with the previous frame as it is; `flow`: with the previous "
         "frame moved along the source frames' optical flow, occlusions left out"))
-    edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS, help="`sobel` or `laplacian`")
+    edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS, help=(
+        "the soft edges the edge loss compares with the edge frame: `sobel` or `laplacian`"))
     vgg_weights: str = setting("imagenet", frames=True, choices=VGG_WEIGHTS, help=(
-        "`imagenet`, or `random` (tests only)"))
+        "VGG16 backbone of the Gram loss: `imagenet`, or `random` (tests only)"))
     # long side (pixels) x0 is decoded at for the losses: the latents are resized first; null = the frame's size
     decode_size: Optional[int] = setting(None, frames=True, min=16, help=(
         "long side (pixels) x0 is decoded at for the losses (the latents are resized first): a cheaper guided"

@@ -103,7 +103,8 @@ def defaults_list() -> dict[str, str]:
 
 def key_table(rows: list[tuple[str, dataclasses.Field, str]]) -> list[str]:
     """A table of (key, field, where) rows."""
-    lines = ["| key | default | takes | changes frames | design flag | meaning |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| key | default | takes | changes frames | design flag | meaning |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for key, field, where in rows:
         tags = tags_of(field)
         meaning = f"{where}: {tags.help}" if where and not tags.help.startswith("`io=") else tags.help

@@ -25,7 +25,7 @@ class GenerationSettings:
     negative_prompt: str = setting(" ", frames=True, flag="--negative_prompt", help=(
         "the negative prompt of true CFG's second pass (used when `true_cfg_scale` > 1)"))
     num_inference_steps: int = setting(50, frames=True, min=1, max=1000, flag="--num_inference_steps", help=(
-        "(`model=qwen_edit_2511`, `qwen_image_21`: 40)"))
+        "denoising steps per frame (`model=qwen_edit_2511`, `qwen_image_21`: 40)"))
     true_cfg_scale: float = setting(4.0, frames=True, min=0, flag="--true_cfg_scale", help=(
         "true CFG: two transformer passes per step when > 1 (`model=qwen_image_21`: 1.0)"))
     seed: int = setting(0, frames=True, min=0, max=2**63 - 1, flag="--seed", help="frame i is seeded from (seed, i)")
@@ -40,8 +40,9 @@ class GenerationSettings:
 class RunSettings(GenerationSettings):
     """The top-level keys: the generation settings, and where and how much a run makes."""
 
-    device: str = setting("cuda", flag="--device", help="`cuda`, `cuda:N` or `cpu`")
-    dtype: str = setting("bf16", frames=True, choices=DTYPE_NAMES, flag="--dtype", help="`bf16`, `fp16` or `fp32`")
+    device: str = setting("cuda", flag="--device", help="where the pipeline runs: `cuda`, `cuda:N` or `cpu`")
+    dtype: str = setting("bf16", frames=True, choices=DTYPE_NAMES, flag="--dtype", help=(
+        "the pipeline's weights and computation: `bf16`, `fp16` or `fp32`"))
     max_frames: Optional[int] = setting(None, min=1, flag="--max_frames", help=(
         "total output frames including frame 0 (>= 1, at most edge frames + 1)"))  # may grow when a run is resumed
     debug_dir: Optional[str] = setting(None, path="output", flag="--save_debug_dir", help=(
