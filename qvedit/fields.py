@@ -13,6 +13,9 @@ that qvedit needs is derived from the tags, never typed:
   key, the words each entry takes): the values a key accepts. ``qvedit.settings.schema.check_values``
   holds a composed config to them before anything is built or loaded, the one place values are checked;
   a numeric key must state its range and a key of words its choices (``tests/test_config.py``).
+- ``help=``: what the key means, in a sentence or two of Markdown. ``docs/configuration.md`` is generated from
+  these (``python -m qvedit.settings.reference``); every key has one (``tests/test_config.py``).
+- ``flag=``: the command-line flag of the original design (docs/METHOD.md, section 6) the key replaces.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Tags:
     min: Optional[float] = None
     max: Optional[float] = None
     choices: tuple = ()
+    help: str = ""
+    flag: Optional[str] = None
 
     @property
     def ranged(self) -> bool:
@@ -43,11 +48,11 @@ class Tags:
 
 def setting(default: Any = dataclasses.MISSING, *, frames: bool = False, path: Optional[str] = None,
             min: Optional[float] = None, max: Optional[float] = None, choices: tuple = (),
-            default_factory: Any = dataclasses.MISSING) -> Any:
+            default_factory: Any = dataclasses.MISSING, help: str = "", flag: Optional[str] = None) -> Any:
     """A dataclass field with qvedit's tags (see the module docstring)."""
     if path not in (None, "input", "output"):
         raise ValueError(f"path={path!r}: use None, 'input' or 'output'")
-    tags = Tags(frames=frames, path=path, min=min, max=max, choices=tuple(choices))
+    tags = Tags(frames=frames, path=path, min=min, max=max, choices=tuple(choices), help=help, flag=flag)
     return dataclasses.field(default=default, default_factory=default_factory, metadata={TAGS: tags})
 
 

@@ -177,65 +177,62 @@ def test_every_key_that_takes_words_names_them():
     assert tags_of(schema_fields()["tuning.objectives"]).choices  # a list: each entry is one of its words
 
 
-def readme_key_rows() -> dict[str, str]:
-    """{key: default cell} of README's "Keys" table (rows ``| `key` | default | ...``)."""
-    rows = {}
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("\n### Keys"):]
-    section = section[:section.index("\n#", 1)]
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 3 and cells[0].startswith("`") and cells[0].endswith("`"):
-            rows[cells[0].strip("`")] = cells[1]
+def documented_key_rows() -> dict[str, list[str]]:
+    """{key: [default cell, ...]} of docs/configuration.md's key tables (rows ``| `key` | default | ...``); a key two
+    io options define apart has a row each."""
+    rows: dict[str, list[str]] = {}
+    for line in (REPO / "docs" / "configuration.md").read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        if len(cells) >= 6 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows.setdefault(cells[0].strip("`"), []).append(cells[1])
     return rows
 
 
 def documented_default(cell: str) -> str:
-    """The value a README default cell states: ``null = <run dir>/frames`` -> ``null``, `` `bf16` `` -> ``bf16``."""
+    """The value a documented default cell states: ``null = <run dir>/frames`` -> ``null``, `` `bf16` `` -> ``bf16``."""
     return cell.split(" = ")[0].split(" (")[0].strip().strip("`").strip('"') or cell.strip().strip("`").strip('"')
 
 
-def schema_defaults() -> dict[str, object]:
-    """Every key of the schema (every io option included) with its default."""
+def schema_defaults() -> list[tuple[str, object]]:
+    """(key, default) of every key of the schema, each io option's own included (``io.length``: 48 and 24)."""
     import dataclasses
 
-    from qvedit.fields import nested_schemas
+    from qvedit.fields import walk
     from qvedit.settings.io import IO_OPTIONS
     from qvedit.settings.schema import QveditConfig
 
-    def walk(cls, prefix=""):
-        nested = nested_schemas(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in nested:
-                yield from walk(nested[f.name], f"{prefix}{f.name}.")
-            elif not f.name.startswith("_") and f.default not in (dataclasses.MISSING, "???"):
-                yield f"{prefix}{f.name}", f.default
-
-    defaults = dict(walk(QveditConfig))
-    for option in IO_OPTIONS:
-        defaults.update(walk(option, "io."))
-    return defaults
+    fields = [*walk(QveditConfig), *(entry for option in IO_OPTIONS for entry in walk(option, "io."))]
+    return [(key, f.default) for key, f in fields if f.default not in (dataclasses.MISSING, "???")]
 
 
-def test_readme_documents_every_config_key_with_its_default():
-    rows = readme_key_rows()
+def states(cell: str, default: object) -> bool:
+    stated = documented_default(cell)
+    if default is None:
+        return stated == "null"
+    if isinstance(default, bool):
+        return stated == str(default).lower()
+    if isinstance(default, (int, float)):
+        return stated.replace(".", "", 1).isdigit() and float(stated) == default
+    return stated == default
+
+
+def test_configuration_page_documents_every_config_key_with_its_default():
+    rows = documented_key_rows()
     defaults = schema_defaults()
-    missing = sorted(set(defaults) - set(rows))
-    assert not missing, f"README's keys table lacks {missing}"
-    wrong = []
-    for key, default in defaults.items():
-        stated = documented_default(rows[key])
-        if default is None:
-            ok = stated == "null"
-        elif isinstance(default, bool):
-            ok = stated == str(default).lower()
-        elif isinstance(default, (int, float)):
-            ok = stated.replace(".", "", 1).isdigit() and float(stated) == default
-        else:
-            ok = stated == default
-        if not ok:
-            wrong.append(f"{key}: README says {rows[key]!r}, the schema {default!r}")
+    missing = sorted({key for key, _ in defaults} - set(rows))
+    assert not missing, f"docs/configuration.md lacks {missing}: run python -m qvedit.settings.reference"
+    wrong = [f"{key}: docs/configuration.md says {rows[key]!r}, the schema {default!r}"
+             for key, default in defaults if not any(states(cell, default) for cell in rows[key])]
     assert not wrong, wrong
+
+
+def test_every_key_says_what_it_means():
+    from qvedit.fields import walk
+    from qvedit.settings.io import IO_OPTIONS
+
+    fields = [*schema_fields().items(), *(entry for option in IO_OPTIONS for entry in walk(option, "io."))]
+    silent = sorted({key for key, f in fields if len(tags_of(f).help.strip()) < 3})
+    assert not silent, f"give these keys a setting(..., help=...) in qvedit/settings/: {silent}"
 
 
 def test_a_composed_config_survives_pickling_with_its_schema():

@@ -79,7 +79,7 @@ def test_the_schema_loads_without_torch_diffusers_or_runtime_modules():
 
 
 # The rooms of the package from the bottom up: a module may import its own room and the rooms of its layer or
-# below, never a room above (README, "How the code is laid out"). A room is a top-level module or a subpackage.
+# below, never a room above (docs/architecture.md). A room is a top-level module or a subpackage.
 LAYERS = (
     ("qvedit", "errors", "fields", "files", "images", "lab", "locks", "stopping", "trust", "launchers", "ranks", "cli",
      "threads", "background"),

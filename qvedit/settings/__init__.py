@@ -3,5 +3,5 @@
 Each module holds dataclasses, their tags and pure methods only, and imports nothing that builds from them
 (``qvedit.errors``, ``qvedit.fields``, ``qvedit.files``, hydra and omegaconf at most): the schema loads
 without torch, diffusers or any runtime module. What a setting does is in the code beside the runtime it
-builds (README, "How the code is laid out").
+builds (docs/architecture.md).
 """

@@ -1,4 +1,4 @@
-"""``anchor/``: what holds a long clip to frame 0 (what each key means: README, "Keys" and "Long clips and drift").
+"""``anchor/``: what holds a long clip to frame 0 (keys: docs/configuration.md and docs/long-clips.md).
 
 Every frame is an edit of the frame before it, so a clip is a chain of edits, and chains drift (colours, detail,
 a creeping shift). Each defence here is off by default and changes the frames (a frame setting).
@@ -21,11 +21,22 @@ COLOR_MODES = ("none", "mean_std", "histogram")  # qvedit.anchor.color implement
 class AnchorSettings:
     """The drift defences: frame 0 as a third image, keyframes made from frame 0, colours held to frame 0's."""
 
-    first_frame_image: bool = setting(False, frames=True)  # image=[edge_k, frame k, frame 0]
-    prompt: str = setting(THREE_IMAGE_PROMPT, frames=True)  # the prompt of the three-image call
-    every: Optional[int] = setting(None, frames=True, min=1)  # frames N, 2N, ... follow frame 0, not the previous
-    color: str = setting("none", frames=True, choices=COLOR_MODES)
-    color_strength: float = setting(1.0, frames=True, min=0, max=1)  # 0 = unchanged, 1 = fully matched
+    first_frame_image: bool = setting(False, frames=True, help=(
+        "frame 0 goes to the pipeline as a third image: `image=[edge_k, frame k, frame 0]`, with "
+        "`anchor.prompt`"))  # image=[edge_k, frame k, frame 0]
+    # the prompt of the three-image call
+    prompt: str = setting(THREE_IMAGE_PROMPT, frames=True, help=(
+        "the prompt of the three-image call (\"deform image 2 into the shape outlined by image 1, keeping the "
+        "appearance of image 3: its colours, textures and style\"); used only with `anchor.first_frame_image`"))
+    # frames N, 2N, ... follow frame 0, not the previous
+    every: Optional[int] = setting(None, frames=True, min=1, help=(
+        "every N-th frame (N, 2N, ...) is made from frame 0 instead of the frame before it; null = never"))
+    color: str = setting("none", frames=True, choices=COLOR_MODES, help=(
+        "each generated frame's colours moved toward frame 0's before it is written and followed: `mean_std` "
+        "(CIELAB mean and deviation) or `histogram` (per RGB channel, scikit-image)"))
+    # 0 = unchanged, 1 = fully matched
+    color_strength: float = setting(1.0, frames=True, min=0, max=1, help=(
+        "with `anchor.color`: 0 = unchanged, 1 = matched (in between: that share of the way)"))
 
     def from_first_frame(self, index: int) -> bool:
         """Whether frame ``index`` (>= 1) is made from frame 0 instead of the frame before it."""

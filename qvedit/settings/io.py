@@ -1,4 +1,4 @@
-"""``io/``: where a clip comes from and where its frames go (what each key means: README, "Keys").
+"""``io/``: where a clip comes from and where its frames go (keys: docs/configuration.md).
 
 Each option of the group is a dataclass here; ``qvedit.io.source.open_source(io, layout)`` gives the
 ``FrameSource`` the editor reads. ``first_frame/`` (frame 0 edited from the source's frame 0 before the
@@ -25,14 +25,25 @@ class FramesIO:
     ``source_frames_dir`` (the original frames 0..T-1), frame 0 may be its first frame and the edge
     frames may be made from its frames 1.. (``edge_op``, saved in ``edges_dir``)."""
 
-    init_frame: Optional[str] = setting(None, frames=True, path="input")
-    edge_frames_dir: Optional[str] = setting(None, frames=True, path="input")
-    out_frames_dir: Optional[str] = setting(None, path="output")
-    resize: str = setting("area", frames=True, choices=RESIZE_MODES)
-    source_frames_dir: Optional[str] = setting(None, frames=True, path="input")  # the original frames 0..T-1
+    init_frame: Optional[str] = setting(None, frames=True, path="input", flag="--init_frame", help=(
+        "frame 0 (with `first_frame.prompt`: the frame 0 to edit); null with `io.source_frames_dir` = its "
+        "first frame"))
+    edge_frames_dir: Optional[str] = setting(None, frames=True, path="input", flag="--edge_frames_dir", help=(
+        "the T-1 edge frames; null with `io.source_frames_dir` = made from its frames 1.. (`io.edge_op`)"))
+    out_frames_dir: Optional[str] = setting(None, path="output", flag="--out_frames_dir", help=(
+        "where the output frames are written; null = `<run dir>/frames`"))
+    resize: str = setting("area", frames=True, choices=RESIZE_MODES, help=(
+        "how edge frames are resized to the init size: `area` or `nearest`"))
+    source_frames_dir: Optional[str] = setting(None, frames=True, path="input", help=(
+        "`io=frames`: the original frames 0..T-1 the edge maps were made from (frame 0's size), for optical "
+        "flow and the colour target; alone, frame 0 and the edge maps come from it; null = flow from the edge"
+        " maps, colour target frame 0's own"))  # the original frames 0..T-1
     # edges made from source frames 1.. (no edge_frames_dir)
-    edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS)
-    edges_dir: Optional[str] = setting(None, path="output")
+    edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS, help=(
+        "operator (`sobel` or `laplacian`) for edges made from `io.rgb_video` (`io=video`) or "
+        "`io.source_frames_dir` (`io=frames`)"))
+    edges_dir: Optional[str] = setting(None, path="output", help=(
+        "where made edges are saved; null = `<run dir>/edges`"))
 
 
 @dataclass
@@ -44,7 +55,9 @@ class DemoIO(FramesIO):
 class LongDemoIO(DemoIO):
     """``io=demo_long``: the long synthetic clip (a pan while the light turns to sunset), made on first use."""
 
-    length: int = setting(48, frames=True, min=2, max=10_000)  # output frames, frame 0 included
+    # output frames, frame 0 included
+    length: int = setting(48, frames=True, min=2, max=10_000, help=(
+        "frames of the long synthetic clip (a pan while the light turns to sunset), frame 0 included"))
 
 
 @dataclass
@@ -52,23 +65,37 @@ class ShapesIO(DemoIO):
     """``io=shapes``: a synthetic clip of shapes drawn from ``clip_seed`` (``qvedit.io.shapes``), made on first use.
     The toy model (``model=toy``) learnt from the clips of seeds below ``SHAPES_HELD_OUT_SEED`` and never saw these."""
 
-    clip_seed: int = setting(SHAPES_HELD_OUT_SEED, frames=True, min=0, max=2**31 - 1)
-    length: int = setting(24, frames=True, min=2, max=10_000)  # output frames, frame 0 included
+    clip_seed: int = setting(SHAPES_HELD_OUT_SEED, frames=True, min=0, max=2**31 - 1, help=(
+        "`io=shapes`: which clip of shapes; from 1000000 on (the default) clips the toy model never saw in "
+        "training, below it its training clips"))
+    length: int = setting(24, frames=True, min=2, max=10_000, help=(
+        "frames of the clip of shapes, frame 0 included"))  # output frames, frame 0 included
 
 
 @dataclass
 class VideoIO:
     """``io=video``: video files in, an mp4 and a frame folder out."""
 
-    rgb_video: Optional[str] = setting(None, frames=True, path="input")
-    edge_video: Optional[str] = setting(None, frames=True, path="input")
-    out_video: Optional[str] = setting(None, path="output")
-    out_frames_dir: Optional[str] = setting(None, path="output")
-    resize: str = setting("area", frames=True, choices=RESIZE_MODES)
-    edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS)
-    edges_dir: Optional[str] = setting(None, path="output")
-    keep_frames: bool = setting(True)
-    audio: str = setting("keep", choices=AUDIO_MODES)  # the rgb video's sound, cut to the frames made
+    rgb_video: Optional[str] = setting(None, frames=True, path="input", flag="--rgb_video", help=(
+        "`io=video`: the input video; its first frame is frame 0"))
+    edge_video: Optional[str] = setting(None, frames=True, path="input", flag="--edge_video", help=(
+        "`io=video`: T-1 edge frames; null = made from `io.rgb_video`"))
+    out_video: Optional[str] = setting(None, path="output", flag="--out_video", help=(
+        "`io=video`: the output mp4; null = `<run dir>/output.mp4`"))
+    out_frames_dir: Optional[str] = setting(None, path="output", flag="--out_frames_dir", help=(
+        "where the output frames are written; null = `<run dir>/frames`"))
+    resize: str = setting("area", frames=True, choices=RESIZE_MODES, help=(
+        "how edge frames are resized to the init size: `area` or `nearest`"))
+    edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS, help=(
+        "operator (`sobel` or `laplacian`) for edges made from `io.rgb_video` (`io=video`) or "
+        "`io.source_frames_dir` (`io=frames`)"))
+    edges_dir: Optional[str] = setting(None, path="output", help=(
+        "where made edges are saved; null = `<run dir>/edges`"))
+    keep_frames: bool = setting(True, help="`io=video`: false deletes the PNG frames once the mp4 is written")
+    # the rgb video's sound, cut to the frames made
+    audio: str = setting("keep", choices=AUDIO_MODES, help=(
+        "`io=video`: `keep` gives the mp4 the sound of `io.rgb_video`, cut to the frames made (copied without"
+        " re-encoding where an mp4 holds its codec, else AAC); `drop`: no sound"))
 
 
 IO_OPTIONS = (FramesIO, DemoIO, LongDemoIO, ShapesIO, VideoIO)
@@ -85,13 +112,24 @@ class FirstFrameSettings:
     ``only`` stops before the clip and changes none either.
     """
 
-    prompt: Optional[str] = setting(None, frames=True)
-    num_inference_steps: int = setting(40, frames=True, min=1, max=1000)
-    true_cfg_scale: float = setting(4.0, frames=True, min=0)
-    negative_prompt: str = setting(" ", frames=True)
-    candidates: int = setting(1, min=1, max=64)
-    pick: int = setting(0, frames=True, min=0, max=63)
-    only: bool = setting(False)
+    prompt: Optional[str] = setting(None, frames=True, help=(
+        "an instruction that edits the source's frame 0 before the clip (`pipe(image=[source frame 0])`); "
+        "null = frame 0 as given (see [Frame 0 edited inside "
+        "qvedit](running.md#frame-0-edited-inside-qvedit-first_frame))"))
+    num_inference_steps: int = setting(40, frames=True, min=1, max=1000, help=(
+        "steps of frame 0's edit (the model's own single-image default; `experiment=lightning`: 8, "
+        "`lightning_4step`: 4, `tiny_cpu`: 8)"))
+    true_cfg_scale: float = setting(4.0, frames=True, min=0, help=(
+        "true CFG of frame 0's edit (`experiment=lightning`: 1.0)"))
+    negative_prompt: str = setting(" ", frames=True, help="negative prompt of frame 0's edit")
+    candidates: int = setting(1, min=1, max=64, help=(
+        "edits made, candidate k seeded from (`seed`, k), into `<run dir>/first_frame/`; not a frame setting "
+        "(candidate k is the same whatever N is)"))
+    pick: int = setting(0, frames=True, min=0, max=63, help=(
+        "the candidate that becomes frame 0; another pick into the same folder reuses the candidates and "
+        "starts the clip over"))
+    only: bool = setting(False, help=(
+        "make the candidates (and their contact sheet) and stop before the clip; not a frame setting"))
 
     def conflict(self) -> Optional[str]:
         """Why these keys do not go together (one line), or None."""

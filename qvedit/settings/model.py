@@ -1,6 +1,6 @@
 """``model/``, ``perf/`` and ``parallel/``: which pipeline a run uses, how fast, on how many GPUs.
 
-Plain settings (what each key means: README, "Keys"); the work is done in ``qvedit.models``: ``loading``
+Plain settings (keys: docs/configuration.md); the work is done in ``qvedit.models``: ``loading``
 (``load_pipeline``), ``lora`` (``check_model``), ``perf`` (``check_perf``, ``apply_perf``) and ``parallel``
 (``start_team``).
 """
@@ -38,7 +38,7 @@ class Release:
 
 # The Lightning files, as ModelTC/Qwen-Image-Lightning's README lists them (snapshot of 2026-01-01): 2509's 4 and 8
 # steps in lightx2v/Qwen-Image-Lightning; 2511's 4 steps in lightx2v/Qwen-Image-Edit-2511-Lightning. 2511's 8-step
-# file is not in that README; its name is the one public code downloads from the same repo (README, "Few-step
+# file is not in that README; its name is the one public code downloads from the same repo (docs/models.md, "Few-step
 # Lightning and LoRAs": not verified against the hub).
 RELEASES = {
     "2509": Release("Qwen-Image-Edit-2509", "qwen_edit_plus", "qwen_edit_2509", "lightx2v/Qwen-Image-Lightning",
@@ -56,7 +56,7 @@ FAMILY_KEYS = {"kv_cache": "qwen_image_21", "sample_sigmas": "qwen_image_21"}
 
 @dataclass
 class LoraSpec:
-    """One entry of ``model.loras`` (README, "Few-step Lightning and LoRAs")."""
+    """One entry of ``model.loras`` (docs/models.md, "Few-step Lightning and LoRAs")."""
 
     path: str = ""  # a .safetensors file, a folder holding one, or a hub id (owner/name)
     weight_name: Optional[str] = None  # the file inside the folder or hub repo (null: pytorch_lora_weights.safetensors)
@@ -77,17 +77,32 @@ class ModelSettings:
     """``model=qwen_edit_2509`` (``qwen_edit_2511``, ``qwen_image_21``): real weights from a hub id or a local folder
     in the diffusers layout, of the model ``release`` names."""
 
-    model_id: str = setting("Qwen/Qwen-Image-Edit-2509", frames=True, path="input")
+    model_id: str = setting("Qwen/Qwen-Image-Edit-2509", frames=True, path="input", flag="--model_id", help=(
+        "hub id or local folder (`model=tiny`: its cache folder)"))
     # LoRAs loaded into the transformer; paths inside, so left out of sweep folder names like model_id
-    loras: List[LoraSpec] = setting(frames=True, path="input", default_factory=list)
+    loras: List[LoraSpec] = setting(frames=True, path="input", default_factory=list, help=(
+        "LoRAs loaded into the transformer, each `{path, weight_name, scale}` ([Lightning and "
+        "LoRAs](models.md#few-step-lightning-and-loras); `experiment=lightning` sets one)"))
     # FlowMatchEulerDiscreteScheduler config values that replace the model's own; {} = the model's scheduler
-    scheduler: Dict[str, Any] = setting(frames=True, default_factory=dict)
+    scheduler: Dict[str, Any] = setting(frames=True, default_factory=dict, help=(
+        "`FlowMatchEulerDiscreteScheduler` values replacing the model's own scheduler config; `{}` = the "
+        "model's own (`experiment=lightning` sets all of them)"))
     # which model of the family the weights are (RELEASES): picks the pipeline class and experiment=lightning's LoRA
-    release: str = setting("2509", frames=True, choices=tuple(RELEASES))
+    release: str = setting("2509", frames=True, choices=tuple(RELEASES), help=(
+        "which model the weights are: `2509`, `2511` (Qwen-Image-Edit, `QwenImageEditPlusPipeline`) or `2.1` "
+        "(Qwen-Image 2.1, `QwenImage21Pipeline`); picks the pipeline class, the family's calls and "
+        "`experiment=lightning`'s LoRA; each `model=` preset sets it ([Which model](models.md))"))
     # Qwen-Image 2.1 only: its condition keys/values cached after the first step (use_kv_cache); null = on
-    kv_cache: Optional[bool] = setting(None, frames=True)
+    kv_cache: Optional[bool] = setting(None, frames=True, help=(
+        "Qwen-Image 2.1 only: its text and condition images' keys and values computed once, at the first "
+        "step, and reused (diffusers' `use_kv_cache`); null = on; `false` recomputes them every step (slower;"
+        " the frames differ in the last bits)"))
     # Qwen-Image 2.1 only: a fixed sampling grid (sigmas from 1 down, the terminal 0 left out); its length is the steps
-    sample_sigmas: Optional[List[float]] = setting(None, frames=True)
+    sample_sigmas: Optional[List[float]] = setting(None, frames=True, help=(
+        "Qwen-Image 2.1 only: a fixed sampling grid (falling sigmas from 1, the terminal 0 left out), passed "
+        "as the call's `sigmas`; its length must be `num_inference_steps` (and "
+        "`first_frame.num_inference_steps`); null = the pipeline's own (its `sample_sigmas`, else evenly "
+        "spaced)"))
 
     kind: ClassVar[str] = "pretrained"  # how qvedit.models.loading.load_pipeline obtains the pipeline
 
@@ -207,29 +222,57 @@ class PerfSettings:
     the frames and are recorded in the resume manifest.
     """
 
-    attention_backend: Optional[str] = setting(None)
-    compile: bool = setting(False)
-    offload_text_encoder: bool = setting(False)
+    attention_backend: Optional[str] = setting(None, help=(
+        "diffusers attention backend (`_native_cudnn`, `flash`, ...); null = PyTorch SDPA"))
+    compile: bool = setting(False, help="regional `torch.compile` of the repeated transformer blocks (`perf=fast`)")
+    offload_text_encoder: bool = setting(False, help=(
+        "text encoder and transformer take turns on the GPU via pinned memory (`perf=low_memory`)"))
     # merge model.loras into the transformer's weights (no LoRA layers left to run); false keeps them as
     # separate layers, so a sweep that changes only their scales reuses the loaded model
-    fuse_loras: bool = setting(True)
-    quantize: str = setting("none", frames=True, choices=("none", "fp8"))
-    fp8_keep_bf16: list = setting(default_factory=lambda: list(FP8_KEEP_BF16), frames=True)
-    group_offload: bool = setting(False)
-    layerwise_fp8_storage: bool = setting(False, frames=True)
-    # diffusers' step caches on the transformer (README "Step caching"): taylorseer, a fixed schedule of steps in
+    fuse_loras: bool = setting(True, help=(
+        "merge `model.loras` into the transformer's weights once (no LoRA layers left to run); false keeps "
+        "them as layers, so a sweep over their scales reuses the loaded model"))
+    quantize: str = setting("none", frames=True, choices=("none", "fp8"), help=(
+        "`fp8`: FP8 matmuls in the transformer's linear layers (torchao, scaled per row; `perf=fp8`). Needs "
+        "compute capability >= 8.9 (Ada, Hopper or newer), `dtype=bf16` and `pip install 'qvedit[fp8]'`; "
+        "changes the frames. Only then is torchao imported (its import warnings otherwise came with every "
+        "run)"))
+    fp8_keep_bf16: list = setting(default_factory=lambda: list(FP8_KEEP_BF16), frames=True, help=(
+        "with `perf.quantize=fp8`: the transformer's Linear layers kept in bf16, as fnmatch patterns over "
+        "module names (why each: `qvedit/models/fp8.py`)"))
+    group_offload: bool = setting(False, help=(
+        "the transformer block by block and the text encoder layer by layer reach the GPU from pinned CPU "
+        "memory, copied on a side CUDA stream; the VAE stays (`perf=vram24`)"))
+    layerwise_fp8_storage: bool = setting(False, frames=True, help=(
+        "the transformer's weights wait in fp8 and are cast to the compute dtype layer by layer (diffusers' "
+        "layerwise casting); changes the frames slightly"))
+    # diffusers' step caches on the transformer (docs/performance.md): taylorseer, a fixed schedule of steps in
     # full with the others extrapolated; first_block, adaptive (the rest of a step skipped when its first block
     # changed little); none: every step in full
-    cache: str = setting("none", frames=True, choices=STEP_CACHES)
-    cache_interval: int = setting(5, frames=True, min=1)  # taylorseer: after the start, one step in full every N
-    cache_start_step: int = setting(3, frames=True, min=1)  # taylorseer: steps 0 .. N-1 in full
-    cache_stop_step: Optional[int] = setting(None, frames=True, min=1)  # taylorseer: steps from N on in full
-    cache_order: int = setting(1, frames=True, min=0, max=4)  # taylorseer: order of the Taylor extrapolation
-    cache_threshold: float = setting(0.05, frames=True, min=0)  # first_block: relative change that recomputes
+    cache: str = setting("none", frames=True, choices=STEP_CACHES, help=(
+        "diffusers' step cache on the transformer: `taylorseer` (a fixed schedule of steps in full, the "
+        "others extrapolated) or `first_block` (adaptive); changes the frames ([Step "
+        "caching](performance.md#step-caching-perfcache))"))
+    # taylorseer: after the start, one step in full every N
+    cache_interval: int = setting(5, frames=True, min=1, help=(
+        "`taylorseer`: after the start, one step in full every N steps"))
+    cache_start_step: int = setting(3, frames=True, min=1, help=(
+        "`taylorseer`: steps 0 .. N-1 in full"))  # taylorseer: steps 0 .. N-1 in full
+    cache_stop_step: Optional[int] = setting(None, frames=True, min=1, help=(
+        "`taylorseer`: steps from N on in full; null = to the end"))  # taylorseer: steps from N on in full
+    # taylorseer: order of the Taylor extrapolation
+    cache_order: int = setting(1, frames=True, min=0, max=4, help=(
+        "`taylorseer`: order of the Taylor extrapolation (0: the last output again)"))
+    # first_block: relative change that recomputes
+    cache_threshold: float = setting(0.05, frames=True, min=0, help=(
+        "`first_block`: the first block's relative change above which a step is computed in full"))
     # the VAE's causal 3D convolutions computed as 2D ones on single frames: the same function (to float rounding)
     # with a third of the work, faster on the CPU (PyTorch runs 3D convolutions there on a slow path); off by default:
     # the frames of a run change in their last bits
-    single_frame_vae: bool = setting(False, frames=True)
+    single_frame_vae: bool = setting(False, frames=True, help=(
+        "the VAE's causal 3D convolutions computed as 2D ones on single frames: the same function to float "
+        "rounding, about 10% less CPU time for the tiny demo; changes the last bits of every frame "
+        "(`experiment=toy_cpu` sets it: the toy model was trained so)"))
 
     def __post_init__(self):
         self.fp8_keep_bf16 = [str(pattern) for pattern in self.fp8_keep_bf16]  # a ListConfig from Hydra
@@ -291,9 +334,13 @@ class ParallelSettings:
     combine: ``cfg_degree=2, ulysses_degree=2`` runs each CFG pass on its own pair of GPUs (4 in all).
     """
 
-    ulysses_degree: int = setting(1, frames=True, min=1)
-    ring_degree: int = setting(1, frames=True, min=1)
-    cfg_degree: int = setting(1, min=1, max=2)  # two passes to share: prompt and negative prompt
+    ulysses_degree: int = setting(1, frames=True, min=1, help=(
+        "under torchrun: GPUs that split each attention by heads (Ulysses all-to-all)"))
+    ring_degree: int = setting(1, frames=True, min=1, help=(
+        "under torchrun: GPUs that pass K/V around a ring (uses the `_native_cudnn` kernel)"))
+    # two passes to share: prompt and negative prompt
+    cfg_degree: int = setting(1, min=1, max=2, help=(
+        "under torchrun: 2 = true CFG's prompt and negative-prompt passes on two GPUs at once"))
 
     @property
     def degree(self) -> int:

@@ -1,7 +1,7 @@
 """``metrics/``, ``acceptance/``, ``logger/`` and ``tuning/``: what is measured per frame, the thresholds a sweep
 is judged by, where runs are tracked, and what a search trial returns.
 
-Plain settings (what each key means: README, "Keys"); ``qvedit.report.metrics`` and
+Plain settings (keys: docs/configuration.md); ``qvedit.report.metrics`` and
 ``qvedit.report.acceptance`` do the work, ``qvedit.report.tracking`` and ``qvedit.report.tuning`` for
 ``logger/`` and ``tuning/``.
 """
@@ -19,25 +19,34 @@ from qvedit.settings.guidance import VGG_MIN_SIZE, VGG_WEIGHTS
 class MetricsSettings:
     """Per-frame metrics, written to ``metrics.csv`` as each frame finishes. They never change frames."""
 
-    quality: bool = setting(True)
-    path: Optional[str] = setting(None, path="output")
-    size: int = setting(256, min=VGG_MIN_SIZE)
-    gram_size: int = setting(256, min=VGG_MIN_SIZE)
-    vgg_weights: str = setting("imagenet", choices=VGG_WEIGHTS)
+    quality: bool = setting(True, help="false = only `frame, seconds, guided_steps, peak_mem_mib` (`metrics=none`)")
+    path: Optional[str] = setting(None, path="output", flag="--metrics_out", help=(
+        "per-frame rows, written as each frame finishes; null = `<run dir>/metrics.csv`"))
+    size: int = setting(256, min=VGG_MIN_SIZE, help="long side both images are resized to for LPIPS")
+    gram_size: int = setting(256, min=VGG_MIN_SIZE, help="long side of the VGG input for `gram_loss`")
+    vgg_weights: str = setting("imagenet", choices=VGG_WEIGHTS, help=(
+        "VGG16 backbone of `gram_loss` and LPIPS; `random` for tests and the demo (numbers mean nothing)"))
 
 
 @dataclass
 class Thresholds:
     """The median-of-seeds acceptance criteria (docs/METHOD.md, section 5); the defaults are the design's."""
 
-    frames: int = setting(8, min=1)
-    edge_ratio: float = setting(0.95, min=0)
-    edge_frames_fraction: float = setting(0.6, min=0, max=1)
-    gram_ratio: float = setting(0.98, min=0)
-    lpips_prev_min: float = setting(0.005, min=0, max=1)
-    lpips_init_min: float = setting(0.01, min=0, max=1)
-    warp_ratio: float = setting(1.0, min=0)  # guided warp error / unguided, at most this (1.0: not worse)
-    drift_ratio: float = setting(1.0, min=0)  # guided color_drift over the last quarter / unguided, at most this
+    frames: int = setting(8, min=1, help="frames 1..N are judged, N = min(frames, T-1)")
+    edge_ratio: float = setting(0.95, min=0, help="median-of-seeds mean `edge_loss`, guided / off, at most this")
+    edge_frames_fraction: float = setting(0.6, min=0, max=1, help=(
+        "guided `edge_loss` not above off's on at least this share of frames"))
+    gram_ratio: float = setting(0.98, min=0, help="same ratio for `gram_loss` (judged when `ttlg.gram_scale` > 0)")
+    lpips_prev_min: float = setting(0.005, min=0, max=1, help=(
+        "mean `lpips_to_prev` above this, and below mean `lpips_to_init`"))
+    lpips_init_min: float = setting(0.01, min=0, max=1, help="mean `lpips_to_init` above this")
+    # guided warp error / unguided, at most this (1.0: not worse)
+    warp_ratio: float = setting(1.0, min=0, help=(
+        "median-of-seeds mean `warp_error`, guided / off, at most this (1.0: not worse)"))
+    # guided color_drift over the last quarter / unguided, at most this
+    drift_ratio: float = setting(1.0, min=0, help=(
+        "median-of-seeds mean `color_drift` over the last quarter of the judged frames, guided / off, at most"
+        " this (1.0: guidance must not let colours drift more)"))
 
 
 LOGGER_BACKENDS = ("none", "mlflow")
@@ -47,9 +56,12 @@ LOGGER_BACKENDS = ("none", "mlflow")
 class LoggerSettings:
     """``logger/``: experiment tracking. Logging reads what a run wrote and never changes its frames."""
 
-    backend: str = setting("none", choices=LOGGER_BACKENDS)
-    tracking_uri: Optional[str] = setting(None, path="output")  # null = sqlite:///<cwd>/runs/mlflow.db
-    experiment_name: str = setting("qvedit")
+    backend: str = setting("none", choices=LOGGER_BACKENDS, help=(
+        "`mlflow` (`logger=mlflow`): every job an MLflow run, a sweep a parent run"))
+    tracking_uri: Optional[str] = setting(None, path="output", help=(
+        "MLflow store; null = `sqlite:///<cwd>/runs/mlflow.db` (artifacts in `runs/mlflow-artifacts`); a "
+        "server URI works the same"))  # null = sqlite:///<cwd>/runs/mlflow.db
+    experiment_name: str = setting("qvedit", help="the MLflow experiment runs go to")
 
 
 TUNING_OBJECTIVES = ("edge_loss", "gram_loss", "warp_error")
@@ -60,4 +72,6 @@ class TuningSettings:
     """``tuning/``: what a search trial returns (``hparams_search=ttlg_optuna`` sets it): the guided / unguided
     ratio of the mean of each named metrics.csv column, the unguided clip made once per sweep."""
 
-    objectives: list = setting(default_factory=list, choices=TUNING_OBJECTIVES)  # each entry one of the choices
+    objectives: list = setting(default_factory=list, choices=TUNING_OBJECTIVES, help=(
+        "a search trial returns, for each named column (`edge_loss`, `gram_loss`, `warp_error`), its guided /"
+        " unguided mean ratio; empty = not a search"))  # each entry one of the choices

@@ -1,4 +1,4 @@
-"""``schedule/``: in which order a clip's frames are made, and by how many workers (README, "Long clips on many GPUs").
+"""``schedule/``: in which order a clip's frames are made, and by how many workers (docs/scale-out.md).
 
 ``schedule=chain`` (the default) is the rolling loop: frame k+1 is an edit of frame k. ``schedule=segments`` makes
 keyframes K, 2K, ... first and then each segment between two keyframes as a short chain from its keyframe, so no
@@ -15,11 +15,11 @@ from qvedit.fields import setting
 
 SCHEDULE_MODES = ("chain", "segments")
 KEYFRAME_SOURCES = ("first", "previous_keyframe")
-# A segment's last frames that also get the next keyframe as image 3. Measured on io=demo_long (README, "One long
-# clip on many GPUs and machines"): on the tiny model, whose random weights barely use the condition images, 0, 1,
-# 2 and 4 such frames gave the seams' warp error within 0.3% of each other (0.02274 .. 0.02269, falling with more),
-# so the measurement cannot choose; 2 gives the model the keyframe on the two frames before the seam for +6% of a
-# segment's time (a three-image frame costs 1.44x, measured on an H200), where 4 would cost +12%.
+# A segment's last frames that also get the next keyframe as image 3. Measured on io=demo_long (docs/scale-out.md,
+# "One long clip on many GPUs and machines"): on the tiny model, whose random weights barely use the condition
+# images, 0, 1, 2 and 4 such frames gave the seams' warp error within 0.3% of each other (0.02274 .. 0.02269,
+# falling with more), so the measurement cannot choose; 2 gives the model the keyframe on the two frames before the
+# seam for +6% of a segment's time (a three-image frame costs 1.44x, measured on an H200), where 4 would cost +12%.
 MEET_FRAMES = 2
 
 
@@ -27,12 +27,29 @@ MEET_FRAMES = 2
 class ScheduleSettings:
     """The order frames are made in (``mode``), the keyframes of ``segments``, and the workers that make them."""
 
-    mode: str = setting("chain", frames=True, choices=SCHEDULE_MODES)
-    keyframe_every: int = setting(16, frames=True, min=2)  # keyframes at K, 2K, ...
-    keyframes_from: str = setting("first", frames=True, choices=KEYFRAME_SOURCES)
-    meet_frames: int = setting(MEET_FRAMES, frames=True, min=0)  # image 3 = the next keyframe on a segment's last N
-    workers: int = setting(1, min=1)  # 1 = in this process; N >= 2 = N Ray workers, a GPU each (device=cuda)
-    ray_address: Optional[str] = setting(None)  # null = a local Ray on this machine; auto / HOST:PORT = a cluster
+    mode: str = setting("chain", frames=True, choices=SCHEDULE_MODES, help=(
+        "`chain`: frame k+1 is an edit of frame k (`schedule=chain`); `segments`: keyframes first, then the "
+        "segments between them (`schedule=segments`, [One long clip on many "
+        "GPUs](scale-out.md#one-long-clip-on-many-gpus-and-machines-schedulesegments))"))
+    # keyframes at K, 2K, ...
+    keyframe_every: int = setting(16, frames=True, min=2, help=(
+        "`segments`: keyframes at frames K, 2K, ... (at least 2, at most the clip's last frame)"))
+    keyframes_from: str = setting("first", frames=True, choices=KEYFRAME_SOURCES, help=(
+        "`segments`: a keyframe is made from frame 0 (`first`: `image=[edge, frame 0]`, each one edit from "
+        "frame 0) or from the keyframe before (`previous_keyframe`: `image=[edge, previous keyframe, frame "
+        "0]`, a chain with stride K)"))
+    # image 3 = the next keyframe on a segment's last N
+    meet_frames: int = setting(MEET_FRAMES, frames=True, min=0, help=(
+        "`segments`: a segment's last N frames also get the next keyframe as image 3, so the chain meets it "
+        "(at most K-1; 0 with `anchor.first_frame_image`, whose frame 0 then is image 3)"))
+    workers: int = setting(1, min=1, help=(
+        "`segments`: 1 = made in this process; N >= 2 = N Ray workers, each holding one loaded pipeline on "
+        "one GPU (`device=cuda`) or one CPU thread (`device=cpu`); the frames are the same bytes whatever N "
+        "is, and it may change on resume"))  # 1 = in this process; N >= 2 = N Ray workers, a GPU each (device=cuda)
+    ray_address: Optional[str] = setting(None, help=(
+        "null = a local Ray on this machine; `auto` (a cluster started here with `ray start`), `HOST:PORT` or"
+        " `ray://HOST:PORT` = join that cluster (qvedit installed on every node, the run folder and the "
+        "inputs on a shared filesystem)"))  # null = a local Ray on this machine; auto / HOST:PORT = a cluster
 
     @property
     def segments(self) -> bool:

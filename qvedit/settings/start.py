@@ -1,5 +1,5 @@
-"""``start/``: how each frame's denoising starts (what each key means: README, "Keys" and "Frames tied where they
-are made"); the work is done in ``qvedit.start``.
+"""``start/``: how each frame's denoising starts (keys: docs/configuration.md and docs/long-clips.md);
+the work is done in ``qvedit.start``.
 
 ``noise`` is the noise a frame starts from: its own (``independent``, today's frames byte for byte), one tensor for
 the whole run (``shared``), or frame k-1's carried along the clip's optical flow (``warped``). ``strength`` below 1
@@ -21,10 +21,18 @@ NOISE_KINDS = ("independent", "shared", "warped")  # qvedit.start.noise makes ea
 class StartSettings:
     """Where each frame's denoising begins: which noise, and how far down the schedule."""
 
-    noise: str = setting("independent", frames=True, choices=NOISE_KINDS)
+    noise: str = setting("independent", frames=True, choices=NOISE_KINDS, help=(
+        "the noise each frame starts from: `independent` (its own, from (seed, frame): the frames of qvedit "
+        "before this key, byte for byte), `shared` (one for the whole run), `warped` (frame k-1's carried "
+        "along the clip's optical flow, kept white Gaussian noise); see [Frames tied together where they are "
+        "made](long-clips.md#frames-tied-together-where-they-are-made-start)"))
     # 1 = from noise (every step); below 1 = the last floor(strength * num_inference_steps) steps, from the
     # previous output warped onto the frame and noised to the schedule's sigma there; 0 is refused (no step)
-    strength: float = setting(1.0, frames=True, min=0, max=1)
+    strength: float = setting(1.0, frames=True, min=0, max=1, help=(
+        "in (0, 1]: 1 = every step from noise; below 1 = each frame runs only the last floor(strength x "
+        "`num_inference_steps`) steps, starting from the previous output frame warped onto it by the flow and"
+        " noised to the schedule's sigma there (`ttlg.last_steps`, `start_step`, `end_step` and `every` count"
+        " over the steps run); too low for one step is refused, naming the smallest that works"))
 
     def steps_run(self, num_steps: int) -> int:
         """How many of the schedule's ``num_steps`` steps a frame runs: the last ``floor(strength * num_steps)``
