@@ -11,7 +11,7 @@ from PIL import Image
 from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
 from qvedit.guidance.flow import FlowPair
-from qvedit.guidance.noise_warp import bilinear_warp, latent_noise
+from qvedit.guidance.noise_warp import bilinear_warp
 from qvedit.files import cache_dir
 from qvedit.io.demo import DEMO_FOLDER, demo_clip
 from qvedit.io.flow import ClipFlow

@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from PIL import Image
 
 from qvedit.errors import QveditError

@@ -74,7 +74,8 @@ def schedule_mu(scheduler_config, grid: tuple[int, int, int]) -> float:
 
 def check_start_latents() -> Optional[str]:
     pipeline = _module().QwenImage21Pipeline
-    missing = [name for name in ("_pack_latents", "_encode_vae_image", "prepare_latents") if not hasattr(pipeline, name)]
+    missing = [name for name in ("_pack_latents", "_encode_vae_image", "prepare_latents")
+               if not hasattr(pipeline, name)]
     if missing:
         return f"QwenImage21Pipeline has no {', '.join(missing)}"
     return (in_source(None, "num_channels_latents = self.transformer.config.in_channels", "self.prepare_latents(")
