@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/noise_warp.py                 # 1024² (128x128 latents, 16 channels), CPU
     python benchmarks/noise_warp.py --size 512 --device cuda          # another size, on a GPU
+    python benchmarks/noise_warp.py --channels 64 --scale 16          # Qwen-Image 2.1's latents (64x64 at 1024²)
 
 Times, median of ``--repeat`` runs: one warp of the noise (``qvedit.guidance.noise_warp.transport`` on the fine grid
 of one cell per pixel, then the sum into latent cells) along a flow like a pan with a zoom and an occluded band, and
@@ -30,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="benchmarks/noise_warp.py", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=whole(16, 16384, multiple=16), default=1024,
                         help="frame side in pixels (a multiple of 16 and of --scale)")
-    parser.add_argument("--channels", type=whole(1, 1024), default=16, help="latent channels (Qwen-Image: 16)")
-    parser.add_argument("--scale", type=whole(1, 64), default=8, help="pixels a latent cell (Qwen-Image's VAE: 8)")
+    parser.add_argument("--channels", type=whole(1, 1024), default=16, help="latent channels (Qwen-Image: 16; 2.1: 64)")
+    parser.add_argument("--scale", type=whole(1, 64), default=8,
+                        help="pixels a latent cell (Qwen-Image's VAE: 8; 2.1's: 16)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--repeat", type=whole(1, 1000), default=5)
     parser.add_argument("--frames", type=whole(2, 10_000_000), default=1000, help="the frame a resume starts at")

@@ -27,7 +27,7 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
 - ``off_first_frame_image`` / ``lightning_off_first_frame_image``: ``anchor.first_frame_image=true``, frame 0
   as a third condition image (a longer transformer pass);
 - ``q21_*``: Qwen-Image 2.1 in the same run, on its own pipeline loaded after 2509's (``qvedit.bench21``).
-- ``*_s06`` / ``*_s04`` (``off``, ``edge_gram``, ``lightning_*``, ``lightning4_*``): ``start.noise=warped`` with
+- ``*_s06`` / ``*_s04`` (``off``, ``edge_gram``, ``lightning_*``, ``lightning4_*``, ``q21_*``): warped noise with
   ``start.strength`` 0.6 / 0.4, frame 1 starting part-way down the schedule from frame 0 warped onto it (the flow
   between the random edge map and frame 0's edges, by DIS on the CPU, is part of the time); ``lightning4_off`` /
   ``lightning4_edge_gram``: ``experiment=lightning_4step``'s steps and guidance window (``fastest_*`` take the

@@ -91,7 +91,7 @@ class FrameMaker:
         if problem:
             raise QveditError(problem)
         self.starts = FrameStarts(start or StartSettings(), pipe, settings.seed, settings.num_inference_steps,
-                                  plan.generation_size, flow, self.team)
+                                  plan.generation_size, flow, self.team, plan.family)
 
     def make(self, index: int, images: Callable[[Image.Image], list], prompt: str, previous: Image.Image,
              temporal: bool = True) -> MadeFrame:
@@ -131,8 +131,8 @@ class FrameMaker:
                 generator=generator,
                 output_type="pt",
                 callback_on_step_end=self.team.step_callback(callback),
-                # the family's own arguments, then the start's (latents=, sigmas=: only a family whose
-                # start_problem lets the start through gets them, and then gives neither itself)
+                # the family's own arguments, then the start's (latents=; a part-way start's sigmas= is the tail
+                # of the family's own, model.sample_sigmas included)
                 **{**family.call_arguments(self.plan.condition_area, self.settings.true_cfg_scale,
                                            self.settings.negative_prompt), **begin.kwargs},
             )

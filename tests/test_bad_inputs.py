@@ -480,13 +480,10 @@ CASES = [
          r"ttlg.decoder=tiny decodes with taehv's taew2_1, trained for Qwen-Image's 16-channel latents", early=True),
     Case("the first block cache on 2.1", value("model=tiny_21", "perf.cache=first_block"),
          r"perf.cache=first_block does not apply to Qwen-Image 2.1: .*use perf.cache=taylorseer", early=True),
-    Case("a start other than fresh on 2.1", value("model=tiny_21", "start=shared"),
-         r"start.noise=shared start.strength=1 does not apply to Qwen-Image 2.1: .*use start=fresh with "
-         r"model.release=2.1", early=True),
-    Case("a part-way start beside 2.1's sampling grid", value("model=tiny_21", "start=warped_previous",
-                                                              "model.sample_sigmas=[1.0,0.5]"),
-         r"start.strength=0.6 below 1 passes its own sigmas= where model.sample_sigmas is the call's sigmas already: "
-         r"use start=fresh with model.release=2.1", early=True),
+    Case("a part-way start that leaves no step of 2.1's sampling grid",
+         value("model=tiny_21", "start=warped_previous", "start.strength=0.4", "model.sample_sigmas=[1.0,0.5]"),
+         r"start.strength=0.4 leaves no denoising step of num_inference_steps=2 .*: the smallest strength that works "
+         r"here is 0.5", early=True),
     # configs are data: only qvedit's own _target_s are built
     Case("a model _target_ that runs a command", value("model._target_=os.system"),
          r"model._target_='os.system' is not qvedit's", early=True),

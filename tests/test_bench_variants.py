@@ -37,16 +37,19 @@ def test_fastest_runs_as_composed_on_the_fp8_pipeline():
 
 def test_qwen_image_21_variants_run_in_the_same_bench_on_its_own_pipeline(tmp_path, monkeypatch):
     """The q21_* variants load Qwen-Image 2.1 after 2509's variants (tiny models here, random_full / random_full_21 on
-    a GPU): 40 steps, or the 8-step grid guided on steps 0..6, with the guided step's cost against q21_off."""
+    a GPU): 40 steps, or the 8-step grid guided on steps 0..6, with the guided step's cost against q21_off; a warped
+    start at strength 0.6."""
     monkeypatch.setattr("qvedit.settings.run.PIPELINE_CONDITION_AREA", 32 * 32)
     assert bench.main(["--model", "tiny", "--device", "cpu", "--sizes", "32", "--steps", "3", "--last-steps", "2",
-                       "--variants", "off", "q21_off", "q21_edge_gram", "q21_grid8_edge_gram", "--out",
-                       str(tmp_path)]) == 0
+                       "--variants", "off", "q21_off", "q21_edge_gram", "q21_grid8_edge_gram", "q21_off_s06",
+                       "--out", str(tmp_path)]) == 0
     rows = {row["variant"]: row for row in json.loads((tmp_path / "bench.json").read_text())["rows"]}
     assert (rows["off"]["steps"], rows["q21_off"]["steps"], rows["q21_grid8_edge_gram"]["steps"]) == (3, 40, 8)
     assert rows["q21_edge_gram"]["guided_steps"] == 2 and rows["q21_grid8_edge_gram"]["guided_steps"] == 7
     assert rows["q21_edge_gram"]["added_s_per_guided_step"] is not None
     assert rows["q21_off"]["transformer_passes"] == 40  # no CFG: one pass a step
+    started = rows["q21_off_s06"]  # a part-way start on 2.1: the last 24 of its 40 steps
+    assert (started["steps_run"], started["transformer_passes"], started["start_noise"]) == (24, 24, "warped")
     assert "| vs 2509 plain |" in (tmp_path / "bench.md").read_text()
 
 

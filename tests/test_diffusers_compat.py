@@ -73,3 +73,19 @@ def test_group_offloading_without_the_record_stream_fix_is_reported(monkeypatch)
     broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
     assert list(broken) == ["streamed group offload"] and "record_stream(default_stream)" in broken[
         "streamed group offload"]
+
+
+def test_a_changed_start_of_qwen_image_21_is_reported_by_name(monkeypatch):
+    """2.1's part-way start computes the shift's mu from one token per latent cell, as its __call__ does; a __call__
+    that counted otherwise (2509's 2x2 tokens) is named, and so is a pipeline that packed its noise otherwise."""
+    from qvedit.models.diffusers_compat import qwenimage21
+
+    source = qwenimage21.call_source().replace("latents.shape[1],", "latents.shape[1] // 4,")
+    monkeypatch.setattr(qwenimage21, "call_source", lambda: source)
+    broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
+    assert list(broken) == ["start schedule (2.1)"] and "latents.shape[1]," in broken["start schedule (2.1)"]
+    monkeypatch.undo()
+    pipeline = qwenimage21._module().QwenImage21Pipeline
+    monkeypatch.setattr(pipeline, "_pack_latents", staticmethod(lambda latents, *shape: latents))
+    broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
+    assert list(broken) == ["start latents (2.1)"] and ".transpose(1, 2)" in broken["start latents (2.1)"]

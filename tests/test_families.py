@@ -5,18 +5,19 @@ test_guidance, test_anchor, test_first_frame, test_metrics, test_schedule: param
 from types import SimpleNamespace
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from qvedit.editor import edit_clip
-from qvedit.errors import QveditError
+from qvedit.io.flow import ClipFlow
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.models import diffusers_compat as compat
 from qvedit.models.diffusers_compat import qwenimage21
 from qvedit.models.family import FAMILIES, family_for, family_of
 from qvedit.outputs import ClipOutputs
 from qvedit.plan import ClipPlan
-from qvedit.settings.guidance import TTLGSettings
+from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.model import ModelSettings, PerfSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schema import register_schemas
@@ -82,14 +83,13 @@ def test_a_fixed_grid_and_the_kv_cache_switch_reach_qwen_image_21s_call(tiny_21_
     (call,) = spy.calls
     assert (call["sigmas"], call["use_kv_cache"], call["output_resolution"]) == ([1.0, 0.7, 0.35], False, 64)
     assert "negative_prompt" not in call and len(tiny_21_pipe.scheduler.timesteps) == 3
-    # qvedit.start's latents= are shaped for 2509's pipeline, and a part-way start's sigmas= would meet the grid:
-    # refused before any call (job.py says the same before the model loads: test_bad_inputs)
-    with pytest.raises(QveditError, match=r"^start.noise=warped start.strength=0.6 does not apply to Qwen-Image 2.1: "
-                       r".*start.strength=0.6 below 1 passes its own sigmas= where model.sample_sigmas is the call's "
-                       r"sigmas already: use start=fresh with model.release=2.1$"):
-        edit_clip(spy, source, ClipOutputs(FrameWriter(tmp_path / "started")), settings, TTLGSettings(),
-                  plan=ClipPlan.of(settings, source, family), start=StartSettings(noise="warped", strength=0.6))
-    assert len(spy.calls) == 1 and EDIT_PLUS.start_problem(StartSettings(noise="warped", strength=0.6)) is None
+    # a part-way start runs the tail of the grid (strength 0.67 of 3 steps: the last 2), its sigmas= in place of the
+    # grid's, from the previous frame warped along the flow (this clip has no source frames: the edge maps' flow)
+    flow = ClipFlow(FlowSettings(), source, (64, 64), torch.device("cpu"))
+    edit_clip(spy, source, ClipOutputs(FrameWriter(tmp_path / "started")), settings, TTLGSettings(), flow=flow,
+              plan=ClipPlan.of(settings, source, family), start=StartSettings(noise="warped", strength=0.67))
+    assert spy.calls[1]["sigmas"] == [0.7, 0.35] and len(tiny_21_pipe.scheduler.timesteps) == 2
+    assert spy.calls[1]["latents"].shape == (1, 4 * 4, tiny_21_pipe.transformer.config.in_channels)
 
 
 def test_taylorseer_runs_on_qwen_image_21_with_its_kv_cache(tiny_21_pipe, tmp_path):

@@ -11,15 +11,15 @@ from PIL import Image
 from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
 from qvedit.guidance.flow import FlowPair
-from qvedit.guidance.noise_warp import bilinear_warp, latent_noise
+from qvedit.guidance.noise_warp import bilinear_warp
 from qvedit.files import cache_dir
 from qvedit.io.demo import DEMO_FOLDER, demo_clip
 from qvedit.io.flow import ClipFlow
 from qvedit.io.frames import FrameWriter
 from qvedit.job import run
 from qvedit.models.diffusers_compat import record_velocity
-from qvedit.models.diffusers_compat.start import (default_sigmas, latent_grid, pack, schedule_mu, schedule_problem,
-                                                  scheduled_sigmas)
+from qvedit.models.diffusers_compat.start import default_sigmas, schedule_mu, schedule_problem, scheduled_sigmas
+from qvedit.models.family import family_of
 from qvedit.outputs import ClipOutputs, check_or_record
 from qvedit.report.metrics import FrameMetrics
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
@@ -113,16 +113,42 @@ def test_each_kind_of_noise_is_made_again_exactly_and_none_meets_another():
     assert torch.equal(restarted.noise(4, pairs[4], 3), FrameNoise("warped", 0, grid, 4).noise(4, None, 3, pairs.get))
 
 
-def test_independent_noise_is_the_pipelines_own_and_packs_as_it_packs(tiny_pipe):
-    """The noise start.noise=independent makes, packed, is the noise the pipeline draws itself (CPU, fp32)."""
-    channels, height, width = latent_grid(tiny_pipe, 64, 48)
-    assert (channels, height, width) == (tiny_pipe.transformer.config.in_channels // 4, 48 // tiny_pipe.vae_scale_factor,
-                                         64 // tiny_pipe.vae_scale_factor)
+# what each family's pipeline draws for a 64x48 frame, (C, h, w) before packing: 2509's packs 2x2 cells of a quarter
+# of the transformer's channels into a token (the tiny model: 4 pixels a cell); 2.1's takes every channel of one
+# 16x16-pixel cell a token, h and w even (48 -> 2)
+GRID_64x48 = {"tiny": lambda pipe: (pipe.transformer.config.in_channels // 4, 12, 16),
+              "tiny_21": lambda pipe: (pipe.transformer.config.in_channels, 2, 4)}
+TOKENS_64x64 = {"tiny": 8 * 8, "tiny_21": 4 * 4}  # the packed latents' length, from which the pipeline's mu comes
+
+
+def model_of(pipe) -> str:
+    return "tiny_21" if family_of(pipe).name == "qwen_image_21" else "tiny"
+
+
+def test_independent_noise_is_the_pipelines_own_and_packs_as_it_packs(family_pipe):
+    """The noise start.noise=independent makes, packed by the family, is the noise the pipeline draws itself (CPU,
+    fp32), on each family."""
+    family = family_of(family_pipe)
+    channels, height, width = family.latent_grid(family_pipe, 64, 48)
+    assert (channels, height, width) == GRID_64x48[model_of(family_pipe)](family_pipe)
     from qvedit.start.noise import frame_seed
 
     generator = torch.Generator().manual_seed(frame_seed(0, 3))
-    own, _ = tiny_pipe.prepare_latents(None, 1, channels, 48, 64, torch.float32, "cpu", generator)
-    assert torch.equal(pack(tiny_pipe, FrameNoise("independent", 0, (channels, height, width), 4).noise(3)), own)
+    own, _ = family_pipe.prepare_latents(None, 1, channels, 48, 64, torch.float32, "cpu", generator)
+    noise = FrameNoise("independent", 0, (channels, height, width), family_pipe.vae_scale_factor).noise(3)
+    assert torch.equal(family.pack_latents(family_pipe, noise), own)
+
+
+def test_shared_noise_gives_every_frame_the_same_start_shaped_as_the_pipelines_own(family_pipe):
+    starts = FrameStarts(StartSettings(noise="shared"), family_pipe, 0, 8, (64, 64))  # no flow: none needed
+    image = demo_source().init_image()
+    first, later = starts.frame(1, image), starts.frame(4, image)
+    assert first.steps == later.steps == 8 and set(first.kwargs) == {"latents"}
+    assert torch.equal(first.kwargs["latents"], later.kwargs["latents"])
+    channels = family_of(family_pipe).latent_grid(family_pipe, 64, 64)[0]
+    own, _ = family_pipe.prepare_latents(None, 1, channels, 64, 64, torch.float32, "cpu", torch.Generator())
+    tokens = TOKENS_64x64[model_of(family_pipe)]
+    assert first.kwargs["latents"].shape == own.shape == (1, tokens, family_pipe.transformer.config.in_channels)
 
 
 # -- the schedule ------------------------------------------------------------------------------------------------
@@ -172,10 +198,11 @@ def clip(pipe, out, start, ttlg=None, max_frames=5, metrics=None):
                      start=start)
 
 
-def test_a_part_way_start_runs_the_last_steps_from_the_noised_warped_previous_frame(tiny_pipe, tmp_path, monkeypatch):
+def test_a_part_way_start_runs_the_last_steps_from_the_noised_warped_previous_frame(family_pipe, tmp_path,
+                                                                                     monkeypatch):
     """strength 0.5 of 8 steps: each call runs the last 4 steps of the 8-step schedule, from latents at the
-    schedule's sigma there; the guidance step keys count over the 4 steps run."""
-    calls = []
+    schedule's sigma there; the guidance step keys count over the 4 steps run. On each family."""
+    tiny_pipe, calls = family_pipe, []
     original = tiny_pipe.__class__.__call__
 
     def spy(pipe, *args, **kwargs):
@@ -189,32 +216,57 @@ def test_a_part_way_start_runs_the_last_steps_from_the_noised_warped_previous_fr
     clip(tiny_pipe, tmp_path / "out", start, TTLGSettings(edge_scale=1.0, end_step=2, last_steps=None), max_frames=3,
          metrics=tmp_path / "metrics.csv")
     config = tiny_pipe.scheduler.config
-    mu = schedule_mu(config, 8 * 8)  # 64x64 frames, 4 pixels a latent cell, 2x2 cells a token
+    tokens = TOKENS_64x64[model_of(tiny_pipe)]
+    mu = schedule_mu(config, tokens)  # 64x64 frames: 2509's tiny 4 pixels a cell, 2x2 cells a token; 2.1 16x16 pixels
     full = scheduled_sigmas(config, default_sigmas(8), mu)
     assert len(calls) == 2
     for kwargs, sigmas in calls:
         assert kwargs["sigmas"] == list(default_sigmas(8)[4:])
         assert np.array_equal(sigmas.numpy()[:-1], full[4:])  # what the scheduler stepped through
-        assert kwargs["latents"].shape == (1, 8 * 8, tiny_pipe.transformer.config.in_channels)
+        assert kwargs["latents"].shape == (1, tokens, tiny_pipe.transformer.config.in_channels)
     import pandas as pd
 
     assert pd.read_csv(tmp_path / "metrics.csv")["guided_steps"].tolist() == [2, 2]  # guided steps 0 and 1 of 4
 
 
-def test_the_start_of_a_frame_is_the_warped_previous_frame_noised_to_the_starts_sigma(tiny_pipe):
-    from qvedit.models.diffusers_compat.start import encode_image
+class Encoded(Exception):
+    """Stops a pipeline call once it has encoded its condition images (``latents_of_condition``)."""
 
-    source = demo_source()
+
+def latents_of_condition(pipe, image: Image.Image) -> torch.Tensor:
+    """The latents the pipeline's own call makes of ``image`` as its one condition image, encoded at 64x64 (the
+    frame's size): packed, as ``prepare_latents`` returns them, the call stopped there."""
+    family, original = family_of(pipe), type(pipe).prepare_latents
+    made = []
+
+    def prepare_latents(self, *args, **kwargs):
+        made.append(original(self, *args, **kwargs)[1])
+        raise Encoded
+
+    with pytest.MonkeyPatch.context() as patch, family.conditions(64 * 64), pytest.raises(Encoded):
+        patch.setattr(type(pipe), "prepare_latents", prepare_latents)
+        pipe(image=[image], prompt="p", num_inference_steps=2, height=64, width=64,
+             **family.call_arguments(64 * 64, 1.0, " "))
+    return made[0]
+
+
+def test_the_start_of_a_frame_is_the_warped_previous_frame_noised_to_the_starts_sigma(family_pipe):
+    """strength 0.6 of 8 steps: the last 4, from the previous frame moved along the flow and encoded as the pipeline
+    encodes a condition image (2.1: as RGBA), noised to the sigma the scheduler starts those 4 at. On each family."""
+    source, family = demo_source(), family_of(family_pipe)
     flow = ClipFlow(FlowSettings(), source, (64, 64), torch.device("cpu"))
-    starts = FrameStarts(StartSettings(noise="shared", strength=0.6), tiny_pipe, 0, 8, (64, 64), flow)
+    starts = FrameStarts(StartSettings(noise="shared", strength=0.6), family_pipe, 0, 8, (64, 64), flow)
     previous, pair = source.init_image(), flow.pair(1)
     begin = starts.frame(1, previous, pair)
     assert begin.steps == 4 and begin.kwargs["sigmas"] == list(default_sigmas(8)[4:])
-    noise = FrameNoise("shared", 0, latent_grid(tiny_pipe, 64, 64), 4).noise(1)
-    expected = (1 - starts.sigma) * encode_image(tiny_pipe, warped_onto(previous, pair), 64, 64) + starts.sigma * noise
-    assert torch.equal(begin.kwargs["latents"], pack(tiny_pipe, expected))
-    mu = schedule_mu(tiny_pipe.scheduler.config, 64)
-    assert starts.sigma == float(scheduled_sigmas(tiny_pipe.scheduler.config, default_sigmas(8), mu)[4])
+    x0 = family.encode_latents(family_pipe, warped_onto(previous, pair), 64, 64)
+    assert torch.equal(family.pack_latents(family_pipe, x0),
+                       latents_of_condition(family_pipe, warped_onto(previous, pair)))
+    noise = FrameNoise("shared", 0, family.latent_grid(family_pipe, 64, 64), family_pipe.vae_scale_factor).noise(1)
+    expected = (1 - starts.sigma) * x0 + starts.sigma * noise
+    assert torch.equal(begin.kwargs["latents"], family.pack_latents(family_pipe, expected))
+    mu = schedule_mu(family_pipe.scheduler.config, TOKENS_64x64[model_of(family_pipe)])
+    assert starts.sigma == float(scheduled_sigmas(family_pipe.scheduler.config, default_sigmas(8), mu)[4])
     # where the flow is occluded the previous frame keeps its own pixels; elsewhere it moves with the flow
     still = FlowPair(torch.full((1, 2, 64, 64), 3.0), torch.zeros(1, 1, 64, 64))
     assert np.array_equal(np.asarray(warped_onto(previous, still)), np.asarray(previous))
@@ -222,21 +274,26 @@ def test_the_start_of_a_frame_is_the_warped_previous_frame_noised_to_the_starts_
     assert np.array_equal(moved[:-3, :-3], np.asarray(previous)[3:, 3:])
 
 
-def test_the_default_start_passes_nothing_and_a_start_changes_the_frames(tiny_pipe, tmp_path):
+def test_the_default_start_passes_nothing_and_a_start_changes_the_frames(family_pipe, tmp_path):
+    """On each family: the default start leaves the pipeline its own noise (the golden frames hold its bytes);
+    warped noise changes the frames after the first."""
     source = demo_source()
-    starts = FrameStarts(StartSettings(), tiny_pipe, 0, 8, (64, 64))  # no flow: none needed
+    starts = FrameStarts(StartSettings(), family_pipe, 0, 8, (64, 64))  # no flow: none needed
     assert starts.frame(1, source.init_image()).kwargs == {} and starts.steps == 8
-    fresh = clip(tiny_pipe, tmp_path / "fresh", StartSettings(), max_frames=3)
-    warped = clip(tiny_pipe, tmp_path / "warped", StartSettings(noise="warped"), max_frames=3)
+    fresh = clip(family_pipe, tmp_path / "fresh", StartSettings(), max_frames=3)
+    warped = clip(family_pipe, tmp_path / "warped", StartSettings(noise="warped"), max_frames=3)
     assert fresh[0].read_bytes() == warped[0].read_bytes() and fresh[1].read_bytes() != warped[1].read_bytes()
 
 
-@pytest.mark.parametrize("start", [StartSettings(noise="warped"), StartSettings(noise="warped", strength=0.6)],
-                         ids=["warped", "warped_previous"])
-def test_a_resumed_clip_remakes_the_warped_noise_and_equals_an_uninterrupted_one(tiny_pipe, tmp_path, start):
-    whole = clip(tiny_pipe, tmp_path / "whole", start)
-    clip(tiny_pipe, tmp_path / "resumed", start, max_frames=3)
-    resumed = clip(tiny_pipe, tmp_path / "resumed", start)  # frames 3 and 4: noise of 1, 2 warped again
+@pytest.mark.parametrize("model, start", [("tiny", StartSettings(noise="warped")),
+                                          ("tiny", StartSettings(noise="warped", strength=0.6)),
+                                          ("tiny_21", StartSettings(noise="warped", strength=0.6))],
+                         ids=["warped", "warped_previous", "warped_previous-tiny_21"])
+def test_a_resumed_clip_remakes_the_warped_noise_and_equals_an_uninterrupted_one(request, tmp_path, model, start):
+    pipe = request.getfixturevalue("tiny_pipe" if model == "tiny" else "tiny_21_pipe")
+    whole = clip(pipe, tmp_path / "whole", start)
+    clip(pipe, tmp_path / "resumed", start, max_frames=3)
+    resumed = clip(pipe, tmp_path / "resumed", start)  # frames 3 and 4: noise of 1, 2 warped again
     assert [p.read_bytes() for p in whole] == [p.read_bytes() for p in resumed]
 
 

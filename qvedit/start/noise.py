@@ -44,7 +44,7 @@ class FrameNoise:
     """
 
     def __init__(self, kind: str, seed: int, grid: tuple[int, int, int], factor: int, device="cpu"):
-        """grid: (C, h, w) of the unpacked latents (``diffusers_compat.latent_grid``)."""
+        """grid: (C, h, w) of the unpacked latents (the model family's ``latent_grid``)."""
         self.kind, self.seed, self.grid, self.factor, self.device = kind, seed, grid, factor, torch.device(device)
         self.shared: Optional[torch.Tensor] = None
         self.field: Optional[torch.Tensor] = None  # the warped noise's fine field (s*h, s*w, C) of frame `made`

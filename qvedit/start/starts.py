@@ -8,6 +8,10 @@ of the full schedule, and the latents x = (1 - sigma) x0 + sigma n at that tail'
 computes it for this frame size (flow matching: x_sigma lies on the straight line from the image to the noise).
 x0 is the previous output frame moved onto this one by the clip's optical flow (pixels the flow marks occluded
 keep the previous frame's own), encoded by the pipeline's VAE as it encodes its condition images.
+
+What is the pipeline's own (the latents' grid and packing, the encoding, the sigmas a call uses and the shift's
+``mu``) the model family says (``qvedit.models.family.Family``): 2509's pipeline packs 2x2 latent cells into a token,
+Qwen-Image 2.1's takes one cell a token and encodes RGBA, and may sample a fixed grid of sigmas.
 """
 
 from __future__ import annotations
@@ -16,15 +20,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 from PIL import Image
 
 from qvedit.errors import QveditError
 from qvedit.guidance.flow import FlowPair, warp
 from qvedit.images import to_pil, to_tensor
 from qvedit.models.diffusers_compat.decode import execution_device
-from qvedit.models.diffusers_compat.start import (default_sigmas, encode_image, latent_grid, pack, schedule_mu,
-                                                  schedule_problem, scheduled_sigmas)
+from qvedit.models.diffusers_compat.start import schedule_problem, scheduled_sigmas
+from qvedit.models.family import Family, family_of
 from qvedit.settings.start import StartSettings
 from qvedit.start.noise import FrameNoise
 
@@ -56,14 +59,20 @@ class FrameStarts:
     """
 
     def __init__(self, settings: StartSettings, pipe, seed: int, num_steps: int, size: tuple[int, int],
-                 flow=None, team=None):
+                 flow=None, team=None, family: Optional[Family] = None):
         """size: (W, H) the pipeline generates at; flow: the clip's ``ClipFlow`` (rank 0; needed by warped noise
-        and strength < 1); team: the torchrun ``Team`` (None: one process)."""
+        and strength < 1); team: the torchrun ``Team`` (None: one process); family: the model family making the
+        calls, as the run configures it (``ClipPlan.family``: its sampling grid); None: ``family_of(pipe)``."""
         self.settings, self.pipe, self.team = settings, pipe, team
+        self.family = family or family_of(pipe)
         self.width, self.height = size
         self.num_steps, self.steps = num_steps, settings.steps_run(num_steps)
         self.main = team is None or team.is_main
-        problem = settings.problem(num_steps) or schedule_problem(pipe.scheduler.config, num_steps)
+        sigmas = self.family.start_sigmas(pipe, num_steps)  # unshifted, as the call hands them to its scheduler
+        problem = settings.problem(num_steps) or schedule_problem(pipe.scheduler.config, num_steps, sigmas)
+        if not problem and len(sigmas) != num_steps:
+            problem = (f"the calls sample {len(sigmas)} sigmas (the model's sampling grid), but "
+                       f"num_inference_steps={num_steps}: set num_inference_steps={len(sigmas)}")
         if problem:
             raise QveditError(problem)
         if settings.is_default:
@@ -72,9 +81,9 @@ class FrameStarts:
             raise QveditError(f"start.noise={settings.noise} start.strength={settings.strength:g} needs the clip's "
                               "optical flow, and none was given: give edit_clip the clip's ClipFlow")
         self.flow = flow
-        grid = latent_grid(pipe, self.width, self.height)
-        self.tail = [float(s) for s in default_sigmas(num_steps)[num_steps - self.steps:]]
-        mu = schedule_mu(pipe.scheduler.config, (grid[1] // 2) * (grid[2] // 2))
+        grid = self.family.latent_grid(pipe, self.width, self.height)
+        self.tail = [float(s) for s in sigmas[num_steps - self.steps:]]
+        mu = self.family.schedule_mu(pipe, grid)
         self.sigma = float(scheduled_sigmas(pipe.scheduler.config, self.tail, mu)[0])  # the start's noise level
         self.noise = FrameNoise(settings.noise, seed, grid, pipe.vae_scale_factor, execution_device(pipe)) \
             if self.main else None
@@ -104,11 +113,11 @@ class FrameStarts:
                 pair = self.flow.pair(index)
             noise = self.noise.noise(index, pair, chain_start, self.flow.pair if self.flow is not None else None)
             if part_way:
-                x0 = encode_image(self.pipe, warped_onto(previous, pair), self.width, self.height)
+                x0 = self.family.encode_latents(self.pipe, warped_onto(previous, pair), self.width, self.height)
                 latents = (1 - self.sigma) * x0 + self.sigma * noise.to(x0.device)
-                kwargs = {"latents": pack(self.pipe, latents), "sigmas": self.tail}
+                kwargs = {"latents": self.family.pack_latents(self.pipe, latents), "sigmas": self.tail}
             else:
-                kwargs = {"latents": pack(self.pipe, noise)}
+                kwargs = {"latents": self.family.pack_latents(self.pipe, noise)}
         if self.team is not None and self.team.size > 1:
             if kwargs is not None:
                 kwargs = {**kwargs, "latents": kwargs["latents"].cpu()}  # objects cross ranks on the CPU

@@ -4,9 +4,10 @@ qvedit never edits site-packages and never copies the denoising loop; where the 
 argument for what qvedit needs, it adapts the pipeline at run time, and all of that is here. Each
 adaptation is listed in ``ADAPTATIONS`` with what it relies on and the pipeline family it adapts (the decode path
 lives in ``decode.py``, the CFG passes in ``cfg_passes.py``, Qwen-Image 2.1's ``QwenImage21Pipeline`` in
-``qwenimage21.py``, the velocity recorder in ``velocity.py``, beside this file); ``tests/test_diffusers_compat.py``
-runs every check, so a diffusers upgrade that breaks one fails with the adaptation's name. At start
-a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the adaptations at risk.
+``qwenimage21.py`` and ``start21.py`` (its frame starts; 2509's in ``start.py``), the velocity recorder in
+``velocity.py``, beside this file); ``tests/test_diffusers_compat.py`` runs every check, so a diffusers upgrade
+that breaks one fails with the adaptation's name. At start a diffusers version other than ``TESTED_DIFFUSERS``
+logs one warning naming the adaptations at risk.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
-from qvedit.models.diffusers_compat import qwenimage21
+from qvedit.models.diffusers_compat import qwenimage21, start21
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
 from qvedit.models.diffusers_compat.fragments import missing_fragment
 from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
@@ -328,8 +329,9 @@ EDIT_PLUS_ADAPTATIONS = (
                "QwenImageCausalConv3d pads time causally by 2 * padding_t zero frames (its _padding) and convolves "
                "with padding 0, so one uncached frame meets only the kernel's last time slice", check_single_frame),
 )
-# QwenImage21Pipeline's (Qwen-Image 2.1), whose checks live in qwenimage21.py
-ADAPTATIONS = EDIT_PLUS_ADAPTATIONS + tuple(Adaptation(*entry, family="qwen_image_21") for entry in qwenimage21.CHECKS)
+# QwenImage21Pipeline's (Qwen-Image 2.1), whose checks live in qwenimage21.py and start21.py
+ADAPTATIONS = EDIT_PLUS_ADAPTATIONS + tuple(Adaptation(*entry, family="qwen_image_21")
+                                           for entry in qwenimage21.CHECKS + start21.CHECKS)
 
 
 def broken_adaptations() -> list[tuple[Adaptation, str]]:

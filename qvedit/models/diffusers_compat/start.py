@@ -77,8 +77,9 @@ def scheduled_sigmas(scheduler_config, sigmas, mu: float) -> np.ndarray:
     return scheduler.sigmas[:-1].numpy()
 
 
-def schedule_problem(scheduler_config: Optional[dict], num_steps: int) -> Optional[str]:
-    """Why a scheduler with ``scheduler_config`` cannot run ``num_steps`` steps (one line), or None.
+def schedule_problem(scheduler_config: Optional[dict], num_steps: int, sigmas=None) -> Optional[str]:
+    """Why a scheduler with ``scheduler_config`` cannot run ``num_steps`` steps (one line), or None. ``sigmas``: the
+    unshifted ones the calls use (None: ``default_sigmas(num_steps)``).
 
     One step with ``shift_terminal`` set (Qwen-Image's 0.02) gives NaN: the sigmas are stretched so that the last
     one is ``shift_terminal``, by ``1 - (1 - s) / ((1 - s_last) / (1 - shift_terminal))``, and a single step's only
@@ -88,8 +89,8 @@ def schedule_problem(scheduler_config: Optional[dict], num_steps: int) -> Option
     if scheduler_config is None:
         return None
     config = dict(scheduler_config)
-    sigmas = scheduled_sigmas(config, default_sigmas(num_steps), schedule_mu(config, config.get("base_image_seq_len",
-                                                                                                 256)))
+    sigmas = scheduled_sigmas(config, default_sigmas(num_steps) if sigmas is None else sigmas,
+                              schedule_mu(config, config.get("base_image_seq_len", 256)))
     if np.isfinite(sigmas).all():
         return None
     if num_steps == 1 and config.get("shift_terminal"):

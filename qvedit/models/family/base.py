@@ -8,7 +8,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ContextManager, Optional
 
+import numpy as np
 import torch
+from PIL import Image
 
 from qvedit.models.diffusers_compat import negative_prompt_for
 
@@ -61,6 +63,31 @@ class Family(abc.ABC):
                 tiny=None):
         """The differentiable decode of packed latents along the pipeline's own path (``diffusers_compat``)."""
 
+    # -- how a frame starts (qvedit.start: latents= and sigmas= of a call) -----------------------------------------
+
+    @abc.abstractmethod
+    def latent_grid(self, pipe, width: int, height: int) -> tuple[int, int, int]:
+        """(C, h, w) of the noise the pipeline draws for a ``width`` x ``height`` frame, before it packs it."""
+
+    @abc.abstractmethod
+    def pack_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """(1, C, h, w) latents of ``latent_grid`` -> the call's ``latents=``, packed as the pipeline packs its own
+        noise."""
+
+    @abc.abstractmethod
+    def encode_latents(self, pipe, image: Image.Image, width: int, height: int) -> torch.Tensor:
+        """``image`` (8-bit RGB) in the pipeline's latent space at a ``width`` x ``height`` frame: (1, C, h, w)
+        float32 on the pipeline's device, encoded and normalised as the pipeline encodes its condition images."""
+
+    @abc.abstractmethod
+    def start_sigmas(self, pipe, num_steps: int) -> np.ndarray:
+        """The unshifted sigmas (falling, in (0, 1]) a call of ``num_steps`` steps hands its scheduler: a part-way start
+        passes their tail as ``sigmas=``."""
+
+    @abc.abstractmethod
+    def schedule_mu(self, pipe, grid: tuple[int, int, int]) -> float:
+        """``mu`` of the scheduler's resolution-dependent shift in a call whose latents have ``grid`` (C, h, w)."""
+
     # -- what it takes ---------------------------------------------------------------------------------------------
 
     def refusal(self, ttlg, perf, parallel) -> Optional[str]:
@@ -70,7 +97,8 @@ class Family(abc.ABC):
 
     def start_problem(self, start) -> Optional[str]:
         """Why this family's calls cannot start as ``start`` (``qvedit.settings.start.StartSettings``) says (one line),
-        or None; before the model loads, and again where a clip's frames are made (``qvedit.editor.FrameMaker``)."""
+        or None; before the model loads, and again where a clip's frames are made (``qvedit.editor.FrameMaker``).
+        Both families take every start today, each through its own latents (``latent_grid`` ... ``schedule_mu``)."""
         return None
 
     def loaded_problem(self, pipe, condition_image: tuple[int, int], steps: list[int]) -> Optional[str]:

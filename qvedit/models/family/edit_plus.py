@@ -12,7 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ContextManager, Optional
 
+import numpy as np
+import torch
+from PIL import Image
+
 from qvedit.models import diffusers_compat
+from qvedit.models.diffusers_compat import start as start_compat
 from qvedit.models.family.base import Family
 
 
@@ -37,3 +42,18 @@ class EditPlus(Family):
     def decoder(self, pipe, height: int, width: int, checkpointing: bool = False, long_side: Optional[int] = None,
                 tiny=None):
         return diffusers_compat.LatentDecoder(pipe, height, width, checkpointing, long_side, tiny)
+
+    def latent_grid(self, pipe, width: int, height: int) -> tuple[int, int, int]:
+        return start_compat.latent_grid(pipe, width, height)
+
+    def pack_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        return start_compat.pack(pipe, latents)
+
+    def encode_latents(self, pipe, image: Image.Image, width: int, height: int) -> torch.Tensor:
+        return start_compat.encode_image(pipe, image, width, height)
+
+    def start_sigmas(self, pipe, num_steps: int) -> np.ndarray:
+        return start_compat.default_sigmas(num_steps)
+
+    def schedule_mu(self, pipe, grid: tuple[int, int, int]) -> float:
+        return start_compat.schedule_mu(pipe.scheduler.config, (grid[1] // 2) * (grid[2] // 2))  # a token per 2x2 cells

@@ -15,9 +15,12 @@ What differs from 2509 for qvedit (each relied-on detail checked in ``diffusers_
 Refused here, each in one line: ``ttlg.decoder=tiny`` (taehv's ``taew2_1`` was trained for Qwen-Image's 16-channel
 latents), ``parallel.*`` degrees (no context-parallel plan in diffusers 0.42.1; the CFG passes run over the joint
 text/image sequence, which qvedit's split of the passes was not built for), ``perf.cache=first_block`` (no
-``QwenImage21TransformerBlock`` in diffusers' block registry); a ``start`` other than ``start=fresh``
-(``start_problem``: ``qvedit.start`` shapes its ``latents=`` as ``QwenImageEditPlusPipeline`` draws them, and a
-part-way start's ``sigmas=`` would meet ``model.sample_sigmas``).
+``QwenImage21TransformerBlock`` in diffusers' block registry).
+
+The ``start`` group applies as on 2509, through this family's own latents (``diffusers_compat.start21``): noise of
+``in_channels`` channels per 16x16 pixels, flattened, not packed 2x2; the warped previous frame encoded as RGBA; ``mu``
+from one token per latent cell; a part-way start's ``sigmas=`` the tail of the call's grid (``model.sample_sigmas``,
+the pipeline's ``sample_sigmas``, or the default one).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
+from PIL import Image
 
-from qvedit.models.diffusers_compat import qwenimage21
+from qvedit.models.diffusers_compat import qwenimage21, start21
 from qvedit.models.family.base import Family
 
 
@@ -89,16 +94,20 @@ class Image21(Family):
                     "has no entry for its QwenImage21TransformerBlock: use perf.cache=taylorseer")
         return None
 
-    def start_problem(self, start) -> Optional[str]:
-        if start is None or start.is_default:
-            return None
-        grid = (f"; and start.strength={start.strength:g} below 1 passes its own sigmas= where model.sample_sigmas "
-                "is the call's sigmas already") if start.from_previous and self.sample_sigmas is not None else ""
-        return (f"start.noise={start.noise} start.strength={start.strength:g} does not apply to Qwen-Image 2.1: it "
-                "gives each call latents= shaped as QwenImageEditPlusPipeline draws them (in_channels // 4 channels "
-                "packed 2x2; a part-way start encodes an RGB image), and QwenImage21Pipeline's latents are unpacked "
-                "and its VAE takes RGBA"
-                f"{grid}: use start=fresh with model.release=2.1")
+    def latent_grid(self, pipe, width: int, height: int) -> tuple[int, int, int]:
+        return start21.latent_grid(pipe, width, height)
+
+    def pack_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        return start21.pack(pipe, latents)
+
+    def encode_latents(self, pipe, image: Image.Image, width: int, height: int) -> torch.Tensor:
+        return start21.encode_image(pipe, image, width, height)
+
+    def start_sigmas(self, pipe, num_steps: int) -> np.ndarray:
+        return start21.call_sigmas(pipe, self.sample_sigmas, num_steps)
+
+    def schedule_mu(self, pipe, grid: tuple[int, int, int]) -> float:
+        return start21.schedule_mu(pipe.scheduler.config, grid)
 
     def loaded_problem(self, pipe, condition_image: tuple[int, int], steps: dict) -> Optional[str]:
         low, high = qwenimage21.vision_pixel_range(pipe)
