@@ -101,8 +101,8 @@ class Modifications:
         if change is None:
             return False
         if change.permanent:
-            raise ModificationError(f"{change!r} cannot be undone on {self.label}: it changed the weights or where they "
-                                    "live for good; load the pipeline again")
+            raise ModificationError(f"{change!r} cannot be undone on {self.label}: it changed the weights or where "
+                                    "they live for good; load the pipeline again")
         del self._applied[name]
         change.undo()
         return True

@@ -4,9 +4,11 @@ qvedit never edits site-packages and never copies the denoising loop; where the 
 argument for what qvedit needs, it adapts the pipeline at run time, and all of that is here. Each
 adaptation is listed in ``ADAPTATIONS`` with what it relies on and the pipeline family it adapts (the decode path
 lives in ``decode.py``, the CFG passes in ``cfg_passes.py``, Qwen-Image 2.1's ``QwenImage21Pipeline`` in
-``qwenimage21.py``, the velocity recorder in ``velocity.py``, beside this file); ``tests/test_diffusers_compat.py``
-runs every check, so a diffusers upgrade that breaks one fails with the adaptation's name. At start
-a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the adaptations at risk.
+``qwenimage21.py``, the velocity recorder in ``velocity.py``, undoing diffusers' hooks exactly in ``hooks.py``,
+beside this file); each change it makes to a pipeline is a named modification (``qvedit.modifications``).
+``tests/test_diffusers_compat.py`` runs every check, so a diffusers upgrade that breaks one fails with the
+adaptation's name. At start a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the
+adaptations at risk.
 """
 
 from __future__ import annotations
@@ -325,8 +327,8 @@ EDIT_PLUS_ADAPTATIONS = (
                "one (stretch_shift_to_terminal: 0/0 for a single sigma of 1)",
                lambda: check_start_schedule(_has, _in_call, _in_source)),
     Adaptation("hook removal", "qvedit.modifications (perf.cache, perf.offload_text_encoder, perf.single_frame_vae)",
-               "HookRegistry lives in module._diffusers_hook, puts its forward on the instance and the wrapped one back "
-               "on removal, caches child registries in _child_registries_cache; CacheMixin keeps _cache_config",
+               "HookRegistry lives in module._diffusers_hook, puts its forward on the instance and the wrapped one "
+               "back on removal, caches child registries in _child_registries_cache; CacheMixin keeps _cache_config",
                check_hook_removal),
     Adaptation("single-frame VAE convolutions", "perf.single_frame_vae; the toy model's training (qvedit/toy/train.py)",
                "QwenImageCausalConv3d pads time causally by 2 * padding_t zero frames (its _padding) and convolves "
