@@ -73,3 +73,14 @@ def test_group_offloading_without_the_record_stream_fix_is_reported(monkeypatch)
     broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
     assert list(broken) == ["streamed group offload"] and "record_stream(default_stream)" in broken[
         "streamed group offload"]
+
+
+def test_a_changed_hook_removal_is_reported_by_name(monkeypatch):
+    from diffusers.hooks import HookRegistry
+
+    def remove_hook(self, name, recurse=True):  # a diffusers that leaves the hook's forward on the module
+        del self.hooks[name]
+
+    monkeypatch.setattr(HookRegistry, "remove_hook", remove_hook)
+    broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
+    assert list(broken) == ["hook removal"] and "old_forward" in broken["hook removal"]
