@@ -60,6 +60,7 @@ from PIL import Image  # noqa: E402
 
 from qvedit.bench21 import Q21_VARIANTS, q21_preset  # noqa: E402
 from qvedit.cli import OneLineParser, emit, folder, run_tool, whole  # noqa: E402
+from qvedit.modifications import modifications_of  # noqa: E402
 from qvedit.report.bench import compare_frames, markdown, uncached, write_report  # noqa: E402
 from qvedit.settings.run import DTYPE_NAMES  # noqa: E402
 
@@ -126,8 +127,9 @@ class PartTimer:
 
     @contextmanager
     def wrapping(self, owner, method: str, label: str):
+        """``owner.method`` timed as ``label`` inside the block (the modification ``timer <method>`` of ``owner``,
+        wrapping whatever is there, e.g. perf's offload wrapper)."""
         original = getattr(owner, method)
-        own = vars(owner).get(method)  # an instance attribute already there (e.g. perf's offload wrapper)
 
         def timed(*args, **kwargs):
             start = self._mark()
@@ -136,14 +138,9 @@ class PartTimer:
             finally:
                 self.spans.setdefault(label, []).append((start, self._mark()))
 
-        setattr(owner, method, timed)
-        try:
+        with modifications_of(owner).applied(f"timer {method}", lambda change: change.set(owner, method, timed),
+                                             detail=label):
             yield
-        finally:
-            if own is None:
-                delattr(owner, method)
-            else:
-                setattr(owner, method, own)
 
     def _mark(self):
         if self.cuda:

@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 
 from qvedit.errors import QveditError
+from qvedit.modifications import modifications_of
 from qvedit.settings.run import DTYPE_NAMES
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -87,5 +88,5 @@ def frame_memory(index: int, size: tuple[int, int], pipe, device: torch.device) 
     try:
         yield
     except (torch.cuda.OutOfMemoryError, MemoryError) as err:
-        offloaded = bool({"offload", "group_offload"} & set(pipe.__dict__.get("_qvedit_perf", ())))
+        offloaded = bool({"offload_text_encoder", "group_offload"} & set(modifications_of(pipe).names()))
         raise QveditError(out_of_memory_message(index, size, device, offloaded, err)) from None

@@ -89,3 +89,14 @@ def test_a_changed_start_of_qwen_image_21_is_reported_by_name(monkeypatch):
     monkeypatch.setattr(pipeline, "_pack_latents", staticmethod(lambda latents, *shape: latents))
     broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
     assert list(broken) == ["start latents (2.1)"] and ".transpose(1, 2)" in broken["start latents (2.1)"]
+
+
+def test_a_changed_hook_removal_is_reported_by_name(monkeypatch):
+    from diffusers.hooks import HookRegistry
+
+    def remove_hook(self, name, recurse=True):  # a diffusers that leaves the hook's forward on the module
+        del self.hooks[name]
+
+    monkeypatch.setattr(HookRegistry, "remove_hook", remove_hook)
+    broken = dict((a.name, problem) for a, problem in compat.broken_adaptations())
+    assert list(broken) == ["hook removal"] and "old_forward" in broken["hook removal"]

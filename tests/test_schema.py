@@ -82,7 +82,7 @@ def test_the_schema_loads_without_torch_diffusers_or_runtime_modules():
 # below, never a room above (docs/architecture.md). A room is a top-level module or a subpackage.
 LAYERS = (
     ("qvedit", "errors", "fields", "files", "images", "lab", "locks", "stopping", "trust", "launchers", "ranks", "cli",
-     "threads", "background"),
+     "threads", "background", "modifications"),
     ("settings",),
     ("devices",),
     ("models",),

@@ -26,6 +26,7 @@ from typing import Optional
 
 from qvedit.errors import QveditError, short_reason
 from qvedit.models.integrity import PICKLED_SUFFIXES, safetensors_problem
+from qvedit.modifications import modifications_of
 from qvedit.settings.model import RELEASES, LoraSpec, ModelSettings
 
 log = logging.getLogger(__name__)
@@ -214,16 +215,21 @@ class Variant:
         """Load the LoRAs into a freshly loaded pipeline (once per cache entry)."""
         if not self.loras:
             return
-        modules = dict(pipe.transformer.named_modules())
-        for lora in self.loras:
-            load_lora(pipe, lora, modules)
-        names = [lora.adapter for lora in self.loras]
-        pipe.set_adapters(names, [lora.scale for lora in self.loras])
-        if self.fuse:
-            pipe.fuse_lora(adapter_names=names)
-            pipe.unload_lora_weights()  # the merged weights stay; the LoRA layers go
-        log.info("LoRAs %s: %s", "fused" if self.fuse else "as layers",
-                 ", ".join(f"{lora.file.name} x {lora.scale:g}" for lora in self.loras))
+        def load(change) -> None:
+            modules = dict(pipe.transformer.named_modules())
+            for lora in self.loras:
+                load_lora(pipe, lora, modules)
+            names = [lora.adapter for lora in self.loras]
+            pipe.set_adapters(names, [lora.scale for lora in self.loras])
+            if self.fuse:
+                pipe.fuse_lora(adapter_names=names)
+                pipe.unload_lora_weights()  # the merged weights stay; the LoRA layers go
+
+        about = ", ".join(f"{lora.file.name} x {lora.scale:g}" for lora in self.loras)
+        # permanent: the LoRA files (and fused, their scales) are part of the pipeline cache's key
+        modifications_of(pipe).apply("loras", load, detail=f"{'fused' if self.fuse else 'as layers'}: {about}",
+                                     permanent=True)
+        log.info("LoRAs %s: %s", "fused" if self.fuse else "as layers", about)
 
     def configure(self, pipe):
         """Set this job's LoRA scales (unfused) and scheduler on the pipeline; returns it."""
@@ -299,13 +305,15 @@ def mismatch(state: dict, modules: dict) -> Optional[str]:
 
 
 def use_scheduler(pipe, overrides: dict) -> None:
-    """The model's own scheduler with ``overrides`` (a new FlowMatchEulerDiscreteScheduler from its config),
-    or the model's own again when there are none."""
-    original = pipe.__dict__.setdefault("_qvedit_scheduler", pipe.scheduler)
+    """The model's own scheduler with ``overrides`` (a new FlowMatchEulerDiscreteScheduler from its config: the
+    modification ``scheduler`` of the pipeline, made afresh at every call), or the model's own again when there are
+    none."""
+    changes = modifications_of(pipe)
+    changes.remove("scheduler")
     if not overrides:
-        if pipe.scheduler is not original:
-            pipe.scheduler = original
         return
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(original.config, **overrides)
+    own = pipe.scheduler
+    changes.apply("scheduler", lambda change: change.set(pipe, "scheduler", FlowMatchEulerDiscreteScheduler.from_config(
+        own.config, **overrides)), detail=", ".join(f"{key}={value}" for key, value in sorted(overrides.items())))

@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from qvedit.errors import QveditError
 from qvedit.models.diffusers_compat import CFGPasses, attention_backend, parallel_config
+from qvedit.modifications import Modification, modifications_of
 from qvedit.settings.model import ParallelSettings
 
 log = logging.getLogger(__name__)
@@ -86,16 +87,25 @@ def start_team(settings: ParallelSettings, device: str) -> "Team":
 
 def share_transformer(pipe, settings: ParallelSettings, team: "Team") -> None:
     """Share ``pipe``'s transformer work across the team (once per pipeline)."""
-    if settings.cfg_degree == 2 and not isinstance(getattr(pipe.transformer, "_qvedit_cfg_split", None), CFGSplit):
+    changes = modifications_of(pipe.transformer)
+    if settings.cfg_degree == 2 and "cfg_parallel" not in changes:
         team.check_same_weights(pipe.transformer)
-        pipe.transformer._qvedit_cfg_split = CFGSplit(pipe.transformer, team)
+        changes.apply("cfg_parallel", lambda change: CFGSplit(pipe.transformer, team, change),
+                      detail=f"{team.size} ranks")
         log.info("CFG parallelism: prompt pass on ranks 0-%d, negative-prompt pass on ranks %d-%d",
                  settings.context_degree - 1, settings.context_degree, team.size - 1)
     if settings.ulysses_degree * settings.ring_degree == 1 or parallel_config(pipe.transformer) is not None:
         return
+    team.check_same_weights(pipe.transformer)
+    changes.apply("context_parallel", lambda change: enable_context_parallelism(pipe, settings),
+                  detail=f"ulysses {settings.ulysses_degree} x ring {settings.ring_degree}", permanent=True)
+
+
+def enable_context_parallelism(pipe, settings: ParallelSettings) -> None:
+    """diffusers' context parallelism on ``pipe``'s transformer, as the ``parallel/`` degrees say (diffusers has no
+    way back: a permanent modification)."""
     from diffusers import ContextParallelConfig
 
-    team.check_same_weights(pipe.transformer)
     mesh = None
     if settings.cfg_degree == 2:  # each CFG pass on its own context-parallel group of ranks
         from torch.distributed.device_mesh import init_device_mesh
@@ -191,7 +201,7 @@ class CFGSplit:
     combined). Every rank then combines the same two tensors.
     """
 
-    def __init__(self, transformer: torch.nn.Module, team: "Team"):
+    def __init__(self, transformer: torch.nn.Module, team: "Team", change: Modification):
         self.team = team
         share = team.settings.context_degree
         self.computes_cond = team.rank < share
@@ -203,7 +213,7 @@ class CFGSplit:
                 if first == self.cond_rank:
                     self.group = group
         self.cond: Optional[torch.Tensor] = None  # this step's cond prediction (a placeholder on uncond ranks)
-        self.passes = CFGPasses(transformer, self.run_pass)
+        self.passes = CFGPasses(transformer, self.run_pass, change)
 
     def run_pass(self, name: str, compute: Callable, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """(B, S, C_in) tokens -> the (B, S, C_out) prediction of the pass ``name``."""

@@ -21,8 +21,11 @@ import torch
 
 from qvedit.errors import QveditError
 from qvedit.files import cache_dir
-from qvedit.models.diffusers_compat import before_prompt_encoding, execution_device, use_single_frame_convolutions
-from qvedit.models.step_cache import use_step_cache, without_step_cache
+from qvedit.models.diffusers_compat import (attention_backend, before_prompt_encoding, execution_device,
+                                            use_single_frame_convolutions)
+from qvedit.models.diffusers_compat.hooks import add_model_hook, before_forward
+from qvedit.models.step_cache import STEP_CACHE, use_step_cache, without_step_cache
+from qvedit.modifications import applied_to, modifications_of
 from qvedit.settings.model import PerfSettings
 
 log = logging.getLogger(__name__)
@@ -45,19 +48,18 @@ def check_perf(settings: PerfSettings, device: str, dtype: str, processes: int =
 
 def prepare_pipeline(pipe, settings: PerfSettings, device: str) -> None:
     """Apply the settings of ``settings.pipeline_key()`` to a pipeline just loaded; components named by
-    ``settings.host_components()`` are still in CPU memory and are placed here."""
-    applied = pipe.__dict__.setdefault("_qvedit_perf", set())
+    ``settings.host_components()`` are still in CPU memory and are placed here. Each is a permanent modification
+    of the pipeline (``qvedit.modifications``: listed, not undone; a pipeline without it is loaded afresh)."""
+    changes = modifications_of(pipe)
     if settings.quantize == "fp8":
         from qvedit.models.fp8 import quantize_fp8
 
-        quantize_fp8(pipe.transformer, settings.fp8_keep_bf16, device)
-        applied.add("fp8")
-    if settings.layerwise_fp8_storage:
-        store_weights_in_fp8(pipe.transformer)  # before group offloading, so the CPU copies it streams are fp8
-        applied.add("fp8_storage")
+        changes.apply("fp8", lambda change: quantize_fp8(pipe.transformer, settings.fp8_keep_bf16, device),
+                      detail=f"{len(settings.fp8_keep_bf16)} patterns kept in bf16", permanent=True)
+    if settings.layerwise_fp8_storage:  # before group offloading, so the CPU copies it streams are fp8
+        changes.apply("fp8_storage", lambda change: store_weights_in_fp8(pipe.transformer), permanent=True)
     if settings.group_offload:
-        group_offload(pipe, device)
-        applied.add("group_offload")
+        changes.apply("group_offload", lambda change: group_offload(pipe, device), permanent=True)
     for name in settings.host_components():
         component = getattr(pipe, name)
         if not settings.group_offload and component.device != torch.device(device):
@@ -66,31 +68,42 @@ def prepare_pipeline(pipe, settings: PerfSettings, device: str) -> None:
 
 def apply_perf(pipe, settings: PerfSettings) -> None:
     """Set up the loaded ``pipe`` as ``settings`` say: attention kernel, compile, text encoder offload, step
-    cache (once per pipeline and setting: a sweep reuses the pipeline).
+    cache, single-frame VAE convolutions (each a modification, ``qvedit.modifications``, applied once per pipeline
+    and setting: a sweep reuses the pipeline).
 
     Args:
         pipe: the pipeline ``load_pipeline`` gave (with ``settings`` as its ``perf``).
         settings: the ``perf/`` settings.
     """
-    applied = pipe.__dict__.setdefault("_qvedit_perf", set())
-    if settings.attention_backend and ("attention", settings.attention_backend) not in applied:
-        try:
-            pipe.transformer.set_attention_backend(settings.attention_backend)
-        except (ValueError, RuntimeError, ImportError) as err:
-            raise QveditError(f"perf.attention_backend={settings.attention_backend!r} is not usable here "
-                              f"({str(err).splitlines()[0]}): use null (PyTorch SDPA) or another backend") from None
-        applied.add(("attention", settings.attention_backend))
-    if settings.compile and "compile" not in applied:
+    changes = modifications_of(pipe)
+    backend = changes.get("attention_backend")
+    if settings.attention_backend and (backend is None or backend.detail != settings.attention_backend):
+        changes.remove("attention_backend")
+        changes.apply("attention_backend", lambda change: use_attention_backend(change, pipe.transformer,
+                                                                                settings.attention_backend),
+                      detail=settings.attention_backend)
+    if settings.compile and "compile" not in modifications_of(pipe.transformer):
         without_step_cache(pipe.transformer)  # the blocks are compiled bare; the cache's hooks go around them below
         use_compile_cache()
         compile_blocks(pipe.transformer)
-        applied.add("compile")
-    if settings.offload_text_encoder and "offload" not in applied:
+    if settings.offload_text_encoder and "offload_text_encoder" not in changes:
         offload_text_encoder(pipe)
-        applied.add("offload")
-    if settings.cache != "none" or "_qvedit_cache" in vars(pipe.transformer):
+    if settings.cache != "none" or STEP_CACHE in modifications_of(pipe.transformer):
         use_step_cache(pipe.transformer, settings)
     use_single_frame_convolutions(pipe.vae, settings.single_frame_vae)
+    log.info("pipeline modifications: %s", "; ".join(applied_to(pipe)) or "none")
+
+
+def use_attention_backend(change, transformer, backend: str) -> None:
+    """``perf.attention_backend``: ``transformer``'s attention processors use ``backend``; undone, the one before."""
+    before = attention_backend(transformer)
+    try:
+        transformer.set_attention_backend(backend)
+    except (ValueError, RuntimeError, ImportError) as err:
+        raise QveditError(f"perf.attention_backend={backend!r} is not usable here "
+                          f"({str(err).splitlines()[0]}): use null (PyTorch SDPA) or another backend") from None
+    change.on_undo(transformer.reset_attention_backend if before is None else
+                   lambda: transformer.set_attention_backend(before))
 
 
 def compile_blocks(transformer: torch.nn.Module) -> None:
@@ -102,9 +115,12 @@ def compile_blocks(transformer: torch.nn.Module) -> None:
     ``forward`` compiled, the hooks, registered afterwards, wrap it and stay in eager Python, so the cache can be
     switched on and off without compiling again (``diffusers_compat``: "step cache around compiled blocks").
     """
-    for module in transformer.modules():
-        if type(module).__name__ in transformer._repeated_blocks:
-            module.forward = torch.compile(module.forward, fullgraph=True)
+    def compile_each(change) -> None:
+        for module in transformer.modules():
+            if type(module).__name__ in transformer._repeated_blocks:
+                change.set(module, "forward", torch.compile(module.forward, fullgraph=True))
+
+    modifications_of(transformer).apply("compile", compile_each, detail="repeated blocks' forward")
 
 
 def use_compile_cache() -> Path:
@@ -163,23 +179,36 @@ class PinnedSwap:
         torch.cuda.current_stream(self.device).synchronize()
         self.on_gpu = module
 
+    def restore(self) -> None:
+        """Every module on the GPU again (the swap's end)."""
+        for module in self.host:
+            for tensor, pinned in self.host[module]:
+                tensor.data = pinned.to(self.device)
+        self.host, self.on_gpu = {}, None
+
 
 def offload_text_encoder(pipe) -> None:
-    """Keep the 7B text encoder and the transformer on the GPU by turns.
+    """Keep the 7B text encoder and the transformer on the GPU by turns (the modification ``offload_text_encoder``).
 
     The text encoder is needed once per frame (the prompts); the transformer for every step. The
     one not in use waits in pinned CPU memory: per frame one 15 GiB and one 38 GiB host-to-device
     copy, and a peak of about the transformer's size. The VAE stays (guidance decodes every step).
+    Undone, both are on the GPU again.
     """
     device = execution_device(pipe)
     if device.type != "cuda":
         raise QveditError("perf.offload_text_encoder needs a CUDA device: it saves GPU memory only")
-    swap = PinnedSwap(device)
-    swap.add(pipe.text_encoder)
-    swap.add(pipe.transformer)
-    swap.load(pipe.transformer)
-    before_prompt_encoding(pipe, lambda: swap.load(pipe.text_encoder))
-    pipe.transformer.register_forward_pre_hook(lambda module, args: swap.load(module))
+
+    def offload(change) -> None:
+        swap = PinnedSwap(device)
+        change.on_undo(swap.restore)
+        swap.add(pipe.text_encoder)
+        swap.add(pipe.transformer)
+        swap.load(pipe.transformer)
+        before_prompt_encoding(change, pipe, lambda: swap.load(pipe.text_encoder))
+        add_model_hook(change, pipe.transformer, before_forward(swap.load), "qvedit_offload_text_encoder")
+
+    modifications_of(pipe).apply("offload_text_encoder", offload)
 
 
 def store_weights_in_fp8(transformer: torch.nn.Module) -> None:

@@ -32,9 +32,13 @@ from typing import Optional
 import torch
 
 from qvedit.errors import QveditError
+from qvedit.models.diffusers_compat.hooks import restore_hook_state
+from qvedit.modifications import modifications_of
 from qvedit.settings.model import PerfSettings
 
 log = logging.getLogger(__name__)
+
+STEP_CACHE = "step_cache"  # the modification's name (qvedit.modifications)
 
 
 def cache_config(settings: PerfSettings):
@@ -75,26 +79,32 @@ def fresh_steps(settings: PerfSettings, num_steps: int) -> Optional[list[int]]:
 def use_step_cache(transformer, settings: PerfSettings) -> None:
     """Give ``transformer`` exactly the cache ``settings`` asks for (none: no cache hooks), with fresh state.
 
-    A cache of other settings is removed first, so the jobs of a sweep can each have their own. The hooks wrap
-    each block's ``forward`` as it is now: with ``perf.compile`` they wrap the compiled ``forward`` and run in
-    eager Python themselves (``qvedit.models.perf.compile_blocks``).
+    The cache is the modification ``step_cache`` of the transformer (``qvedit.modifications``; its detail is the
+    diffusers config). A cache of other settings is removed first, so the jobs of a sweep can each have their own.
+    The hooks wrap each block's ``forward`` as it is now: with ``perf.compile`` they wrap the compiled ``forward`` and
+    run in eager Python themselves (``qvedit.models.perf.compile_blocks``).
     """
     from diffusers.hooks import HookRegistry
 
     wanted = cache_config(settings)
     key = repr(wanted)
-    if transformer.__dict__.get("_qvedit_cache") != key:
-        if transformer.is_cache_enabled:
-            transformer.disable_cache()
+    applied = modifications_of(transformer).get(STEP_CACHE)
+    if (applied.detail if applied is not None else repr(None)) != key:
+        without_step_cache(transformer)
         if wanted is not None:
-            transformer.enable_cache(wanted)
+            modifications_of(transformer).apply(STEP_CACHE, lambda change: _enable(change, transformer, wanted),
+                                                detail=key)
             log.info("perf.cache: %s", key)
-        transformer._qvedit_cache = key
     HookRegistry.check_if_exists_or_initialize(transformer).reset_stateful_hooks()
 
 
+def _enable(change, transformer, config) -> None:
+    restore_hook_state(change, transformer)
+    transformer.enable_cache(config)
+    change.on_undo(transformer.disable_cache)
+
+
 def without_step_cache(transformer) -> None:
-    """Remove qvedit's cache hooks from ``transformer`` (before its blocks are compiled)."""
-    if transformer.is_cache_enabled:
-        transformer.disable_cache()
-    transformer.__dict__.pop("_qvedit_cache", None)
+    """Remove the step cache from ``transformer`` (before its blocks are compiled; before another cache)."""
+    if not modifications_of(transformer).remove(STEP_CACHE) and transformer.is_cache_enabled:
+        transformer.disable_cache()  # a cache qvedit did not set up

@@ -5,9 +5,11 @@ argument for what qvedit needs, it adapts the pipeline at run time, and all of t
 adaptation is listed in ``ADAPTATIONS`` with what it relies on and the pipeline family it adapts (the decode path
 lives in ``decode.py``, the CFG passes in ``cfg_passes.py``, Qwen-Image 2.1's ``QwenImage21Pipeline`` in
 ``qwenimage21.py`` and ``start21.py`` (its frame starts; 2509's in ``start.py``), the velocity recorder in
-``velocity.py``, beside this file); ``tests/test_diffusers_compat.py`` runs every check, so a diffusers upgrade
-that breaks one fails with the adaptation's name. At start a diffusers version other than ``TESTED_DIFFUSERS``
-logs one warning naming the adaptations at risk.
+``velocity.py``, undoing diffusers' hooks exactly in ``hooks.py``,
+beside this file); each change it makes to a pipeline is a named modification (``qvedit.modifications``).
+``tests/test_diffusers_compat.py`` runs every check, so a diffusers upgrade that breaks one fails with the
+adaptation's name. At start a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the
+adaptations at risk.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (u
 from qvedit.models.diffusers_compat import qwenimage21, start21
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
 from qvedit.models.diffusers_compat.fragments import missing_fragment
+from qvedit.models.diffusers_compat.hooks import check_hook_removal
 from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
     check_single_frame, single_frame_convolutions, use_single_frame_convolutions)
 from qvedit.models.diffusers_compat.start import check_start_latents, check_start_schedule
 from qvedit.models.diffusers_compat.velocity import VelocityRecorder, record_velocity, step_sigma  # noqa: F401
+from qvedit.modifications import Modification, modifications_of
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +59,13 @@ def condition_area(area: int) -> Iterator[None]:
     """Encode condition images at ``area`` pixels inside the block, instead of diffusers' fixed 1 MP.
 
     The pipeline reads the module constant ``VAE_IMAGE_SIZE`` on every call and offers no argument for
-    it; it is set for the duration of one call and restored after.
+    it; it is set for the duration of one call and restored after (the modification ``condition_area`` of the
+    pipeline's module, ``qvedit.modifications``: one at a time).
     """
     module = _pipeline_module()
-    saved = module.VAE_IMAGE_SIZE
-    module.VAE_IMAGE_SIZE = area
-    try:
+    with modifications_of(module).applied("condition_area", lambda change: change.set(module, "VAE_IMAGE_SIZE", area),
+                                          detail=f"{area} pixels"):
         yield
-    finally:
-        module.VAE_IMAGE_SIZE = saved
 
 
 def condition_sizes(image_size: tuple[int, int], vae_area: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -86,16 +88,16 @@ def pipeline_condition_area() -> int:
 
 # -- 4. running code before each prompt encoding ----------------------------------------------------
 
-def before_prompt_encoding(pipe, hook: Callable[[], None]) -> None:
-    """Call ``hook()`` each time the pipeline encodes a prompt (it looks ``encode_prompt`` up on the
-    instance, so an instance attribute wraps it)."""
+def before_prompt_encoding(change: Modification, pipe, hook: Callable[[], None]) -> None:
+    """Call ``hook()`` each time the pipeline encodes a prompt, as part of ``change`` (``qvedit.modifications``):
+    ``pipe.encode_prompt`` is looked up on the instance, so an instance attribute wraps it; undone, it is gone."""
     encode_prompt = pipe.encode_prompt
 
     def encode_prompt_after_hook(*args, **kwargs):
         hook()
         return encode_prompt(*args, **kwargs)
 
-    pipe.encode_prompt = encode_prompt_after_hook
+    change.set(pipe, "encode_prompt", encode_prompt_after_hook)
 
 # -- 5. the two passes of true CFG: cfg_passes.py (CFGPasses) ------------------------------------------
 
@@ -325,6 +327,10 @@ EDIT_PLUS_ADAPTATIONS = (
                "config values) and begins at index 0; set_timesteps shifts each sigma alone and stretches by the last "
                "one (stretch_shift_to_terminal: 0/0 for a single sigma of 1)",
                lambda: check_start_schedule(_has, _in_call, _in_source)),
+    Adaptation("hook removal", "qvedit.modifications (perf.cache, perf.offload_text_encoder, perf.single_frame_vae)",
+               "HookRegistry lives in module._diffusers_hook, puts its forward on the instance and the wrapped one "
+               "back on removal, caches child registries in _child_registries_cache; CacheMixin keeps _cache_config",
+               check_hook_removal),
     Adaptation("single-frame VAE convolutions", "perf.single_frame_vae; the toy model's training (qvedit/toy/train.py)",
                "QwenImageCausalConv3d pads time causally by 2 * padding_t zero frames (its _padding) and convolves "
                "with padding 0, so one uncached frame meets only the kernel's last time slice", check_single_frame),

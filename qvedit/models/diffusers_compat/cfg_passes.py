@@ -8,6 +8,8 @@ from typing import Callable, Optional
 
 import torch
 
+from qvedit.modifications import Modification
+
 
 class CFGPasses:
     """Hands the transformer's "cond" and "uncond" passes of each step to ``run_pass``.
@@ -16,10 +18,11 @@ class CFGPasses:
     and then ``cache_context("uncond")``. With this installed, each such call becomes
     ``run_pass(name, forward, hidden_states, *args, **kwargs)``, which returns the (B, S, C_out)
     prediction; calls outside the two contexts run unchanged. ``out_features`` and ``dtype`` give the
-    prediction's last dimension and dtype, for a pass that is computed elsewhere.
+    prediction's last dimension and dtype, for a pass that is computed elsewhere. ``change`` (a
+    ``qvedit.modifications.Modification``) records the two instance attributes set, so undoing it takes them away.
     """
 
-    def __init__(self, transformer: torch.nn.Module, run_pass: Callable):
+    def __init__(self, transformer: torch.nn.Module, run_pass: Callable, change: Modification):
         self.context: Optional[str] = None
         self.run_pass = run_pass
         self.forward = transformer.forward
@@ -27,8 +30,8 @@ class CFGPasses:
         config = transformer.config
         self.out_features = config.patch_size ** 2 * (config.out_channels or config.in_channels)
         self.dtype = transformer.dtype  # the prediction's dtype: proj_out's
-        transformer.cache_context = self.named_pass
-        transformer.forward = self.split_forward
+        change.set(transformer, "cache_context", self.named_pass)
+        change.set(transformer, "forward", self.split_forward)
 
     @contextlib.contextmanager
     def named_pass(self, name: str, **kwargs):

@@ -17,6 +17,11 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from qvedit.modifications import modifications_of
+
+
+SINGLE_FRAME = "single_frame_vae"  # the modification's name (qvedit.modifications)
+
 
 def _single_frame_forward(conv, original):
     """``conv``'s forward: a 2D convolution for one uncached frame, ``original`` (the 3D one) otherwise."""
@@ -35,27 +40,32 @@ def _single_frame_forward(conv, original):
     return forward
 
 
-def use_single_frame_convolutions(vae: torch.nn.Module, on: bool = True) -> None:
-    """From now on, ``vae``'s causal 3D convolutions run as 2D ones on single uncached frames (``on``), or as diffusers
-    defines them again (not ``on``): instance attributes, set or removed; gradients flow as through the 3D ones."""
+def _convolutions_2d(change, vae: torch.nn.Module) -> None:
     from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageCausalConv3d
 
     for conv in (m for m in vae.modules() if isinstance(m, QwenImageCausalConv3d)):
-        if on and "forward" not in vars(conv):
-            conv.forward = _single_frame_forward(conv, type(conv).forward.__get__(conv))
-        elif not on and "forward" in vars(conv):
-            del conv.forward
+        change.set(conv, "forward", _single_frame_forward(conv, conv.forward))
+
+
+def use_single_frame_convolutions(vae: torch.nn.Module, on: bool = True) -> None:
+    """From now on, ``vae``'s causal 3D convolutions run as 2D ones on single uncached frames (``on``), or as before
+    again (not ``on``): the modification ``single_frame_vae`` of the VAE, applied or removed; gradients flow as
+    through the 3D ones."""
+    changes = modifications_of(vae)
+    if on and SINGLE_FRAME not in changes:
+        changes.apply(SINGLE_FRAME, lambda change: _convolutions_2d(change, vae))
+    elif not on:
+        changes.remove(SINGLE_FRAME)
 
 
 @contextlib.contextmanager
 def single_frame_convolutions(vae: torch.nn.Module) -> Iterator[None]:
     """``use_single_frame_convolutions`` inside the block only (as the toy model's training uses it)."""
-    was_on = any("forward" in vars(m) for m in vae.modules() if hasattr(m, "_padding"))
-    use_single_frame_convolutions(vae)
-    try:
+    if SINGLE_FRAME in modifications_of(vae):
         yield
-    finally:
-        use_single_frame_convolutions(vae, was_on)
+        return
+    with modifications_of(vae).applied(SINGLE_FRAME, lambda change: _convolutions_2d(change, vae)):
+        yield
 
 
 def check_single_frame() -> Optional[str]:

@@ -10,6 +10,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from qvedit.modifications import modifications_of
+
 
 class VelocityRecorder:
     """Holds the model output (velocity v) of the scheduler's latest ``step`` call, and the call's sigmas on the
@@ -27,31 +29,30 @@ def record_velocity(scheduler) -> Iterator[VelocityRecorder]:
     ``callback_on_step_end`` only sees x_{t-1}; the velocity the step used turns it into an x0
     estimate. Wrapping the instance's ``step`` leaves the class and the pipeline untouched. The call's
     ``set_timesteps`` is wrapped too: it runs once more on the CPU first (the same float32 sigmas: they are
-    computed in numpy, then moved), so that ``step_sigma`` reads a sigma without waiting for the device.
+    computed in numpy, then moved), so that ``step_sigma`` reads a sigma without waiting for the device. Both are
+    the modification ``record_velocity`` of the scheduler (``qvedit.modifications``: one recorder at a time), undone
+    after the block, also when it raises.
     """
     recorder = VelocityRecorder()
-    original, set_timesteps = scheduler.step, scheduler.set_timesteps
 
-    def step(model_output, *args, **kwargs):
-        recorder.velocity = model_output
-        return original(model_output, *args, **kwargs)
+    def wrap(change) -> None:
+        original, set_timesteps = scheduler.step, scheduler.set_timesteps
 
-    @functools.wraps(set_timesteps)  # retrieve_timesteps reads its signature (does it take sigmas?)
-    def set_timesteps_recording(*args, **kwargs):
-        set_timesteps(*args, **{**kwargs, "device": None})
-        recorder.sigmas = scheduler.sigmas.clone()
-        return set_timesteps(*args, **kwargs)
+        def step(model_output, *args, **kwargs):
+            recorder.velocity = model_output
+            return original(model_output, *args, **kwargs)
 
-    own = {name: vars(scheduler)[name] for name in ("step", "set_timesteps") if name in vars(scheduler)}
-    scheduler.step, scheduler.set_timesteps = step, set_timesteps_recording
-    try:
+        @functools.wraps(set_timesteps)  # retrieve_timesteps reads its signature (does it take sigmas?)
+        def set_timesteps_recording(*args, **kwargs):
+            set_timesteps(*args, **{**kwargs, "device": None})
+            recorder.sigmas = scheduler.sigmas.clone()
+            return set_timesteps(*args, **kwargs)
+
+        change.set(scheduler, "step", step)
+        change.set(scheduler, "set_timesteps", set_timesteps_recording)
+
+    with modifications_of(scheduler).applied("record_velocity", wrap):
         yield recorder
-    finally:  # an outer recorder's wrappers (nested calls) come back; else the class's methods
-        for name in ("step", "set_timesteps"):
-            if name in own:
-                setattr(scheduler, name, own[name])
-            else:
-                delattr(scheduler, name)
 
 
 def step_sigma(scheduler, recorder: Optional[VelocityRecorder] = None) -> float:
