@@ -1,13 +1,13 @@
 """Drift and its defences on a 32-frame clip of shapes: every anchor preset, the toy model on the CPU, seeds 0-2.
 
-    python benchmarks/drift.py --out runs/drift-bench            # length 32 (the README's table)
+    python benchmarks/drift.py --out runs/drift-bench            # length 32 (the table of docs/long-clips.md)
     python benchmarks/drift.py --length 24 --seeds 0 --out DIR   # a quick look
     python benchmarks/drift.py --jobs 2 --out DIR                 # two settings at once (OMP_NUM_THREADS=1)
     python benchmarks/drift.py --reuse --out DIR                  # the finished sweeps kept, the rest made
 
 Each setting below is one ``experiment=drift_demo`` sweep (``io=shapes``: a held-out clip of shapes the toy model
 never saw, ``ttlg=off`` and ``ttlg=edge_gram`` for each seed), judged over the whole clip. Writes ``drift.md`` (the
-table the README shows: per setting, guided and off, the median over seeds of the last-quarter mean of each
+table docs/long-clips.md shows: per setting, guided and off, the median over seeds of the last-quarter mean of each
 drift column and its growth over the first quarter), ``drift.json`` and ``drift.png`` (median ``color_drift``
 per frame of every setting). The toy model (``model=toy``) was trained in this repository on synthetic shapes: the
 figures show what each defence does to a model that really edits and drifts, not how the real model's images look.

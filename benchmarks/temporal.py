@@ -1,6 +1,6 @@
 """Frames tied where they are made: every start (noise x strength) against the warp error and the seconds a frame.
 
-    python benchmarks/temporal.py --out runs/temporal-bench                  # tiny model, CPU, the README's figures
+    python benchmarks/temporal.py --out runs/temporal-bench                  # tiny model, CPU, the figures of docs/long-clips.md
     python benchmarks/temporal.py --model toy --clips shapes --out DIR      # the toy model on a clip of shapes
     python benchmarks/temporal.py --out DIR -- model.model_id=/m dtype=bf16  # any overrides, passed to every run
     python benchmarks/temporal.py --jobs 2 --out DIR                        # both clips at once (OMP_NUM_THREADS=1)

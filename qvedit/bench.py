@@ -269,9 +269,10 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0],
-                           epilog="Each variant is described in the module's docstring (qvedit/bench.py); README, "
-                                  "\"Performance\", has the figures measured with it. Exit code: 0 done, 2 bad "
-                                  "arguments or a setting the device cannot run (one line, before any loading).")
+                           epilog="Each variant is described in the module's docstring (qvedit/bench.py); "
+                                  "docs/performance.md and benchmarks/RESULTS.md have the figures measured with it. Exit "
+                                  "code: 0 done, 2 bad arguments or a setting the device cannot run (one line, before any "
+                                  "loading).")
     parser.add_argument("--model", choices=("random_full", "tiny"), default="random_full",
                         help="random_full: the full 2509 architecture, random weights, timing only (a GPU); tiny: "
                              "the offline toy model, to try the benchmark on the CPU (default: %(default)s)")

@@ -58,7 +58,7 @@ def peak_memory_mib(device: torch.device) -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-# perf=low_memory's saving, measured (README, "Performance"): TTLG at 1024x1024 peaks at 43.4 GiB instead of 58.9
+# perf=low_memory's saving, measured (docs/performance.md): TTLG at 1024x1024 peaks at 43.4 GiB instead of 58.9
 LOW_MEMORY_HINT = ("pass perf=low_memory (the text encoder waits in CPU memory between prompts: 43 GiB instead of 59 "
                    "at 1 MP) or perf=vram24 (weights streamed from CPU memory: 5.4 GiB at 1 MP, 1.26x the time)")
 

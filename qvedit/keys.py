@@ -57,7 +57,7 @@ def closest(name: str) -> Optional[str]:
 def unknown_key_message(name: str, where: str) -> str:
     guess = closest(name)
     hint = f"did you mean {guess}?" if guess else "python -m qvedit --help lists the groups and keys"
-    return f"unknown key {name} ({where}): {hint} Every key is in README, \"Keys\""
+    return f"unknown key {name} ({where}): {hint} Every key is in docs/configuration.md"
 
 
 def parsed_overrides(argv: list[str]) -> list:

@@ -7,7 +7,7 @@ storage, and streaming the transformer and text encoder from CPU memory (diffuse
 ``apply_perf`` runs on the loaded pipeline: an attention kernel, regional ``torch.compile`` of the
 repeated transformer blocks (its kernels kept in qvedit's cache folder), keeping the 7B text encoder in CPU
 memory while the transformer runs (it is needed once per frame, for the prompt), and diffusers' step cache
-(``qvedit.models.step_cache``). Measured effects are in the README.
+(``qvedit.models.step_cache``). Measured effects are in docs/performance.md and benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
