@@ -3,66 +3,64 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from qvedit import stopping
 from qvedit.anchor.color import ColorAnchor
-from qvedit.devices import frame_memory, peak_memory_mib, reset_peak_memory
+from qvedit.devices import peak_memory_mib, reset_peak_memory
 from qvedit.errors import QveditError
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.flow import FlowPair
 from qvedit.guidance.guide import Guide, refuse_inference_mode
-from qvedit.images import to_pil, to_tensor
+from qvedit.images import to_tensor
 from qvedit.io.flow import ClipFlow
 from qvedit.io.source import FrameSource
 from qvedit.lab import LabStats
-from qvedit.models.diffusers_compat import execution_device, record_velocity
+from qvedit.models.diffusers_compat import VelocityRecorder
 from qvedit.models.family import family_of
 from qvedit.models.parallel import Team
-from qvedit.outputs import ClipOutputs, keeps_saved_frames
+from qvedit.outputs import ClipOutputs, MadeFrame, keeps_saved_frames
+from qvedit.pipeline_call import PipelineCall, show_denoising_bars, shows_bars
 from qvedit.plan import ClipPlan
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.start import StartSettings
-from qvedit.start.noise import frame_seed  # noqa: F401 (qvedit.editor.frame_seed: a frame's generator's seed)
+from qvedit.start.noise import frame_seed
 from qvedit.start.starts import FrameStarts
 
 log = logging.getLogger(__name__)
 
 
-def checked_frame(image: torch.Tensor, frame_index: int, dtype: Optional[str] = None,
-                  guided: bool = True) -> Image.Image:
-    """(3, H, W) in [0, 1] -> 8-bit RGB; NaN fails instead of writing black, with the hints that fit the run
-    (``dtype``: the run's, None when unknown; ``guided``: whether guidance moved the latents)."""
-    if not torch.isfinite(image).all():
-        hints = (["dtype=fp32 or bf16 instead of fp16"] if dtype in (None, "fp16") else []) + \
-            (["a lower ttlg.lr or lower loss scales"] if guided else [])
-        hint = f"try {', or '.join(hints)}" if hints else \
-            "neither fp16 nor guidance is on: try another num_inference_steps or model.scheduler"
-        raise QveditError(f"frame {frame_index}: the pipeline produced NaN/inf values (nothing written for this "
-                          f"frame); {hint}")
-    return to_pil(image)
-
-
 @dataclass
-class MadeFrame:
-    """One frame as ``FrameMaker.make`` made it, with what its metrics row is measured against."""
+class FrameGuidance:
+    """Frame ``index``'s test-time guidance as its pipeline call's step guidance (``pipeline_call.StepGuidance``):
+    the ``Guide``'s step callback toward the frame's targets, and its NaN check after the call."""
 
-    frame: Image.Image  # 8-bit RGB at the clip's size, its colours corrected (anchor.color)
-    edge: Image.Image  # its edge map at the clip's size
-    pair: Optional[FlowPair]  # the source flow from this frame back to the frame before it (metrics, guidance)
-    color_target: Optional[LabStats]  # its target colour statistics (anchor.color, color_drift)
-    started: float  # time.perf_counter() when the frame was begun
-    guided_steps: int
+    guide: Guide
+    index: int
+    previous: Image.Image  # the frame before: the temporal term's target
+    edge: Image.Image  # the frame's edge map: the edge term's target
+    generation_size: tuple[int, int]  # (W, H)
+    steps: int  # the steps the call runs (a part-way start runs fewer)
+    pair: Optional[FlowPair]
+    color_target: Optional[LabStats]
+    temporal: bool
+
+    def callback(self, velocity: VelocityRecorder) -> Callable:
+        gen_width, gen_height = self.generation_size
+        self.guide.frame_done(to_tensor(self.previous))
+        return self.guide.callback(self.index, image_to_edge_target(self.edge), gen_height, gen_width, self.steps,
+                                   velocity, self.pair, self.color_target, self.temporal)
+
+    def check(self) -> None:
+        self.guide.check_finite(self.index)
 
 
 class FrameMaker:
@@ -86,7 +84,8 @@ class FrameMaker:
         self.guide = Guide(ttlg, pipe, to_tensor(first), debug_dir) if ttlg.enabled and self.team.is_main else None
         wants_color = wants_color or self.anchor.corrects_color or ttlg.color_scale > 0
         self.color = ColorAnchor(self.anchor, first, source) if wants_color else None
-        self.device = execution_device(pipe)
+        self.call = PipelineCall(pipe, plan, self.team)
+        self.device = self.call.device
         problem = plan.family.start_problem(start)  # said before loading by job.py; here for edit_clip's callers
         if problem:
             raise QveditError(problem)
@@ -105,46 +104,27 @@ class FrameMaker:
                 ``ttlg.temporal_mode=flow``).
             temporal: False leaves the temporal guidance term out (a keyframe, whose frame before is not made yet).
         """
-        width, height = self.plan.init_size
-        gen_width, gen_height = self.plan.generation_size
+        settings = self.settings
         started = time.perf_counter()
         reset_peak_memory(self.device)
-        edge = self.source.edge_frame(index - 1, (width, height))
+        # 1. what it is made from: its edge map, the source's flow back to the frame before, where it starts (which
+        #    noise, from how far down the schedule: qvedit.start), its colour target
+        edge = self.source.edge_frame(index - 1, self.plan.init_size)
         pair = self.flow.pair(index, edge) if self.flow is not None and self.team.is_main else None
-        generator = torch.Generator(device=self.device).manual_seed(frame_seed(self.settings.seed, index))
         begin = self.starts.frame(index, previous, pair)
         color_target = self.color.target(index) if self.color is not None else None
-        guide, family = self.guide, self.plan.family
-        with frame_memory(index, (gen_width, gen_height), self.pipe, self.device), \
-                family.conditions(self.plan.condition_area), record_velocity(self.pipe.scheduler) as velocity:
-            callback = None
-            if guide is not None:
-                guide.frame_done(to_tensor(previous))
-                callback = guide.callback(index, image_to_edge_target(edge), gen_height, gen_width,
-                                          begin.steps, velocity, pair, color_target, temporal)
-            result = self.pipe(
-                image=images(edge),
-                prompt=prompt,
-                num_inference_steps=self.settings.num_inference_steps,
-                height=gen_height,
-                width=gen_width,
-                generator=generator,
-                output_type="pt",
-                callback_on_step_end=self.team.step_callback(callback),
-                # the family's own arguments, then the start's (latents=; a part-way start's sigmas= is the tail
-                # of the family's own, model.sample_sigmas included)
-                **{**family.call_arguments(self.plan.condition_area, self.settings.true_cfg_scale,
-                                           self.settings.negative_prompt), **begin.kwargs},
-            )
-        if guide is not None:
-            guide.check_finite(index)
-        frame = checked_frame(family.rgb(result.images[0]), index, self.settings.dtype, guide is not None)
-        if frame.size != (width, height):
-            frame = frame.resize((width, height), Image.Resampling.BICUBIC)
-        frame = self.team.broadcast(frame)
+        # 2. its guidance, as the call's step callback (rank 0 only)
+        guidance = None if self.guide is None else FrameGuidance(
+            self.guide, index, previous, edge, self.plan.generation_size, begin.steps, pair, color_target, temporal)
+        # 3. the pipeline call: 8-bit RGB at the clip's size, checked for NaN, rank 0's on every rank
+        frame = self.call(index, images(edge), prompt, settings.num_inference_steps,
+                          frame_seed(settings.seed, index), self.plan.init_size, settings.true_cfg_scale,
+                          settings.negative_prompt, start=begin.kwargs, guidance=guidance,
+                          hints=(settings.dtype, guidance is not None))
+        # 4. its colours moved toward frame 0's (anchor.color)
         if self.anchor.corrects_color:
             frame = self.color.correct(frame, index)
-        return MadeFrame(frame, edge, pair, color_target, started, guide.guided_steps if guide else 0)
+        return MadeFrame(frame, edge, pair, color_target, started, self.guide.guided_steps if self.guide else 0)
 
 
 @keeps_saved_frames  # frames still being written when an error or a stop comes are kept
@@ -178,44 +158,46 @@ def edit_clip(pipe, source: FrameSource, outputs: ClipOutputs, settings: RunSett
     Returns:
         The paths of the clip's frames 0..T-1.
     """
-    team = team or Team()
-    ttlg = ttlg or TTLGSettings()
-    anchor = anchor or AnchorSettings()
+    team, ttlg, anchor = team or Team(), ttlg or TTLGSettings(), anchor or AnchorSettings()
+    # 1. what can be refused before a frame is made
     if ttlg.enabled:
         refuse_inference_mode()
     if ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0 and team.is_main and flow is None:
         raise QveditError("ttlg.temporal_mode=flow has no optical flow to use: give the clip's flow (flow=dis needs "
                           "opencv-python-headless) or set ttlg.temporal_mode=plain")
+    # 2. the clip's plan, and where a resumed run goes on: the first frame missing, after the last one finished
     plan = plan or ClipPlan.of(settings, source, family_of(pipe))
-    total = plan.total
     init = source.init_image()
     outputs.hops = anchor.hops
-    done = outputs.resume_point(init, total)
+    done = outputs.resume_point(init, plan.total)
     previous = outputs.previous_frame(done, init)
     done, previous = team.broadcast((done, previous))
+    first = max(done, 1)
+    # 3. the frame maker (guidance, colour anchor, starts), and frame 0 written (unless resumed)
     maker = FrameMaker(pipe, source, settings, ttlg, plan, init, team=team, flow=flow, anchor=anchor,
                        debug_dir=outputs.debug_dir, wants_color=outputs.metrics.quality, start=start)
     written = outputs.start(init, done)
     if done:
         log.info("resuming at frame %d: frames 0..%d are already in %s", done, done - 1, outputs.folder)
-    # Progress bars on a terminal; where stderr is a file (a batch job's log) a line per frame instead,
-    # since bars that redraw leave escape codes there.
-    bars = team.is_main and sys.stderr.isatty()
-    pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
+    # 4. progress: bars on a terminal, a line per frame in a log
+    bars = shows_bars(team)
+    show_denoising_bars(pipe, bars)
+    frames = tqdm(range(first, plan.total), desc="frames", unit="frame", initial=first, total=plan.total,
+                  disable=not bars)
+    # 5. frames 1..T-1 in order, each from the one before; written with its metrics row in the background while the
+    #    next one is made
     prompt = anchor.prompt_for(settings.prompt)
-    for index in tqdm(range(max(done, 1), total), desc="frames", unit="frame", initial=max(done, 1), total=total,
-                      disable=not bars):
+    for index in frames:
         stopping.check()  # a stop whose exception was lost (qvedit.stopping.check) ends the run here
         made = maker.make(index, lambda edge: anchor.condition_images(index, edge, previous, init), prompt, previous)
         seconds = time.perf_counter() - made.started
-        # written with its metrics row in the background while the next frame is made
-        written.append(outputs.save(index, made.frame, made.edge, previous, made.pair, made.color_target,
-                                    hops=anchor.hops(index), seconds=round(seconds, 4), guided_steps=made.guided_steps,
+        written.append(outputs.save(index, made, previous, hops=anchor.hops(index), seconds=round(seconds, 4),
                                     peak_mem_mib=round(peak_memory_mib(maker.device), 1)))
         if team.is_main and not bars:
-            log.info("frame %d of %d done in %.2f s%s", index, total - 1, seconds,
+            log.info("frame %d of %d done in %.2f s%s", index, plan.total - 1, seconds,
                      f", {made.guided_steps} guided steps" if maker.guide else "")
         previous = made.frame
+    # 6. every frame on disk with its row
     outputs.finish()
     stopping.check()
     return written

@@ -23,29 +23,25 @@ import hashlib
 import logging
 import shlex
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
 from qvedit import locks
-from qvedit.devices import frame_memory
-from qvedit.editor import checked_frame
 from qvedit.errors import QveditError
 from qvedit.files import atomic_path, write_text_atomic
 from qvedit.images import read_rgb8, unusable_image
 from qvedit.io.layout import RunLayout
 from qvedit.io.preview import candidate_sheet, cell_size
 from qvedit.io.source import FrameSource
-from qvedit.models.diffusers_compat import execution_device
 from qvedit.models.parallel import Team
+from qvedit.pipeline_call import PipelineCall, show_denoising_bars, shows_bars
 from qvedit.plan import ClipPlan
 from qvedit.report.confdiff import diff_configs
 from qvedit.settings.io import FirstFrameSettings
@@ -178,11 +174,12 @@ class FirstFrameEdit:
         if len(todo) < len(self.candidates):
             log.info("first_frame: %d of %d candidates are already in %s (made with these settings): not made again",
                      len(self.candidates) - len(todo), len(self.candidates), self.folder)
-        bars = self.team.is_main and sys.stderr.isatty()
-        pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
+        bars = shows_bars(self.team)
+        show_denoising_bars(pipe, bars)
+        call = PipelineCall(pipe, self.plan, self.team)
         for index in tqdm(todo, desc="first frame", unit="candidate", disable=not bars):
             started = time.perf_counter()
-            image = self.team.broadcast(self.edit(pipe, self.candidates[index].seed))
+            image = self.edit(call, self.candidates[index].seed)
             if self.team.is_main:
                 self.write(index, image)
                 log.info("first_frame: candidate %d of %d made in %.2f s -> %s", index, len(self.candidates),
@@ -192,21 +189,11 @@ class FirstFrameEdit:
             self.write_sheet()
         return self.team.broadcast(picked)
 
-    def edit(self, pipe, seed: int) -> Image.Image:
+    def edit(self, call: PipelineCall, seed: int) -> Image.Image:
         """One candidate: the source frame 0 edited with ``first_frame.prompt``, at the source frame's size."""
-        source, settings = self.source_frame0, self.settings
-        gen_width, gen_height = self.plan.generation_size
-        device = execution_device(pipe)
-        generator = torch.Generator(device=device).manual_seed(seed)
-        family = self.plan.family
-        with frame_memory(0, (gen_width, gen_height), pipe, device), family.conditions(self.plan.condition_area):
-            result = pipe(image=[source], prompt=settings.prompt, num_inference_steps=settings.num_inference_steps,
-                          height=gen_height, width=gen_width, generator=generator, output_type="pt",
-                          callback_on_step_end=self.team.step_callback(None),
-                          **family.call_arguments(self.plan.condition_area, settings.true_cfg_scale,
-                                                  settings.negative_prompt))
-        image = checked_frame(family.rgb(result.images[0]), 0)
-        return image if image.size == source.size else image.resize(source.size, Image.Resampling.BICUBIC)
+        s = self.settings
+        return call(0, [self.source_frame0], s.prompt, s.num_inference_steps, seed, self.source_frame0.size,
+                    s.true_cfg_scale, s.negative_prompt)
 
     def write(self, index: int, image: Image.Image) -> None:
         """Candidate ``index`` as its PNG, then recorded in the manifest (a kill between: made again)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,6 +34,25 @@ from qvedit.stopping import finished, shielded
 log = logging.getLogger(__name__)
 
 MANIFEST = ".qvedit-run.yaml"  # io.layout.holds_nothing_of_its_own knows the name
+
+
+@dataclass
+class MadeFrame:
+    """One frame as ``qvedit.editor.FrameMaker.make`` made it, with what its metrics row is measured against."""
+
+    frame: Image.Image  # 8-bit RGB at the clip's size, its colours corrected (anchor.color)
+    edge: Image.Image  # its edge map at the clip's size
+    pair: Optional[FlowPair]  # the source flow from this frame back to the frame before it (metrics, guidance)
+    color_target: Optional[LabStats]  # its target colour statistics (anchor.color, color_drift)
+    started: float  # time.perf_counter() when the frame was begun
+    guided_steps: int
+
+
+def frame_row(scorer: FrameMetrics, index: int, made: MadeFrame, before: Optional[Image.Image], **columns) -> dict:
+    """Frame ``index``'s metrics row: its quality columns against ``before`` (the frame it follows; None for a
+    keyframe, made before the frame before it), ``guided_steps`` and ``columns`` (``hops``, timing)."""
+    return {"frame": index, **scorer.score(made.frame, made.edge, before, made.pair, made.color_target),
+            "guided_steps": made.guided_steps, **columns}
 
 
 def check_or_record(frames_dir: Path, settings: dict[str, object], start_over_on: tuple[str, ...] = ()) -> bool:
@@ -161,19 +181,14 @@ class ClipOutputs:
         finished(self.folder, done - 1)
         return [self.frames.write(0, init)] if done == 0 else [self.frames.path(i) for i in range(done)]
 
-    def write_frame(self, index: int, frame: Image.Image) -> Path:
-        """Write frame ``index`` under its temporary name; ``record`` makes it appear with its metrics row."""
-        return self.frames.stage(index, frame)
-
-    def save(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
-             flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None, **timing) -> Path:
-        """``write_frame`` and ``record`` in the background, while the next frame is made (``qvedit.background``):
-        the frame and its row still appear together, in order. A failure comes back at a later ``save`` or at
-        ``finish``. Returns the frame's path."""
+    def save(self, index: int, made: MadeFrame, previous: Image.Image, **columns) -> Path:
+        """Frame ``index`` written, then made to appear with its metrics row (``frame_row``: scored against
+        ``previous``, with ``columns``), in the background while the next frame is made (``qvedit.background``):
+        frames and rows still appear together, in order. A failure comes back at a later ``save`` or at ``finish``.
+        Returns the frame's path."""
         if self._writer is None:
             self._writer = Background(f"qvedit-writer-{self.folder.name}")
-        self._writer.submit(lambda: (self.write_frame(index, frame),
-                                     self.record(index, frame, edge, previous, flow, color_target, **timing)))
+        self._writer.submit(lambda: self._stage_and_commit(index, made, previous, columns))
         return self.frames.path(index)
 
     def finish(self, quietly: bool = False) -> None:
@@ -186,12 +201,11 @@ class ClipOutputs:
             else:
                 writer.close()
 
-    def record(self, index: int, frame: Image.Image, edge: Image.Image, previous: Image.Image,
-               flow: Optional[FlowPair] = None, color_target: Optional[LabStats] = None, **timing) -> None:
-        """Frame ``index``'s metrics row: its quality columns (measured here) and ``timing`` columns. The
-        frame and its row appear together: a signal waits until both are there."""
-        row = None if self._rows is None else {
-            "frame": index, **self.metrics.score(frame, edge, previous, flow, color_target), **timing}
+    def _stage_and_commit(self, index: int, made: MadeFrame, previous: Image.Image, columns: dict) -> None:
+        """Frame ``index`` under its temporary name, scored, then its row and the frame appear together: a signal
+        waits until both are there."""
+        self.frames.stage(index, made.frame)
+        row = None if self._rows is None else frame_row(self.metrics, index, made, previous, **columns)
         with shielded():  # the row first: a row whose frame is missing is dropped on resume
             if row is not None:
                 self._rows.append(row)

@@ -268,7 +268,7 @@ def test_guide_refuses_inference_mode(tiny_pipe):
 
 
 def test_nan_output_is_an_error_not_a_black_frame():
-    from qvedit.editor import checked_frame
+    from qvedit.pipeline_call import checked_frame
 
     with pytest.raises(QveditError, match="frame 4: the pipeline produced NaN"):
         checked_frame(torch.full((3, 4, 4), float("nan")), 4)

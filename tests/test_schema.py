@@ -90,8 +90,8 @@ LAYERS = (
     ("io",),
     ("anchor", "start"),
     ("report",),
-    ("plan", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "main", "__main__", "bench",
-     "bench21", "accept", "diff", "selftest", "toy"),
+    ("plan", "pipeline_call", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "main",
+     "__main__", "bench", "bench21", "accept", "diff", "selftest", "toy"),
 )
 # what a settings module (data only) may import: the settings beside it and the leaves that tag and check fields
 SETTINGS_MAY_IMPORT = ("qvedit.settings", "qvedit.errors", "qvedit.fields", "qvedit.files")

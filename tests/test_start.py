@@ -360,7 +360,7 @@ def test_a_changed_start_key_on_resume_is_refused_by_name(tmp_path):
 
 
 def test_a_nan_frame_names_the_hints_that_fit_the_run():
-    from qvedit.editor import checked_frame
+    from qvedit.pipeline_call import checked_frame
 
     nan = torch.full((3, 4, 4), float("nan"))
     for dtype, guided, hint in [("fp32", False, "neither fp16 nor guidance is on: try another num_inference_steps"),

@@ -28,6 +28,7 @@ from qvedit.images import read_rgb8
 from qvedit.io.flow import ClipFlow
 from qvedit.io.layout import RunLayout
 from qvedit.io.source import FrameSource
+from qvedit.outputs import frame_row
 from qvedit.plan import ClipPlan
 from qvedit.report.metrics import FrameMetrics
 from qvedit.schedule.plan import SegmentPlan
@@ -88,10 +89,8 @@ class SegmentWorker:
         staged = self.stage(index, made.frame)
         seconds = time.perf_counter() - made.started
         before = None if recipe.keyframe else follows  # a segment frame follows the frame before it
-        row = {"frame": index, "hops": self.plan.hops(index),
-               **self.scorer.score(made.frame, made.edge, before, made.pair, made.color_target),
-               "seconds": round(seconds, 4), "guided_steps": made.guided_steps,
-               "peak_mem_mib": round(peak_memory_mib(self.maker.device), 1)}
+        row = frame_row(self.scorer, index, made, before, hops=self.plan.hops(index), seconds=round(seconds, 4),
+                        peak_mem_mib=round(peak_memory_mib(self.maker.device), 1))
         return FrameDone(index, str(staged), row, seconds, self.name, time.process_time() - cpu)
 
     def seam(self, keyframe: int) -> dict:
