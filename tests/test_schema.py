@@ -90,7 +90,8 @@ LAYERS = (
     ("io",),
     ("anchor", "start"),
     ("report",),
-    ("plan", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "main", "__main__", "bench",
+    ("plan", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "job_settings", "job_result",
+     "job_worker", "main", "__main__", "bench",
      "bench21", "accept", "diff", "selftest", "toy"),
 )
 # what a settings module (data only) may import: the settings beside it and the leaves that tag and check fields
