@@ -25,13 +25,13 @@ import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qvedit import locks
 from qvedit.devices import check_device
 from qvedit.editor import edit_clip
 from qvedit.errors import QveditError
-from qvedit.files import drop_staged
+from qvedit.files import drop_staged, write_text_atomic
 from qvedit.first_frame import START_OVER_KEYS, EditedFirstFrame, FirstFrameEdit
 from qvedit.guidance.tiny_decoder import check_decoder
 from qvedit.io.flow import ClipFlow
@@ -51,7 +51,7 @@ from qvedit.models.lora import check_model
 from qvedit.models.parallel import Team, start_team
 from qvedit.models.perf import apply_perf, check_perf
 from qvedit.models.step_cache import check_cache
-from qvedit.outputs import ClipOutputs, check_or_record, start_over
+from qvedit.outputs import MANIFEST, ClipOutputs, check_or_record, start_over
 from qvedit.plan import ClipPlan, cpu_speed_warnings
 from qvedit.report.drift import plot_drift
 from qvedit.report.html import write_run_html
@@ -67,7 +67,7 @@ from qvedit.schedule.ray_pool import RayPool, connect, ray_problem
 from qvedit.schedule.worker import GUIDED, UNGUIDED, WorkerParts, WorkerSet
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.io import DemoIO
-from qvedit.settings.schema import check_values
+from qvedit.settings.schema import check_values, scale_keys
 
 log = logging.getLogger("qvedit")
 
@@ -311,6 +311,7 @@ class Job:
         twin = unguided(self.settings)
         frames_dir, metrics_csv = self.layout.unguided
         frames = FrameWriter(frames_dir)
+        adopt_earlier_twin(frames.folder, {**self.settings.frames, **{key: 0.0 for key in scale_keys()}}, twin.frames)
         if check_or_record(frames.folder, twin.frames, START_OVER_KEYS):
             start_over(frames.folder, twin.frames)
         log.info("compare_unguided: making the clip again with ttlg=off in %s", frames.folder)
@@ -368,3 +369,16 @@ class Job:
             return None
         clips = {name: {self.settings.run.seed: table} for name, table in tables.items()}
         return plot_drift(clips, None, "drift over the clip", self.layout.drift_plot, self.keyframes)
+
+
+def adopt_earlier_twin(folder: Path, earlier: dict[str, object], twin: dict[str, object]) -> None:
+    """A ``compare_unguided`` twin's frames recorded as an earlier qvedit recorded them (``earlier``: the guided
+    run's settings with the ``ttlg`` scales at 0, which makes the same frames as ``unguided``) are recorded with the
+    twin's settings, so such a run folder resumes; any other folder is left to ``check_or_record``."""
+    if earlier == twin or not (folder / "00001.png").exists():
+        return
+    try:
+        check_or_record(folder, earlier)  # with frames 0 and 1 there: checks, writes nothing
+    except QveditError:
+        return
+    write_text_atomic(folder / MANIFEST, OmegaConf.to_yaml(OmegaConf.create(twin)))

@@ -13,7 +13,7 @@ from qvedit.job_settings import job_settings, search_reference, unguided
 from qvedit.report.tuning import objectives
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.schedule import ScheduleSettings
-from qvedit.settings.schema import frame_settings, input_paths, register_schemas
+from qvedit.settings.schema import frame_settings, input_paths, register_schemas, scale_keys
 from qvedit.settings.report import TuningSettings
 from tests.conftest import REPO
 
@@ -71,3 +71,24 @@ def test_a_trials_objectives_are_ratios_of_the_tables_its_runs_hand_back():
     assert objectives(["edge_loss", "gram_loss"], guided, off) == pytest.approx((0.5, 0.5))
     with pytest.raises(QveditError, match=r"needs the metrics.csv column\(s\) \['warp_error'\]: run with the quality"):
         objectives(["edge_loss", "warp_error"], guided, off)
+
+
+def test_a_twin_folder_an_earlier_qvedit_recorded_resumes_and_one_of_other_settings_stays_refused(tmp_path):
+    from PIL import Image
+
+    from qvedit.job import adopt_earlier_twin
+    from qvedit.outputs import check_or_record
+
+    guided = job_settings(config("ttlg=edge_gram", "ttlg.lr=0.2", "compare_unguided=true"))
+    earlier = {**guided.frames, **{key: 0.0 for key in scale_keys()}}  # the twin's record before it was defined once
+    other = {**earlier, "seed": 7}
+    for name, recorded in (("earlier", earlier), ("other", other)):
+        folder = tmp_path / name
+        folder.mkdir()
+        check_or_record(folder, recorded)
+        for k in (0, 1):
+            Image.new("RGB", (8, 8)).save(folder / f"{k:05d}.png")
+        adopt_earlier_twin(folder, earlier, unguided(guided).frames)
+    assert check_or_record(tmp_path / "earlier", unguided(guided).frames) is False  # resumes: same frames
+    with pytest.raises(QveditError, match=r"holds frames made with other settings \(.*seed: 7 -> 0"):
+        check_or_record(tmp_path / "other", unguided(guided).frames)
