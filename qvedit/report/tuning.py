@@ -15,11 +15,11 @@ import contextlib
 import fcntl
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pandas as pd
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from qvedit.errors import QveditError
 from qvedit.files import atomic_path, write_figure_png, write_text_atomic
@@ -53,8 +53,9 @@ def objectives(names: list[str], guided: pd.DataFrame, unguided: pd.DataFrame) -
     return ratios
 
 
-def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -> list[Path]:
-    """optuna_pareto.csv / .md / .png and ttlg_tuned.yaml (the Pareto trial with the lowest mean ratio)."""
+def write_pareto(study, names: list[str], sweep_dir: Path, search: Optional[str]) -> list[Path]:
+    """optuna_pareto.csv / .md / .png and ttlg_tuned.yaml (the Pareto trial with the lowest mean ratio);
+    ``search``: the ``conf/hparams_search/`` option the sweep chose."""
     front = [t for t in study.best_trials if t.values is not None]
     if not front:
         log.warning("the study has no finished trial: no Pareto front written")
@@ -72,7 +73,7 @@ def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -
               for row in table.itertuples(index=False)]
     written = [write_text_atomic(sweep_dir / "optuna_pareto.md", "\n".join(lines) + "\n"),
                sweep_dir / "optuna_pareto.csv", _plot(study, names, best, sweep_dir / "optuna_pareto.png"),
-               write_preset(best.params, config, sweep_dir / "ttlg_tuned.yaml", best, names)]
+               write_preset(best.params, search, sweep_dir / "ttlg_tuned.yaml", best, names)]
     from qvedit.report.html import write_study_html# jinja2 only where the page is written
 
     written.append(write_study_html(sweep_dir, study, names, table, best))
@@ -81,11 +82,11 @@ def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -
     return written
 
 
-def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list[str]) -> Path:
+def write_preset(params: dict, search: Optional[str], out: Path, trial, names: list[str]) -> Path:
     """A ``conf/ttlg/`` preset: the ttlg keys the trial chose and those the search preset itself fixes
     (``temporal_mode: flow``), and nothing else of the sweep's command (``experiment=tiny_cpu``'s
     ``vgg_weights: random`` does not belong in a real run)."""
-    values = search_preset_ttlg(config)
+    values = search_preset_ttlg(search)
     values.update({key.removeprefix("ttlg."): value for key, value in params.items() if key.startswith("ttlg.")})
     scores = ", ".join(f"{n} {v:.4f}" for n, v in zip(names, trial.values))
     header = (f"# Tuned by hparams_search=ttlg_optuna: trial {trial.number} of study in {out.parent}\n"
@@ -93,11 +94,10 @@ def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list
     return write_text_atomic(out, header + yaml.safe_dump(values, sort_keys=False))
 
 
-def search_preset_ttlg(config: DictConfig) -> dict:
-    """The ``ttlg:`` keys of the ``conf/hparams_search/`` file the sweep chose ({} if none)."""
-    choice = OmegaConf.select(config, "hydra.runtime.choices.hparams_search", default=None)
-    preset = CONF_DIR / "hparams_search" / f"{choice}.yaml"
-    if not choice or not preset.is_file():
+def search_preset_ttlg(search: Optional[str]) -> dict:
+    """The ``ttlg:`` keys of the ``conf/hparams_search/`` file ``search`` the sweep chose ({} if none)."""
+    preset = CONF_DIR / "hparams_search" / f"{search}.yaml"
+    if not search or not preset.is_file():
         return {}
     return dict(OmegaConf.to_container(OmegaConf.load(preset)).get("ttlg") or {})
 
