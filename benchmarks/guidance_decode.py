@@ -35,7 +35,7 @@ def build_vae(device: str, dtype: torch.dtype):
     return vae.requires_grad_(False).eval()
 
 
-def measure(vae, vgg, size: int, checkpointing: bool, repeats: int) -> dict:
+def measure_decode(vae, vgg, size: int, checkpointing: bool, repeats: int) -> dict:
     from diffusers import QwenImageEditPlusPipeline
 
     from qvedit.guidance import losses
@@ -95,7 +95,7 @@ def measure(args: argparse.Namespace) -> int:
     vae = build_vae("cuda", torch.bfloat16)
     vgg = VGGStyle("random", device="cuda")
     weights_gib = torch.cuda.memory_allocated() / 2**30
-    rows = [measure(vae, vgg, size, ckpt, args.repeats) for size in args.sizes for ckpt in (False, True)]
+    rows = [measure_decode(vae, vgg, size, ckpt, args.repeats) for size in args.sizes for ckpt in (False, True)]
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "vae_and_vgg_weights_gib": weights_gib,
               "note": "random weights, timing only", "rows": rows}

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -46,7 +46,6 @@ from qvedit.plan import ClipPlan
 from qvedit.report.confdiff import diff_configs
 from qvedit.settings.io import FirstFrameSettings
 from qvedit.settings.run import RunSettings
-from qvedit.settings.schema import frame_settings
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +73,12 @@ def pixel_hash(image: Image.Image) -> str:
     return hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
 
 
-def candidates_made_with(cfg: DictConfig, source_frame0: Image.Image) -> dict[str, object]:
-    """The settings a candidate depends on: the frame settings but the clip's own generation keys (the edit
-    has its own ``first_frame.*``), guidance and its optical flow (never on for the edit), the inputs (the
-    source frame's pixels stand for them) and ``first_frame.pick``."""
+def candidates_made_with(frames: dict[str, object], source_frame0: Image.Image) -> dict[str, object]:
+    """The settings a candidate depends on: the run's frame settings (``frames``: ``frame_settings``) but the
+    clip's own generation keys (the edit has its own ``first_frame.*``), guidance and its optical flow (never on
+    for the edit), the inputs (the source frame's pixels stand for them) and ``first_frame.pick``."""
     replaced = {f.name for f in dataclasses.fields(FirstFrameSettings)}  # prompt, negative_prompt, steps, CFG
-    made_with = {key: value for key, value in frame_settings(cfg).items() if key not in replaced
+    made_with = {key: value for key, value in frames.items() if key not in replaced
                  and key.split(".")[0] not in ("io", "ttlg", "flow", "anchor") and key not in START_OVER_KEYS}
     return {**made_with, "source_frame0_sha256": pixel_hash(source_frame0)}
 
@@ -124,14 +123,14 @@ class FirstFrameEdit:
         self.made_now = 0
 
     @classmethod
-    def prepare(cls, settings: FirstFrameSettings, cfg: DictConfig, run: RunSettings, plan: ClipPlan,
+    def prepare(cls, settings: FirstFrameSettings, frames: dict[str, object], run: RunSettings, plan: ClipPlan,
                 source: FrameSource, layout: RunLayout, team: Team) -> "FirstFrameEdit":
         """Check the edit and the candidates folder, before the model loads; move candidates of other
         settings aside.
 
         Args:
             settings: ``first_frame/``'s settings (``prompt`` set).
-            cfg: the composed config (the frame settings a candidate depends on are read from it).
+            frames: the run's frame settings (``frame_settings``), of which a candidate depends on some.
             run: the top-level keys (``seed``).
             plan: the clip's plan, whose generation size and condition area the edit uses.
             source: the clip; its frame 0 is what is edited.
@@ -148,7 +147,7 @@ class FirstFrameEdit:
                               "parallel.ulysses_degree=2")
         source_frame0 = source.init_image()
         folder = layout.first_frame
-        made_with = candidates_made_with(cfg, source_frame0)
+        made_with = candidates_made_with(frames, source_frame0)
         recorded = {}
         if team.is_main:
             check_writable(folder, settings.candidates)

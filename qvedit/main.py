@@ -59,17 +59,15 @@ def hydra_main(cfg: DictConfig) -> Optional[tuple]:
     try:
         for problem in unknown_config_keys(cfg):
             raise QveditError(problem)
-        from qvedit.job import in_sweep, run
-        from qvedit.report.tuning import trial_objectives
+        from qvedit.job import in_sweep, run, trial_objectives
         from qvedit.threads import describe
 
         if str(cfg.get("device", "")).startswith("cpu"):
             log.info(describe())
 
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        run(cfg, run_dir)
+        result = run(cfg, Path(HydraConfig.get().runtime.output_dir))
         if in_sweep():  # a search trial returns its objectives to the sweeper (None otherwise)
-            return trial_objectives(cfg, run_dir, Path(HydraConfig.get().sweep.dir), run)
+            return trial_objectives(result, Path(HydraConfig.get().sweep.dir))
     except QveditError as err:
         rank = torchrun_rank()
         print(f"qvedit: error{f' (rank {rank})' if rank else ''}: {err}", file=sys.stderr)

@@ -72,7 +72,7 @@ def video(path: Path, frames: int) -> Path:
 def execute(tmp_path: Path, overrides: list[str]) -> Path:
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         cfg = compose("config", overrides=TINY + overrides)
-    return run(cfg, tmp_path / "run")
+    return run(cfg, tmp_path / "run").frames_dir
 
 
 def frames_io(init, edges):

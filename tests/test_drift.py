@@ -14,7 +14,7 @@ from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.guidance.losses import color_loss
 from qvedit.images import to_tensor
 from qvedit.io.frames import FrameFolders
-from qvedit.lab import LabStats, color_drift, lab_stats
+from qvedit.lab import color_drift, lab_stats
 from qvedit.report.drift import clip_trends, describe, edge_offset_px, judge_drift, trend
 from qvedit.settings.anchor import AnchorSettings
 
@@ -155,14 +155,15 @@ def test_a_growth_over_a_first_quarter_of_zero_says_n_a_never_nan(tmp_path):
     """A flat clip held to frame 0's colours (anchor=color on black frames) drifts by 0 at first: its growth has no
     value, and the summary, the tables and report.html say n/a."""
     from qvedit.report.html import _number
-    from qvedit.report.summary import run_summary
+    from qvedit.report.summary import column_means, run_summary
 
     metrics = tmp_path / "metrics.csv"
     metrics.write_text("frame,edge_loss,gram_loss,color_drift,seconds,guided_steps,peak_mem_mib\n" + "".join(
         f"{i},0.1,nan,{0.0 if i <= 4 else 0.5},1.0,2,10.0\n" for i in range(1, 9)))  # as csv writes a NaN loss
     trends = clip_trends(pd.read_csv(metrics))
     assert math.isnan(trends["color_drift"].growth)
-    lines = run_summary([tmp_path / f"{i:05d}.png" for i in range(9)], True, [], metrics, 8, {"color": 1.0})
+    lines = run_summary([tmp_path / f"{i:05d}.png" for i in range(9)], True, [], pd.read_csv(metrics),
+                        column_means(metrics.read_text()), metrics, 8, {"color": 1.0})
     text = "\n".join(lines)
     assert "color_drift 0.5 (xn/a, +0.0952/frame)" in text and "gram_loss n/a" in text
     assert "nan" not in text.lower()

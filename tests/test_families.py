@@ -161,7 +161,7 @@ def test_2511s_transformer_runs_through_the_loop_and_a_folder_of_the_other_relea
     def frame(name, *overrides):
         with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
             cfg = compose("config", overrides=[*common, *overrides])
-        return (run(cfg, tmp_path / name) / "00001.png").read_bytes()
+        return (run(cfg, tmp_path / name).frames_dir / "00001.png").read_bytes()
 
     plain = frame("2509")
     with caplog.at_level("WARNING", logger="qvedit.models.loading"):

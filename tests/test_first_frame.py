@@ -30,7 +30,7 @@ PROMPT = "first_frame.prompt=make it a watercolour painting"
 def execute(run_dir, *overrides):
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         cfg = compose("config", overrides=[*TINY, *overrides])
-    return run(cfg, run_dir)
+    return run(cfg, run_dir).frames_dir
 
 
 def pixels(path):

@@ -64,7 +64,7 @@ def execute(folder: Path, *overrides: str, base=TINY) -> Path:
     init, edges = write_clip(folder / "clip")
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         cfg = compose("config", overrides=[*base, f"io.init_frame={init}", f"io.edge_frames_dir={edges}", *overrides])
-    return run(cfg, folder / "run")
+    return run(cfg, folder / "run").frames_dir
 
 
 def frames(folder: Path) -> list[bytes]:

@@ -66,13 +66,13 @@ def test_rank0_guidance_and_values_reach_every_rank(tmp_path):
 
 def editor_worker(rank: int, rendezvous: Path, shared: Path) -> None:
     from qvedit.job import Job
-    from qvedit.settings.run import RunSettings
+    from qvedit.job_settings import job_settings
 
     torch.set_num_threads(1)
     team = join(rank, rendezvous)
     try:
         cfg = compose("max_frames=4", f"io.out_frames_dir={shared / 'frames'}")
-        Job.prepare(cfg, RunSettings.of(cfg), shared / f"run{rank}", team).run()
+        Job.prepare(job_settings(cfg), shared / f"run{rank}", team).run()
     finally:
         dist.destroy_process_group()
 
@@ -82,7 +82,7 @@ def test_a_team_resumes_from_rank0s_frames_and_only_rank0_writes(tmp_path):
     from qvedit.job import run
 
     torch.set_num_threads(1)
-    whole = run(compose("max_frames=4", f"io.out_frames_dir={tmp_path / 'whole'}"), tmp_path / "whole_run")
+    whole = run(compose("max_frames=4", f"io.out_frames_dir={tmp_path / 'whole'}"), tmp_path / "whole_run").frames_dir
     # Rank 0's folder already holds frames 0..1 (an interrupted run); rank 1 has none of them.
     run(compose("max_frames=2", f"io.out_frames_dir={tmp_path / 'shared' / 'frames'}"), tmp_path / "shared" / "run0")
     mp.start_processes(editor_worker, args=(tmp_path / "rendezvous", tmp_path / "shared"), nprocs=2,

@@ -120,7 +120,7 @@ def test_any_number_and_any_small_image_run_or_stop_with_one_line(tiny_pipe, tmp
         cfg = compose("config", overrides=[*BASE, *guidance, f"io.init_frame={folder / 'init.png'}",
                                            f"io.edge_frames_dir={folder / 'edges'}", *chosen])
     try:
-        frames_dir = run(cfg, folder / "run")
+        frames_dir = run(cfg, folder / "run").frames_dir
     except QveditError as err:  # the only way out besides success: one line
         assert "\n" not in str(err) and str(err).strip(), repr(str(err))
         return
@@ -164,7 +164,7 @@ def run_or_one_line(overrides: list[str], run_dir) -> Optional[tuple[DictConfig,
         one_line(hydra_error_line(err))
         return None
     try:
-        return cfg, run(cfg, run_dir)
+        return cfg, run(cfg, run_dir).frames_dir
     except QveditError as err:
         one_line(str(err))
         return None

@@ -1,5 +1,6 @@
 """A run's report.html as a reader meets it in headless Chromium: dated title, the Chinese prompt, the mp4."""
 
+import pandas as pd
 from PIL import Image
 
 from qvedit.report.html import write_run_html
@@ -18,7 +19,8 @@ def test_a_run_page_is_dated_names_a_cjk_font_for_the_prompt_and_links_the_video
         "0.912345,2.0123,8,1234.5\n")
     long_path = "/data/" + "a_folder_name_with_no_space_to_break_at_" * 6 + "/init.png"
     write_run_html(run, [f"qvedit: made frames 1..1 of 2 -> {run / 'frames'}", f"  video: {run / 'output.mp4'}"],
-                   {"prompt": DEFAULT_PROMPT, "io.init_frame": long_path, "seed": 0}, run / "metrics.csv",
+                   {"prompt": DEFAULT_PROMPT, "io.init_frame": long_path, "seed": 0},
+                   pd.read_csv(run / "metrics.csv"), run / "metrics.csv",
                    [(run / "preview.png", "contact sheet")], videos=[run / "output.mp4"])
     page = assert_page_is_whole(run / "report.html")  # loads, every image and link there, fits 1280 px
     assert page["title"] == "qvedit run 2026-12-01 07-29-44"

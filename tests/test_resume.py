@@ -180,8 +180,8 @@ def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path)
     from hydra import compose, initialize_config_dir
 
     from qvedit.job import Job
+    from qvedit.job_settings import job_settings
     from qvedit.models.parallel import Team
-    from qvedit.settings.run import RunSettings
     from qvedit.settings.schema import frame_settings, register_schemas
 
     register_schemas()
@@ -191,7 +191,7 @@ def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path)
             return compose("config", overrides=[*CLIP, "max_frames=2", *overrides])
 
     def edit(cfg):  # on a team of one, whatever the degrees ask for
-        return Job.prepare(cfg, RunSettings.of(cfg), tmp_path, Team()).run()
+        return Job.prepare(job_settings(cfg), tmp_path, Team()).run()
 
     edit(config())
     with pytest.raises(QveditError, match=r"parallel.ulysses_degree: 1 -> 2") as info:

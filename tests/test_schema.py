@@ -8,7 +8,6 @@ import subprocess
 import sys
 from typing import Optional
 
-import pytest
 from hydra import compose, initialize_config_dir
 
 from qvedit.fields import keys_where, setting
@@ -90,8 +89,8 @@ LAYERS = (
     ("io",),
     ("anchor", "start"),
     ("report",),
-    ("plan", "pipeline_call", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "main",
-     "__main__", "bench", "bench21", "accept", "diff", "selftest", "toy"),
+    ("plan", "pipeline_call", "editor", "outputs", "schedule", "first_frame", "keys", "values", "job", "job_settings",
+     "job_result", "job_worker", "main", "__main__", "bench", "bench21", "accept", "diff", "selftest", "toy"),
 )
 # what a settings module (data only) may import: the settings beside it and the leaves that tag and check fields
 SETTINGS_MAY_IMPORT = ("qvedit.settings", "qvedit.errors", "qvedit.fields", "qvedit.files")

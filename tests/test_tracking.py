@@ -32,8 +32,8 @@ def test_a_run_is_one_mlflow_run_with_params_metrics_by_frame_tags_and_artifacts
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracked = run(config("ttlg=edge", "logger=mlflow", f"logger.tracking_uri={store}"), tmp_path / "tracked")
     plain = run(config("ttlg=edge"), tmp_path / "plain")
-    assert [p.read_bytes() for p in sorted(tracked.glob("*.png"))] == \
-        [p.read_bytes() for p in sorted(plain.glob("*.png"))]  # logging never changes frames
+    assert [p.read_bytes() for p in tracked.frames] == [p.read_bytes() for p in plain.frames]  # logging never changes
+    assert [p.name for p in tracked.frames] == ["00000.png", "00001.png", "00002.png"]  # frames
 
     client = client_of(store)
     experiment = client.get_experiment_by_name("qvedit")
@@ -45,7 +45,9 @@ def test_a_run_is_one_mlflow_run_with_params_metrics_by_frame_tags_and_artifacts
     assert tags["frames.seed"] == "0" and tags["frames.ttlg.edge_scale"] == "1.0" and "frames.device" not in tags
     assert {"qvedit.version", "diffusers.version", "torch.version", "device.name", "git.commit"} <= set(tags)
     for column in ("edge_loss", "warp_error", "seconds", "peak_mem_mib", "guided_steps"):
-        assert [m.step for m in client.get_metric_history(found.info.run_id, column)] == [1, 2]
+        history = client.get_metric_history(found.info.run_id, column)
+        assert [m.step for m in history] == [1, 2]
+        assert [m.value for m in history] == tracked.metrics[column].tolist()  # the table the run handed back
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert {"metrics.csv", "preview.png", "preview.gif", "report.html"} <= artifacts  # in-process: no .hydra/
 

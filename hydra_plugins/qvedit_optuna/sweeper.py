@@ -23,7 +23,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSw
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class OptunaSweeper(Sweeper):
             done += len(batch)
         from qvedit.report.tuning import write_pareto
 
-        write_pareto(study, self.objective_names, self.sweep_dir, self.config)
+        search = OmegaConf.select(self.config, "hydra.runtime.choices.hparams_search", default=None)
+        write_pareto(study, self.objective_names, self.sweep_dir, search)
         return study
 
     def _values(self, job) -> Optional[list[float]]:

@@ -182,13 +182,13 @@ def _edge_maps(job_dir: Path, frames: int) -> list:
     return [source.edge_frame(k, size) for k in range(frames)]
 
 
-def write_run_html(run_dir: Path, summary: list[str], settings: dict, metrics_csv: Path,
+def write_run_html(run_dir: Path, summary: list[str], settings: dict, metrics: pd.DataFrame, metrics_csv: Path,
                    previews: list[tuple[Path, str]], first_frame: Optional[dict] = None,
                    videos: Optional[list[Path]] = None, keyframes: Sequence[int] = ()) -> Path:
-    """``<run>/report.html``: what the run made (``videos``: its mp4), its previews, settings and per-frame table;
-    with ``first_frame`` (``FirstFrameEdit.report_section``) the first-frame candidates too; with ``keyframes``
-    (``schedule=segments``) the keyframes' rows shaded and each seam (the frame before a keyframe) marked."""
-    metrics = pd.read_csv(metrics_csv) if metrics_csv.is_file() else pd.DataFrame()
+    """``<run>/report.html``: what the run made (``videos``: its mp4), its previews, settings and per-frame table
+    (``metrics``, the clip's table, linked to ``metrics_csv``); with ``first_frame``
+    (``FirstFrameEdit.report_section``) the first-frame candidates too; with ``keyframes`` (``schedule=segments``)
+    the keyframes' rows shaded and each seam (the frame before a keyframe) marked."""
     roles = {**{k - 1: "seam" for k in keyframes}, **{k: "keyframe" for k in keyframes}}
     rows = [([_number(value, 6) if isinstance(value, float) else str(value) for value in row],
              roles.get(getattr(row, "frame", None), "")) for row in metrics.itertuples(index=False)]

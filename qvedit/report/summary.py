@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -13,12 +14,10 @@ from qvedit.report.drift import clip_trends, describe, shown
 QUALITY = ("edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px", "lpips_to_prev")
 
 
-def column_means(metrics_csv: Path) -> dict[str, float]:
-    """Mean of each numeric column of a ``metrics.csv`` (empty when the file has no rows)."""
-    if not metrics_csv.is_file():
-        return {}
-    with open(metrics_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+def column_means(metrics_text: str) -> dict[str, float]:
+    """Mean of each numeric column of a ``metrics.csv``'s text over the frames that have a value in it (an empty
+    cell is none; a NaN loss makes its column's mean NaN, said as n/a); empty when it has no rows."""
+    rows = list(csv.DictReader(io.StringIO(metrics_text)))
     means = {}
     for column in (rows[0] if rows else {}):
         values = [float(row[column]) for row in rows if row.get(column) not in (None, "")]
@@ -27,15 +26,17 @@ def column_means(metrics_csv: Path) -> dict[str, float]:
     return means
 
 
-def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metrics_csv: Path,
-                steps: int, scales: dict[str, float], unguided_csv: Optional[Path] = None,
+def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metrics: pd.DataFrame,
+                means: dict[str, float], metrics_csv: Path, steps: int, scales: dict[str, float],
+                unguided: Optional[tuple[dict[str, float], Path]] = None,
                 demo: bool = False, flow_from_edges: bool = False, frame0: Optional[str] = None,
                 keyframes: Sequence[int] = (), anchor: Optional[str] = None,
                 video_notes: tuple[str, ...] = ()) -> list[str]:
     """The lines printed at the end of a run.
 
-    ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided_csv``: the metrics
-    of the same clip made without guidance (``compare_unguided=true``); ``demo``: add the next steps
+    ``metrics``: the clip's metrics table (written to ``metrics_csv``) and ``means`` its columns' means
+    (``column_means``); ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided``: the
+    column means of the same clip made without guidance (``compare_unguided=true``) and its folder; ``demo``: add the next steps
     a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps;
     ``frame0``: where frame 0 came from when it is not the input (``first_frame.prompt``); ``keyframes``: the
     keyframes of ``schedule=segments`` (the seams' warp error is said beside the segments'); ``anchor``: what held
@@ -52,7 +53,6 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
     if videos:  # io=video: the mp4 is what most users came for
         notes = f" ({'; '.join(video_notes)})" if video_notes else ""
         lines.append(f"  video: {', '.join(str(p) for p in videos)}{notes}")
-    means = column_means(metrics_csv)
     if scales:
         weights = ", ".join(f"{name} {value:g}" for name, value in scales.items())
         guided = f"{means['guided_steps']:.3g}" if "guided_steps" in means else "?"
@@ -64,15 +64,15 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
     measured = [f"{name} {shown(means[name])}" for name in QUALITY if name in means]
     if measured:
         lines.append(f"  mean over frames: {', '.join(measured)} ({metrics_csv})")
-    trends = clip_trends(pd.read_csv(metrics_csv)) if means else {}
+    trends = clip_trends(metrics) if means else {}
     if trends:
         lines.append(f"  drift, last quarter of the frames (growth over the first quarter, slope): {describe(trends)}")
     if keyframes and means:
-        lines.append(seams_line(pd.read_csv(metrics_csv), keyframes))
+        lines.append(seams_line(metrics, keyframes))
     if flow_from_edges and "warp_error" in means:
         lines.append("  warp_error: flow estimated between edge maps (set io.source_frames_dir to the original frames)")
-    if unguided_csv is not None:
-        lines += compare_to_unguided(means, column_means(unguided_csv), unguided_csv.parent)
+    if unguided is not None:
+        lines += compare_to_unguided(means, *unguided)
     sheet = [p for p in outputs if p.name == "preview.png"]
     if sheet:
         lines.append(f"  look: {sheet[0]} (edge map | output for each frame) and {sheet[0].with_suffix('.gif')}")

@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 from qvedit.errors import QveditError
 from qvedit.report.confdiff import flatten
 from qvedit.settings.report import LoggerSettings
-from qvedit.settings.schema import frame_settings
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +136,26 @@ class JobTracking:
         self.store, self.run_id = store, run_id
 
     @classmethod
-    def start(cls, settings: LoggerSettings, cfg: DictConfig, run_dir: Path,
+    def start(cls, settings: LoggerSettings, frames: dict[str, object], config: dict, run_dir: Path,
               sweep_dir: Optional[Path] = None) -> Optional["JobTracking"]:
-        """The job's run, nested under the sweep's parent run when there is one; None with logger=none."""
+        """The job's run, nested under the sweep's parent run when there is one; None with logger=none.
+
+        Args:
+            settings: ``logger/``'s settings.
+            frames: the run's frame settings (``frame_settings``): each a ``frames.<key>`` tag.
+            config: the composed config, resolved, as plain data: every key a parameter.
+            run_dir: the run's folder (the run's name).
+            sweep_dir: the sweep's folder, whose parent run the job's nests under.
+        """
         if settings.backend == "none":
             return None
         store = MlflowStore(settings)
-        tags = {**versions(), **{f"frames.{k}": str(v) for k, v in frame_settings(cfg).items()},
-                "run_dir": str(run_dir)}
+        tags = {**versions(), **{f"frames.{k}": str(v) for k, v in frames.items()}, "run_dir": str(run_dir)}
         parent = sweep_dir / PARENT_RUN_FILE if sweep_dir else None
         if parent is not None and parent.is_file():
             tags["mlflow.parentRunId"] = parent.read_text().strip()
         tracking = cls(store, store.create_run(run_dir.name, tags))
-        params = flatten(OmegaConf.to_container(cfg, resolve=True))
-        tracking._log_params(params)
+        tracking._log_params(flatten(config))
         return tracking
 
     def _log_params(self, params: dict) -> None:
@@ -160,11 +165,12 @@ class JobTracking:
         for start in range(0, len(items), 100):
             self.store.client.log_batch(self.run_id, params=items[start:start + 100])
 
-    def finish(self, metrics_csv: Path, files: list[Path], status: str = "FINISHED") -> None:
-        """Every metrics.csv column by frame, the files as artifacts, and the run's end."""
+    def finish(self, metrics: pd.DataFrame, metrics_csv: Path, files: list[Path], status: str = "FINISHED") -> None:
+        """Every column of the clip's metrics table by frame, the files (and ``metrics_csv``) as artifacts, and
+        the run's end."""
         try:
-            if metrics_csv.is_file():
-                log_frame_metrics(self.store, self.run_id, pd.read_csv(metrics_csv))
+            if len(metrics.columns):
+                log_frame_metrics(self.store, self.run_id, metrics)
             self.store.log_files(self.run_id, [*files, metrics_csv])
             self.store.client.set_terminated(self.run_id, status)
         except Exception as err:

@@ -1,11 +1,12 @@
 """Searching guidance settings (``hparams_search=ttlg_optuna``): a trial's objectives and the study's results.
 
 Each trial makes the clip with the settings the sampler chose and returns, for every name in
-``tuning.objectives``, the guided / unguided ratio of that metrics.csv column's mean (lower is
-better). The unguided clip has the trial's settings with guidance off, so it is the same for every
-trial: it is made once, into ``<sweep>/reference_off``, by the first trial that needs it (the others
-find it finished). At the end ``write_pareto`` writes the Pareto front and the best trade-off as a
-``ttlg`` preset.
+``tuning.objectives``, the guided / unguided ratio of that metrics column's mean (lower is better):
+``objectives`` takes the two clips' metrics tables as their runs handed them back. The unguided clip is the
+trial's unguided twin (``qvedit.job_settings.unguided``: guidance off, whatever the sampler chose), so it is the
+same for every trial: ``qvedit.job.trial_objectives`` makes it once, into ``<sweep>/reference_off``, by the
+first trial that needs it (the others find it finished), one at a time (``one_at_a_time``). At the end
+``write_pareto`` writes the Pareto front and the best trade-off as a ``ttlg`` preset.
 """
 
 from __future__ import annotations
@@ -18,22 +19,21 @@ from typing import Iterator, Optional
 
 import pandas as pd
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from qvedit.errors import QveditError
 from qvedit.files import atomic_path, write_figure_png, write_text_atomic
-from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.schema import CONF_DIR
 
 log = logging.getLogger(__name__)
 
-REFERENCE = "reference_off"
+REFERENCE = "reference_off"  # the unguided reference clip's folder in the sweep's
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def one_at_a_time(sweep_dir: Path) -> Iterator[None]:
     """Trials running side by side (Ray) make the reference one at a time."""
-    with open(path, "w") as handle:
+    with open(sweep_dir / ".reference_off.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -41,40 +41,21 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def unguided(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with guidance off (every ttlg key at its default, so every trial's reference is the same),
-    nothing tracked and no twin."""
-    off = cfg.copy()
-    with open_dict(off):
-        for key, value in vars(TTLGSettings(vgg_weights=cfg.ttlg.vgg_weights)).items():
-            off.ttlg[key] = value
-        off.compare_unguided = False
-        off.logger.backend = "none"
-        off.tuning.objectives = []
-    return off
-
-
-def trial_objectives(cfg: DictConfig, run_dir: Path, sweep_dir: Path, run) -> Optional[tuple[float, ...]]:
-    """The objectives of the trial whose clip is in ``run_dir`` (None without ``tuning.objectives``);
-    ``run(cfg, folder)`` makes a clip (qvedit.job.run)."""
-    names = list(cfg.tuning.objectives)
-    if not names:
-        return None
-    reference = sweep_dir / REFERENCE
-    with _locked(sweep_dir / ".reference_off.lock"):
-        run(unguided(cfg), reference)  # a resume: nothing to do once the first trial made it
-    guided, off = pd.read_csv(run_dir / "metrics.csv"), pd.read_csv(reference / "metrics.csv")
+def objectives(names: list[str], guided: pd.DataFrame, unguided: pd.DataFrame) -> tuple[float, ...]:
+    """A trial's objectives: for each of ``names`` (``tuning.objectives``), the mean of that metrics column of the
+    guided clip over the unguided reference's (the metrics tables their runs handed back)."""
     missing = [name for name in names if name not in guided or guided[name].isna().all()]
     if missing:
         raise QveditError(f"tuning.objectives needs the metrics.csv column(s) {missing}: run with the quality "
                           "metrics on (metrics=default)")
-    ratios = tuple(float(guided[name].mean() / off[name].mean()) for name in names)
+    ratios = tuple(float(guided[name].mean() / unguided[name].mean()) for name in names)
     log.info("trial objectives (guided / unguided): %s", ", ".join(f"{n} {r:.4f}" for n, r in zip(names, ratios)))
     return ratios
 
 
-def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -> list[Path]:
-    """optuna_pareto.csv / .md / .png and ttlg_tuned.yaml (the Pareto trial with the lowest mean ratio)."""
+def write_pareto(study, names: list[str], sweep_dir: Path, search: Optional[str]) -> list[Path]:
+    """optuna_pareto.csv / .md / .png and ttlg_tuned.yaml (the Pareto trial with the lowest mean ratio);
+    ``search``: the ``conf/hparams_search/`` option the sweep chose."""
     front = [t for t in study.best_trials if t.values is not None]
     if not front:
         log.warning("the study has no finished trial: no Pareto front written")
@@ -92,7 +73,7 @@ def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -
               for row in table.itertuples(index=False)]
     written = [write_text_atomic(sweep_dir / "optuna_pareto.md", "\n".join(lines) + "\n"),
                sweep_dir / "optuna_pareto.csv", _plot(study, names, best, sweep_dir / "optuna_pareto.png"),
-               write_preset(best.params, config, sweep_dir / "ttlg_tuned.yaml", best, names)]
+               write_preset(best.params, search, sweep_dir / "ttlg_tuned.yaml", best, names)]
     from qvedit.report.html import write_study_html# jinja2 only where the page is written
 
     written.append(write_study_html(sweep_dir, study, names, table, best))
@@ -101,11 +82,11 @@ def write_pareto(study, names: list[str], sweep_dir: Path, config: DictConfig) -
     return written
 
 
-def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list[str]) -> Path:
+def write_preset(params: dict, search: Optional[str], out: Path, trial, names: list[str]) -> Path:
     """A ``conf/ttlg/`` preset: the ttlg keys the trial chose and those the search preset itself fixes
     (``temporal_mode: flow``), and nothing else of the sweep's command (``experiment=tiny_cpu``'s
     ``vgg_weights: random`` does not belong in a real run)."""
-    values = search_preset_ttlg(config)
+    values = search_preset_ttlg(search)
     values.update({key.removeprefix("ttlg."): value for key, value in params.items() if key.startswith("ttlg.")})
     scores = ", ".join(f"{n} {v:.4f}" for n, v in zip(names, trial.values))
     header = (f"# Tuned by hparams_search=ttlg_optuna: trial {trial.number} of study in {out.parent}\n"
@@ -113,11 +94,10 @@ def write_preset(params: dict, config: DictConfig, out: Path, trial, names: list
     return write_text_atomic(out, header + yaml.safe_dump(values, sort_keys=False))
 
 
-def search_preset_ttlg(config: DictConfig) -> dict:
-    """The ``ttlg:`` keys of the ``conf/hparams_search/`` file the sweep chose ({} if none)."""
-    choice = OmegaConf.select(config, "hydra.runtime.choices.hparams_search", default=None)
-    preset = CONF_DIR / "hparams_search" / f"{choice}.yaml"
-    if not choice or not preset.is_file():
+def search_preset_ttlg(search: Optional[str]) -> dict:
+    """The ``ttlg:`` keys of the ``conf/hparams_search/`` file ``search`` the sweep chose ({} if none)."""
+    preset = CONF_DIR / "hparams_search" / f"{search}.yaml"
+    if not search or not preset.is_file():
         return {}
     return dict(OmegaConf.to_container(OmegaConf.load(preset)).get("ttlg") or {})
 

@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import re
 import sys
-from pathlib import Path
 from typing import Any, Optional
 
 from qvedit.fields import accepted, nested_schemas, tags_of, walk
