@@ -29,9 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, the one its python -m qvedit commands run
 
-from qvedit.bench import make_inputs  # noqa: E402
-from qvedit.cli import OneLineParser, child_error, file, folder, run_tool, whole  # noqa: E402
-from qvedit.errors import QveditError  # noqa: E402
+from qvedit.cli.bench import make_inputs  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, child_error, file, folder, run_tool, whole  # noqa: E402
+from qvedit.core.errors import QveditError  # noqa: E402
 
 
 def folder_bytes(folder: Path) -> int:

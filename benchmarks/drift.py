@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, the one its python -m qvedit commands run
 
-from qvedit.cli import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
-from qvedit.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
+from qvedit.core.errors import QveditError  # noqa: E402
 from qvedit.io.layout import job_error  # noqa: E402
 SETTINGS = {  # name -> overrides of experiment=drift_demo (ttlg and seed are swept)
     "anchor=none": ["anchor=none"],
@@ -88,9 +88,9 @@ def main(argv=None) -> int:
 def measure(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from qvedit.files import write_figure_png
+    from qvedit.core.files import write_figure_png
     from qvedit.report.acceptance import judge_sweep
-    from qvedit.report.drift import median_trends, shown
+    from qvedit.scoring.drift import median_trends, shown
 
     out = args.out.resolve()
     if args.jobs > 1:  # one frame first, alone: it makes the clip in the cache

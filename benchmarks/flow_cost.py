@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
-from qvedit.threads import use_cpu_threads  # noqa: E402
+from qvedit.core.cpu_threads import use_cpu_threads  # noqa: E402
 
 use_cpu_threads()  # before torch is imported
 import torch  # noqa: E402
 
-from qvedit.cli import OneLineParser, file, run_tool, whole  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, file, run_tool, whole  # noqa: E402
 
 
 class DrawnScene:
@@ -75,9 +75,9 @@ def main(argv=None) -> int:
 
 
 def measure(args: argparse.Namespace) -> int:
-    from qvedit.guidance.flow import warp, warp_error
-    from qvedit.io.flow import ClipFlow
-    from qvedit.images import to_tensor
+    from qvedit.guidance.optical_flow import warp, warp_error
+    from qvedit.io.clip_flow import ClipFlow
+    from qvedit.core.images import to_tensor
     from qvedit.settings.guidance import FlowSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

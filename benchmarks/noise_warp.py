@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
-from qvedit.cli import OneLineParser, run_tool, whole  # noqa: E402
-from qvedit.threads import use_cpu_threads  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, run_tool, whole  # noqa: E402
+from qvedit.core.cpu_threads import use_cpu_threads  # noqa: E402
 
 use_cpu_threads()  # before torch is imported (in measure): OpenMP's threads wait passively on a busy machine
 
@@ -50,12 +50,12 @@ def main(argv=None) -> int:
 
 
 def measure(args: argparse.Namespace) -> int:
-    from qvedit.devices import check_device
+    from qvedit.models.devices import check_device
 
     check_device(args.device)
     import torch
 
-    from qvedit.guidance.flow import DISFlow, FlowPair
+    from qvedit.guidance.optical_flow import DISFlow, FlowPair
     from qvedit.start.noise import FrameNoise
 
     latent = args.size // args.scale

@@ -35,14 +35,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from qvedit.threads import use_cpu_threads  # noqa: E402
+from qvedit.core.cpu_threads import use_cpu_threads  # noqa: E402
 
 use_cpu_threads()  # before torch is imported (its CPU dry run on a busy machine)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from qvedit.cli import OneLineParser, file, folder, run_tool, whole  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, file, folder, run_tool, whole  # noqa: E402
 
 PRESETS = {  # the perf/*.yaml presets as PerfSettings keywords
     "default": {},
@@ -123,9 +123,9 @@ def main(argv=None) -> int:
 def measure(args: argparse.Namespace) -> int:
     import diffusers
 
-    from qvedit.bench import load_pipeline, run_variant
-    from qvedit.devices import check_device
-    from qvedit.errors import QveditError
+    from qvedit.cli.bench import load_pipeline, run_variant
+    from qvedit.models.devices import check_device
+    from qvedit.core.errors import QveditError
     from qvedit.models.perf import apply_perf, check_perf
     from qvedit.settings.model import PerfSettings
 

@@ -40,8 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs (python -m qvedit from REPO) use
 
-from qvedit.cli import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
-from qvedit.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
+from qvedit.core.errors import QveditError  # noqa: E402
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 FRAME_DONE = re.compile(r"frame (\d+) (?:of \d+ )?done in ([\d.]+) s")
 FRAME_CPU = re.compile(r"frame (\d+): ([\d.]+) s, ([\d.]+) s CPU, on (\S+)")  # the driver's debug line
@@ -54,7 +54,7 @@ def synthetic_clip(folder: Path, length: int, size: int) -> list[str]:
     from PIL import Image
 
     from qvedit.guidance.edges import edges_to_uint8, sobel_edges
-    from qvedit.images import to_tensor
+    from qvedit.core.images import to_tensor
     from qvedit.io.demo import long_demo_frame
 
     if not (folder / "source" / f"{length - 1:05d}.png").is_file():
@@ -132,7 +132,7 @@ def run(name: str, overrides: list[str], out: Path, threads: int, reuse: bool) -
     if reuse and record.is_file():
         print(f"{name}: kept from {folder}", flush=True)
         return json.loads(record.read_text())
-    command = [sys.executable, "-m", "qvedit", *overrides, "hydra.verbose=qvedit.schedule.driver",
+    command = [sys.executable, "-m", "qvedit", *overrides, "hydra.verbose=qvedit.run.schedule.driver",
                f"hydra.run.dir={folder}"]
     load = os.getloadavg()[0]
     started = time.perf_counter()
@@ -162,7 +162,7 @@ def drift_row(name: str, folder: Path, keyframes: list[int]) -> dict:
     """Last-quarter drift figures of a run, and its warp error at the keyframes (the seams) and elsewhere."""
     import pandas as pd
 
-    from qvedit.report.drift import clip_trends
+    from qvedit.scoring.drift import clip_trends
 
     table = pd.read_csv(folder / "metrics.csv")
     trends = clip_trends(table)

@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs it starts use (python -m qvedit from REPO)
 
-from qvedit.cli import OneLineParser, folder, number, run_tool, whole  # noqa: E402
-from qvedit.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, folder, number, run_tool, whole  # noqa: E402
+from qvedit.core.errors import QveditError  # noqa: E402
 
 NOISES = ("independent", "shared", "warped")
 STRENGTHS = (1.0, 0.8, 0.6, 0.4)
@@ -192,7 +192,7 @@ def write_table(table, args, out: Path) -> None:
 def plot(table, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from qvedit.files import write_figure_png
+    from qvedit.core.files import write_figure_png
 
     clips = list(dict.fromkeys(table["clip"]))
     figure, axes = plt.subplots(1, len(clips), figsize=(5 * len(clips) + 2.6, 4.6), layout="constrained",

@@ -27,8 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs (python -m qvedit from REPO) use
 
-from qvedit.cli import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
-from qvedit.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
+from qvedit.core.errors import QveditError  # noqa: E402
 HELD_OUT = 1_000_000  # qvedit.settings.io.SHAPES_HELD_OUT_SEED
 MODELS = {"toy": "experiment=toy_cpu", "tiny": "experiment=tiny_cpu"}
 
@@ -48,7 +48,7 @@ def held_out_scores(model: str, clip_seed: int, seed: int, args, out: Path) -> d
     import pandas as pd
     from PIL import Image
 
-    from qvedit.files import cache_dir
+    from qvedit.core.files import cache_dir
 
     run = out / f"{model}-clip{clip_seed}-seed{seed}"
     if not (run / "metrics.csv").is_file():

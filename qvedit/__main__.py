@@ -1,3 +1,3 @@
-from qvedit.main import main
+from qvedit.cli.main import main
 
 main()

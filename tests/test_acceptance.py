@@ -10,7 +10,7 @@ import yaml
 
 from qvedit.io.layout import JOB_ERROR_FILE
 from qvedit.report.acceptance import main, write_report
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 
 
 def make_job(sweep: Path, name: str, seed: int, ttlg: dict, edge, gram, lpips=(0.05, 0.2), extra=None):
@@ -132,7 +132,7 @@ def test_not_a_sweep_is_a_clear_error(tmp_path, capsys):
 
 
 def test_report_files_are_replaced_whole_or_not_at_all(tmp_path):
-    from qvedit.files import atomic_path as replaced_whole
+    from qvedit.core.files import atomic_path as replaced_whole
 
     report = tmp_path / "acceptance.md"
     report.write_text("previous report\n")
@@ -270,7 +270,7 @@ def test_every_plot_keeps_everything_it_draws_inside_the_picture(tmp_path):
     spec.loader.exec_module(benchmark)
     curves = {(name, ttlg): pd.Series(39 + rng.random(8), index=range(1, 9)) for name in benchmark.SETTINGS
               for ttlg in ("off", "edge_gram")}
-    from qvedit.files import write_figure_png
+    from qvedit.core.files import write_figure_png
 
     pngs.append(write_figure_png(benchmark.curves_figure(curves), tmp_path / "bench_drift.png", lay_out=False))
     sys.modules.pop("drift_benchmark", None)

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from qvedit.background import Background
-from qvedit.errors import QveditError
+from qvedit.core.background_writer import Background
+from qvedit.core.errors import QveditError
 from qvedit.models.diffusers_compat import record_velocity, step_sigma
 
 

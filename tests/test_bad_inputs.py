@@ -1,7 +1,7 @@
 """The bad-input battery: each case ends in a clear one-line error or is handled, never a traceback,
 and nothing finished is lost.
 
-Cases run in-process through ``qvedit.job.run`` (the model loads once); ``tests/test_cli.py``
+Cases run in-process through ``qvedit.run.job.run`` (the model loads once); ``tests/test_cli.py``
 shows that the command line turns a QveditError into one ``qvedit: error:`` line with exit code 2.
 Every case snapshots the files under its folder before the run it tests and checks afterwards that
 each one is still there with the same bytes (but those the case damaged on purpose), that no
@@ -30,9 +30,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from qvedit.errors import QveditError
-from qvedit.files import PARTIAL_GLOB
-from qvedit.job import run
+from qvedit.core.errors import QveditError
+from qvedit.core.files import PARTIAL_GLOB
+from qvedit.run.job import run
 from qvedit.models.loading import load_pipeline
 from qvedit.settings.model import TinyModel
 from qvedit.settings.schema import register_schemas
@@ -164,7 +164,7 @@ def failing_write(match: Callable[[str], bool], error: int, partial_bytes: bool 
 
 def failing_row_append(t, ctx):
     """The second metrics row fails half-written (EIO): the row is cut back, frame 2 is not kept."""
-    import qvedit.files as files
+    import qvedit.core.files as files
 
     calls = []
 
@@ -487,8 +487,8 @@ CASES = [
     # configs are data: only qvedit's own _target_s are built
     Case("a model _target_ that runs a command", value("model._target_=os.system"),
          r"model._target_='os.system' is not qvedit's", early=True),
-    Case("a ttlg _target_ inside qvedit but not a setting", value("ttlg._target_=qvedit.files.write_text_atomic"),
-         r"ttlg._target_='qvedit.files.write_text_atomic' is not one of qvedit's settings classes", early=True),
+    Case("a ttlg _target_ inside qvedit but not a setting", value("ttlg._target_=qvedit.core.files.write_text_atomic"),
+         r"ttlg._target_='qvedit.core.files.write_text_atomic' is not one of qvedit's settings classes", early=True),
 ]
 
 REWRITTEN = ("metrics.csv", "preview.png", "preview.gif", "compare_unguided.gif", "report.html", "drift.png",

@@ -48,7 +48,7 @@ def test_demo_runs_end_to_end_guided_and_says_what_guidance_changed(made):
 def test_cpu_threads_wait_passively_and_what_a_user_set_is_kept(monkeypatch):
     import os
 
-    from qvedit.threads import use_cpu_threads
+    from qvedit.core.cpu_threads import use_cpu_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
@@ -196,7 +196,7 @@ def test_an_argparse_habit_or_an_unquoted_space_is_one_line_naming_the_fix(tmp_p
 
 def test_overrides_after_an_option_of_hydras_are_taken():
     """experiment=demo -m seed=0,1: Hydra took the overrides as one run of words, and refused those after -m."""
-    from qvedit.keys import overrides_last
+    from qvedit.cli.override_keys import overrides_last
 
     assert overrides_last(["experiment=demo", "-m", "seed=0,1"]) == ["-m", "experiment=demo", "seed=0,1"]
     result = qvedit("experiment=demo", "--cfg", "job", "seed=3")
@@ -215,7 +215,7 @@ def test_overrides_after_an_option_of_hydras_are_taken():
     ("seed=0,abc", ["seed=abc is not valid"]),  # each value of a sweep
 ])
 def test_a_value_hydra_would_refuse_is_named_with_what_the_key_takes(override, fragments):
-    from qvedit.values import override_problems
+    from qvedit.cli.override_values import override_problems
 
     (problem,) = override_problems(["experiment=demo", override, "-m"])
     for fragment in fragments:
@@ -223,7 +223,7 @@ def test_a_value_hydra_would_refuse_is_named_with_what_the_key_takes(override, f
 
 
 def test_values_a_key_takes_pass(tmp_path):
-    from qvedit.values import override_problems
+    from qvedit.cli.override_values import override_problems
 
     # each as a shell hands it over: the quotes a user types around an override never reach qvedit
     assert override_problems(["ttlg=edge_gram,off", "seed=range(3)", "ttlg.lr=interval(0.01,0.1)", "max_area=null",
@@ -279,7 +279,7 @@ def test_a_missing_option_hydra_finds_while_composing_names_the_closest(tmp_path
     from hydra.errors import HydraException
 
     from qvedit.settings.schema import register_schemas
-    from qvedit.values import hydra_error_line
+    from qvedit.cli.override_values import hydra_error_line
     from tests.conftest import REPO
 
     register_schemas()

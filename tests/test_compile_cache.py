@@ -2,7 +2,7 @@
 
 import os
 
-from qvedit.files import cache_dir
+from qvedit.core.files import cache_dir
 from qvedit.models.perf import use_compile_cache
 
 

@@ -8,18 +8,18 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from qvedit.errors import QveditError
-from qvedit.fields import tags_of
+from qvedit.core.errors import QveditError
+from qvedit.settings.field_tags import tags_of
 from qvedit.io.layout import RunLayout
 from qvedit.io.source import FrameSource, open_source
 from qvedit.models.family import family_for, pipeline_class_problem, read_index
 from qvedit.models.loading import load_pipeline
-from qvedit.report.metrics import FrameMetrics
+from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.model import TinyModel, ToyModel
 from qvedit.settings.report import MetricsSettings
 from qvedit.settings.schema import check_values, register_schemas, schema_fields
-from qvedit.trust import build as instantiate
+from qvedit.core.config_trust import build as instantiate
 from tests.conftest import REPO
 
 CONF = REPO / "conf"
@@ -197,7 +197,7 @@ def schema_defaults() -> list[tuple[str, object]]:
     """(key, default) of every key of the schema, each io option's own included (``io.length``: 48 and 24)."""
     import dataclasses
 
-    from qvedit.fields import walk
+    from qvedit.settings.field_tags import walk
     from qvedit.settings.io import IO_OPTIONS
     from qvedit.settings.schema import QveditConfig
 
@@ -227,7 +227,7 @@ def test_configuration_page_documents_every_config_key_with_its_default():
 
 
 def test_every_key_says_what_it_means():
-    from qvedit.fields import walk
+    from qvedit.settings.field_tags import walk
     from qvedit.settings.io import IO_OPTIONS
 
     fields = [*schema_fields().items(), *(entry for option in IO_OPTIONS for entry in walk(option, "io."))]
@@ -242,7 +242,7 @@ def test_a_composed_config_survives_pickling_with_its_schema():
 
     from omegaconf import OmegaConf
 
-    from qvedit.keys import unknown_config_keys
+    from qvedit.cli.override_keys import unknown_config_keys
 
     cfg = make(["experiment=tiny_cpu", "io=demo", "perf=fp8"])
     again = pickle.loads(pickle.dumps(cfg))

@@ -12,10 +12,10 @@ from skimage import color as skcolor
 from qvedit.anchor.color import ColorAnchor, match_histogram, match_mean_std
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.guidance.losses import color_loss
-from qvedit.images import to_tensor
+from qvedit.core.images import to_tensor
 from qvedit.io.frames import FrameFolders
-from qvedit.lab import color_drift, lab_stats
-from qvedit.report.drift import clip_trends, describe, edge_offset_px, judge_drift, trend
+from qvedit.core.color_stats import color_drift, lab_stats
+from qvedit.scoring.drift import clip_trends, describe, edge_offset_px, judge_drift, trend
 from qvedit.settings.anchor import AnchorSettings
 
 

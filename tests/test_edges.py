@@ -12,7 +12,7 @@ from qvedit.guidance.edges import (
     sobel_edges,
     to_grayscale,
 )
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.guidance.losses import edge_loss
 
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit.editor import edit_clip, frame_seed
-from qvedit.errors import QveditError
+from qvedit.run.clip_editor import edit_clip, frame_seed
+from qvedit.core.errors import QveditError
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.models.diffusers_compat import condition_area
 from qvedit.models.loading import load_pipeline
-from qvedit.outputs import ClipOutputs
-from qvedit.plan import generation_size, output_frame_count, vae_area
-from qvedit.report.metrics import FrameMetrics
+from qvedit.run.frame_outputs import ClipOutputs
+from qvedit.run.frame_plan import generation_size, output_frame_count, vae_area
+from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.model import TinyModel
 from qvedit.settings.run import RunSettings
@@ -114,7 +114,7 @@ def test_frame_seed_depends_on_seed_and_frame():
     seeds = {frame_seed(s, i) for s in range(3) for i in range(50)}
     assert len(seeds) == 150 and all(0 <= s < 2**63 for s in seeds)
     # the same in another process with another hash seed: a frame made again on resume gets the same noise
-    other = subprocess.run([sys.executable, "-c", "from qvedit.editor import frame_seed; print(frame_seed(7, 3))"],
+    other = subprocess.run([sys.executable, "-c", "from qvedit.run.clip_editor import frame_seed; print(frame_seed(7, 3))"],
                            capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="123"), check=True)
     assert int(other.stdout) == frame_seed(7, 3)
 
@@ -168,7 +168,7 @@ def test_resume_remakes_a_frame_whose_metrics_row_was_lost(family_pipe, clip, tm
     out, metrics = tmp_path / "out", tmp_path / "metrics.csv"
     run(family_pipe, init, edges, out, max_frames=2, metrics_path=metrics)
     metrics.write_text(metrics.read_text().splitlines()[0] + "\n")  # killed after frame 1, before its row
-    with caplog.at_level("INFO", logger="qvedit.editor"):
+    with caplog.at_level("INFO", logger="qvedit.run.clip_editor"):
         resumed = run(family_pipe, init, edges, out, metrics_path=metrics)
     assert "resuming at frame 1" in caplog.text
     assert [p.read_bytes() for p in resumed] == [p.read_bytes() for p in whole]

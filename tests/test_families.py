@@ -9,14 +9,14 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from qvedit.editor import edit_clip
-from qvedit.io.flow import ClipFlow
+from qvedit.run.clip_editor import edit_clip
+from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.models import diffusers_compat as compat
 from qvedit.models.diffusers_compat import qwenimage21
 from qvedit.models.family import FAMILIES, family_for, family_of
-from qvedit.outputs import ClipOutputs
-from qvedit.plan import ClipPlan
+from qvedit.run.frame_outputs import ClipOutputs
+from qvedit.run.frame_plan import ClipPlan
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.model import ModelSettings, PerfSettings
 from qvedit.settings.run import RunSettings
@@ -147,7 +147,7 @@ def test_2511s_transformer_runs_through_the_loop_and_a_folder_of_the_other_relea
     frames are not 2509's; the same folder with model.release=2509 runs, with one warning naming both releases."""
     from diffusers import QwenImageEditPlusPipeline, QwenImageTransformer2DModel
 
-    from qvedit.job import run
+    from qvedit.run.job import run
 
     folder = tmp_path / "tiny-2511"
     torch_state = tiny_pipe.transformer.state_dict()

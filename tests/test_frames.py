@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qvedit.errors import QveditError
-from qvedit.images import read_rgb8, to_rgb8
+from qvedit.core.errors import QveditError
+from qvedit.core.images import read_rgb8, to_rgb8
 from qvedit.io.frames import FrameFolders, FrameWriter, list_edge_frames
 
 
@@ -99,7 +99,7 @@ def test_writer_refuses_a_file_as_folder(tmp_path):
 
 
 def test_a_folder_or_file_in_the_way_of_a_write_is_one_line(tmp_path):
-    from qvedit.files import write_text_atomic
+    from qvedit.core.files import write_text_atomic
 
     (tmp_path / "report.html").mkdir()  # a folder with the name of a file qvedit writes
     with pytest.raises(QveditError, match="cannot write .*report.html: a folder of that name is there") as info:
@@ -111,7 +111,7 @@ def test_a_folder_or_file_in_the_way_of_a_write_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "unguided"]  # no partial file left
 
 
-TAKER = """import sys; from pathlib import Path; from qvedit import locks
+TAKER = """import sys; from pathlib import Path; from qvedit.core import locks
 locks.hold(Path(sys.argv[1])); print("held", flush=True)
 sys.stdin.readline(); locks.release_all(); print("released", flush=True)"""
 
@@ -122,7 +122,7 @@ def test_a_released_lock_file_is_removed_and_never_lets_two_writers_in(tmp_path,
     import subprocess
     import sys
 
-    from qvedit import locks
+    from qvedit.core import locks
     from tests.conftest import REPO
 
     def taker():

@@ -10,20 +10,20 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
-from qvedit.editor import edit_clip
-from qvedit.errors import QveditError
-from qvedit.files import cache_dir
+from qvedit.run.clip_editor import edit_clip
+from qvedit.core.errors import QveditError
+from qvedit.core.files import cache_dir
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
-from qvedit.guidance.flow import warp_error
+from qvedit.guidance.optical_flow import warp_error
 from qvedit.guidance.guide import Guide, normalised_step
-from qvedit.images import to_tensor as pil_to_tensor
+from qvedit.core.images import to_tensor as pil_to_tensor
 from qvedit.io.demo import DEMO_FOLDER, demo_clip
-from qvedit.io.flow import ClipFlow
+from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.frames import FrameWriter
 from qvedit.models.diffusers_compat import record_velocity
 from qvedit.models.family import family_of
-from qvedit.outputs import ClipOutputs
+from qvedit.run.frame_outputs import ClipOutputs
 from qvedit.report.acceptance import judge
 from qvedit.report.verdict import Comparison, Criterion, SweepJob
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
@@ -268,7 +268,7 @@ def test_guide_refuses_inference_mode(tiny_pipe):
 
 
 def test_nan_output_is_an_error_not_a_black_frame():
-    from qvedit.pipeline_call import checked_frame
+    from qvedit.run.pipeline_call import checked_frame
 
     with pytest.raises(QveditError, match="frame 4: the pipeline produced NaN"):
         checked_frame(torch.full((3, 4, 4), float("nan")), 4)

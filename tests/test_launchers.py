@@ -114,7 +114,7 @@ def test_a_ray_sweep_that_could_never_start_is_refused_before_ray_starts(tmp_pat
 def test_ray_gpu_shortfall_counts_the_gpus_ray_may_hand_out():
     from omegaconf import OmegaConf
 
-    from qvedit.launchers import ray_gpu_shortfall
+    from qvedit.cli.launcher_checks import ray_gpu_shortfall
 
     def launcher(init, remote):
         return OmegaConf.create({"ray": {"init": {"address": None, **init}, "remote": remote}})

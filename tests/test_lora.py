@@ -16,12 +16,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import save_file
 
-from qvedit.errors import QveditError
-from qvedit.job import run
+from qvedit.core.errors import QveditError
+from qvedit.run.job import run
 from qvedit.models import cache
 from qvedit.models.loading import load_pipeline
 from qvedit.models.lora import LORA_WEIGHT_NAME, lora_path, mismatch, use_scheduler
-from qvedit.outputs import MANIFEST, check_or_record
+from qvedit.run.frame_outputs import MANIFEST, check_or_record
 from qvedit.settings.model import LoraSpec, TinyModel
 from qvedit.settings.schema import folder_name_excluded_keys, frame_settings, register_schemas
 from tests.conftest import REPO, TINY_MODEL, write_clip
@@ -216,7 +216,7 @@ def make(overrides):
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "ttlg").glob("*.yaml")))
 @pytest.mark.parametrize("experiment, steps", [("lightning", 8), ("lightning_4step", 4)])
 def test_lightning_composes_with_every_ttlg_preset(experiment, steps, preset):
-    from qvedit.trust import build
+    from qvedit.core.config_trust import build
 
     cfg = make([f"experiment={experiment}", f"ttlg={preset}"])
     ttlg = build(cfg.ttlg)
@@ -268,7 +268,7 @@ def test_folders_and_weight_names(loras, tmp_path):
 
 
 def test_keys_below_loras_and_scheduler_are_accepted_on_the_command_line():
-    from qvedit.keys import unknown_overrides
+    from qvedit.cli.override_keys import unknown_overrides
 
     assert unknown_overrides(["+model.scheduler.shift=2", "model.loras.0.scale=0.5", "perf.fuse_loras=false"]) == []
     assert "did you mean model.loras?" in unknown_overrides(["model.lora=[]"])[0]

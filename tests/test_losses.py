@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from qvedit.guidance.edges import sobel_edges
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.guidance.losses import (
     VGGStyle,
     edge_loss,

@@ -8,15 +8,15 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit.editor import edit_clip
-from qvedit.errors import QveditError
+from qvedit.run.clip_editor import edit_clip
+from qvedit.core.errors import QveditError
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
-from qvedit.images import to_tensor as pil_to_tensor
-from qvedit.io.flow import ClipFlow
+from qvedit.core.images import to_tensor as pil_to_tensor
+from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.models import cache
-from qvedit.outputs import ClipOutputs
-from qvedit.report.metrics import FrameMetrics
+from qvedit.run.frame_outputs import ClipOutputs
+from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.report import MetricsSettings
 from qvedit.settings.run import RunSettings
@@ -106,14 +106,14 @@ def test_metrics_never_change_the_frames(family_pipe, clip, tmp_path):
 
 
 def test_small_values_keep_their_significant_digits():
-    from qvedit.report.metrics import significant
+    from qvedit.scoring.frame_metrics import significant
 
     assert significant(1.2345678e-6) == 1.23457e-06 and significant(3.98765432e-4) == 3.98765e-04
     assert significant(39.2512345) == 39.2512 and significant(0.0) == 0.0
 
 
 def test_peak_memory_is_each_frames_own_not_the_process_peak_so_far():
-    from qvedit.devices import peak_memory_mib, reset_peak_memory
+    from qvedit.models.devices import peak_memory_mib, reset_peak_memory
 
     cpu = torch.device("cpu")
     reset_peak_memory(cpu)
@@ -139,7 +139,7 @@ class FakeOpenClip:
 
 
 def test_clip_consistency_is_the_cosine_of_consecutive_embeddings(monkeypatch):
-    from qvedit.report import clip
+    from qvedit.scoring import clip_consistency  # noqa: F401
 
     monkeypatch.setitem(sys.modules, "open_clip", FakeOpenClip)
     forget("clip", monkeypatch)
@@ -153,7 +153,7 @@ def test_clip_consistency_is_the_cosine_of_consecutive_embeddings(monkeypatch):
 
 
 def test_without_open_clip_the_clip_column_is_skipped_with_one_warning(monkeypatch, caplog):
-    from qvedit.report import clip
+    from qvedit.scoring import clip_consistency  # noqa: F401
 
     monkeypatch.setitem(sys.modules, "open_clip", None)
     forget("clip", monkeypatch)

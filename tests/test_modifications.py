@@ -1,4 +1,4 @@
-"""Pipeline modifications (qvedit.modifications): applied by name, listed, refused twice, undone to exactly what was
+"""Pipeline modifications (qvedit.models.modifications): applied by name, listed, refused twice, undone to exactly what was
 there (the same attributes, the same forward outputs), also after an error."""
 
 import pytest
@@ -10,7 +10,7 @@ from qvedit.models.diffusers_compat.single_frame import use_single_frame_convolu
 from qvedit.models.lora import use_scheduler
 from qvedit.models.perf import compile_blocks
 from qvedit.models.step_cache import use_step_cache, without_step_cache
-from qvedit.modifications import ModificationError, Modifications, applied_to, modifications_of
+from qvedit.models.modifications import ModificationError, Modifications, applied_to, modifications_of
 from qvedit.settings.model import PerfSettings
 
 
@@ -105,7 +105,7 @@ def test_a_registry_belongs_to_its_object_and_goes_with_it():
     modifications_of(thing).apply("wrap", lambda change: None)
     assert modifications_of(thing).names() == ["wrap"] and modifications_of(Thing()).names() == []
     assert "_qvedit" not in str(vars(thing))  # nothing stored on the object itself
-    from qvedit import modifications
+    from qvedit.models import modifications
 
     count = len(modifications._registries)
     del thing

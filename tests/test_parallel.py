@@ -18,9 +18,9 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from conftest import REPO, SAFETY_TIMEOUT_S, TEMPORAL, THREADS, run_qvedit
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.models.parallel import Team, start_team
-from qvedit.ranks import follower_overrides
+from qvedit.core.torchrun_ranks import follower_overrides
 from qvedit.settings.model import ParallelSettings
 from qvedit.settings.schema import check_values
 
@@ -65,8 +65,8 @@ def test_rank0_guidance_and_values_reach_every_rank(tmp_path):
 
 
 def editor_worker(rank: int, rendezvous: Path, shared: Path) -> None:
-    from qvedit.job import Job
-    from qvedit.job_settings import job_settings
+    from qvedit.run.job import Job
+    from qvedit.run.job_settings import job_settings
 
     torch.set_num_threads(1)
     team = join(rank, rendezvous)
@@ -79,7 +79,7 @@ def editor_worker(rank: int, rendezvous: Path, shared: Path) -> None:
 
 @pytest.mark.long
 def test_a_team_resumes_from_rank0s_frames_and_only_rank0_writes(tmp_path):
-    from qvedit.job import run
+    from qvedit.run.job import run
 
     torch.set_num_threads(1)
     whole = run(compose("max_frames=4", f"io.out_frames_dir={tmp_path / 'whole'}"), tmp_path / "whole_run").frames_dir

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from qvedit.bench import main as bench_main
-from qvedit.errors import QveditError
+from qvedit.cli.bench import main as bench_main
+from qvedit.core.errors import QveditError
 from qvedit.models.perf import apply_perf, check_perf
 from qvedit.settings.model import PerfSettings
 
@@ -45,7 +45,7 @@ def test_bench_runs_and_reports_every_column(tmp_path, tiny_pipe, monkeypatch, c
 
 
 def test_bench_explains_every_option_and_warns_as_the_main_command_does():
-    from qvedit.bench import build_parser, cpu_warnings
+    from qvedit.cli.bench import build_parser, cpu_warnings
 
     assert all(action.help for action in build_parser()._actions)
     (warning,) = cpu_warnings("tiny", "cpu", [64], ["off", "off_cond_output"])
@@ -194,9 +194,9 @@ def fresh_tiny_pipe():
 
 
 def guided_frame(pipe, clip, folder):
-    from qvedit.editor import edit_clip
+    from qvedit.run.clip_editor import edit_clip
     from qvedit.io.frames import FrameFolders, FrameWriter
-    from qvedit.outputs import ClipOutputs
+    from qvedit.run.frame_outputs import ClipOutputs
     from qvedit.settings.guidance import TTLGSettings
     from qvedit.settings.run import RunSettings
 
@@ -331,7 +331,7 @@ def test_a_clip_started_in_bf16_is_not_finished_in_fp8(tmp_path):
     import yaml
     from hydra import compose, initialize_config_dir
 
-    from qvedit.outputs import check_or_record
+    from qvedit.run.frame_outputs import check_or_record
     from qvedit.settings.schema import frame_settings, register_schemas
     from tests.conftest import REPO
 

@@ -1,14 +1,14 @@
-"""One pipeline call for one image (qvedit.pipeline_call), as the clip's frames and frame 0's edit use it."""
+"""One pipeline call for one image (qvedit.run.pipeline_call), as the clip's frames and frame 0's edit use it."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.models.family import family_of
-from qvedit.pipeline_call import PipelineCall
-from qvedit.plan import ClipPlan
+from qvedit.run.pipeline_call import PipelineCall
+from qvedit.run.frame_plan import ClipPlan
 from tests.test_anchor import PipeSpy
 
 SIZE, GENERATED = (40, 24), (32, 32)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from qvedit.io.preview import (
+from qvedit.report.previews import (
     EDITED_TEXTS,
     GAP,
     NO_EDGE_TEXTS,
@@ -207,7 +207,7 @@ def test_write_previews_reads_frames_and_edges(tmp_path):
     input_cell = crop(pixels(written[0]), sheet.cell_box(0, 0))
     assert np.array_equal(input_cell, np.asarray(_no_edge_cell((256, 171), NO_EDGE_TEXTS)))  # "input frame (copied)"
 
-    Source.frame0_edited = True  # frame 0 made by first_frame.prompt (qvedit.first_frame.EditedFirstFrame)
+    Source.frame0_edited = True  # frame 0 made by first_frame.prompt (qvedit.run.first_frame.EditedFirstFrame)
     edited_cell = crop(pixels(write_previews(Source(), paths, run)[0]), sheet.cell_box(0, 0))
     assert np.array_equal(edited_cell, np.asarray(_no_edge_cell((256, 171), EDITED_TEXTS)))  # "frame 0 edited"
     assert not np.array_equal(edited_cell, input_cell)

@@ -26,13 +26,13 @@ from hypothesis import strategies as st
 from omegaconf import DictConfig
 from PIL import Image
 
-from qvedit.errors import QveditError
-from qvedit.fields import integral, optional, tags_of
-from qvedit.job import run
-from qvedit.keys import unknown_overrides
+from qvedit.core.errors import QveditError
+from qvedit.settings.field_tags import integral, optional, tags_of
+from qvedit.run.job import run
+from qvedit.cli.override_keys import unknown_overrides
 from qvedit.settings.io import FramesIO
 from qvedit.settings.schema import register_schemas, schema_fields
-from qvedit.values import hydra_error_line, override_problems
+from qvedit.cli.override_values import hydra_error_line, override_problems
 from tests.conftest import REPO, write_clip
 
 register_schemas()
@@ -271,7 +271,7 @@ def load_tools() -> dict:
     import importlib.util
     import sys
 
-    from qvedit import bench
+    from qvedit.core.tool_parser import bench
 
     tools = {"qvedit.bench": bench}
     sys.path.insert(0, str(REPO / "benchmarks"))  # ray_sweep imports context_parallel, its neighbour

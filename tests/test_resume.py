@@ -15,9 +15,9 @@ import pandas as pd
 import yaml
 import pytest
 
-from qvedit.errors import QveditError
-from qvedit.files import PARTIAL_GLOB
-from qvedit.outputs import check_or_record
+from qvedit.core.errors import QveditError
+from qvedit.core.files import PARTIAL_GLOB
+from qvedit.run.frame_outputs import check_or_record
 from tests.conftest import REPO, SAFETY_TIMEOUT_S, TEMPORAL, run_qvedit
 
 # Where the kill and stop tests interrupt a run: seeded, so that a failure can be run again at the same frame
@@ -179,8 +179,8 @@ def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path)
     CFG parallelism gives the single-process frames, so its degree may change."""
     from hydra import compose, initialize_config_dir
 
-    from qvedit.job import Job
-    from qvedit.job_settings import job_settings
+    from qvedit.run.job import Job
+    from qvedit.run.job_settings import job_settings
     from qvedit.models.parallel import Team
     from qvedit.settings.schema import frame_settings, register_schemas
 
@@ -265,7 +265,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes_once_space_is_free
 # the computation's line, the GIL let go), never before: a signal that came earlier would be taken by Python.
 LONG_COMPUTATION = """
 import sys, threading, time, torch
-from qvedit import stopping
+from qvedit.core import stopping
 stopping.install(message=lambda signum: f"stopped by {signum}; {stopping.kept_text()}")
 if sys.argv[1] != "none":
     stopping.finished(sys.argv[1], 3)
@@ -298,7 +298,7 @@ def test_sigterm_inside_a_long_computation_stops_it_and_says_what_was_kept(kept,
 
 LOST_STOP = """
 import os, signal
-from qvedit import stopping
+from qvedit.core import stopping
 stopping.install()
 
 class Finalized:

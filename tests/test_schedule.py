@@ -12,11 +12,11 @@ import time
 import pandas as pd
 import pytest
 
-from qvedit.errors import QveditError
-from qvedit.files import PARTIAL_GLOB
+from qvedit.core.errors import QveditError
+from qvedit.core.files import PARTIAL_GLOB
 from qvedit.io.layout import holds_nothing_of_its_own
-from qvedit.outputs import check_or_record
-from qvedit.schedule.plan import SegmentPlan
+from qvedit.run.frame_outputs import check_or_record
+from qvedit.run.schedule.plan import SegmentPlan
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.schedule import ScheduleSettings
 from tests.conftest import ONE_THREAD, REPO, SAFETY_TIMEOUT_S, SEGMENTS, run_qvedit
@@ -57,8 +57,8 @@ def test_segments_on_qwen_image_21_run_with_frame_0_as_a_fourth_image(tmp_path, 
     """The segment schedule in this process on model=tiny_21, frame 0 edited first and flow guidance on, frame 0 as
     an image of every call beside the next keyframe: the meeting frames' calls take four images, and the run
     publishes its frames, metrics (hops, seams) and report as on 2509's family."""
-    from qvedit.editor import FrameMaker
-    from qvedit.job import run
+    from qvedit.run.clip_editor import FrameMaker
+    from qvedit.run.job import run
 
     counts = {}
     make = FrameMaker.make
@@ -97,7 +97,7 @@ def test_a_resumed_run_keeps_the_finished_frames_whose_own_inputs_are_kept():
 
 def schedule_rounds(clip, workers):
     """Hand a clip's frames to ``workers`` that each make one frame a round: [[frame of each worker] per round]."""
-    from qvedit.schedule.driver import TaskQueue
+    from qvedit.run.schedule.driver import TaskQueue
 
     queue, rounds, last = TaskQueue(clip, set(), seams=False), [], {}
     while queue:
@@ -121,7 +121,7 @@ def test_workers_go_forward_through_the_clip_and_no_worker_waits_for_the_last_se
 
 
 def test_a_metrics_csv_written_before_the_hops_column_resumes_with_its_rows(tmp_path):
-    from qvedit.report.metrics import complete_rows
+    from qvedit.scoring.frame_metrics import complete_rows
 
     path = tmp_path / "metrics.csv"
     path.write_text("frame,edge_loss,seconds\n1,0.5,2.0\n2,0.4,2.1\n")  # an earlier qvedit's chain
@@ -131,7 +131,7 @@ def test_a_metrics_csv_written_before_the_hops_column_resumes_with_its_rows(tmp_
 
 
 def test_a_stopped_segment_schedule_says_how_many_frames_it_keeps(tmp_path):
-    from qvedit import stopping
+    from qvedit.core import stopping
 
     before = dict(stopping._kept)  # what other runs in this process left
     stopping._kept.clear()
@@ -175,7 +175,7 @@ BAD = {  # overrides -> the start of the one line that refuses them
 def test_a_schedule_that_cannot_run_is_one_line_before_anything_is_written(overrides, tmp_path, monkeypatch):
     import torch
 
-    from qvedit.job import run
+    from qvedit.run.job import run
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a machine with one GPU, whatever this one has
     cfg = compose(*overrides.split())
@@ -189,7 +189,7 @@ def test_a_schedule_that_cannot_run_is_one_line_before_anything_is_written(overr
 
 
 def test_without_ray_the_extra_is_named(tmp_path, monkeypatch):
-    from qvedit.job import run
+    from qvedit.run.job import run
 
     found = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else found(name, *a))

@@ -1,6 +1,6 @@
 import torch
 
-from qvedit import selftest
+from qvedit.core.tool_parser import selftest
 
 NAMES = ["sobel backward", "laplacian backward", "gram backward", "torchvision", "vgg16 imagenet weights"]
 

@@ -8,19 +8,19 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from qvedit.editor import edit_clip
-from qvedit.errors import QveditError
-from qvedit.guidance.flow import FlowPair
+from qvedit.run.clip_editor import edit_clip
+from qvedit.core.errors import QveditError
+from qvedit.guidance.optical_flow import FlowPair
 from qvedit.guidance.noise_warp import bilinear_warp
-from qvedit.files import cache_dir
+from qvedit.core.files import cache_dir
 from qvedit.io.demo import DEMO_FOLDER, demo_clip
-from qvedit.io.flow import ClipFlow
+from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.frames import FrameWriter
-from qvedit.job import run
+from qvedit.run.job import run
 from qvedit.models.diffusers_compat.start import default_sigmas, schedule_mu, schedule_problem, scheduled_sigmas
 from qvedit.models.family import family_of
-from qvedit.outputs import ClipOutputs, check_or_record
-from qvedit.report.metrics import FrameMetrics
+from qvedit.run.frame_outputs import ClipOutputs, check_or_record
+from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schema import register_schemas
@@ -360,7 +360,7 @@ def test_a_changed_start_key_on_resume_is_refused_by_name(tmp_path):
 
 
 def test_a_nan_frame_names_the_hints_that_fit_the_run():
-    from qvedit.pipeline_call import checked_frame
+    from qvedit.run.pipeline_call import checked_frame
 
     nan = torch.full((3, 4, 4), float("nan"))
     for dtype, guided, hint in [("fp32", False, "neither fp16 nor guidance is on: try another num_inference_steps"),
@@ -372,8 +372,8 @@ def test_a_nan_frame_names_the_hints_that_fit_the_run():
 
 
 def test_a_photo_clip_pans_and_zooms_across_a_real_photograph(tmp_path):
-    from qvedit.guidance.flow import DISFlow
-    from qvedit.images import to_tensor
+    from qvedit.guidance.optical_flow import DISFlow
+    from qvedit.core.images import to_tensor
     from qvedit.io.photo_clip import photo_frames, write_photo_clip
 
     folder = write_photo_clip(tmp_path / "clip", "chelsea", 4, (48, 32))

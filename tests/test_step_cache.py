@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.guide import Guide

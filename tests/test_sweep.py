@@ -80,7 +80,7 @@ def test_rerun_from_a_job_folder_gives_the_same_frames_and_diff_tells_runs_apart
 
 
 def test_diff_shows_values_not_interpolations_and_its_help_says_the_arguments_and_exit_codes(tmp_path, capsys):
-    from qvedit.files import cache_dir
+    from qvedit.core.files import cache_dir
 
     for name, model_id in (("a", "${qvedit.cache:tiny-qwen-image-edit-2509}"), ("b", "/models/other")):
         (tmp_path / name / ".hydra").mkdir(parents=True)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.guidance import losses, tiny_decoder
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.guide import Guide

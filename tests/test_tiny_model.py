@@ -4,7 +4,7 @@ from pathlib import Path
 
 from diffusers import QwenImageEditPlusPipeline
 
-from qvedit.files import PARTIAL_GLOB
+from qvedit.core.files import PARTIAL_GLOB
 from qvedit.models.tiny import SPECIAL_TOKENS, build_tiny_model
 from tests.conftest import TINY_MODEL
 

@@ -36,7 +36,7 @@ def test_help_into_a_reader_that_stops_early_ends_quietly():
 def test_the_bench_runs_with_the_smallest_sizes_and_steps_it_takes(tmp_path, tiny_pipe, capsys):
     """--steps 0 and --sizes 0 divided by zero: refused in one line; 16 pixels and --last-steps 0 run. (--steps 1 is
     taken, and the one-step NaN of issue 31's point 11 is one line too.)"""
-    from qvedit.bench import main
+    from qvedit.cli.bench import main
 
     assert main(["--model", "tiny", "--device", "cpu", "--sizes", "16", "--steps", "2", "--last-steps", "0",
                  "--variants", "off_cond_output", "edge_gram_cond_output", "--out", str(tmp_path)]) == 0
@@ -53,7 +53,7 @@ def test_a_benchmark_step_that_fails_is_one_line_naming_its_log(tmp_path, monkey
     """benchmarks/drift.py --jobs 2: its warm-up run's one-line error came back as a CalledProcessError traceback."""
     import importlib.util
 
-    from qvedit import cli
+    from qvedit.core import tool_parser as cli
 
     spec = importlib.util.spec_from_file_location("drift_benchmark_step", REPO / "benchmarks" / "drift.py")
     drift = importlib.util.module_from_spec(spec)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.io.frames import EdgeMaker
 from qvedit.io.shapes import STYLES, ToyScene, toy_clip
 from qvedit.settings.io import SHAPES_HELD_OUT_SEED

@@ -5,8 +5,8 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from qvedit.errors import QveditError
-from qvedit.job import run
+from qvedit.core.errors import QveditError
+from qvedit.run.job import run
 from qvedit.report.tracking import MlflowStore
 from qvedit.settings.report import LoggerSettings
 from qvedit.settings.schema import register_schemas

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_qvedit
 from qvedit.settings.model import TinyModel
-from qvedit.trust import build, command_line_problems, config_file_problems, target_problem
+from qvedit.core.config_trust import build, command_line_problems, config_file_problems, target_problem
 
 MAIN = Path(__file__).resolve().parent.parent / "qvedit" / "main.py"
 
@@ -46,7 +46,7 @@ def test_a_run_folder_of_an_earlier_version_names_the_settings_where_they_were(t
 
 def test_anything_else_is_named_by_file_and_key(tmp_path):
     tree = {"model": {"_target_": "os.system"},
-            "ttlg": {"_target_": "qvedit.files.write_text_atomic"},
+            "ttlg": {"_target_": "qvedit.core.files.write_text_atomic"},
             "hydra": {"searchpath": ["file:///elsewhere"],
                       "sweeper": {"_target_": "hydra_plugins.qvedit_optuna.sweeper.optuna"},
                       "job_logging": {"handlers": {"x": {"class": "subprocess.Popen"},
@@ -56,7 +56,7 @@ def test_anything_else_is_named_by_file_and_key(tmp_path):
     assert len(problems) == 6, text
     assert all(p.startswith(f"{tmp_path / 'config.yaml'}: ") for p in problems)
     for fragment in ("model._target_='os.system' is not qvedit's",
-                     "ttlg._target_='qvedit.files.write_text_atomic' is not one of qvedit's settings classes",
+                     "ttlg._target_='qvedit.core.files.write_text_atomic' is not one of qvedit's settings classes",
                      "hydra.searchpath adds config folders",
                      "is not a launcher or sweeper class",
                      "hydra.job_logging.handlers.x.class='subprocess.Popen' is not a class of Python's logging module",

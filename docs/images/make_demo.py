@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from qvedit.files import cache_dir
+from qvedit.core.files import cache_dir
 
 SIDE, GAP, LABELS = 96, 4, 118  # pixels: a frame (64² shown at 1.5x), the gap, the label column
 

@@ -1,6 +1,6 @@
 """Holding a clip's colours to frame 0's: each frame's target colour statistics, and moving a frame toward them.
 
-The statistics are CIELAB means and deviations (``qvedit.lab``). The target of frame i is frame 0's
+The statistics are CIELAB means and deviations (``qvedit.core.color_stats``). The target of frame i is frame 0's
 statistics; where the source frames are known, moved by the source's own change from its frame 0 to its
 frame i (the mean shifted by the source's shift, the deviation scaled by the source's ratio), so that a scene
 that really darkens or warms is not counted as drift and is not undone.
@@ -15,7 +15,7 @@ from PIL import Image
 from skimage import exposure
 
 from qvedit.io.source import FrameSource
-from qvedit.lab import MIN_STD, LabStats, from_lab, lab_stats, shrunk, stats_of, to_lab
+from qvedit.core.color_stats import MIN_STD, LabStats, from_lab, lab_stats, shrunk, stats_of, to_lab
 from qvedit.settings.anchor import AnchorSettings
 
 MATCH_PASSES = 3  # colours pushed out of sRGB are clipped, which moves the statistics: match again (5.4 -> 0.5 Lab)

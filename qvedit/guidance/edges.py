@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.settings.guidance import EDGE_OPS as EDGE_OP_NAMES
 
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)

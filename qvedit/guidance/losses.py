@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.guidance.edges import edge_map
 from qvedit.models import cache
 from qvedit.settings.guidance import VGG_WEIGHTS

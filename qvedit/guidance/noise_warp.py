@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from qvedit.guidance.flow import resize_flow
+from qvedit.guidance.optical_flow import resize_flow
 
 FreshNoise = Callable[[int], torch.Tensor]  # count -> (count, C) independent N(0, 1) values (on the CPU)
 
@@ -95,6 +95,6 @@ def latent_noise(field: torch.Tensor, factor: int) -> torch.Tensor:
 def bilinear_warp(noise: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
     """Noise (1, C, h, w) resampled bilinearly along a backward flow (1, 2, h, w) in cells: what this module
     does *not* do (it blurs the noise and lowers its variance); for comparison in tests."""
-    from qvedit.guidance.flow import warp
+    from qvedit.guidance.optical_flow import warp
 
     return warp(noise, backward)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.models import cache
 from qvedit.models.integrity import safetensors_problem
 from qvedit.settings.guidance import TTLGSettings

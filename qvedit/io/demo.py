@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qvedit.errors import QveditError
-from qvedit.files import atomic_folder, cache_dir
+from qvedit.core.errors import QveditError
+from qvedit.core.files import atomic_folder, cache_dir
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
-from qvedit.images import to_tensor
+from qvedit.core.images import to_tensor
 from qvedit.io.frames import FrameFolders
 from qvedit.io.shapes import ToyScene
 

@@ -19,9 +19,9 @@ from typing import Optional
 import imageio_ffmpeg
 import numpy as np
 
-from qvedit.errors import QveditError
-from qvedit.files import atomic_path
-from qvedit.images import read_rgb8
+from qvedit.core.errors import QveditError
+from qvedit.core.files import atomic_path
+from qvedit.core.images import read_rgb8
 
 # One decoded frame per video frame: variable-rate videos are neither padded nor thinned to a constant rate.
 AS_STORED = ("-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough")

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from qvedit import locks
-from qvedit.errors import QveditError
-from qvedit.files import atomic_path, commit_partial, remove_partials
+from qvedit.core import locks
+from qvedit.core.errors import QveditError
+from qvedit.core.files import atomic_path, commit_partial, remove_partials
 from qvedit.guidance.edges import edge_map, edges_to_uint8
-from qvedit.images import check_readable, read_rgb8, to_tensor
+from qvedit.core.images import check_readable, read_rgb8, to_tensor
 from qvedit.settings.io import RESIZE_MODES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -152,7 +152,7 @@ class EdgeMaker:
 class FrameWriter:
     """Writes ``00000.png, 00001.png ...`` into a folder; each file appears whole or not at all.
 
-    The writer holds the folder's lock (``qvedit.locks``) from the start: a second run into the
+    The writer holds the folder's lock (``qvedit.core.locks``) from the start: a second run into the
     same folder is refused before it touches anything there.
     """
 

@@ -30,10 +30,10 @@ from typing import Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from qvedit.errors import QveditError
-from qvedit.files import write_text_atomic
+from qvedit.core.errors import QveditError
+from qvedit.core.files import write_text_atomic
 from qvedit.settings.schema import input_paths
-from qvedit.trust import build
+from qvedit.core.config_trust import build
 
 JOB_ERROR_FILE = "error.txt"
 
@@ -115,7 +115,7 @@ class RunLayout:
 
     @property
     def first_frame(self) -> Path:
-        """The first-frame candidates' folder (``qvedit.first_frame``)."""
+        """The first-frame candidates' folder (``qvedit.run.first_frame``)."""
         return self.run_dir / "first_frame"
 
     @property
@@ -191,7 +191,7 @@ def discard_if_empty(run_dir: Path) -> bool:
 class InputsApart(Callback):
     """Hydra callback: refuse, in one line and before Hydra makes the run (or sweep) folder and writes its
     ``.hydra/`` there, a run whose outputs would go into a folder it reads a user's input from. The job checks
-    again with its own folder (``qvedit.job``); this is the check that comes before Hydra writes anything."""
+    again with its own folder (``qvedit.run.job``); this is the check that comes before Hydra writes anything."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self.refuse(config, "run")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from qvedit.errors import QveditError
-from qvedit.files import atomic_folder
+from qvedit.core.errors import QveditError
+from qvedit.core.files import atomic_folder
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 

@@ -16,8 +16,8 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from qvedit.errors import QveditError
-from qvedit.images import to_rgb8
+from qvedit.core.errors import QveditError
+from qvedit.core.images import to_rgb8
 from qvedit.io.ffmpeg import (AS_STORED, Sound, at_constant_rate, decodable_frames, encode_video, ffmpeg_reason,
                               frame_rate, frame_times)
 from qvedit.io.frames import EdgeMaker, resized

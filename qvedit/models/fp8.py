@@ -51,7 +51,7 @@ from typing import Iterable
 
 import torch
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.settings.model import FP8_KEEP_BF16
 
 log = logging.getLogger(__name__)

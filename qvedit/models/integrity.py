@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from qvedit.errors import QveditError, short_reason
+from qvedit.core.errors import QveditError, short_reason
 from qvedit.models.integrity import PICKLED_SUFFIXES, safetensors_problem
-from qvedit.modifications import modifications_of
+from qvedit.models.modifications import modifications_of
 from qvedit.settings.model import RELEASES, LoraSpec, ModelSettings
 
 log = logging.getLogger(__name__)

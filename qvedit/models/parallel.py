@@ -34,9 +34,9 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.models.diffusers_compat import CFGPasses, attention_backend, parallel_config
-from qvedit.modifications import Modification, modifications_of
+from qvedit.models.modifications import Modification, modifications_of
 from qvedit.settings.model import ParallelSettings
 
 log = logging.getLogger(__name__)

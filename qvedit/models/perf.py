@@ -19,13 +19,13 @@ from typing import Callable, Optional
 
 import torch
 
-from qvedit.errors import QveditError
-from qvedit.files import cache_dir
+from qvedit.core.errors import QveditError
+from qvedit.core.files import cache_dir
 from qvedit.models.diffusers_compat import (attention_backend, before_prompt_encoding, execution_device,
                                             use_single_frame_convolutions)
 from qvedit.models.diffusers_compat.hooks import add_model_hook, before_forward
 from qvedit.models.step_cache import STEP_CACHE, use_step_cache, without_step_cache
-from qvedit.modifications import applied_to, modifications_of
+from qvedit.models.modifications import applied_to, modifications_of
 from qvedit.settings.model import PerfSettings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def check_perf(settings: PerfSettings, device: str, dtype: str, processes: int =
 def prepare_pipeline(pipe, settings: PerfSettings, device: str) -> None:
     """Apply the settings of ``settings.pipeline_key()`` to a pipeline just loaded; components named by
     ``settings.host_components()`` are still in CPU memory and are placed here. Each is a permanent modification
-    of the pipeline (``qvedit.modifications``: listed, not undone; a pipeline without it is loaded afresh)."""
+    of the pipeline (``qvedit.models.modifications``: listed, not undone; a pipeline without it is loaded afresh)."""
     changes = modifications_of(pipe)
     if settings.quantize == "fp8":
         from qvedit.models.fp8 import quantize_fp8
@@ -68,7 +68,7 @@ def prepare_pipeline(pipe, settings: PerfSettings, device: str) -> None:
 
 def apply_perf(pipe, settings: PerfSettings) -> None:
     """Set up the loaded ``pipe`` as ``settings`` say: attention kernel, compile, text encoder offload, step
-    cache, single-frame VAE convolutions (each a modification, ``qvedit.modifications``, applied once per pipeline
+    cache, single-frame VAE convolutions (each a modification, ``qvedit.models.modifications``, applied once per pipeline
     and setting: a sweep reuses the pipeline).
 
     Args:

@@ -31,14 +31,14 @@ from typing import Optional
 
 import torch
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.models.diffusers_compat.hooks import restore_hook_state
-from qvedit.modifications import modifications_of
+from qvedit.models.modifications import modifications_of
 from qvedit.settings.model import PerfSettings
 
 log = logging.getLogger(__name__)
 
-STEP_CACHE = "step_cache"  # the modification's name (qvedit.modifications)
+STEP_CACHE = "step_cache"  # the modification's name (qvedit.models.modifications)
 
 
 def cache_config(settings: PerfSettings):
@@ -79,7 +79,7 @@ def fresh_steps(settings: PerfSettings, num_steps: int) -> Optional[list[int]]:
 def use_step_cache(transformer, settings: PerfSettings) -> None:
     """Give ``transformer`` exactly the cache ``settings`` asks for (none: no cache hooks), with fresh state.
 
-    The cache is the modification ``step_cache`` of the transformer (``qvedit.modifications``; its detail is the
+    The cache is the modification ``step_cache`` of the transformer (``qvedit.models.modifications``; its detail is the
     diffusers config). A cache of other settings is removed first, so the jobs of a sweep can each have their own.
     The hooks wrap each block's ``forward`` as it is now: with ``perf.compile`` they wrap the compiled ``forward`` and
     run in eager Python themselves (``qvedit.models.perf.compile_blocks``).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from qvedit.files import atomic_folder
+from qvedit.core.files import atomic_folder
 from qvedit.settings.run import DEFAULT_PROMPT
 
 SPECIAL_TOKENS = [

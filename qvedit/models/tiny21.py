@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from qvedit.files import atomic_folder
+from qvedit.core.files import atomic_folder
 from qvedit.models.tiny import SPECIAL_TOKENS, _train_tokenizer, tiny_scheduler
 
 # The Qwen chat format (ChatML) for text parts: what the pipeline's own hand-written prompt template matches.

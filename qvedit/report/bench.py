@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qvedit.files import write_text_atomic
+from qvedit.core.files import write_text_atomic
 from qvedit.models.random_full import RANDOM_WEIGHTS
 
 

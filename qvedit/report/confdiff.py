@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 
 MISSING = "<absent>"
 
@@ -97,7 +97,7 @@ def format_diff(run_a: str | Path, run_b: str | Path) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qvedit.cli import OneLineParser, emit
+    from qvedit.core.tool_parser import OneLineParser, emit
 
     parser = OneLineParser(
         prog="python -m qvedit.diff", description="Config keys that differ between two runs (or sweep jobs): each key "

@@ -19,11 +19,12 @@ import markupsafe
 import pandas as pd
 
 import qvedit
-from qvedit.files import write_text_atomic
-from qvedit.images import read_rgb8
-from qvedit.io.preview import cell_size, comparison_gif
+from qvedit.core.files import write_text_atomic
+from qvedit.core.images import read_rgb8
+from qvedit.report.previews import cell_size, comparison_gif
 from qvedit.report.confdiff import diff_configs
-from qvedit.report.drift import comparison_trends, paired_trends, shown, sides_by_setting
+from qvedit.report.drift import comparison_trends, paired_trends, sides_by_setting
+from qvedit.scoring.drift import shown
 from qvedit.report.verdict import PLOTTED, Comparison, SweepVerdict, plot_name
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def _edge_maps(job_dir: Path, frames: int) -> list:
     from qvedit.io.source import open_source
     from qvedit.settings.report import MetricsSettings
     from qvedit.settings.schema import register_schemas
-    from qvedit.trust import build
+    from qvedit.core.config_trust import build
 
     register_schemas()  # the resolvers its config may use
     config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")

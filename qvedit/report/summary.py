@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from qvedit.report.drift import clip_trends, describe, shown
+from qvedit.scoring.drift import clip_trends, describe, shown
 
 QUALITY = ("edge_loss", "gram_loss", "warp_error", "color_drift", "edge_offset_px", "lpips_to_prev")
 

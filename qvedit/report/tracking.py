@@ -23,7 +23,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from qvedit.errors import QveditError
+from qvedit.core.errors import QveditError
 from qvedit.report.confdiff import flatten
 from qvedit.settings.report import LoggerSettings
 

@@ -3,8 +3,8 @@
 Each trial makes the clip with the settings the sampler chose and returns, for every name in
 ``tuning.objectives``, the guided / unguided ratio of that metrics column's mean (lower is better):
 ``objectives`` takes the two clips' metrics tables as their runs handed them back. The unguided clip is the
-trial's unguided twin (``qvedit.job_settings.unguided``: guidance off, whatever the sampler chose), so it is the
-same for every trial: ``qvedit.job.trial_objectives`` makes it once, into ``<sweep>/reference_off``, by the
+trial's unguided twin (``qvedit.run.job_settings.unguided``: guidance off, whatever the sampler chose), so it is the
+same for every trial: ``qvedit.run.job.trial_objectives`` makes it once, into ``<sweep>/reference_off``, by the
 first trial that needs it (the others find it finished), one at a time (``one_at_a_time``). At the end
 ``write_pareto`` writes the Pareto front and the best trade-off as a ``ttlg`` preset.
 """
@@ -21,8 +21,8 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from qvedit.errors import QveditError
-from qvedit.files import atomic_path, write_figure_png, write_text_atomic
+from qvedit.core.errors import QveditError
+from qvedit.core.files import atomic_path, write_figure_png, write_text_atomic
 from qvedit.settings.schema import CONF_DIR
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from qvedit.fields import setting
+from qvedit.settings.field_tags import setting
 
 # "Deform image 2 into the fine shape outlined by image 1, keeping the appearance of image 3 (its colours,
 # textures and style), and output one image": image 1 = edge map, image 2 = previous frame, image 3 = frame 0.

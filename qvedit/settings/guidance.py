@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from qvedit.fields import setting
+from qvedit.settings.field_tags import setting
 
 EDGE_OPS = ("sobel", "laplacian")  # qvedit.guidance.edges implements each
 VGG_WEIGHTS = ("imagenet", "random")  # the VGG16 of the Gram loss and of the metrics; random: tests and the demo

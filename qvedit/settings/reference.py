@@ -14,7 +14,7 @@ import re
 import sys
 from typing import Any, Optional
 
-from qvedit.fields import accepted, nested_schemas, tags_of, walk
+from qvedit.settings.field_tags import accepted, nested_schemas, tags_of, walk
 from qvedit.settings.io import IO_OPTIONS
 from qvedit.settings.schema import CONF_DIR, QveditConfig
 

@@ -1,7 +1,7 @@
 """``metrics/``, ``acceptance/``, ``logger/`` and ``tuning/``: what is measured per frame, the thresholds a sweep
 is judged by, where runs are tracked, and what a search trial returns.
 
-Plain settings (keys: docs/configuration.md); ``qvedit.report.metrics`` and
+Plain settings (keys: docs/configuration.md); ``qvedit.scoring.frame_metrics`` and
 ``qvedit.report.acceptance`` do the work, ``qvedit.report.tracking`` and ``qvedit.report.tuning`` for
 ``logger/`` and ``tuning/``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from qvedit.fields import setting
+from qvedit.settings.field_tags import setting
 from qvedit.settings.guidance import VGG_MIN_SIZE, VGG_WEIGHTS
 
 

@@ -8,12 +8,12 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from qvedit.fields import setting
+from qvedit.settings.field_tags import setting
 
 # "Deform image 2 into the fine shape outlined by image 1": image 1 = edge map, image 2 = previous frame.
 DEFAULT_PROMPT = "将图 2 按图 1 所勾勒出的精致形状进行变形，生成一张图像输出"
 PIPELINE_CONDITION_AREA = 1024 * 1024  # what diffusers encodes condition images at (checked by diffusers_compat)
-DTYPE_NAMES = ("bf16", "fp16", "fp32")  # qvedit.devices.DTYPES maps each to its torch dtype
+DTYPE_NAMES = ("bf16", "fp16", "fp32")  # qvedit.models.devices.DTYPES maps each to its torch dtype
 
 
 @dataclass

@@ -3,7 +3,7 @@
 ``schedule=chain`` (the default) is the rolling loop: frame k+1 is an edit of frame k. ``schedule=segments`` makes
 keyframes K, 2K, ... first and then each segment between two keyframes as a short chain from its keyframe, so no
 frame is more than about K edits from frame 0 and the segments can be made side by side on ``workers`` Ray workers
-(``qvedit.schedule``). ``workers`` and ``ray_address`` say where frames are made, not what they are.
+(``qvedit.run.schedule``). ``workers`` and ``ray_address`` say where frames are made, not what they are.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from qvedit.fields import setting
+from qvedit.settings.field_tags import setting
 
 SCHEDULE_MODES = ("chain", "segments")
 KEYFRAME_SOURCES = ("first", "previous_keyframe")

@@ -5,7 +5,7 @@ it, so ``hydra.utils.instantiate`` gives that dataclass back. A misspelt key (``
 wrong type (``seed=abc``) fails at compose time with Hydra's message naming the key, and a value out of
 its field's range or choices fails in ``check_values``, before anything is built.
 
-The lists of keys other parts need are derived here from the fields' tags (``qvedit.fields``):
+The lists of keys other parts need are derived here from the fields' tags (``qvedit.settings.field_tags``):
 the resume manifest (``frame_settings``), the keys the acceptance report does not pair jobs by
 (``output_path_keys``) and the keys left out of sweep folder names (``folder_name_excluded_keys``).
 """
@@ -21,12 +21,13 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from qvedit.errors import QveditError
-from qvedit.fields import tags_of, value_problem, walk
-from qvedit.files import cache_dir
+from qvedit.core.errors import QveditError
+from qvedit.settings.field_tags import tags_of, value_problem, walk
+from qvedit.core.files import cache_dir
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
-from qvedit.settings.io import IO_OPTIONS, FirstFrameSettings, FramesIO, LongDemoIO, ShapesIO, VideoIO
+from qvedit.settings.io import IO_OPTIONS, FramesIO, LongDemoIO, ShapesIO, VideoIO
+from qvedit.settings.first_frame import FirstFrameSettings
 from qvedit.settings.model import RELEASES, ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 from qvedit.settings.run import RunSettings

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from qvedit.fields import setting
+from qvedit.settings.field_tags import setting
 
 NOISE_KINDS = ("independent", "shared", "warped")  # qvedit.start.noise makes each
 

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from qvedit.guidance.flow import FlowPair
+from qvedit.guidance.optical_flow import FlowPair
 from qvedit.guidance.noise_warp import fine_field, fine_flow, latent_noise, transport
 
 # spawn keys of the seed streams (first_frame.py's candidates use 0x46524D30): none meets a frame's (seed, i)

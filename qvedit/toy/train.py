@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qvedit.cli import OneLineParser, run_tool
-from qvedit.errors import QveditError
-from qvedit.files import atomic_folder, atomic_path, write_text_atomic
+from qvedit.core.tool_parser import OneLineParser, run_tool
+from qvedit.core.errors import QveditError
+from qvedit.core.files import atomic_folder, atomic_path, write_text_atomic
 from qvedit.models.integrity import TOY_RECORD as RECORD
 from qvedit.models.integrity import sha256
 from qvedit.toy.data import Recipe, clip_style, prompt_keys, render_clip
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
 
 
 def train(args: argparse.Namespace, recipe: Recipe) -> None:
-    from qvedit.devices import check_device
+    from qvedit.models.devices import check_device
 
     model_dir = Run(Path(args.out), recipe, args.quiet, check_device(args.device)).train()
     if args.publish:

@@ -6,7 +6,7 @@ adaptation is listed in ``ADAPTATIONS`` with what it relies on and the pipeline 
 lives in ``decode.py``, the CFG passes in ``cfg_passes.py``, Qwen-Image 2.1's ``QwenImage21Pipeline`` in
 ``qwenimage21.py`` and ``start21.py`` (its frame starts; 2509's in ``start.py``), the velocity recorder in
 ``velocity.py``, undoing diffusers' hooks exactly in ``hooks.py``,
-beside this file); each change it makes to a pipeline is a named modification (``qvedit.modifications``).
+beside this file); each change it makes to a pipeline is a named modification (``qvedit.models.modifications``).
 ``tests/test_diffusers_compat.py`` runs every check, so a diffusers upgrade that breaks one fails with the
 adaptation's name. At start a diffusers version other than ``TESTED_DIFFUSERS`` logs one warning naming the
 adaptations at risk.
@@ -29,7 +29,7 @@ from qvedit.models.diffusers_compat.single_frame import (  # noqa: F401
     check_single_frame, single_frame_convolutions, use_single_frame_convolutions)
 from qvedit.models.diffusers_compat.start import check_start_latents, check_start_schedule
 from qvedit.models.diffusers_compat.velocity import VelocityRecorder, record_velocity, step_sigma  # noqa: F401
-from qvedit.modifications import Modification, modifications_of
+from qvedit.models.modifications import Modification, modifications_of
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def condition_area(area: int) -> Iterator[None]:
 
     The pipeline reads the module constant ``VAE_IMAGE_SIZE`` on every call and offers no argument for
     it; it is set for the duration of one call and restored after (the modification ``condition_area`` of the
-    pipeline's module, ``qvedit.modifications``: one at a time).
+    pipeline's module, ``qvedit.models.modifications``: one at a time).
     """
     module = _pipeline_module()
     with modifications_of(module).applied("condition_area", lambda change: change.set(module, "VAE_IMAGE_SIZE", area),
@@ -89,7 +89,7 @@ def pipeline_condition_area() -> int:
 # -- 4. running code before each prompt encoding ----------------------------------------------------
 
 def before_prompt_encoding(change: Modification, pipe, hook: Callable[[], None]) -> None:
-    """Call ``hook()`` each time the pipeline encodes a prompt, as part of ``change`` (``qvedit.modifications``):
+    """Call ``hook()`` each time the pipeline encodes a prompt, as part of ``change`` (``qvedit.models.modifications``):
     ``pipe.encode_prompt`` is looked up on the instance, so an instance attribute wraps it; undone, it is gone."""
     encode_prompt = pipe.encode_prompt
 
@@ -327,7 +327,7 @@ EDIT_PLUS_ADAPTATIONS = (
                "config values) and begins at index 0; set_timesteps shifts each sigma alone and stretches by the last "
                "one (stretch_shift_to_terminal: 0/0 for a single sigma of 1)",
                lambda: check_start_schedule(_has, _in_call, _in_source)),
-    Adaptation("hook removal", "qvedit.modifications (perf.cache, perf.offload_text_encoder, perf.single_frame_vae)",
+    Adaptation("hook removal", "qvedit.models.modifications (perf.cache, perf.offload_text_encoder, perf.single_frame_vae)",
                "HookRegistry lives in module._diffusers_hook, puts its forward on the instance and the wrapped one "
                "back on removal, caches child registries in _child_registries_cache; CacheMixin keeps _cache_config",
                check_hook_removal),

@@ -1,5 +1,5 @@
 """Part of ``qvedit.models.diffusers_compat`` (its ``ADAPTATIONS`` list holds the check, "hook removal"): modifications
-(``qvedit.modifications``) made with diffusers' hooks, undone to exactly what the modules held before.
+(``qvedit.models.modifications``) made with diffusers' hooks, undone to exactly what the modules held before.
 
 diffusers' ``HookRegistry`` lives on a module as ``module._diffusers_hook`` and wraps ``module.forward`` as it finds it,
 putting its own ``forward`` on the instance. Removing a hook puts the forward it wrapped back as an instance attribute
@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from qvedit.models.diffusers_compat.fragments import missing_fragment
-from qvedit.modifications import Modification
+from qvedit.models.modifications import Modification
 
 HOOK_ATTRIBUTES = ("forward", "_diffusers_hook", "_cache_config")  # what diffusers' hooks leave on a module instance
 

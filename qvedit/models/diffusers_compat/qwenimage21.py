@@ -40,7 +40,7 @@ def call_source() -> str:
 
 def output_resolution(area: int) -> int:
     """The ``output_resolution`` argument that has condition images encoded at about ``area`` pixels (its square),
-    never below ``area``: qvedit's own lower bounds on the area (``qvedit.plan.vae_area``) keep holding."""
+    never below ``area``: qvedit's own lower bounds on the area (``qvedit.run.frame_plan.vae_area``) keep holding."""
     return max(32, math.isqrt(int(area) - 1) + 1)
 
 

@@ -17,10 +17,10 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from qvedit.modifications import modifications_of
+from qvedit.models.modifications import modifications_of
 
 
-SINGLE_FRAME = "single_frame_vae"  # the modification's name (qvedit.modifications)
+SINGLE_FRAME = "single_frame_vae"  # the modification's name (qvedit.models.modifications)
 
 
 def _single_frame_forward(conv, original):

@@ -10,7 +10,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from qvedit.modifications import modifications_of
+from qvedit.models.modifications import modifications_of
 
 
 class VelocityRecorder:
@@ -30,7 +30,7 @@ def record_velocity(scheduler) -> Iterator[VelocityRecorder]:
     estimate. Wrapping the instance's ``step`` leaves the class and the pipeline untouched. The call's
     ``set_timesteps`` is wrapped too: it runs once more on the CPU first (the same float32 sigmas: they are
     computed in numpy, then moved), so that ``step_sigma`` reads a sigma without waiting for the device. Both are
-    the modification ``record_velocity`` of the scheduler (``qvedit.modifications``: one recorder at a time), undone
+    the modification ``record_velocity`` of the scheduler (``qvedit.models.modifications``: one recorder at a time), undone
     after the block, also when it raises.
     """
     recorder = VelocityRecorder()

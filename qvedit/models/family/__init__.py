@@ -1,7 +1,7 @@
 """The model families qvedit runs: what it assumes about each one's diffusers pipeline, in one place per family.
 
-A family is one diffusers pipeline class and everything qvedit does differently for it; the loop (``qvedit.editor``,
-``qvedit.first_frame``, ``qvedit.guidance.guide``, ``qvedit.plan``, ``qvedit.job``) asks the family instead of assuming
+A family is one diffusers pipeline class and everything qvedit does differently for it; the loop (``qvedit.run.clip_editor``,
+``qvedit.run.first_frame``, ``qvedit.guidance.guide``, ``qvedit.run.frame_plan``, ``qvedit.run.job``) asks the family instead of assuming
 one pipeline:
 
 - ``qwen_edit_plus`` (``edit_plus.py``): ``QwenImageEditPlusPipeline``, Qwen-Image-Edit-2509 and -2511 (2511 is

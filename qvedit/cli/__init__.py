@@ -1,0 +1,1 @@
+"""qvedit/cli: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""qvedit/core: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""qvedit/run: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""qvedit/scoring: see docs/architecture.md."""
