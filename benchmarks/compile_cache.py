@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, the one its python -m qvedit commands run
 
 from qvedit.cli.bench import make_inputs  # noqa: E402
-from qvedit.core.tool_parser import OneLineParser, child_error, file, folder, run_tool, whole  # noqa: E402
 from qvedit.core.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, child_error, file, folder, run_tool, whole  # noqa: E402
 
 
 def folder_bytes(folder: Path) -> int:

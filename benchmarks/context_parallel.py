@@ -28,8 +28,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
-from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
 from qvedit.core.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
 
 TINY = ["experiment=demo", "device=cuda", "dtype=bf16"]
 LAUNCH = {
@@ -74,8 +74,8 @@ def frame_difference(a: Path, b: Path) -> dict:
 
 def synthetic_clip(folder: Path, size: int) -> list[str]:
     """The demo scene at size x size with one edge frame; returns the io overrides."""
-    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
     from qvedit.core.images import to_tensor
+    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
     from qvedit.io.demo import demo_frame
 
     (folder / "edges").mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,8 @@ from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, w
 
 def demo_clip(folder: Path, size: int, frames: int = 9) -> list[str]:
     """The demo scene at size x size: init frame, edge frames 1.., source frames; returns io overrides."""
-    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
     from qvedit.core.images import to_tensor
+    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
     from qvedit.io.demo import demo_frame
 
     for sub in ("edges", "source"):

@@ -27,8 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, the one its python -m qvedit commands run
 
-from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
 from qvedit.core.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
 from qvedit.io.layout import job_error  # noqa: E402
 SETTINGS = {  # name -> overrides of experiment=drift_demo (ttlg and seed are swept)
     "anchor=none": ["anchor=none"],

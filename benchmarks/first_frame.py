@@ -26,9 +26,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
-from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
 from qvedit.cli.override_keys import argument_problems, config_groups, unknown_overrides  # noqa: E402
 from qvedit.cli.override_values import override_problems  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole  # noqa: E402
 
 
 def source_folder(folder: Path, size: int) -> Path:

@@ -75,9 +75,9 @@ def main(argv=None) -> int:
 
 
 def measure(args: argparse.Namespace) -> int:
+    from qvedit.core.images import to_tensor
     from qvedit.guidance.optical_flow import warp, warp_error
     from qvedit.io.clip_flow import ClipFlow
-    from qvedit.core.images import to_tensor
     from qvedit.settings.guidance import FlowSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

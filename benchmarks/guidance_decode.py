@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
-from qvedit.core.tool_parser import OneLineParser, file, run_tool, whole  # noqa: E402
 from qvedit.core.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, file, run_tool, whole  # noqa: E402
 
 
 def build_vae(device: str, dtype: torch.dtype):

@@ -21,8 +21,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
-from qvedit.core.tool_parser import OneLineParser, file, run_tool, whole  # noqa: E402
 from qvedit.core.cpu_threads import use_cpu_threads  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, file, run_tool, whole  # noqa: E402
 
 use_cpu_threads()  # before torch is imported (in main): OpenMP's threads wait passively on a busy machine
 
@@ -47,12 +47,12 @@ def main(argv=None) -> int:
 
 def measure(args: argparse.Namespace) -> int:
 
-    from qvedit.run.clip_editor import edit_clip
-    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
     from qvedit.core.images import to_tensor
+    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
     from qvedit.io.demo import demo_frame
     from qvedit.io.frames import FrameFolders, FrameWriter
     from qvedit.models.loading import load_pipeline
+    from qvedit.run.clip_editor import edit_clip
     from qvedit.run.frame_outputs import ClipOutputs
     from qvedit.scoring.frame_metrics import FrameMetrics
     from qvedit.settings.guidance import TTLGSettings

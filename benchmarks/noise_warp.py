@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's qvedit
 
-from qvedit.core.tool_parser import OneLineParser, run_tool, whole  # noqa: E402
 from qvedit.core.cpu_threads import use_cpu_threads  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, run_tool, whole  # noqa: E402
 
 use_cpu_threads()  # before torch is imported (in measure): OpenMP's threads wait passively on a busy machine
 

@@ -124,8 +124,8 @@ def measure(args: argparse.Namespace) -> int:
     import diffusers
 
     from qvedit.cli.bench import load_pipeline, run_variant
-    from qvedit.models.devices import check_device
     from qvedit.core.errors import QveditError
+    from qvedit.models.devices import check_device
     from qvedit.models.perf import apply_perf, check_perf
     from qvedit.settings.model import PerfSettings
 

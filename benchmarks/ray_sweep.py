@@ -20,10 +20,10 @@ from pathlib import Path
 
 from context_parallel import synthetic_clip  # (it puts this checkout's qvedit first on the path)
 
-from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole
-from qvedit.core.errors import QveditError
 from qvedit.cli.override_keys import argument_problems, config_groups, unknown_overrides
 from qvedit.cli.override_values import override_problems
+from qvedit.core.errors import QveditError
+from qvedit.core.tool_parser import OneLineParser, folder, run_step, run_tool, whole
 
 
 def sweep(gpus: int, jobs: int, clip: list[str], extra: list[str], sweep_dir: Path) -> dict:

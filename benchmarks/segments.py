@@ -40,8 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs (python -m qvedit from REPO) use
 
-from qvedit.core.tool_parser import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
 from qvedit.core.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 FRAME_DONE = re.compile(r"frame (\d+) (?:of \d+ )?done in ([\d.]+) s")
 FRAME_CPU = re.compile(r"frame (\d+): ([\d.]+) s, ([\d.]+) s CPU, on (\S+)")  # the driver's debug line
@@ -53,8 +53,8 @@ def synthetic_clip(folder: Path, length: int, size: int) -> list[str]:
     """io=demo_long's scene at size x size, ``length`` frames, as a frame folder; returns the io overrides."""
     from PIL import Image
 
-    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
     from qvedit.core.images import to_tensor
+    from qvedit.guidance.edges import edges_to_uint8, sobel_edges
     from qvedit.io.demo import long_demo_frame
 
     if not (folder / "source" / f"{length - 1:05d}.png").is_file():

@@ -35,8 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs it starts use (python -m qvedit from REPO)
 
-from qvedit.core.tool_parser import OneLineParser, folder, number, run_tool, whole  # noqa: E402
 from qvedit.core.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, folder, number, run_tool, whole  # noqa: E402
 
 NOISES = ("independent", "shared", "warped")
 STRENGTHS = (1.0, 0.8, 0.6, 0.4)

@@ -27,8 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's qvedit, as the runs (python -m qvedit from REPO) use
 
-from qvedit.core.tool_parser import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
 from qvedit.core.errors import QveditError  # noqa: E402
+from qvedit.core.tool_parser import OneLineParser, child_error, folder, run_tool, whole  # noqa: E402
 HELD_OUT = 1_000_000  # qvedit.settings.io.SHAPES_HELD_OUT_SEED
 MODELS = {"toy": "experiment=toy_cpu", "tiny": "experiment=tiny_cpu"}
 

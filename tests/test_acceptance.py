@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from qvedit.core.errors import QveditError
 from qvedit.io.layout import JOB_ERROR_FILE
 from qvedit.report.acceptance import main, write_report
-from qvedit.core.errors import QveditError
 
 
 def make_job(sweep: Path, name: str, seed: int, ttlg: dict, edge, gram, lpips=(0.05, 0.2), extra=None):

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from qvedit.run.clip_editor import edit_clip
 from qvedit.core.errors import QveditError
 from qvedit.io.frames import FrameFolders, FrameWriter
+from qvedit.run.clip_editor import edit_clip
 from qvedit.run.frame_outputs import ClipOutputs, check_or_record
 from qvedit.settings.anchor import THREE_IMAGE_PROMPT, AnchorSettings
 from qvedit.settings.guidance import TTLGSettings

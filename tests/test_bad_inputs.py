@@ -32,8 +32,8 @@ from PIL import Image
 
 from qvedit.core.errors import QveditError
 from qvedit.core.files import PARTIAL_GLOB
-from qvedit.run.job import run
 from qvedit.models.loading import load_pipeline
+from qvedit.run.job import run
 from qvedit.settings.model import TinyModel
 from qvedit.settings.schema import register_schemas
 from tests.conftest import REPO, TINY_21_MODEL, TINY_MODEL

@@ -278,8 +278,8 @@ def test_a_missing_option_hydra_finds_while_composing_names_the_closest(tmp_path
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from qvedit.settings.schema import register_schemas
     from qvedit.cli.override_values import hydra_error_line
+    from qvedit.settings.schema import register_schemas
     from tests.conftest import REPO
 
     register_schemas()

@@ -8,18 +8,18 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from qvedit.core.config_trust import build as instantiate
 from qvedit.core.errors import QveditError
-from qvedit.settings.field_tags import tags_of
 from qvedit.io.layout import RunLayout
 from qvedit.io.source import FrameSource, open_source
 from qvedit.models.family import family_for, pipeline_class_problem, read_index
 from qvedit.models.loading import load_pipeline
 from qvedit.scoring.frame_metrics import FrameMetrics
+from qvedit.settings.field_tags import tags_of
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.model import TinyModel, ToyModel
 from qvedit.settings.report import MetricsSettings
 from qvedit.settings.schema import check_values, register_schemas, schema_fields
-from qvedit.core.config_trust import build as instantiate
 from tests.conftest import REPO
 
 CONF = REPO / "conf"

@@ -10,11 +10,11 @@ from PIL import Image
 from skimage import color as skcolor
 
 from qvedit.anchor.color import ColorAnchor, match_histogram, match_mean_std
+from qvedit.core.color_stats import color_drift, lab_stats
+from qvedit.core.images import to_tensor
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.guidance.losses import color_loss
-from qvedit.core.images import to_tensor
 from qvedit.io.frames import FrameFolders
-from qvedit.core.color_stats import color_drift, lab_stats
 from qvedit.scoring.drift import clip_trends, describe, edge_offset_px, judge_drift, trend
 from qvedit.settings.anchor import AnchorSettings
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from qvedit.core.errors import QveditError
 from qvedit.guidance.edges import (
     EDGE_OPS,
     edge_map,
@@ -12,7 +13,6 @@ from qvedit.guidance.edges import (
     sobel_edges,
     to_grayscale,
 )
-from qvedit.core.errors import QveditError
 from qvedit.guidance.losses import edge_loss
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit.run.clip_editor import edit_clip, frame_seed
 from qvedit.core.errors import QveditError
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.models.diffusers_compat import condition_area
 from qvedit.models.loading import load_pipeline
+from qvedit.run.clip_editor import edit_clip, frame_seed
 from qvedit.run.frame_outputs import ClipOutputs
 from qvedit.run.frame_plan import generation_size, output_frame_count, vae_area
 from qvedit.scoring.frame_metrics import FrameMetrics

@@ -9,12 +9,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from qvedit.run.clip_editor import edit_clip
 from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.models import diffusers_compat as compat
 from qvedit.models.diffusers_compat import qwenimage21
 from qvedit.models.family import FAMILIES, family_for, family_of
+from qvedit.run.clip_editor import edit_clip
 from qvedit.run.frame_outputs import ClipOutputs
 from qvedit.run.frame_plan import ClipPlan
 from qvedit.settings.guidance import FlowSettings, TTLGSettings

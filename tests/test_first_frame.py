@@ -10,12 +10,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from qvedit.run.clip_editor import frame_seed
 from qvedit.core.errors import QveditError
-from qvedit.run.first_frame import FirstFrameEdit, candidate_seed
-from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.core.images import to_tensor
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.io.frames import FrameFolders
+from qvedit.run.clip_editor import frame_seed
+from qvedit.run.first_frame import FirstFrameEdit, candidate_seed
 from qvedit.run.job import run
 from qvedit.settings.schema import register_schemas
 from tests.browser import assert_page_is_whole

@@ -11,8 +11,8 @@ from qvedit.core.errors import QveditError
 from qvedit.core.files import cache_dir
 from qvedit.guidance.optical_flow import DISFlow, FlowPair, RAFTFlow, occluded, resize_flow, warp, warp_error
 from qvedit.io import clip_flow as flow_module
-from qvedit.io.demo import DEMO_FOLDER, demo_clip, demo_frame
 from qvedit.io.clip_flow import ClipFlow
+from qvedit.io.demo import DEMO_FOLDER, demo_clip, demo_frame
 from qvedit.io.frames import FrameFolders
 from qvedit.settings.guidance import FlowSettings
 from tests.conftest import write_clip

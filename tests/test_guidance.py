@@ -10,22 +10,22 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
-from qvedit.run.clip_editor import edit_clip
 from qvedit.core.errors import QveditError
 from qvedit.core.files import cache_dir
+from qvedit.core.images import to_tensor as pil_to_tensor
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
-from qvedit.guidance.optical_flow import warp_error
 from qvedit.guidance.guide import Guide, normalised_step
-from qvedit.core.images import to_tensor as pil_to_tensor
-from qvedit.io.demo import DEMO_FOLDER, demo_clip
+from qvedit.guidance.optical_flow import warp_error
 from qvedit.io.clip_flow import ClipFlow
+from qvedit.io.demo import DEMO_FOLDER, demo_clip
 from qvedit.io.frames import FrameWriter
 from qvedit.models.diffusers_compat import record_velocity
 from qvedit.models.family import family_of
-from qvedit.run.frame_outputs import ClipOutputs
 from qvedit.report.acceptance import judge
 from qvedit.report.verdict import Comparison, Criterion, SweepJob
+from qvedit.run.clip_editor import edit_clip
+from qvedit.run.frame_outputs import ClipOutputs
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.report import Thresholds
 from qvedit.settings.run import RunSettings

@@ -9,12 +9,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from qvedit.core.errors import QveditError
-from qvedit.run.job_settings import job_settings, search_reference, unguided
 from qvedit.report.tuning import objectives
+from qvedit.run.job_settings import job_settings, search_reference, unguided
 from qvedit.settings.guidance import TTLGSettings
+from qvedit.settings.report import TuningSettings
 from qvedit.settings.schedule import ScheduleSettings
 from qvedit.settings.schema import frame_settings, input_paths, register_schemas, scale_keys
-from qvedit.settings.report import TuningSettings
 from tests.conftest import REPO
 
 register_schemas()
@@ -76,8 +76,8 @@ def test_a_trials_objectives_are_ratios_of_the_tables_its_runs_hand_back():
 def test_a_twin_folder_an_earlier_qvedit_recorded_resumes_and_one_of_other_settings_stays_refused(tmp_path):
     from PIL import Image
 
-    from qvedit.run.job import adopt_earlier_twin
     from qvedit.run.frame_outputs import check_or_record
+    from qvedit.run.job import adopt_earlier_twin
 
     guided = job_settings(config("ttlg=edge_gram", "ttlg.lr=0.2", "compare_unguided=true"))
     earlier = {**guided.frames, **{key: 0.0 for key in scale_keys()}}  # the twin's record before it was defined once

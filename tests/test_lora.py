@@ -17,11 +17,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from qvedit.core.errors import QveditError
-from qvedit.run.job import run
 from qvedit.models import cache
 from qvedit.models.loading import load_pipeline
 from qvedit.models.lora import LORA_WEIGHT_NAME, lora_path, mismatch, use_scheduler
 from qvedit.run.frame_outputs import MANIFEST, check_or_record
+from qvedit.run.job import run
 from qvedit.settings.model import LoraSpec, TinyModel
 from qvedit.settings.schema import folder_name_excluded_keys, frame_settings, register_schemas
 from tests.conftest import REPO, TINY_MODEL, write_clip

@@ -4,8 +4,8 @@ import urllib.error
 import pytest
 import torch
 
-from qvedit.guidance.edges import sobel_edges
 from qvedit.core.errors import QveditError
+from qvedit.guidance.edges import sobel_edges
 from qvedit.guidance.losses import (
     VGGStyle,
     edge_loss,

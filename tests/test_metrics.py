@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from qvedit.run.clip_editor import edit_clip
 from qvedit.core.errors import QveditError
-from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.core.images import to_tensor as pil_to_tensor
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.frames import FrameFolders, FrameWriter
 from qvedit.models import cache
+from qvedit.run.clip_editor import edit_clip
 from qvedit.run.frame_outputs import ClipOutputs
 from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.guidance import FlowSettings, TTLGSettings

@@ -8,9 +8,9 @@ from qvedit.models.diffusers_compat import condition_area, record_velocity
 from qvedit.models.diffusers_compat.hooks import add_model_hook, before_forward
 from qvedit.models.diffusers_compat.single_frame import use_single_frame_convolutions
 from qvedit.models.lora import use_scheduler
+from qvedit.models.modifications import ModificationError, Modifications, applied_to, modifications_of
 from qvedit.models.perf import compile_blocks
 from qvedit.models.step_cache import use_step_cache, without_step_cache
-from qvedit.models.modifications import ModificationError, Modifications, applied_to, modifications_of
 from qvedit.settings.model import PerfSettings
 
 

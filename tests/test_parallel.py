@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, SAFETY_TIMEOUT_S, TEMPORAL, THREADS, run_qvedit
 from qvedit.core.errors import QveditError
-from qvedit.models.parallel import Team, start_team
 from qvedit.core.torchrun_ranks import follower_overrides
+from qvedit.models.parallel import Team, start_team
 from qvedit.settings.model import ParallelSettings
 from qvedit.settings.schema import check_values
 

@@ -194,8 +194,8 @@ def fresh_tiny_pipe():
 
 
 def guided_frame(pipe, clip, folder):
-    from qvedit.run.clip_editor import edit_clip
     from qvedit.io.frames import FrameFolders, FrameWriter
+    from qvedit.run.clip_editor import edit_clip
     from qvedit.run.frame_outputs import ClipOutputs
     from qvedit.settings.guidance import TTLGSettings
     from qvedit.settings.run import RunSettings

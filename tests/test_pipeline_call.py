@@ -7,8 +7,8 @@ from PIL import Image
 
 from qvedit.core.errors import QveditError
 from qvedit.models.family import family_of
-from qvedit.run.pipeline_call import PipelineCall
 from qvedit.run.frame_plan import ClipPlan
+from qvedit.run.pipeline_call import PipelineCall
 from tests.test_anchor import PipeSpy
 
 SIZE, GENERATED = (40, 24), (32, 32)

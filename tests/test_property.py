@@ -26,13 +26,13 @@ from hypothesis import strategies as st
 from omegaconf import DictConfig
 from PIL import Image
 
-from qvedit.core.errors import QveditError
-from qvedit.settings.field_tags import integral, optional, tags_of
-from qvedit.run.job import run
 from qvedit.cli.override_keys import unknown_overrides
+from qvedit.cli.override_values import hydra_error_line, override_problems
+from qvedit.core.errors import QveditError
+from qvedit.run.job import run
+from qvedit.settings.field_tags import integral, optional, tags_of
 from qvedit.settings.io import FramesIO
 from qvedit.settings.schema import register_schemas, schema_fields
-from qvedit.cli.override_values import hydra_error_line, override_problems
 from tests.conftest import REPO, write_clip
 
 register_schemas()

@@ -179,9 +179,9 @@ def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path)
     CFG parallelism gives the single-process frames, so its degree may change."""
     from hydra import compose, initialize_config_dir
 
+    from qvedit.models.parallel import Team
     from qvedit.run.job import Job
     from qvedit.run.job_settings import job_settings
-    from qvedit.models.parallel import Team
     from qvedit.settings.schema import frame_settings, register_schemas
 
     register_schemas()

@@ -8,18 +8,18 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from qvedit.run.clip_editor import edit_clip
 from qvedit.core.errors import QveditError
-from qvedit.guidance.optical_flow import FlowPair
-from qvedit.guidance.noise_warp import bilinear_warp
 from qvedit.core.files import cache_dir
-from qvedit.io.demo import DEMO_FOLDER, demo_clip
+from qvedit.guidance.noise_warp import bilinear_warp
+from qvedit.guidance.optical_flow import FlowPair
 from qvedit.io.clip_flow import ClipFlow
+from qvedit.io.demo import DEMO_FOLDER, demo_clip
 from qvedit.io.frames import FrameWriter
-from qvedit.run.job import run
 from qvedit.models.diffusers_compat.start import default_sigmas, schedule_mu, schedule_problem, scheduled_sigmas
 from qvedit.models.family import family_of
+from qvedit.run.clip_editor import edit_clip
 from qvedit.run.frame_outputs import ClipOutputs, check_or_record
+from qvedit.run.job import run
 from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.run import RunSettings
@@ -372,8 +372,8 @@ def test_a_nan_frame_names_the_hints_that_fit_the_run():
 
 
 def test_a_photo_clip_pans_and_zooms_across_a_real_photograph(tmp_path):
-    from qvedit.guidance.optical_flow import DISFlow
     from qvedit.core.images import to_tensor
+    from qvedit.guidance.optical_flow import DISFlow
     from qvedit.io.photo_clip import photo_frames, write_photo_clip
 
     folder = write_photo_clip(tmp_path / "clip", "chelsea", 4, (48, 32))

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from qvedit.core.errors import QveditError
-from qvedit.guidance.edges import image_to_edge_target, sobel_edges
 from qvedit.core.images import to_tensor
+from qvedit.guidance.edges import image_to_edge_target, sobel_edges
 from qvedit.io.shapes import ToyScene, edge_frame
 from qvedit.models.diffusers_compat import condition_area
 from qvedit.models.integrity import TOY_RECORD, check_toy_weights, sha256
 from qvedit.models.loading import load_pipeline
-from qvedit.settings.io import SHAPES_HELD_OUT_SEED
 from qvedit.settings.first_frame import FirstFrameSettings
+from qvedit.settings.io import SHAPES_HELD_OUT_SEED
 from qvedit.settings.model import TOY_WEIGHTS, ToyModel
 from qvedit.settings.run import DEFAULT_PROMPT
 from qvedit.toy.data import INSTRUCTIONS, Recipe

@@ -6,8 +6,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from qvedit.core.errors import QveditError
-from qvedit.run.job import run
 from qvedit.report.tracking import MlflowStore
+from qvedit.run.job import run
 from qvedit.settings.report import LoggerSettings
 from qvedit.settings.schema import register_schemas
 from tests.conftest import REPO, SAFETY_TIMEOUT_S, run_qvedit

@@ -8,8 +8,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import run_qvedit
-from qvedit.settings.model import TinyModel
 from qvedit.core.config_trust import build, command_line_problems, config_file_problems, target_problem
+from qvedit.settings.model import TinyModel
 
 MAIN = Path(__file__).resolve().parent.parent / "qvedit" / "main.py"
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-import qvedit.io.video as video
 from qvedit.core.errors import QveditError
-from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.core.images import read_rgb8
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
+import qvedit.io.video as video
 from qvedit.io.video import encode_video
 from qvedit.settings.io import VideoIO
 

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image
 from skimage import exposure
 
-from qvedit.io.source import FrameSource
 from qvedit.core.color_stats import MIN_STD, LabStats, from_lab, lab_stats, shrunk, stats_of, to_lab
+from qvedit.io.source import FrameSource
 from qvedit.settings.anchor import AnchorSettings
 
 MATCH_PASSES = 3  # colours pushed out of sRGB are clipped, which moves the statistics: match again (5.4 -> 0.5 Lab)

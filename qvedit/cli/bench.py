@@ -178,12 +178,12 @@ def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
 
 
 def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work: Path) -> dict:
-    from qvedit.run.clip_editor import edit_clip, frame_seed
     from qvedit.io.clip_flow import ClipFlow
     from qvedit.io.frames import FrameFolders, FrameWriter
     from qvedit.models.family import family_of
     from qvedit.models.lora import use_scheduler
     from qvedit.models.step_cache import use_step_cache
+    from qvedit.run.clip_editor import edit_clip, frame_seed
     from qvedit.run.frame_outputs import ClipOutputs
     from qvedit.run.frame_plan import ClipPlan
     from qvedit.settings.anchor import AnchorSettings
@@ -269,10 +269,10 @@ def run_variant(pipe, variant: str, size: int, steps: int, last_steps: int, work
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m qvedit.bench", description=__doc__.splitlines()[0],
-                           epilog="Each variant is described in the module's docstring (qvedit/core/tool_parser/bench.py); "
-                                  "docs/performance.md and benchmarks/RESULTS.md have the figures measured with it. Exit "
-                                  "code: 0 done, 2 bad arguments or a setting the device cannot run (one line, before any "
-                                  "loading).")
+                           epilog="Each variant is described in the module's docstring (qvedit/cli/bench.py); "
+                                  "docs/performance.md and benchmarks/RESULTS.md have the figures measured with it. "
+                                  "Exit code: 0 done, 2 bad arguments or a setting the device cannot run (one line, "
+                                  "before any loading).")
     parser.add_argument("--model", choices=("random_full", "tiny"), default="random_full",
                         help="random_full: the full 2509 architecture, random weights, timing only (a GPU); tiny: "
                              "the offline toy model, to try the benchmark on the CPU (default: %(default)s)")
@@ -305,8 +305,8 @@ def main(argv: list[str] | None = None) -> int:
 def bench(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "bench" / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
 
-    from qvedit.models.devices import check_device
     from qvedit.core.errors import QveditError
+    from qvedit.models.devices import check_device
     from qvedit.models.perf import apply_perf, check_perf
     from qvedit.settings.model import PerfSettings
 

@@ -23,18 +23,18 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from qvedit.core import stopping
-from qvedit.core.tool_parser import quiet_stdout
-from qvedit.core.errors import QveditError
-from qvedit.io.layout import discard_if_empty, file_in_the_way, record_job_error
-from qvedit.cli.override_keys import (argument_problems, merging_dict_overrides, overrides_last, register_help,
-                         unknown_config_keys, unknown_overrides)
 from qvedit.cli.launcher_checks import register_plugins
-from qvedit.core.torchrun_ranks import follower_overrides, torchrun_rank
-from qvedit.settings.schema import CONF_DIR, register_schemas
-from qvedit.core.cpu_threads import use_cpu_threads
-from qvedit.core.config_trust import command_line_problems
+from qvedit.cli.override_keys import (argument_problems, merging_dict_overrides, overrides_last, register_help,
+                                      unknown_config_keys, unknown_overrides)
 from qvedit.cli.override_values import hydra_error_line, override_problems
+from qvedit.core import stopping
+from qvedit.core.config_trust import command_line_problems
+from qvedit.core.cpu_threads import use_cpu_threads
+from qvedit.core.errors import QveditError
+from qvedit.core.tool_parser import quiet_stdout
+from qvedit.core.torchrun_ranks import follower_overrides, torchrun_rank
+from qvedit.io.layout import discard_if_empty, file_in_the_way, record_job_error
+from qvedit.settings.schema import CONF_DIR, register_schemas
 
 log = logging.getLogger("qvedit")
 register_schemas()

@@ -17,8 +17,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from qvedit.settings.field_tags import accepted, nested_schemas, optional, tags_of
 from qvedit.cli.override_keys import config_groups, parsed_overrides
+from qvedit.settings.field_tags import accepted, nested_schemas, optional, tags_of
 from qvedit.settings.io import IO_OPTIONS
 from qvedit.settings.schema import QveditConfig, schema_fields
 

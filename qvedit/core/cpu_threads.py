@@ -4,8 +4,8 @@ than one thread.
 torch's CPU kernels run on OpenMP (libgomp in the Linux wheels), whose threads spin between parallel regions
 waiting for the next one. On cores that other processes use too, a spinning thread takes the time slice the working
 thread needs: ``python -m qvedit experiment=demo`` took 233 s with torch's default threads at load 4.6 on 2 cores,
-68 s with ``OMP_NUM_THREADS=1`` (docs/running.md, "Your own frames on the CPU"). With ``OMP_WAIT_POLICY=PASSIVE`` a waiting
-thread sleeps instead: 65 s there, and no slower on an idle machine (27 s either way). The number of threads is
+68 s with ``OMP_NUM_THREADS=1`` (docs/running.md, "Your own frames on the CPU"). With ``OMP_WAIT_POLICY=PASSIVE`` a
+waiting thread sleeps instead: 65 s there, and no slower on an idle machine (27 s either way). The number of threads is
 never chosen from the machine's load: CPU frames depend on it, and the same command must give the same frames on a
 busy machine as on an idle one. It is torch's own default (the machine's cores), or the cores this process may run
 on where fewer (``taskset``, a container's cpuset).

@@ -178,9 +178,9 @@ def install(message: Optional[Callable[[int], str]] = None) -> None:
 def shielded() -> Iterator[None]:
     """A block no signal interrupts: one that arrives inside acts when the block ends.
 
-    In another thread (the background frame writer, ``qvedit.core.background_writer``) signals never interrupt the block, since
-    Python runs handlers in the main thread only: there the block only keeps the watcher from ending the process
-    in the middle of it."""
+    In another thread (the background frame writer, ``qvedit.core.background_writer``) signals never interrupt the
+    block, since Python runs handlers in the main thread only: there the block only keeps the watcher from ending the
+    process in the middle of it."""
     global _shield_depth
     if threading.current_thread() is not threading.main_thread():
         with _committing:

@@ -17,13 +17,13 @@ from typing import Callable, Optional
 import torch
 from PIL import Image
 
+from qvedit.core.color_stats import LabStats
 from qvedit.core.errors import QveditError
+from qvedit.core.images import to_pil
 from qvedit.guidance import losses
 from qvedit.guidance.edges import edge_map, edges_to_uint8
 from qvedit.guidance.optical_flow import FlowPair, warp
 from qvedit.guidance.tiny_decoder import tiny_decoder
-from qvedit.core.images import to_pil
-from qvedit.core.color_stats import LabStats
 from qvedit.models.diffusers_compat import VelocityRecorder, execution_device, step_sigma
 from qvedit.models.family import family_of
 from qvedit.settings.guidance import TTLGSettings

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from qvedit.core.images import to_tensor
 from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.guidance.optical_flow import DISFlow, FlowPair, RAFTFlow, occluded, resize_flow
-from qvedit.core.images import to_tensor
 from qvedit.io.source import FrameSource
 from qvedit.settings.guidance import FlowSettings
 

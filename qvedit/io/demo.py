@@ -21,8 +21,8 @@ from PIL import Image
 
 from qvedit.core.errors import QveditError
 from qvedit.core.files import atomic_folder, cache_dir
-from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.core.images import to_tensor
+from qvedit.guidance.edges import edges_to_uint8, sobel_edges
 from qvedit.io.frames import FrameFolders
 from qvedit.io.shapes import ToyScene
 

@@ -12,8 +12,8 @@ from PIL import Image
 from qvedit.core import locks
 from qvedit.core.errors import QveditError
 from qvedit.core.files import atomic_path, commit_partial, remove_partials
-from qvedit.guidance.edges import edge_map, edges_to_uint8
 from qvedit.core.images import check_readable, read_rgb8, to_tensor
+from qvedit.guidance.edges import edge_map, edges_to_uint8
 from qvedit.settings.io import RESIZE_MODES
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}

@@ -30,10 +30,10 @@ from typing import Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from qvedit.core.config_trust import build
 from qvedit.core.errors import QveditError
 from qvedit.core.files import write_text_atomic
 from qvedit.settings.schema import input_paths
-from qvedit.core.config_trust import build
 
 JOB_ERROR_FILE = "error.txt"
 

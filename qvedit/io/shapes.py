@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qvedit.guidance.edges import edge_map, edges_to_uint8
 from qvedit.core.images import to_tensor
+from qvedit.guidance.edges import edge_map, edges_to_uint8
 
 SHAPES = ("circle", "square", "triangle", "star", "ring")
 TEXTURES = ("flat", "stripes", "dots", "gradient", "noise")

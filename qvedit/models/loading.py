@@ -19,9 +19,9 @@ from typing import Optional
 
 import torch
 
-from qvedit.models.devices import check_device, torch_dtype
 from qvedit.core.errors import QveditError, short_reason
 from qvedit.models import cache
+from qvedit.models.devices import check_device, torch_dtype
 from qvedit.models.family import Family, family_for, pipeline_class_problem, read_index, release_mismatch
 from qvedit.models.integrity import check_model_folder, check_toy_weights
 from qvedit.models.lora import PLAIN, Variant

@@ -24,8 +24,8 @@ from qvedit.core.files import cache_dir
 from qvedit.models.diffusers_compat import (attention_backend, before_prompt_encoding, execution_device,
                                             use_single_frame_convolutions)
 from qvedit.models.diffusers_compat.hooks import add_model_hook, before_forward
-from qvedit.models.step_cache import STEP_CACHE, use_step_cache, without_step_cache
 from qvedit.models.modifications import applied_to, modifications_of
+from qvedit.models.step_cache import STEP_CACHE, use_step_cache, without_step_cache
 from qvedit.settings.model import PerfSettings
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ def prepare_pipeline(pipe, settings: PerfSettings, device: str) -> None:
 
 def apply_perf(pipe, settings: PerfSettings) -> None:
     """Set up the loaded ``pipe`` as ``settings`` say: attention kernel, compile, text encoder offload, step
-    cache, single-frame VAE convolutions (each a modification, ``qvedit.models.modifications``, applied once per pipeline
-    and setting: a sweep reuses the pipeline).
+    cache, single-frame VAE convolutions (each a modification, ``qvedit.models.modifications``, applied once per
+    pipeline and setting: a sweep reuses the pipeline).
 
     Args:
         pipe: the pipeline ``load_pipeline`` gave (with ``settings`` as its ``perf``).

@@ -15,8 +15,8 @@ from typing import Iterator
 
 import torch
 
-from qvedit.models.devices import check_device, torch_dtype
 from qvedit.core.errors import QveditError
+from qvedit.models.devices import check_device, torch_dtype
 
 log = logging.getLogger(__name__)
 

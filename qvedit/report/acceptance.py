@@ -20,16 +20,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
-from qvedit.core.tool_parser import OneLineParser, emit, number, whole
 from qvedit.core.errors import QveditError
-from qvedit.settings.field_tags import tags_of
 from qvedit.core.files import atomic_path, write_figure_png, write_text_atomic
+from qvedit.core.tool_parser import OneLineParser, emit, number, whole
 from qvedit.io.frames import natural_key
 from qvedit.io.layout import JOB_ERROR_FILE, job_error, metrics_csv_of, record_job_error
 from qvedit.report.confdiff import diff_configs, group_contexts, load_run
 from qvedit.report.drift import drift_by_setting, drift_table, honest_y, plot_drift
-from qvedit.scoring.drift import judge_drift, shown
 from qvedit.report.verdict import PLOTTED, Comparison, Criterion, SweepJob, SweepVerdict, plot_name
+from qvedit.scoring.drift import judge_drift, shown
+from qvedit.settings.field_tags import tags_of
 from qvedit.settings.report import Thresholds
 from qvedit.settings.schema import output_path_keys
 

@@ -21,11 +21,11 @@ import pandas as pd
 import qvedit
 from qvedit.core.files import write_text_atomic
 from qvedit.core.images import read_rgb8
-from qvedit.report.previews import cell_size, comparison_gif
 from qvedit.report.confdiff import diff_configs
 from qvedit.report.drift import comparison_trends, paired_trends, sides_by_setting
-from qvedit.scoring.drift import shown
+from qvedit.report.previews import cell_size, comparison_gif
 from qvedit.report.verdict import PLOTTED, Comparison, SweepVerdict, plot_name
+from qvedit.scoring.drift import shown
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +168,11 @@ def _edge_maps(job_dir: Path, frames: int) -> list:
     """Edge maps 1..frames of a finished job, read through its own io settings."""
     from omegaconf import OmegaConf
 
+    from qvedit.core.config_trust import build
     from qvedit.io.layout import RunLayout
     from qvedit.io.source import open_source
     from qvedit.settings.report import MetricsSettings
     from qvedit.settings.schema import register_schemas
-    from qvedit.core.config_trust import build
 
     register_schemas()  # the resolvers its config may use
     config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")

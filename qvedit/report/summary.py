@@ -36,8 +36,8 @@ def run_summary(frames: list[Path], frames_kept: bool, outputs: list[Path], metr
 
     ``metrics``: the clip's metrics table (written to ``metrics_csv``) and ``means`` its columns' means
     (``column_means``); ``scales``: the guidance weights that are on ({"edge": 1.0, ...}); ``unguided``: the
-    column means of the same clip made without guidance (``compare_unguided=true``) and its folder; ``demo``: add the next steps
-    a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps;
+    column means of the same clip made without guidance (``compare_unguided=true``) and its folder; ``demo``: add the
+    next steps a newcomer takes after the demo; ``flow_from_edges``: the warp error's flow came from edge maps;
     ``frame0``: where frame 0 came from when it is not the input (``first_frame.prompt``); ``keyframes``: the
     keyframes of ``schedule=segments`` (the seams' warp error is said beside the segments'); ``anchor``: what held
     the clip to frame 0 (``AnchorSettings.describe``), None when nothing did; ``video_notes``: what the mp4 holds

@@ -11,23 +11,23 @@ from typing import Callable, Optional
 from PIL import Image
 from tqdm.auto import tqdm
 
-from qvedit.core import stopping
 from qvedit.anchor.color import ColorAnchor
-from qvedit.models.devices import peak_memory_mib, reset_peak_memory
+from qvedit.core import stopping
+from qvedit.core.color_stats import LabStats
 from qvedit.core.errors import QveditError
-from qvedit.guidance.edges import image_to_edge_target
-from qvedit.guidance.optical_flow import FlowPair
-from qvedit.guidance.guide import Guide, refuse_inference_mode
 from qvedit.core.images import to_tensor
+from qvedit.guidance.edges import image_to_edge_target
+from qvedit.guidance.guide import Guide, refuse_inference_mode
+from qvedit.guidance.optical_flow import FlowPair
 from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.source import FrameSource
-from qvedit.core.color_stats import LabStats
+from qvedit.models.devices import peak_memory_mib, reset_peak_memory
 from qvedit.models.diffusers_compat import VelocityRecorder
 from qvedit.models.family import family_of
 from qvedit.models.parallel import Team
 from qvedit.run.frame_outputs import ClipOutputs, MadeFrame, keeps_saved_frames
-from qvedit.run.pipeline_call import PipelineCall, show_denoising_bars, shows_bars
 from qvedit.run.frame_plan import ClipPlan
+from qvedit.run.pipeline_call import PipelineCall, show_denoising_bars, shows_bars
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.run import RunSettings

@@ -38,12 +38,12 @@ from qvedit.core.errors import QveditError
 from qvedit.core.files import atomic_path, write_text_atomic
 from qvedit.core.images import read_rgb8, unusable_image
 from qvedit.io.layout import RunLayout
-from qvedit.report.previews import candidate_sheet, cell_size
 from qvedit.io.source import FrameSource
 from qvedit.models.parallel import Team
-from qvedit.run.pipeline_call import PipelineCall, show_denoising_bars, shows_bars
-from qvedit.run.frame_plan import ClipPlan
 from qvedit.report.confdiff import diff_configs
+from qvedit.report.previews import candidate_sheet, cell_size
+from qvedit.run.frame_plan import ClipPlan
+from qvedit.run.pipeline_call import PipelineCall, show_denoising_bars, shows_bars
 from qvedit.settings.first_frame import FirstFrameSettings
 from qvedit.settings.run import RunSettings
 

@@ -20,16 +20,16 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from qvedit.core.background_writer import Background
+from qvedit.core.color_stats import LabStats
 from qvedit.core.errors import QveditError
 from qvedit.core.files import write_text_atomic
-from qvedit.guidance.optical_flow import FlowPair
 from qvedit.core.images import read_rgb8, unusable_image
+from qvedit.core.stopping import finished, shielded
+from qvedit.guidance.optical_flow import FlowPair
 from qvedit.io.frames import FrameWriter
-from qvedit.core.color_stats import LabStats
 from qvedit.report.confdiff import diff_configs
 from qvedit.scoring.frame_metrics import FrameMetrics, MetricsLog, complete_rows
 from qvedit.settings.schema import frame_setting_defaults
-from qvedit.core.stopping import finished, shielded
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ MANIFEST = ".qvedit-run.yaml"  # io.layout.holds_nothing_of_its_own knows the na
 
 @dataclass
 class MadeFrame:
-    """One frame as ``qvedit.run.clip_editor.FrameMaker.make`` made it, with what its metrics row is measured against."""
+    """One frame as ``qvedit.run.clip_editor.FrameMaker.make`` made it, with what its metrics row is measured
+    against."""
 
     frame: Image.Image  # 8-bit RGB at the clip's size, its colours corrected (anchor.color)
     edge: Image.Image  # its edge map at the clip's size

@@ -28,43 +28,43 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from qvedit.core import locks
-from qvedit.models.devices import check_device
-from qvedit.run.clip_editor import edit_clip
 from qvedit.core.errors import QveditError
 from qvedit.core.files import drop_staged, write_text_atomic
-from qvedit.run.first_frame import START_OVER_KEYS, EditedFirstFrame, FirstFrameEdit
 from qvedit.guidance.tiny_decoder import check_decoder
 from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.frames import FrameWriter
 from qvedit.io.layout import RunLayout
-from qvedit.report.previews import write_comparison, write_previews
 from qvedit.io.source import FrameSource, open_source
-from qvedit.run.job_result import JobResult, metrics_table
-from qvedit.run.job_settings import JobSettings, call_steps, job_settings, search_reference, unguided
-from qvedit.run.job_worker import build_worker, edit_first_frame
+from qvedit.models.devices import check_device
 from qvedit.models.diffusers_compat import warn_if_untested_diffusers
 from qvedit.models.family import family_for
 from qvedit.models.fp8 import torchao_only_for_fp8
 from qvedit.models.loading import availability_problem, load_pipeline
-from qvedit.models.schedule import planned_schedule_problem
 from qvedit.models.lora import check_model
 from qvedit.models.parallel import Team, start_team
 from qvedit.models.perf import apply_perf, check_perf
+from qvedit.models.schedule import planned_schedule_problem
 from qvedit.models.step_cache import check_cache
-from qvedit.run.frame_outputs import MANIFEST, ClipOutputs, check_or_record, start_over
-from qvedit.run.frame_plan import ClipPlan, cpu_speed_warnings
 from qvedit.report.drift import plot_drift
 from qvedit.report.html import write_run_html
-from qvedit.scoring.frame_metrics import FrameMetrics
+from qvedit.report.previews import write_comparison, write_previews
 from qvedit.report.summary import run_summary
 from qvedit.report.tracking import JobTracking
 from qvedit.report.tuning import REFERENCE, objectives, one_at_a_time
+from qvedit.run.clip_editor import edit_clip
+from qvedit.run.first_frame import START_OVER_KEYS, EditedFirstFrame, FirstFrameEdit
+from qvedit.run.frame_outputs import MANIFEST, ClipOutputs, check_or_record, start_over
+from qvedit.run.frame_plan import ClipPlan, cpu_speed_warnings
+from qvedit.run.job_result import JobResult, metrics_table
+from qvedit.run.job_settings import JobSettings, call_steps, job_settings, search_reference, unguided
+from qvedit.run.job_worker import build_worker, edit_first_frame
 from qvedit.run.schedule.driver import make_segments
 from qvedit.run.schedule.outputs import SegmentOutputs
 from qvedit.run.schedule.plan import SegmentPlan
 from qvedit.run.schedule.pool import LocalPool
 from qvedit.run.schedule.ray_pool import RayPool, connect, ray_problem
 from qvedit.run.schedule.worker import GUIDED, UNGUIDED, WorkerParts, WorkerSet
+from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.io import DemoIO
 from qvedit.settings.schema import check_values, scale_keys

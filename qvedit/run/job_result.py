@@ -13,8 +13,8 @@ from typing import Optional
 
 import pandas as pd
 
-from qvedit.run.job_settings import JobSettings
 from qvedit.report.summary import column_means
+from qvedit.run.job_settings import JobSettings
 
 
 @dataclass

@@ -8,23 +8,23 @@ from pathlib import Path
 import torch
 
 from qvedit.core import locks
-from qvedit.models.devices import check_device
 from qvedit.core.errors import QveditError
-from qvedit.run.first_frame import FirstFrameEdit
 from qvedit.guidance.tiny_decoder import check_decoder
 from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.layout import RunLayout
 from qvedit.io.source import open_source
-from qvedit.run.job_settings import JobSettings, call_steps
+from qvedit.models.devices import check_device
 from qvedit.models.family import family_for
 from qvedit.models.fp8 import torchao_only_for_fp8
 from qvedit.models.loading import load_pipeline
 from qvedit.models.lora import check_model
 from qvedit.models.perf import apply_perf, check_perf
+from qvedit.run.first_frame import FirstFrameEdit
 from qvedit.run.frame_plan import ClipPlan
-from qvedit.scoring.frame_metrics import FrameMetrics
+from qvedit.run.job_settings import JobSettings, call_steps
 from qvedit.run.schedule.plan import SegmentPlan
 from qvedit.run.schedule.worker import WorkerParts
+from qvedit.scoring.frame_metrics import FrameMetrics
 
 
 def edit_first_frame(first_frame: FirstFrameEdit, pipe) -> tuple[FirstFrameEdit, object]:

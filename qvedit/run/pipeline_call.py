@@ -1,5 +1,5 @@
-"""One call of the pipeline that makes one image, written once for a clip's frames (``qvedit.run.clip_editor.FrameMaker``)
-and frame 0's edit (``qvedit.run.first_frame``):
+"""One call of the pipeline that makes one image, written once for a clip's frames
+(``qvedit.run.clip_editor.FrameMaker``) and frame 0's edit (``qvedit.run.first_frame``):
 
     image = call(index, images, prompt, steps, seed, size, ...)   # 8-bit RGB at ``size``, the same on every rank
 
@@ -20,9 +20,9 @@ from typing import Callable, Optional, Protocol
 import torch
 from PIL import Image
 
-from qvedit.models.devices import frame_memory
 from qvedit.core.errors import QveditError
 from qvedit.core.images import to_pil
+from qvedit.models.devices import frame_memory
 from qvedit.models.diffusers_compat import VelocityRecorder, execution_device, record_velocity
 from qvedit.models.parallel import Team
 from qvedit.run.frame_plan import ClipPlan

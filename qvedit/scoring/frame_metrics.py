@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from qvedit.core.color_stats import LabStats, color_drift, lab_stats
 from qvedit.core.errors import QveditError
 from qvedit.core.files import append_whole, atomic_path
+from qvedit.core.images import to_tensor
 from qvedit.guidance import losses
 from qvedit.guidance.edges import image_to_edge_target
 from qvedit.guidance.optical_flow import FlowPair, warp_error
-from qvedit.core.images import to_tensor
-from qvedit.core.color_stats import LabStats, color_drift, lab_stats
 from qvedit.models import cache
 from qvedit.scoring.clip_consistency import load_clip
 from qvedit.scoring.drift import edge_offset_px

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
 
-from qvedit.settings.field_tags import setting
 from qvedit.core.files import cache_dir
+from qvedit.settings.field_tags import setting
 
 TINY_MODEL_FOLDER = "tiny-qwen-image-edit-2509"  # in the cache folder; conf/model/tiny.yaml names it too
 TINY_21_FOLDER = "tiny-qwen-image-2.1"  # conf/model/tiny_21.yaml names it too

@@ -22,12 +22,12 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from qvedit.core.errors import QveditError
-from qvedit.settings.field_tags import tags_of, value_problem, walk
 from qvedit.core.files import cache_dir
 from qvedit.settings.anchor import AnchorSettings
+from qvedit.settings.field_tags import tags_of, value_problem, walk
+from qvedit.settings.first_frame import FirstFrameSettings
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.io import IO_OPTIONS, FramesIO, LongDemoIO, ShapesIO, VideoIO
-from qvedit.settings.first_frame import FirstFrameSettings
 from qvedit.settings.model import RELEASES, ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, Thresholds, TuningSettings
 from qvedit.settings.run import RunSettings

@@ -10,8 +10,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from qvedit.guidance.optical_flow import FlowPair
 from qvedit.guidance.noise_warp import fine_field, fine_flow, latent_noise, transport
+from qvedit.guidance.optical_flow import FlowPair
 
 # spawn keys of the seed streams (first_frame.py's candidates use 0x46524D30): none meets a frame's (seed, i)
 SHARED_STREAM = 0x53545348  # the one noise of start.noise=shared

@@ -23,8 +23,8 @@ from typing import Optional
 from PIL import Image
 
 from qvedit.core.errors import QveditError
-from qvedit.guidance.optical_flow import FlowPair, warp
 from qvedit.core.images import to_pil, to_tensor
+from qvedit.guidance.optical_flow import FlowPair, warp
 from qvedit.models.diffusers_compat.decode import execution_device
 from qvedit.models.diffusers_compat.start import schedule_problem, scheduled_sigmas
 from qvedit.models.family import Family, family_of

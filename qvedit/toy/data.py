@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from qvedit.io.shapes import STYLES, ToyScene, edge_frame
 from qvedit.settings.anchor import THREE_IMAGE_PROMPT
 from qvedit.settings.run import DEFAULT_PROMPT
-from qvedit.io.shapes import STYLES, ToyScene, edge_frame
 
 INSTRUCTIONS = {  # what first_frame.prompt can ask the toy model, and the style each gives
     "make it a watercolour painting": "watercolour",

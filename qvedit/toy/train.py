@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from qvedit.core.tool_parser import OneLineParser, run_tool
 from qvedit.core.errors import QveditError
 from qvedit.core.files import atomic_folder, atomic_path, write_text_atomic
+from qvedit.core.tool_parser import OneLineParser, run_tool
 from qvedit.models.integrity import TOY_RECORD as RECORD
 from qvedit.models.integrity import sha256
 from qvedit.toy.data import Recipe, clip_style, prompt_keys, render_clip

@@ -20,8 +20,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
 from qvedit.models.diffusers_compat import qwenimage21, start21
+from qvedit.models.diffusers_compat.cfg_passes import CFGPasses  # noqa: F401 (used from here)
 from qvedit.models.diffusers_compat.decode import LatentDecoder, execution_device  # noqa: F401
 from qvedit.models.diffusers_compat.fragments import missing_fragment
 from qvedit.models.diffusers_compat.hooks import check_hook_removal

@@ -19,7 +19,8 @@ class CFGPasses:
     ``run_pass(name, forward, hidden_states, *args, **kwargs)``, which returns the (B, S, C_out)
     prediction; calls outside the two contexts run unchanged. ``out_features`` and ``dtype`` give the
     prediction's last dimension and dtype, for a pass that is computed elsewhere. ``change`` (a
-    ``qvedit.models.modifications.Modification``) records the two instance attributes set, so undoing it takes them away.
+    ``qvedit.models.modifications.Modification``) records the two instance attributes set, so undoing it takes them
+    away.
     """
 
     def __init__(self, transformer: torch.nn.Module, run_pass: Callable, change: Modification):

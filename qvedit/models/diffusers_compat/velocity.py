@@ -30,8 +30,8 @@ def record_velocity(scheduler) -> Iterator[VelocityRecorder]:
     estimate. Wrapping the instance's ``step`` leaves the class and the pipeline untouched. The call's
     ``set_timesteps`` is wrapped too: it runs once more on the CPU first (the same float32 sigmas: they are
     computed in numpy, then moved), so that ``step_sigma`` reads a sigma without waiting for the device. Both are
-    the modification ``record_velocity`` of the scheduler (``qvedit.models.modifications``: one recorder at a time), undone
-    after the block, also when it raises.
+    the modification ``record_velocity`` of the scheduler (``qvedit.models.modifications``: one recorder at a time),
+    undone after the block, also when it raises.
     """
     recorder = VelocityRecorder()
 

@@ -1,8 +1,8 @@
 """The model families qvedit runs: what it assumes about each one's diffusers pipeline, in one place per family.
 
-A family is one diffusers pipeline class and everything qvedit does differently for it; the loop (``qvedit.run.clip_editor``,
-``qvedit.run.first_frame``, ``qvedit.guidance.guide``, ``qvedit.run.frame_plan``, ``qvedit.run.job``) asks the family instead of assuming
-one pipeline:
+A family is one diffusers pipeline class and everything qvedit does differently for it; the loop
+(``qvedit.run.clip_editor``, ``qvedit.run.first_frame``, ``qvedit.guidance.guide``, ``qvedit.run.frame_plan``,
+``qvedit.run.job``) asks the family instead of assuming one pipeline:
 
 - ``qwen_edit_plus`` (``edit_plus.py``): ``QwenImageEditPlusPipeline``, Qwen-Image-Edit-2509 and -2511 (2511 is
   2509's transformer with ``zero_cond_t`` in its config);

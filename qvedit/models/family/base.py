@@ -97,7 +97,8 @@ class Family(abc.ABC):
 
     def start_problem(self, start) -> Optional[str]:
         """Why this family's calls cannot start as ``start`` (``qvedit.settings.start.StartSettings``) says (one line),
-        or None; before the model loads, and again where a clip's frames are made (``qvedit.run.clip_editor.FrameMaker``).
+        or None; before the model loads, and again where a clip's frames are made
+        (``qvedit.run.clip_editor.FrameMaker``).
         Both families take every start today, each through its own latents (``latent_grid`` ... ``schedule_mu``)."""
         return None
 

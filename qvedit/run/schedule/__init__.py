@@ -1,7 +1,7 @@
 """``schedule=segments``: keyframes first, then the segments between them, in this process or on Ray workers.
 
-A chain (``schedule=chain``, ``qvedit.run.clip_editor.edit_clip``) makes frame k+1 from frame k, so frame N is N edits from
-frame 0 and one GPU makes the clip however many there are. The segment schedule makes keyframes K, 2K, ... from
+A chain (``schedule=chain``, ``qvedit.run.clip_editor.edit_clip``) makes frame k+1 from frame k, so frame N is N edits
+from frame 0 and one GPU makes the clip however many there are. The segment schedule makes keyframes K, 2K, ... from
 frame 0 (or from the keyframe before), then every segment jK+1 .. (j+1)K-1 as a short chain from its keyframe;
 segments do not depend on each other, so ``schedule.workers`` workers make them side by side.
 

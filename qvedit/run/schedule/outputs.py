@@ -23,10 +23,10 @@ from PIL import Image
 from qvedit.core.errors import QveditError
 from qvedit.core.files import append_whole, atomic_path, commit_partial
 from qvedit.core.images import read_rgb8, unusable_image
+from qvedit.core.stopping import finished_text, shielded
 from qvedit.run.frame_outputs import ClipOutputs
 from qvedit.run.schedule.plan import SegmentPlan
 from qvedit.run.schedule.worker import FrameDone
-from qvedit.core.stopping import finished_text, shielded
 
 log = logging.getLogger(__name__)
 

@@ -21,17 +21,17 @@ from typing import Callable, Optional
 
 from PIL import Image
 
-from qvedit.models.devices import peak_memory_mib
-from qvedit.run.clip_editor import FrameMaker
 from qvedit.core.files import WRITE_ERRNOS, track_staged, write_error
 from qvedit.core.images import read_rgb8
 from qvedit.io.clip_flow import ClipFlow
 from qvedit.io.layout import RunLayout
 from qvedit.io.source import FrameSource
+from qvedit.models.devices import peak_memory_mib
+from qvedit.run.clip_editor import FrameMaker
 from qvedit.run.frame_outputs import frame_row
 from qvedit.run.frame_plan import ClipPlan
-from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.run.schedule.plan import SegmentPlan
+from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.run import RunSettings
@@ -136,7 +136,8 @@ GUIDED, UNGUIDED = "guided", "unguided"  # the run's clip, and its compare_ungui
 @dataclass
 class WorkerParts:
     """What a worker holds for the whole run: the loaded pipeline and the clip's objects, built once (in this process
-    by ``qvedit.run.job.Job``, in a Ray worker by ``qvedit.run.job.build_worker``); ``segment_worker`` makes a clip's worker."""
+    by ``qvedit.run.job.Job``, in a Ray worker by ``qvedit.run.job.build_worker``); ``segment_worker`` makes a clip's
+    worker."""
 
     pipe: object
     source: FrameSource
