@@ -58,6 +58,7 @@ from qvedit.run.frame_plan import ClipPlan, cpu_speed_warnings
 from qvedit.run.job_result import JobResult, metrics_table
 from qvedit.run.job_settings import JobSettings, call_steps, job_settings, search_reference, unguided
 from qvedit.run.job_worker import build_worker, edit_first_frame
+from qvedit.run.pipeline_call import show_denoising_bars
 from qvedit.run.schedule.driver import make_segments
 from qvedit.run.schedule.outputs import SegmentOutputs
 from qvedit.run.schedule.plan import SegmentPlan
@@ -280,7 +281,7 @@ class Job:
                              self.plan, job.start)
         bars = sys.stderr.isatty()
         if self.pipe is not None:
-            self.pipe.set_progress_bar_config(disable=not bars, leave=False, desc="denoising")
+            show_denoising_bars(self.pipe, bars)
         pool = self.pool or LocalPool(WorkerSet(WorkerParts(
             self.pipe, self.source, job.run, job.ttlg, job.anchor, self.flow, self.plan, self.layout,
             self.outputs.metrics, self.segment_plan).segment_worker))

@@ -22,6 +22,7 @@ from qvedit.models.perf import apply_perf, check_perf
 from qvedit.run.first_frame import FirstFrameEdit
 from qvedit.run.frame_plan import ClipPlan
 from qvedit.run.job_settings import JobSettings, call_steps
+from qvedit.run.pipeline_call import show_denoising_bars
 from qvedit.run.schedule.plan import SegmentPlan
 from qvedit.run.schedule.worker import WorkerParts
 from qvedit.scoring.frame_metrics import FrameMetrics
@@ -52,7 +53,7 @@ def build_worker(job: JobSettings, run_dir: str) -> WorkerParts:
     if problem:
         raise QveditError(problem)
     apply_perf(pipe, perf)
-    pipe.set_progress_bar_config(disable=True)  # the driver's one line says how the clip goes
+    show_denoising_bars(pipe, False)  # the driver's one line says how the clip goes
     scorer = FrameMetrics(job.metrics, device)
     flow_guided = ttlg.temporal_mode == "flow" and ttlg.temporal_scale > 0
     flow = ClipFlow(job.flow, source, plan.init_size, torch.device(device)) \
