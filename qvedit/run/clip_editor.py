@@ -86,9 +86,6 @@ class FrameMaker:
         self.color = ColorAnchor(self.anchor, first, source) if wants_color else None
         self.call = PipelineCall(pipe, plan, self.team)
         self.device = self.call.device
-        problem = plan.family.start_problem(start)  # said before loading by job.py; here for edit_clip's callers
-        if problem:
-            raise QveditError(problem)
         self.starts = FrameStarts(start or StartSettings(), pipe, settings.seed, settings.num_inference_steps,
                                   plan.generation_size, flow, self.team, plan.family)
 

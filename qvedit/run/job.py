@@ -162,7 +162,7 @@ class Job:
         torchao_only_for_fp8(perf.quantize)  # before the checks below may import diffusers (the scheduler's config)
         family = family_for(model)  # what the model's pipeline takes (qvedit.models.family)
         refuse(model.entry_problem(), model.family_problem(call_steps(settings, job.first_frame)),
-               job.first_frame.conflict(), family.refusal(ttlg, perf, team.settings), family.start_problem(start),
+               job.first_frame.conflict(), family.refusal(ttlg, perf, team.settings),
                start.problem(settings.num_inference_steps), start.schedule_problem(schedule.segments),
                planned_schedule_problem(model, settings.num_inference_steps))
         layout = RunLayout.resolve(run_dir, job.io, job.metrics, settings.debug_dir, is_main=team.is_main)

@@ -95,13 +95,6 @@ class Family(abc.ABC):
         loads. ``ttlg``, ``perf``, ``parallel``: those groups' settings."""
         return None
 
-    def start_problem(self, start) -> Optional[str]:
-        """Why this family's calls cannot start as ``start`` (``qvedit.settings.start.StartSettings``) says (one line),
-        or None; before the model loads, and again where a clip's frames are made
-        (``qvedit.run.clip_editor.FrameMaker``).
-        Both families take every start today, each through its own latents (``latent_grid`` ... ``schedule_mu``)."""
-        return None
-
     def loaded_problem(self, pipe, condition_image: tuple[int, int], steps: list[int]) -> Optional[str]:
         """Why the loaded ``pipe`` cannot make this run's calls (one line), or None: ``condition_image`` is the (W, H)
         of its condition images, ``steps`` ({key: value}) every ``num_inference_steps`` its calls take."""
