@@ -2,7 +2,7 @@
 
 import json
 
-from qvedit.core.tool_parser import bench
+from qvedit.cli import bench
 from qvedit.models.step_cache import fresh_steps
 from qvedit.settings.model import PerfSettings
 

@@ -271,7 +271,7 @@ def load_tools() -> dict:
     import importlib.util
     import sys
 
-    from qvedit.core.tool_parser import bench
+    from qvedit.cli import bench
 
     tools = {"qvedit.bench": bench}
     sys.path.insert(0, str(REPO / "benchmarks"))  # ray_sweep imports context_parallel, its neighbour

@@ -1,6 +1,6 @@
 import torch
 
-from qvedit.core.tool_parser import selftest
+from qvedit.cli import selftest
 
 NAMES = ["sobel backward", "laplacian backward", "gram backward", "torchvision", "vgg16 imagenet weights"]
 
