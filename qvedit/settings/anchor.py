@@ -24,17 +24,14 @@ class AnchorSettings:
     first_frame_image: bool = setting(False, frames=True, help=(
         "frame 0 goes to the pipeline as a third image: `image=[edge_k, frame k, frame 0]`, with "
         "`anchor.prompt`"))  # image=[edge_k, frame k, frame 0]
-    # the prompt of the three-image call
     prompt: str = setting(THREE_IMAGE_PROMPT, frames=True, help=(
         "the prompt of the three-image call (\"deform image 2 into the shape outlined by image 1, keeping the "
         "appearance of image 3: its colours, textures and style\"); used only with `anchor.first_frame_image`"))
-    # frames N, 2N, ... follow frame 0, not the previous
     every: Optional[int] = setting(None, frames=True, min=1, help=(
         "every N-th frame (N, 2N, ...) is made from frame 0 instead of the frame before it; null = never"))
     color: str = setting("none", frames=True, choices=COLOR_MODES, help=(
         "each generated frame's colours moved toward frame 0's before it is written and followed: `mean_std` "
         "(CIELAB mean and deviation) or `histogram` (per RGB channel, scikit-image)"))
-    # 0 = unchanged, 1 = fully matched
     color_strength: float = setting(1.0, frames=True, min=0, max=1, help=(
         "with `anchor.color`: 0 = unchanged, 1 = matched (in between: that share of the way)"))
 

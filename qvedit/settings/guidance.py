@@ -46,7 +46,6 @@ class TTLGSettings:
     gram_size: Optional[int] = setting(256, frames=True, min=VGG_MIN_SIZE, flag="--ttlg_gram_size", help=(
         "long side of the VGG input; null = generation size"))
     temporal_size: int = setting(64, frames=True, min=1, help="long side of the temporal comparison")
-    # flow: the previous frame warped by the source flow
     temporal_mode: str = setting("plain", frames=True, choices=TEMPORAL_MODES, help=(
         "`plain`: the temporal loss compares with the previous frame as it is; `flow`: with the previous "
         "frame moved along the source frames' optical flow, occlusions left out"))
@@ -54,19 +53,16 @@ class TTLGSettings:
         "the soft edges the edge loss compares with the edge frame: `sobel` or `laplacian`"))
     vgg_weights: str = setting("imagenet", frames=True, choices=VGG_WEIGHTS, help=(
         "VGG16 backbone of the Gram loss: `imagenet`, or `random` (tests only)"))
-    # long side (pixels) x0 is decoded at for the losses: the latents are resized first; null = the frame's size
     decode_size: Optional[int] = setting(None, frames=True, min=16, help=(
         "long side (pixels) x0 is decoded at for the losses (the latents are resized first): a cheaper guided"
         " step; null = the frame's size (cost: [Guidance decode cost](guidance.md#guidance-decode-cost))"))
     decode_checkpointing: bool = setting(True, help=(
         "checkpoint the VAE decoder in the guidance backward pass (memory: [Guidance decode "
         "cost](guidance.md#guidance-decode-cost))"))  # recomputes the decoder in the backward: the same numbers
-    # what decodes x0 for the losses: the pipeline's VAE, or taehv's tiny decoder (qvedit/guidance/tiny_decoder.py)
     decoder: str = setting("vae", frames=True, choices=GUIDANCE_DECODERS, help=(
         "what decodes x0 for the losses: `vae` (the pipeline's own decode) or `tiny` (taehv's tiny decoder "
         "for Qwen-Image's latents, [A tiny guidance "
         "decoder](guidance.md#a-tiny-guidance-decoder-ttlgdecodertiny))"))
-    # ttlg.decoder=tiny: its weights (a taew2_1 .safetensors file, a folder, a hub id), or random (tests, timing)
     tiny_decoder: Optional[str] = setting(None, frames=True, path="input", help=(
         "`ttlg.decoder=tiny`: its weights, a `taew2_1.safetensors` file, a folder holding it, or a hub file "
         "`owner/name[/file]`; `random` for tests and timing"))
@@ -99,7 +95,6 @@ class FlowSettings:
     method: str = setting("dis", frames=True, choices=FLOW_METHODS, help=(
         "optical flow between consecutive source frames: `dis` (OpenCV, no weights, CPU) or `raft` "
         "(torchvision RAFT-large, GPU when there is one)"))
-    # long side the flow is computed at; null = frame size
     size: Optional[int] = setting(None, frames=True, min=16, help=(
         "long side the flow is computed at (vectors scaled back); null = the frame size"))
     raft_weights: str = setting("pretrained", frames=True, choices=RAFT_WEIGHTS, help=(

@@ -37,7 +37,6 @@ class FramesIO:
         "`io=frames`: the original frames 0..T-1 the edge maps were made from (frame 0's size), for optical "
         "flow and the colour target; alone, frame 0 and the edge maps come from it; null = flow from the edge"
         " maps, colour target frame 0's own"))  # the original frames 0..T-1
-    # edges made from source frames 1.. (no edge_frames_dir)
     edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS, help=(
         "operator (`sobel` or `laplacian`) for edges made from `io.rgb_video` (`io=video`) or "
         "`io.source_frames_dir` (`io=frames`)"))
@@ -54,7 +53,6 @@ class DemoIO(FramesIO):
 class LongDemoIO(DemoIO):
     """``io=demo_long``: the long synthetic clip (a pan while the light turns to sunset), made on first use."""
 
-    # output frames, frame 0 included
     length: int = setting(48, frames=True, min=2, max=10_000, help=(
         "frames of the long synthetic clip (a pan while the light turns to sunset), frame 0 included"))
 
@@ -68,7 +66,7 @@ class ShapesIO(DemoIO):
         "`io=shapes`: which clip of shapes; from 1000000 on (the default) clips the toy model never saw in "
         "training, below it its training clips"))
     length: int = setting(24, frames=True, min=2, max=10_000, help=(
-        "frames of the clip of shapes, frame 0 included"))  # output frames, frame 0 included
+        "frames of the clip of shapes, frame 0 included"))
 
 
 @dataclass

@@ -83,21 +83,17 @@ class ModelSettings:
     loras: List[LoraSpec] = setting(frames=True, path="input", default_factory=list, help=(
         "LoRAs loaded into the transformer, each `{path, weight_name, scale}` ([Lightning and "
         "LoRAs](models.md#few-step-lightning-and-loras); `experiment=lightning` sets one)"))
-    # FlowMatchEulerDiscreteScheduler config values that replace the model's own; {} = the model's scheduler
     scheduler: Dict[str, Any] = setting(frames=True, default_factory=dict, help=(
         "`FlowMatchEulerDiscreteScheduler` values replacing the model's own scheduler config; `{}` = the "
         "model's own (`experiment=lightning` sets all of them)"))
-    # which model of the family the weights are (RELEASES): picks the pipeline class and experiment=lightning's LoRA
     release: str = setting("2509", frames=True, choices=tuple(RELEASES), help=(
         "which model the weights are: `2509`, `2511` (Qwen-Image-Edit, `QwenImageEditPlusPipeline`) or `2.1` "
         "(Qwen-Image 2.1, `QwenImage21Pipeline`); picks the pipeline class, the family's calls and "
         "`experiment=lightning`'s LoRA; each `model=` preset sets it ([Which model](models.md))"))
-    # Qwen-Image 2.1 only: its condition keys/values cached after the first step (use_kv_cache); null = on
     kv_cache: Optional[bool] = setting(None, frames=True, help=(
         "Qwen-Image 2.1 only: its text and condition images' keys and values computed once, at the first "
         "step, and reused (diffusers' `use_kv_cache`); null = on; `false` recomputes them every step (slower;"
         " the frames differ in the last bits)"))
-    # Qwen-Image 2.1 only: a fixed sampling grid (sigmas from 1 down, the terminal 0 left out); its length is the steps
     sample_sigmas: Optional[List[float]] = setting(None, frames=True, help=(
         "Qwen-Image 2.1 only: a fixed sampling grid (falling sigmas from 1, the terminal 0 left out), passed "
         "as the call's `sigmas`; its length must be `num_inference_steps` (and "
@@ -227,8 +223,6 @@ class PerfSettings:
     compile: bool = setting(False, help="regional `torch.compile` of the repeated transformer blocks (`perf=fast`)")
     offload_text_encoder: bool = setting(False, help=(
         "text encoder and transformer take turns on the GPU via pinned memory (`perf=low_memory`)"))
-    # merge model.loras into the transformer's weights (no LoRA layers left to run); false keeps them as
-    # separate layers, so a sweep that changes only their scales reuses the loaded model
     fuse_loras: bool = setting(True, help=(
         "merge `model.loras` into the transformer's weights once (no LoRA layers left to run); false keeps "
         "them as layers, so a sweep over their scales reuses the loaded model"))
@@ -246,24 +240,18 @@ class PerfSettings:
     layerwise_fp8_storage: bool = setting(False, frames=True, help=(
         "the transformer's weights wait in fp8 and are cast to the compute dtype layer by layer (diffusers' "
         "layerwise casting); changes the frames slightly"))
-    # diffusers' step caches on the transformer (docs/performance.md): taylorseer, a fixed schedule of steps in
-    # full with the others extrapolated; first_block, adaptive (the rest of a step skipped when its first block
-    # changed little); none: every step in full
     cache: str = setting("none", frames=True, choices=STEP_CACHES, help=(
         "diffusers' step cache on the transformer: `taylorseer` (a fixed schedule of steps in full, the "
         "others extrapolated) or `first_block` (adaptive); changes the frames ([Step "
         "caching](performance.md#step-caching-perfcache))"))
-    # taylorseer: after the start, one step in full every N
     cache_interval: int = setting(5, frames=True, min=1, help=(
         "`taylorseer`: after the start, one step in full every N steps"))
     cache_start_step: int = setting(3, frames=True, min=1, help=(
-        "`taylorseer`: steps 0 .. N-1 in full"))  # taylorseer: steps 0 .. N-1 in full
+        "`taylorseer`: steps 0 .. N-1 in full"))
     cache_stop_step: Optional[int] = setting(None, frames=True, min=1, help=(
-        "`taylorseer`: steps from N on in full; null = to the end"))  # taylorseer: steps from N on in full
-    # taylorseer: order of the Taylor extrapolation
+        "`taylorseer`: steps from N on in full; null = to the end"))
     cache_order: int = setting(1, frames=True, min=0, max=4, help=(
         "`taylorseer`: order of the Taylor extrapolation (0: the last output again)"))
-    # first_block: relative change that recomputes
     cache_threshold: float = setting(0.05, frames=True, min=0, help=(
         "`first_block`: the first block's relative change above which a step is computed in full"))
     # the VAE's causal 3D convolutions computed as 2D ones on single frames: the same function (to float rounding)
@@ -338,7 +326,6 @@ class ParallelSettings:
         "under torchrun: GPUs that split each attention by heads (Ulysses all-to-all)"))
     ring_degree: int = setting(1, frames=True, min=1, help=(
         "under torchrun: GPUs that pass K/V around a ring (uses the `_native_cudnn` kernel)"))
-    # two passes to share: prompt and negative prompt
     cfg_degree: int = setting(1, min=1, max=2, help=(
         "under torchrun: 2 = true CFG's prompt and negative-prompt passes on two GPUs at once"))
 

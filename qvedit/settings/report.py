@@ -40,10 +40,8 @@ class Thresholds:
     lpips_prev_min: float = setting(0.005, min=0, max=1, help=(
         "mean `lpips_to_prev` above this, and below mean `lpips_to_init`"))
     lpips_init_min: float = setting(0.01, min=0, max=1, help="mean `lpips_to_init` above this")
-    # guided warp error / unguided, at most this (1.0: not worse)
     warp_ratio: float = setting(1.0, min=0, help=(
         "median-of-seeds mean `warp_error`, guided / off, at most this (1.0: not worse)"))
-    # guided color_drift over the last quarter / unguided, at most this
     drift_ratio: float = setting(1.0, min=0, help=(
         "median-of-seeds mean `color_drift` over the last quarter of the judged frames, guided / off, at most"
         " this (1.0: guidance must not let colours drift more)"))
@@ -60,7 +58,7 @@ class LoggerSettings:
         "`mlflow` (`logger=mlflow`): every job an MLflow run, a sweep a parent run"))
     tracking_uri: Optional[str] = setting(None, path="output", help=(
         "MLflow store; null = `sqlite:///<cwd>/runs/mlflow.db` (artifacts in `runs/mlflow-artifacts`); a "
-        "server URI works the same"))  # null = sqlite:///<cwd>/runs/mlflow.db
+        "server URI works the same"))
     experiment_name: str = setting("qvedit", help="the MLflow experiment runs go to")
 
 

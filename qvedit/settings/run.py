@@ -49,7 +49,7 @@ class RunSettings(GenerationSettings):
         "per frame and guided step: the decoded x0 and its soft edges as PNGs"))
     compare_unguided: bool = setting(False, help=(
         "with guidance on: also make the clip with guidance off (`<run dir>/unguided/`) and print how the "
-        "losses compare (`experiment=demo` sets it)"))  # also make the clip with guidance off, and compare the two
+        "losses compare (`experiment=demo` sets it)"))
 
     @classmethod
     def of(cls, cfg: DictConfig) -> "RunSettings":

@@ -31,25 +31,23 @@ class ScheduleSettings:
         "`chain`: frame k+1 is an edit of frame k (`schedule=chain`); `segments`: keyframes first, then the "
         "segments between them (`schedule=segments`, [One long clip on many "
         "GPUs](scale-out.md#one-long-clip-on-many-gpus-and-machines-schedulesegments))"))
-    # keyframes at K, 2K, ...
     keyframe_every: int = setting(16, frames=True, min=2, help=(
         "`segments`: keyframes at frames K, 2K, ... (at least 2, at most the clip's last frame)"))
     keyframes_from: str = setting("first", frames=True, choices=KEYFRAME_SOURCES, help=(
         "`segments`: a keyframe is made from frame 0 (`first`: `image=[edge, frame 0]`, each one edit from "
         "frame 0) or from the keyframe before (`previous_keyframe`: `image=[edge, previous keyframe, frame "
         "0]`, a chain with stride K)"))
-    # image 3 = the next keyframe on a segment's last N
     meet_frames: int = setting(MEET_FRAMES, frames=True, min=0, help=(
         "`segments`: a segment's last N frames also get the next keyframe as image 3, so the chain meets it "
         "(at most K-1; 0 with `anchor.first_frame_image`, whose frame 0 then is image 3)"))
     workers: int = setting(1, min=1, help=(
         "`segments`: 1 = made in this process; N >= 2 = N Ray workers, each holding one loaded pipeline on "
         "one GPU (`device=cuda`) or one CPU thread (`device=cpu`); the frames are the same bytes whatever N "
-        "is, and it may change on resume"))  # 1 = in this process; N >= 2 = N Ray workers, a GPU each (device=cuda)
+        "is, and it may change on resume"))
     ray_address: Optional[str] = setting(None, help=(
         "null = a local Ray on this machine; `auto` (a cluster started here with `ray start`), `HOST:PORT` or"
         " `ray://HOST:PORT` = join that cluster (qvedit installed on every node, the run folder and the "
-        "inputs on a shared filesystem)"))  # null = a local Ray on this machine; auto / HOST:PORT = a cluster
+        "inputs on a shared filesystem)"))
 
     @property
     def segments(self) -> bool:

@@ -26,8 +26,6 @@ class StartSettings:
         "before this key, byte for byte), `shared` (one for the whole run), `warped` (frame k-1's carried "
         "along the clip's optical flow, kept white Gaussian noise); see [Frames tied together where they are "
         "made](long-clips.md#frames-tied-together-where-they-are-made-start)"))
-    # 1 = from noise (every step); below 1 = the last floor(strength * num_inference_steps) steps, from the
-    # previous output warped onto the frame and noised to the schedule's sigma there; 0 is refused (no step)
     strength: float = setting(1.0, frames=True, min=0, max=1, help=(
         "in (0, 1]: 1 = every step from noise; below 1 = each frame runs only the last floor(strength x "
         "`num_inference_steps`) steps, starting from the previous output frame warped onto it by the flow and"
