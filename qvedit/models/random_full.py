@@ -75,6 +75,17 @@ def qwen3_vl_8b_config():
         tie_word_embeddings=False)
 
 
+# the text encoder config's fields that hold the ids of the tokenizer's special tokens
+TOKEN_ID_FIELDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+                   "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+
+
+def set_token_ids(config, tokenizer) -> None:
+    """Wire ``tokenizer``'s special-token ids into a text encoder ``config`` (``TOKEN_ID_FIELDS``)."""
+    for name, token in TOKEN_ID_FIELDS.items():
+        setattr(config, name, tokenizer.convert_tokens_to_ids(token))
+
+
 def build_random_full_pipeline(device: str = "cuda", dtype: str = "bf16", seed: int = 0,
                                family: str = "qwen_edit_plus"):
     """A pipeline of full size with random weights, frozen, on ``device``: ``QwenImageEditPlusPipeline`` (``family``
@@ -94,16 +105,13 @@ def build_random_full_pipeline(device: str = "cuda", dtype: str = "bf16", seed: 
     from diffusers import AutoencoderKLQwenImage, QwenImageEditPlusPipeline, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from qvedit.models.tiny import SPECIAL_TOKENS, build_tiny_components
+    from qvedit.models.tiny import build_tiny_components
 
     tiny = build_tiny_components()
     tokenizer, processor = tiny["tokenizer"], tiny["processor"]
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     config = qwen2_5_vl_7b_config()
     for node in (config, config.text_config):
-        for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
-            setattr(node, name, ids[token])
+        set_token_ids(node, tokenizer)
     torch.manual_seed(seed)
     with created_as(device, torch_dtype(dtype)):
         transformer = QwenImageTransformer2DModel()
@@ -122,16 +130,12 @@ def build_random_full_21(device: str, dtype: str, seed: int = 0):
     from diffusers import AutoencoderKLQwenImage21, QwenImage21Pipeline, QwenImage21Transformer2DModel
     from transformers import Qwen3VLForConditionalGeneration
 
-    from qvedit.models.tiny import SPECIAL_TOKENS
     from qvedit.models.tiny21 import build_tiny_21_components
 
     tiny = build_tiny_21_components()
     processor = tiny["processor"]
-    ids = {tok: processor.tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     config = qwen3_vl_8b_config()
-    for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
-        setattr(config, name, ids[token])
+    set_token_ids(config, processor.tokenizer)
     torch.manual_seed(seed)
     with created_as(device, torch_dtype(dtype)):
         transformer = QwenImage21Transformer2DModel()
