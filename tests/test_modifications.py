@@ -151,7 +151,8 @@ def test_step_cache_and_compile_undone_leave_the_transformer_exactly_as_it_was(t
     transformer = tiny_pipe.transformer
     without_step_cache(transformer)
     args, kwargs = transformer_inputs(tiny_pipe)
-    before, expected = own_state(transformer), transformer(*args, **kwargs)[0]
+    expected = transformer(*args, **kwargs)[0]  # first: what a first call makes for itself is not the undo's
+    before = own_state(transformer)
     use_step_cache(transformer, PerfSettings(cache="taylorseer"))
     listed = applied_to(tiny_pipe)
     assert any(line.startswith("transformer: step_cache (TaylorSeerCacheConfig(") for line in listed), listed
@@ -170,7 +171,8 @@ def test_single_frame_vae_undone_decodes_as_before(tiny_pipe):
     vae = tiny_pipe.vae
     use_single_frame_convolutions(vae, False)
     latents = torch.randn(1, vae.config.z_dim, 1, 6, 8, generator=torch.Generator().manual_seed(0))
-    before, expected = own_state(vae), vae.decode(latents).sample
+    expected = vae.decode(latents).sample  # first: a first decode makes its cache's attributes (_feat_map, ...)
+    before = own_state(vae)
     use_single_frame_convolutions(vae)
     use_single_frame_convolutions(vae)  # idempotent by name: "make sure it is on"
     assert modifications_of(vae).names() == ["single_frame_vae"]

@@ -54,6 +54,13 @@ def test_bench_explains_every_option_and_warns_as_the_main_command_does():
     assert cpu_warnings("random_full", "cuda", [1024], ["off"]) == []
 
 
+def test_a_warm_up_frame_leaves_a_part_way_start_a_step_to_run():
+    """The warm-up frame (2 steps) of a variant that starts at strength 0.4 would run no step and be refused."""
+    from qvedit.cli.bench import warm_up_steps
+
+    assert [warm_up_steps(v) for v in ("off", "edge_gram_s06", "q21_off_s04", "lightning_edge_gram_s04")] == [2, 2, 3, 3]
+
+
 # -- perf.quantize=fp8 and perf=vram24 on the CPU (the GPU side: benchmarks/perf_presets.py) ---------
 
 import copy  # noqa: E402

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import tempfile
@@ -167,6 +168,11 @@ def start_of(variant: str, fastest: Optional[dict]):
         return StartSettings(**fastest["start"])
     suffix = re.search(r"_s(\d)(\d)$", variant)
     return StartSettings(noise="warped", strength=float(f"{suffix[1]}.{suffix[2]}")) if suffix else StartSettings()
+
+
+def warm_up_steps(variant: str) -> int:
+    """Steps of a warm-up frame: 2, or the fewest that leave the variant's part-way start one step to run."""
+    return max(2, math.ceil(1 / start_of(variant, None).strength - 1e-9))
 
 
 def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:
@@ -336,15 +342,16 @@ def bench(args: argparse.Namespace) -> int:
                 progress(f"loading the {args.model} pipeline ({release}) on {args.device} ({dtype})")
                 pipe = load_pipeline(args.model, args.device, dtype, perf if reload else None, release)
                 if number == 0 or variants[:1] == q21_first:
-                    progress(f"warm-up: {variants[0]} at {min(args.sizes)}², 2 steps")
-                    run_variant(pipe, variants[0], min(args.sizes), 2, 0, work)  # warm-up: kernels, allocator
+                    steps = warm_up_steps(variants[0])
+                    progress(f"warm-up: {variants[0]} at {min(args.sizes)}², {steps} steps")
+                    run_variant(pipe, variants[0], min(args.sizes), steps, 0, work)  # warm-up: kernels, allocator
             apply_perf(pipe, perf)
             for size in args.sizes:
                 for variant in variants:
                     done += 1
                     progress(f"{done} of {total}: {variant} at {size}², {args.steps} steps")
                     if perf.compile or reload:  # compiles for this size; group offloading learns the block order
-                        run_variant(pipe, variant, size, 2, 0, work)
+                        run_variant(pipe, variant, size, warm_up_steps(variant), 0, work)
                     rows.append(run_variant(pipe, variant, size, args.steps, args.last_steps, work))
                     if "frame" in rows[-1]:  # in the temporary folder
                         frames[size, variant] = np.asarray(Image.open(rows[-1].pop("frame")).convert("RGB"))

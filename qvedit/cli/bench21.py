@@ -10,14 +10,15 @@ tiny``: ``tiny_21``) in the same run as 2509's variants, on a pipeline loaded fo
   fixed 8-step sampling grid (``model.sample_sigmas``) with the scheduler's shifting off (``model.scheduler``),
   guided on steps 0..6 as ``experiment=lightning`` guides its 8. diffusers shows that grid for a distilled
   checkpoint and calls it no recommended schedule for others: on the base model it times 8 steps, nothing more;
-- ``q21_off_s06`` / ``q21_off_s04`` / ``q21_edge_gram_s06``: ``start.noise=warped`` at ``start.strength`` 0.6 / 0.4
-  on 2.1 (the last 24 / 16 of its 40 steps, from frame 0 warped and encoded by 2.1's VAE), as 2509's ``*_s06``.
+- ``q21_off_s06`` / ``q21_off_s04`` / ``q21_edge_gram_s06`` / ``q21_edge_gram_s04``: ``start.noise=warped`` at
+  ``start.strength`` 0.6 / 0.4 on 2.1 (the last 24 / 16 of its 40 steps, from frame 0 warped and encoded by 2.1's
+  VAE), as 2509's ``*_s06``.
 """
 
 from __future__ import annotations
 
 Q21_VARIANTS = ("q21_plain", "q21_off", "q21_edge_gram", "q21_off_nokv", "q21_grid8_off", "q21_grid8_edge_gram",
-                "q21_off_s06", "q21_off_s04", "q21_edge_gram_s06")
+                "q21_off_s06", "q21_off_s04", "q21_edge_gram_s06", "q21_edge_gram_s04")
 STEPS = 40  # Qwen's recommended steps for 2.1 (diffusers' QwenImage21Pipeline documentation and default)
 # diffusers' QwenImage21Pipeline documentation, "Fixed sampling grids": an eight-step grid (the terminal 0 left out)
 # and the scheduler settings that keep a grid as it is
