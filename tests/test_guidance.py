@@ -217,6 +217,7 @@ LOSS_CRITERIA = ("edge_loss ratio guided/off", "edge_loss not worse, share of fr
 
 
 @pytest.mark.long
+@pytest.mark.xdist_group("guidance_clips")  # on the worker that made the ttlg=off clips (demo_clips)
 def test_edge_gram_passes_the_acceptance_check(family_pipe, demo_clips):
     """On the demo clip's first 4 generated frames, median over seeds 0, 1, 2, as shipped: the edge loss >= 5%
     lower and lower on >= 60% of frames, the Gram loss >= 2% lower, the warp error not higher; on the tiny model of
@@ -227,6 +228,7 @@ def test_edge_gram_passes_the_acceptance_check(family_pipe, demo_clips):
 
 
 @pytest.mark.long
+@pytest.mark.xdist_group("guidance_clips")
 def test_flow_guidance_passes_the_acceptance_check_and_steadies_the_clip_more_than_the_plain_temporal_term(
         tiny_pipe, demo_clips):
     """edge_gram_flow as shipped meets the same criteria, lowers the warp error >= 10%, and more than the plain
