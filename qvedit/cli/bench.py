@@ -14,16 +14,14 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
 - ``lightning_off`` / ``lightning_edge_gram``: ``experiment=lightning``'s steps, true CFG off, scheduler
   values and guidance window (read from ``conf/experiment/lightning.yaml``); no LoRA is loaded: a fused
   LoRA leaves the transformer's shapes and cost as they are;
-- ``edge_gram_decode512`` / ``lightning_edge_gram_decode512``: guidance decoding x0 at 512 pixels
-  (``ttlg.decode_size=512``);
+- ``edge_gram_decode512`` / ``lightning_edge_gram_decode512``: guidance decoding x0 at 512 (``ttlg.decode_size=512``);
 - ``lightning_edge_gram_tiny`` / ``lightning_edge_gram_tiny_decode512``: guidance decoding with the tiny decoder
   (``ttlg.decoder=tiny``) with random weights (``ttlg.tiny_decoder=random``: timing only), at the frame's size / 512;
 - ``*_cache`` (``off_cache``, ``edge_gram_cache``, ``lightning_off_cache``, ``lightning_edge_gram_cache``,
   ``off_cache_fp8``, ``edge_gram_cache_fp8``): the same with ``perf.cache=taylorseer`` (its defaults); each row
   says how much faster it is than the variant without ``_cache`` and how far its frame is, in 8-bit levels;
-- ``fastest_off`` / ``fastest_edge_gram``: ``experiment=fastest`` (composed from ``conf/``: steps, CFG, scheduler,
-  guidance, ``perf=fp8`` and its step cache; tiny decoder weights random), on a freshly loaded pipeline;
-  ``fastest_edge_gram_nocache``: the same without the step cache;
+- ``fastest_off`` / ``fastest_edge_gram``: ``experiment=fastest`` as composed from ``conf/`` (tiny decoder weights
+  random), on a freshly loaded pipeline; ``fastest_edge_gram_nocache``: the same without the step cache;
 - ``off_first_frame_image`` / ``lightning_off_first_frame_image``: ``anchor.first_frame_image=true``, frame 0
   as a third condition image (a longer transformer pass);
 - ``q21_*``: Qwen-Image 2.1 in the same run, on its own pipeline loaded after 2509's (``qvedit.cli.bench21``).
@@ -33,10 +31,9 @@ Variants (each makes frame 1 of a random 2-frame clip on the same inputs and see
   ``lightning4_edge_gram``: ``experiment=lightning_4step``'s steps and guidance window (``fastest_*`` take the
   preset's own ``start``).
 
-Per variant: seconds per frame, prompt encoding, transformer time per denoising step, VAE decode,
-peak GPU memory; guided variants also the added seconds per guided step. CUDA events time the
-parts without synchronising inside the loop. Writes ``bench.json`` and ``bench.md``. With
-``model=random_full`` every figure is "random weights, timing only".
+Per variant: seconds per frame, prompt encoding, transformer time per denoising step, VAE decode, peak GPU memory;
+guided variants also the added seconds per guided step. CUDA events time the parts without synchronising inside the
+loop. Writes ``bench.json`` and ``bench.md``. With ``model=random_full`` every figure is "random weights, timing only".
 """
 
 from __future__ import annotations
