@@ -96,7 +96,8 @@ def test_colour_anchor_changes_what_the_next_frame_follows(tiny_pipe, tmp_path):
 def test_resume_refuses_other_anchor_settings_listing_the_key(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from qvedit.settings.schema import frame_settings, register_schemas
+    from qvedit.run.config_values import frame_settings
+    from qvedit.settings.schema import register_schemas
 
     register_schemas()
 

@@ -14,12 +14,13 @@ from qvedit.io.layout import RunLayout
 from qvedit.io.source import FrameSource, open_source
 from qvedit.models.family import family_for, pipeline_class_problem, read_index
 from qvedit.models.loading import load_pipeline
+from qvedit.run.config_values import check_values
 from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.field_tags import tags_of
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.model import TinyModel, ToyModel
 from qvedit.settings.report import MetricsSettings
-from qvedit.settings.schema import check_values, register_schemas, schema_fields
+from qvedit.settings.schema import register_schemas, schema_fields
 from tests.conftest import REPO
 
 CONF = REPO / "conf"

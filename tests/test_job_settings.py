@@ -10,11 +10,12 @@ from omegaconf import open_dict
 
 from qvedit.core.errors import QveditError
 from qvedit.report.tuning import objectives
+from qvedit.run.config_values import frame_settings, input_paths
 from qvedit.run.job_settings import job_settings, search_reference, unguided
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.report import TuningSettings
 from qvedit.settings.schedule import ScheduleSettings
-from qvedit.settings.schema import frame_settings, input_paths, register_schemas, scale_keys
+from qvedit.settings.schema import register_schemas, scale_keys
 from tests.conftest import REPO
 
 register_schemas()

@@ -20,10 +20,11 @@ from qvedit.core.errors import QveditError
 from qvedit.models import cache
 from qvedit.models.loading import load_pipeline
 from qvedit.models.lora import LORA_WEIGHT_NAME, lora_path, mismatch, use_scheduler
+from qvedit.run.config_values import frame_settings
 from qvedit.run.frame_outputs import MANIFEST, check_or_record
 from qvedit.run.job import run
 from qvedit.settings.model import LoraSpec, TinyModel
-from qvedit.settings.schema import folder_name_excluded_keys, frame_settings, register_schemas
+from qvedit.settings.schema import folder_name_excluded_keys, register_schemas
 from tests.conftest import REPO, TINY_MODEL, write_clip
 
 register_schemas()

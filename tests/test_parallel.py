@@ -21,8 +21,8 @@ from conftest import REPO, SAFETY_TIMEOUT_S, TEMPORAL, THREADS, run_qvedit
 from qvedit.core.errors import QveditError
 from qvedit.core.torchrun_ranks import follower_overrides
 from qvedit.models.parallel import Team, start_team
+from qvedit.run.config_values import check_values
 from qvedit.settings.model import ParallelSettings
-from qvedit.settings.schema import check_values
 
 CLIP = ["experiment=tiny_cpu", "io=demo", "ttlg=edge_gram", "ttlg.last_steps=3"]
 

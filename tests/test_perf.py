@@ -338,8 +338,9 @@ def test_a_clip_started_in_bf16_is_not_finished_in_fp8(tmp_path):
     import yaml
     from hydra import compose, initialize_config_dir
 
+    from qvedit.run.config_values import frame_settings
     from qvedit.run.frame_outputs import check_or_record
-    from qvedit.settings.schema import frame_settings, register_schemas
+    from qvedit.settings.schema import register_schemas
     from tests.conftest import REPO
 
     register_schemas()

@@ -180,9 +180,10 @@ def test_resume_with_another_ulysses_degree_is_refused_listing_the_key(tmp_path)
     from hydra import compose, initialize_config_dir
 
     from qvedit.models.parallel import Team
+    from qvedit.run.config_values import frame_settings
     from qvedit.run.job import Job
     from qvedit.run.job_settings import job_settings
-    from qvedit.settings.schema import frame_settings, register_schemas
+    from qvedit.settings.schema import register_schemas
 
     register_schemas()
 
@@ -206,7 +207,8 @@ def test_a_manifest_written_before_the_settings_were_tagged_still_resumes(tmp_pa
     the same settings and is refused with others."""
     from hydra import compose, initialize_config_dir
 
-    from qvedit.settings.schema import frame_settings, register_schemas
+    from qvedit.run.config_values import frame_settings
+    from qvedit.settings.schema import register_schemas
 
     register_schemas()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):

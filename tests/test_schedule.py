@@ -210,7 +210,7 @@ def test_the_command_line_refuses_in_one_line_with_exit_2_and_leaves_no_run_fold
 
 
 def test_the_frame_changing_schedule_keys_are_held_on_resume_and_the_workers_are_not(tmp_path):
-    from qvedit.settings.schema import frame_settings
+    from qvedit.run.config_values import frame_settings
 
     settings = frame_settings(compose())
     assert {"schedule.mode", "schedule.keyframe_every", "schedule.keyframes_from", "schedule.meet_frames"} <= set(

@@ -10,9 +10,9 @@ from typing import Optional
 
 from hydra import compose, initialize_config_dir
 
+from qvedit.run.config_values import frame_settings
 from qvedit.settings.field_tags import keys_where, setting
-from qvedit.settings.schema import (QveditConfig, folder_name_excluded_keys, frame_settings, output_path_keys,
-                                    register_schemas, schema_keys)
+from qvedit.settings.schema import QveditConfig, folder_name_excluded_keys, output_path_keys, register_schemas, schema_keys
 from tests.conftest import REPO
 
 register_schemas()

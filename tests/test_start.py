@@ -346,7 +346,7 @@ def test_a_start_without_obtainable_flow_names_what_gives_one(tmp_path, monkeypa
 
 
 def test_a_changed_start_key_on_resume_is_refused_by_name(tmp_path):
-    from qvedit.settings.schema import frame_settings
+    from qvedit.run.config_values import frame_settings
 
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
         fresh, warped = (frame_settings(compose("config", overrides=[*TINY, f"start={preset}"]))

@@ -38,7 +38,8 @@ MOVED_SETTINGS = {f"qvedit.{package}.settings.": f"qvedit.settings.{module}." fo
 
 # classes a run folder's YAML may name that moved when the folders became the layers (2026-12-05)
 MOVED_CLASSES = {"qvedit.settings.io.FirstFrameSettings": "qvedit.settings.first_frame.FirstFrameSettings",
-                 "qvedit.launchers.LauncherCheck": "qvedit.cli.launcher_checks.LauncherCheck"}
+                 "qvedit.launchers.LauncherCheck": "qvedit.cli.launcher_checks.LauncherCheck",
+                 "qvedit.io.layout.InputsApart": "qvedit.cli.inputs_apart.InputsApart"}
 
 
 def current_target(target: Any) -> Any:

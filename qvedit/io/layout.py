@@ -22,18 +22,12 @@ own scratch run folder, which is removed when they exit.
 from __future__ import annotations
 
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
-
-from qvedit.core.config_trust import build
 from qvedit.core.errors import QveditError
 from qvedit.core.files import write_text_atomic
-from qvedit.settings.schema import input_paths
 
 JOB_ERROR_FILE = "error.txt"
 
@@ -92,7 +86,7 @@ class RunLayout:
         """Why this run would write into a folder it reads a user's input from (one line), or None.
 
         Args:
-            inputs: (key, path) of every existing input (``qvedit.settings.schema.input_paths``): a folder input
+            inputs: (key, path) of every existing input (``qvedit.run.config_values.input_paths``): a folder input
                 may hold no folder the run writes into, at any depth; a file input's folder may not be one.
             run_key: the key that chose the run folder (``hydra.run.dir``, ``hydra.sweep.dir`` for a sweep).
         """
@@ -187,26 +181,3 @@ def discard_if_empty(run_dir: Path) -> bool:
         run_dir.parent.rmdir()  # the runs/<date> folder of the default layout, if this run was its only one
     return True
 
-
-class InputsApart(Callback):
-    """Hydra callback: refuse, in one line and before Hydra makes the run (or sweep) folder and writes its
-    ``.hydra/`` there, a run whose outputs would go into a folder it reads a user's input from. The job checks
-    again with its own folder (``qvedit.run.job``); this is the check that comes before Hydra writes anything."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self.refuse(config, "run")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.refuse(config, "sweep")
-
-    @staticmethod
-    def refuse(config: DictConfig, mode: str) -> None:
-        try:
-            layout = RunLayout.resolve(Path(config.hydra[mode].dir), build(config.io), build(config.metrics),
-                                       config.get("debug_dir"))
-            problem = layout.input_problem(input_paths(config), f"hydra.{mode}.dir")
-        except Exception:  # a value the job itself will refuse, in its own words
-            return
-        if problem:
-            print(f"qvedit: error: {problem}", file=sys.stderr)
-            sys.exit(2)

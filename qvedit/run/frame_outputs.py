@@ -2,9 +2,9 @@
 
 Re-running into the same run folder (``hydra.run.dir=RUN``) keeps the finished frames and goes on
 from the first missing one. Per-frame seeding makes the result identical to an uninterrupted run.
-The frames folder remembers the settings its frames were made with (``.qvedit-run.yaml``: the keys
-tagged ``frames=True`` in the schema, see ``qvedit.settings.schema.frame_settings``); a re-run whose settings
-would change the frames is refused, naming the keys that differ.
+The frames folder remembers the settings its frames were made with (``.qvedit-run.yaml``: the keys tagged
+``frames=True`` in the schema, see ``qvedit.run.config_values.frame_settings``); a re-run whose settings would change
+the frames is refused, naming the keys that differ.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``ClipPlan.of(settings, source)`` holds the size arithmetic of a run and checks what the clip's inputs allow
 before the model loads: how many frames ``max_frames`` asks of the edge frames, and whether the pipeline
 can derive its condition images from the frame's shape. The values of the keys are checked before, against
-the schema (``qvedit.settings.schema.check_values``). Sizes the metrics and the Gram loss could not take are
+the schema (``qvedit.run.config_values.check_values``). Sizes the metrics and the Gram loss could not take are
 computed at the smallest size VGG16 takes (``qvedit.guidance.losses.at_least``), so they need no check here.
 """
 

@@ -52,6 +52,7 @@ from qvedit.report.summary import run_summary
 from qvedit.report.tracking import JobTracking
 from qvedit.report.tuning import REFERENCE, objectives, one_at_a_time
 from qvedit.run.clip_editor import edit_clip
+from qvedit.run.config_values import check_values
 from qvedit.run.first_frame import START_OVER_KEYS, EditedFirstFrame, FirstFrameEdit
 from qvedit.run.frame_outputs import MANIFEST, ClipOutputs, check_or_record, start_over
 from qvedit.run.frame_plan import ClipPlan, cpu_speed_warnings
@@ -68,7 +69,7 @@ from qvedit.run.schedule.worker import GUIDED, UNGUIDED, WorkerParts, WorkerSet
 from qvedit.scoring.frame_metrics import FrameMetrics
 from qvedit.settings.guidance import TTLGSettings
 from qvedit.settings.io import DemoIO
-from qvedit.settings.schema import check_values, scale_keys
+from qvedit.settings.schema import scale_keys
 
 log = logging.getLogger("qvedit")
 

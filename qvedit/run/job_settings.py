@@ -13,6 +13,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from qvedit.core.config_trust import build
+from qvedit.run.config_values import frame_settings, input_paths
 from qvedit.settings.anchor import AnchorSettings
 from qvedit.settings.first_frame import FirstFrameSettings
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
@@ -21,7 +22,6 @@ from qvedit.settings.model import ModelSettings, ParallelSettings, PerfSettings
 from qvedit.settings.report import LoggerSettings, MetricsSettings, TuningSettings
 from qvedit.settings.run import RunSettings
 from qvedit.settings.schedule import ScheduleSettings
-from qvedit.settings.schema import frame_settings, input_paths
 from qvedit.settings.start import StartSettings
 
 

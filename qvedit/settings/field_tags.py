@@ -10,7 +10,7 @@ that qvedit needs is derived from the tags, never typed:
   folder names; output paths are also ignored when the acceptance report pairs guided and
   unguided jobs (where a job writes does not change what it computes).
 - ``min=`` / ``max=`` (numbers, both ends included) and ``choices=`` (the words a key takes; for a list
-  key, the words each entry takes): the values a key accepts. ``qvedit.settings.schema.check_values``
+  key, the words each entry takes): the values a key accepts. ``qvedit.run.config_values.check_values``
   holds a composed config to them before anything is built or loaded, the one place values are checked;
   a numeric key must state its range and a key of words its choices (``tests/test_config.py``).
 - ``help=``: what the key means, in a sentence or two of Markdown. ``docs/configuration.md`` is generated from

@@ -3,11 +3,12 @@
 Each config group's schema is its settings dataclass (``qvedit/settings/*.py``) plus a ``_target_`` naming
 it, so ``hydra.utils.instantiate`` gives that dataclass back. A misspelt key (``ttlg.edge_scal=1``) or a
 wrong type (``seed=abc``) fails at compose time with Hydra's message naming the key, and a value out of
-its field's range or choices fails in ``check_values``, before anything is built.
+its field's range or choices fails in ``qvedit.run.config_values.check_values``, before anything is built.
 
 The lists of keys other parts need are derived here from the fields' tags (``qvedit.settings.field_tags``):
-the resume manifest (``frame_settings``), the keys the acceptance report does not pair jobs by
-(``output_path_keys``) and the keys left out of sweep folder names (``folder_name_excluded_keys``).
+the keys of the resume manifest and of a run's inputs (read from a config by ``qvedit.run.config_values``), the
+keys the acceptance report does not pair jobs by (``output_path_keys``) and the keys left out of sweep folder names
+(``folder_name_excluded_keys``).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from qvedit.core.errors import QveditError
 from qvedit.core.files import cache_dir
 from qvedit.settings.anchor import AnchorSettings
-from qvedit.settings.field_tags import tags_of, value_problem, walk
+from qvedit.settings.field_tags import tags_of, walk
 from qvedit.settings.first_frame import FirstFrameSettings
 from qvedit.settings.guidance import FlowSettings, TTLGSettings
 from qvedit.settings.io import IO_OPTIONS, FramesIO, LongDemoIO, ShapesIO, VideoIO
@@ -108,24 +108,6 @@ def folder_name_excluded_keys() -> list[str]:
     return ["experiment", "hydra.run.dir", "hydra.sweep.dir", *schema_keys(lambda tags: tags.path is not None)]
 
 
-def input_paths(cfg: DictConfig) -> list[tuple[str, Path]]:
-    """(key, path) of every file or folder on this machine that ``cfg`` reads a user's input from: the values of
-    the keys tagged ``path="input"`` (each LoRA entry's ``path`` for ``model.loras``) that exist here. Hub ids and
-    paths that do not exist are left out (the checks of each key say what is missing)."""
-    found = []
-    for key in schema_keys(lambda tags: tags.path == "input"):
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, (ListConfig, list)):  # model.loras: [{path, weight_name, scale}, ...]
-            values = [(f"{key}[{i}].path", entry.get("path")) for i, entry in enumerate(value)
-                      if isinstance(entry, (DictConfig, dict))]
-        else:
-            values = [(key, value)]
-        for name, path in values:
-            if isinstance(path, str) and path.strip() and Path(path).expanduser().exists():
-                found.append((name, Path(path).expanduser()))
-    return found
-
-
 JOB_FOLDER_MAX = 96  # bytes of a sweep job's folder name; file systems take 255, and a path should stay readable
 
 
@@ -154,36 +136,6 @@ def job_folder_name(num: int, override_dirname: str) -> str:
 def scale_keys() -> list[str]:
     """``ttlg.<loss>_scale``: a run is guided when one of them is above 0."""
     return [f"ttlg.{name}" for name in TTLGSettings.scales()]
-
-
-_ABSENT = object()
-
-
-def frame_settings(cfg: DictConfig) -> dict[str, object]:
-    """The resolved values of the keys tagged ``frames=True`` that ``cfg`` holds, flat.
-
-    Read by key, so a config re-run from a run folder's ``.hydra/config.yaml`` (no schema attached)
-    gives the same values as the composed one.
-    """
-    values = {}
-    for key in schema_keys(lambda tags: tags.frames):
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT:
-            values[key] = OmegaConf.to_container(value, resolve=True) if isinstance(value, (ListConfig, DictConfig)) \
-                else value
-    return values
-
-
-def check_values(cfg: DictConfig) -> None:
-    """Hold every key of ``cfg`` to its field's range and choices (``setting(min=, max=, choices=)``),
-    before anything is built or loaded: all the problems in one line, each with what the key takes."""
-    problems = []
-    for key, f in schema_fields().items():
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT:
-            problems.append(value_problem(key, value, f))
-    if any(problems):
-        raise QveditError("; ".join(p for p in problems if p))
 
 
 def frame_setting_defaults() -> dict[str, object]:
