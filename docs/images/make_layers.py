@@ -8,6 +8,7 @@ the shape, not every import. Run from the repository root after moving code betw
 """
 
 import ast
+import itertools
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -78,19 +79,41 @@ def reduced(edges: dict[str, set[str]]) -> dict[str, set[str]]:
     return {room: {r for r in targets if not any(r in reach(o) for o in targets - {r})} for room, targets in edges.items()}
 
 
+def x_of(rows: dict[int, list[str]]) -> dict[str, float]:
+    return {room: (k - (len(rooms) - 1) / 2) * 2.3 for rooms in rows.values() for k, room in enumerate(rooms)}
+
+
+def untangled(rows: dict[int, list[str]], arrows: dict[str, set[str]], floor: dict[str, int]) -> dict[int, list[str]]:
+    """The order of each floor's rooms (every one tried: a floor holds a few) whose arrows pass through the fewest
+    boxes of the floors between their ends, then run the shortest way sideways."""
+    def cost(order: dict[int, list[str]]) -> tuple[int, float]:
+        x, hits, sideways = x_of(order), 0, 0.0
+        for room, targets in arrows.items():
+            for target in targets:
+                sideways += abs(x[room] - x[target])
+                for f in range(floor[target] + 1, floor[room]):
+                    at = x[target] + (x[room] - x[target]) * (f - floor[target]) / (floor[room] - floor[target])
+                    hits += sum(abs(at - x[other]) < 0.75 for other in order[f])
+        return hits, sideways
+    floors_, choices = list(rows), [list(itertools.permutations(rows[f])) for f in rows]
+    return min(({f: list(p) for f, p in zip(floors_, pick)} for pick in itertools.product(*choices)), key=cost)
+
+
 def main(out: Path = Path(__file__).with_name("layers.png")) -> None:
     edges, size = graph()
     floor = floors(edges)
     rows = defaultdict(list)
     for room in sorted(floor):
         rows[floor[room]].append(room)
+    arrows = reduced(edges)
+    rows = untangled(rows, arrows, floor)
     top = max(rows)
     width = max(len(r) for r in rows.values())
     figure, axis = plt.subplots(figsize=(2.3 * width + 1, 0.95 * top + 0.6))
     where = {}
     for f, rooms in rows.items():
         for k, room in enumerate(rooms):
-            x = (k - (len(rooms) - 1) / 2) * 2.3
+            x = x_of(rows)[room]
             where[room] = (x, f)
             folder = (PACKAGE / room).is_dir()
             label = f"{room}/" if folder else f"{room}.py"
@@ -98,7 +121,7 @@ def main(out: Path = Path(__file__).with_name("layers.png")) -> None:
             axis.text(x, f, f"{label}\n{modules} files, {lines:,} lines" if folder else f"{label}\n(command)",
                       ha="center", va="center", fontsize=8.5,
                       bbox=dict(boxstyle="round,pad=0.35", fc="#dbe9f6" if folder else "#eeeeee", ec="#4a6fa5"))
-    for room, targets in reduced(edges).items():
+    for room, targets in arrows.items():
         for target in targets:
             (x0, y0), (x1, y1) = where[room], where[target]
             axis.annotate("", (x1, y1 + 0.22), (x0, y0 - 0.22),
