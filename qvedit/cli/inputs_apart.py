@@ -1,5 +1,5 @@
-"""Hydra callback: a run's outputs never go into a folder it reads a user's input from, refused before Hydra makes
-the run (or sweep) folder and writes its ``.hydra/`` there (``conf/hydra/default.yaml``)."""
+"""The Hydra callback that keeps a run's outputs out of the folders it reads a user's input from
+(``conf/hydra/default.yaml``)."""
 
 from __future__ import annotations
 
