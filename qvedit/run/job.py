@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -59,7 +58,7 @@ from qvedit.run.frame_plan import ClipPlan, cpu_speed_warnings
 from qvedit.run.job_result import JobResult, metrics_table
 from qvedit.run.job_settings import JobSettings, call_steps, job_settings, search_reference, unguided
 from qvedit.run.job_worker import build_worker, edit_first_frame
-from qvedit.run.pipeline_call import show_denoising_bars
+from qvedit.run.pipeline_call import show_denoising_bars, shows_bars
 from qvedit.run.schedule.driver import make_segments
 from qvedit.run.schedule.outputs import SegmentOutputs
 from qvedit.run.schedule.plan import SegmentPlan
@@ -280,7 +279,7 @@ class Job:
         if not job.schedule.segments:
             return edit_clip(self.pipe, self.source, outputs, job.run, ttlg, self.team, self.flow, job.anchor,
                              self.plan, job.start)
-        bars = sys.stderr.isatty()
+        bars = shows_bars(self.team)
         if self.pipe is not None:
             show_denoising_bars(self.pipe, bars)
         pool = self.pool or LocalPool(WorkerSet(WorkerParts(
@@ -336,7 +335,7 @@ class Job:
         log.info(summary[0].removeprefix("qvedit: "))
         previews = []
         if twin is not None:
-            clips = {"ttlg=off": sorted(twin.frames_dir.glob("*.png")), "guided": paths}
+            clips = {"ttlg=off": twin.frames, "guided": paths}
             previews.append((write_comparison(self.source, clips, layout.unguided_comparison),
                              "edge map | ttlg=off | guided"))
         previews += [(layout.previews[1], "edge map | output, every frame"), (layout.previews[0], "contact sheet")]

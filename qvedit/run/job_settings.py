@@ -68,7 +68,7 @@ def unguided(settings: JobSettings) -> JobSettings:
     """The unguided twin of a run: the same clip with guidance off, every ``ttlg`` key at its default (so the twin
     does not depend on how guidance was set: the trials of a search share one) but ``ttlg.vgg_weights`` (what the
     run has of VGG's weights). Its frames folder records these settings."""
-    ttlg = TTLGSettings(vgg_weights=settings.ttlg.vgg_weights)
+    ttlg = settings.ttlg.turned_off()
     frames = {key: getattr(ttlg, key.removeprefix("ttlg.")) if key.startswith("ttlg.") else value
               for key, value in settings.frames.items()}
     return dataclasses.replace(settings, ttlg=ttlg, frames=frames)

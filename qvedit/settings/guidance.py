@@ -76,6 +76,11 @@ class TTLGSettings:
     def enabled(self) -> bool:
         return any(getattr(self, name) > 0 for name in self.scales())
 
+    def turned_off(self) -> "TTLGSettings":
+        """The unguided twin's guidance: every key at its default (so the twin does not depend on how guidance was
+        set) but ``vgg_weights`` (what the run has of VGG's weights)."""
+        return TTLGSettings(vgg_weights=self.vgg_weights)
+
     def guides_step(self, i: int, num_steps: int) -> bool:
         """Whether denoising step ``i`` (0-based, of ``num_steps``) takes a guidance step."""
         return (

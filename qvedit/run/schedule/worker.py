@@ -136,7 +136,7 @@ GUIDED, UNGUIDED = "guided", "unguided"  # the run's clip, and its compare_ungui
 @dataclass
 class WorkerParts:
     """What a worker holds for the whole run: the loaded pipeline and the clip's objects, built once (in this process
-    by ``qvedit.run.job.Job``, in a Ray worker by ``qvedit.run.job.build_worker``); ``segment_worker`` makes a clip's
+    by ``qvedit.run.job.Job``, in a Ray worker by ``qvedit.run.job_worker.build_worker``); ``segment_worker`` makes a clip's
     worker."""
 
     pipe: object
@@ -155,7 +155,7 @@ class WorkerParts:
         guided = variant == GUIDED
         folder = self.layout.frames_dir if guided else self.layout.unguided[0]
         first = read_rgb8(frame_path(folder, 0))
-        maker = FrameMaker(self.pipe, self.source, self.settings, self.ttlg if guided else TTLGSettings(), self.plan,
+        maker = FrameMaker(self.pipe, self.source, self.settings, self.ttlg if guided else self.ttlg.turned_off(), self.plan,
                            first, flow=self.flow, anchor=self.anchor,
                            debug_dir=self.layout.debug_dir if guided else None, wants_color=self.scorer.quality)
         return SegmentWorker(maker, self.scorer, folder, self.segments, (self.settings.prompt, self.anchor.prompt))
