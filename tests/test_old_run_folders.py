@@ -32,6 +32,14 @@ def test_every_class_an_old_run_folder_names_is_found_where_it_is_now():
     assert [config_file_problems(FOLDER / ".hydra" / name) for name in ("config.yaml", "hydra.yaml")] == [[], []]
 
 
+def test_a_class_that_moved_twice_is_found_where_it_is_now():
+    """Run folders from before the settings moved to qvedit.settings name FirstFrameSettings in qvedit.io.settings:
+    the folder move, then the class's own move."""
+    assert current_target("qvedit.io.settings.FirstFrameSettings") == "qvedit.settings.first_frame.FirstFrameSettings"
+    assert target_problem("qvedit.io.settings.FirstFrameSettings") is None
+    assert current_target("qvedit.models.settings.ModelSettings") == "qvedit.settings.model.ModelSettings"
+
+
 @pytest.mark.long
 def test_an_old_run_folder_runs_again_and_makes_its_frames(tmp_path):
     again = tmp_path / "again"

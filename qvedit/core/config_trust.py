@@ -46,12 +46,11 @@ def current_target(target: Any) -> Any:
     """``target`` with a class's old name replaced by the one it has now (run folders of earlier versions)."""
     if not isinstance(target, str):
         return target
-    if target in MOVED_CLASSES:
-        return MOVED_CLASSES[target]
-    for old, new in MOVED_SETTINGS.items():
+    for old, new in MOVED_SETTINGS.items():  # the older move first: a class may have moved twice
         if target.startswith(old):
-            return new + target.removeprefix(old)
-    return target
+            target = new + target.removeprefix(old)
+            break
+    return MOVED_CLASSES.get(target, target)
 
 
 def _locate(target: str) -> Any:
