@@ -16,6 +16,14 @@ def test_configuration_page_is_the_one_the_schema_gives():
     assert PAGE.read_text() == render(), f"docs/configuration.md differs from the schema's: run `{REGENERATE}`"
 
 
+def test_every_config_group_has_a_row_in_the_groups_table():
+    from qvedit.settings.reference import render
+
+    groups = render().split("## Groups", 1)[1].split("## Top-level keys", 1)[0]
+    folders = [p.name for p in (REPO / "conf").iterdir() if p.is_dir() and p.name != "hydra"] + ["hydra/launcher"]
+    assert [name for name in folders if f"| `{name}` |" not in groups] == []
+
+
 def anchors(page: Path) -> set[str]:
     """GitHub's anchors of a Markdown file's headings: lower case, punctuation but - and _ dropped, spaces to -."""
     found = set()

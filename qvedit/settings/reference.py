@@ -153,8 +153,8 @@ def render() -> str:
            "the same value ([resuming](running.md#resuming-after-a-crash)). \"design flag\": the command-line flag of "
            "the original design ([METHOD.md](METHOD.md), section 6) the key replaces; keys without one are "
            "qvedit's additions.", "", "## Groups", "", "| group | options (default first) |", "| --- | --- |"]
-    for group in [*chosen, *PRESET_GROUPS]:
-        if group == "hydra" or (group in PRESET_GROUPS and group in chosen) or not (CONF_DIR / group).is_dir():
+    for group in [*(group for group in chosen if group not in PRESET_GROUPS), *PRESET_GROUPS]:  # the presets last
+        if group == "hydra" or not (CONF_DIR / group).is_dir():
             continue
         names = [name for name, _ in options(group)]
         names.sort(key=lambda name: name != chosen.get(group))
