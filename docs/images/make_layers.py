@@ -24,8 +24,7 @@ PACKAGE = ROOT / "qvedit"
 
 def folder_of(path: Path) -> str:
     """The room a file is in: its first folder under qvedit/, or the file itself at the root (a command)."""
-    parts = path.relative_to(PACKAGE).with_suffix("").parts
-    return parts[0] if len(parts) > 1 else parts[0]
+    return path.relative_to(PACKAGE).with_suffix("").parts[0]
 
 
 def imports(path: Path) -> set[str]:
@@ -45,8 +44,7 @@ def graph() -> tuple[dict[str, set[str]], dict[str, tuple[int, int]]]:
         if path.name == "__init__.py" and path.parent == PACKAGE:
             continue
         room = folder_of(path)
-        edges[room] |= {r for r in imports(path) if r != room and (PACKAGE / r).exists() or (PACKAGE / f"{r}.py").exists()}
-        edges[room].discard(room)
+        edges[room] |= {r for r in imports(path) if (PACKAGE / r).exists() or (PACKAGE / f"{r}.py").exists()} - {room}
         size[room][0] += 1
         size[room][1] += len(path.read_text().splitlines())
     return dict(edges), {k: tuple(v) for k, v in size.items()}
@@ -110,15 +108,14 @@ def main(out: Path = Path(__file__).with_name("layers.png")) -> None:
     top = max(rows)
     width = max(len(r) for r in rows.values())
     figure, axis = plt.subplots(figsize=(2.3 * width + 1, 0.95 * top + 0.6))
-    where = {}
+    x = x_of(rows)
+    where = {room: (x[room], f) for f, rooms in rows.items() for room in rooms}
     for f, rooms in rows.items():
-        for k, room in enumerate(rooms):
-            x = x_of(rows)[room]
-            where[room] = (x, f)
+        for room in rooms:
             folder = (PACKAGE / room).is_dir()
             label = f"{room}/" if folder else f"{room}.py"
             modules, lines = size[room]
-            axis.text(x, f, f"{label}\n{modules} files, {lines:,} lines" if folder else f"{label}\n(command)",
+            axis.text(x[room], f, f"{label}\n{modules} files, {lines:,} lines" if folder else f"{label}\n(command)",
                       ha="center", va="center", fontsize=8.5,
                       bbox=dict(boxstyle="round,pad=0.35", fc="#dbe9f6" if folder else "#eeeeee", ec="#4a6fa5"))
     for room, targets in arrows.items():

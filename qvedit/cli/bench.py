@@ -39,8 +39,8 @@ loop. Writes ``bench.json`` and ``bench.md``. With ``model=random_full`` every f
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import math
 import re
 import sys
 import tempfile
@@ -169,7 +169,7 @@ def start_of(variant: str, fastest: Optional[dict]):
 
 def warm_up_steps(variant: str) -> int:
     """Steps of a warm-up frame: 2, or the fewest that leave the variant's part-way start one step to run."""
-    return max(2, math.ceil(1 / start_of(variant, None).strength - 1e-9))
+    return next(steps for steps in itertools.count(2) if start_of(variant, None).steps_run(steps) >= 1)
 
 
 def make_inputs(size: int, folder: Path) -> tuple[Path, Path]:

@@ -22,11 +22,11 @@ from qvedit.models.modifications import Modification
 HOOK_ATTRIBUTES = ("forward", "_diffusers_hook", "_cache_config")  # what diffusers' hooks leave on a module instance
 
 
-def restore_hook_state(change: Modification, root: torch.nn.Module) -> None:
-    """Make ``change``'s undo end by putting back the ``HOOK_ATTRIBUTES`` of ``root`` and every module under it as they
-    are now (call it before ``change`` adds hooks: its undo steps run last-first)."""
+def restore_hook_state(change: Modification, root: torch.nn.Module, recurse: bool = True) -> None:
+    """Make ``change``'s undo end by putting back the ``HOOK_ATTRIBUTES`` of ``root`` and (``recurse``) every module
+    under it as they are now (call it before ``change`` adds hooks: its undo steps run last-first)."""
     before = [(module, {name: vars(module)[name] for name in HOOK_ATTRIBUTES if name in vars(module)})
-              for module in root.modules()]
+              for module in (root.modules() if recurse else [root])]
 
     def restore() -> None:
         for module, own in before:
@@ -49,7 +49,7 @@ def add_model_hook(change: Modification, module: torch.nn.Module, hook, name: st
     part of ``change``: undone, the hook is removed and ``module`` is as it was."""
     from diffusers.hooks import HookRegistry
 
-    restore_hook_state(change, module)
+    restore_hook_state(change, module, recurse=False)  # the hook is on ``module`` alone; its children keep theirs
     registry = HookRegistry.check_if_exists_or_initialize(module)
     registry.register_hook(hook, name)
     change.on_undo(lambda: registry.remove_hook(name, recurse=False))

@@ -39,7 +39,8 @@ def latent_grid(pipe, width: int, height: int) -> tuple[int, int, int]:
 
 
 def pack(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """(1, C, h, w) unpacked latents -> (1, (h/2)(w/2), 4C), as the pipeline packs its own."""
+    """(1, C, h, w) unpacked latents packed as the pipeline packs its own noise: (1, (h/2)(w/2), 4C) on 2509, a plain
+    flatten to (1, h*w, C) on 2.1 (``start21``)."""
     batch, channels, height, width = latents.shape
     return pipe._pack_latents(latents.contiguous(), batch, channels, height, width)
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from qvedit.models.diffusers_compat.decode import execution_device
 from qvedit.models.diffusers_compat.qwenimage21 import _module, in_source
+from qvedit.models.diffusers_compat.start import default_sigmas
 
 
 def latent_grid(pipe, width: int, height: int) -> tuple[int, int, int]:
@@ -33,12 +34,6 @@ def latent_grid(pipe, width: int, height: int) -> tuple[int, int, int]:
     (64, H/16, W/16 for Qwen-Image 2.1, h and w even; the tiny 2.1 model has its own channels)."""
     scale = pipe.vae_scale_factor
     return (pipe.transformer.config.in_channels, 2 * (int(height) // (scale * 2)), 2 * (int(width) // (scale * 2)))
-
-
-def pack(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """(1, C, h, w) unpacked latents -> (1, h*w, C), as the pipeline packs its own noise."""
-    batch, channels, height, width = latents.shape
-    return pipe._pack_latents(latents.contiguous(), batch, channels, height, width)
 
 
 @torch.no_grad()
@@ -57,7 +52,7 @@ def call_sigmas(pipe, sigmas: Optional[Sequence[float]], num_steps: int) -> np.n
     if sigmas is None:
         sigmas = getattr(pipe, "config", {}).get("sample_sigmas")
     if sigmas is None:
-        return np.linspace(1.0, 1 / num_steps, num_steps)
+        return default_sigmas(num_steps)
     return np.asarray([float(s) for s in sigmas], dtype=np.float64)
 
 

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from qvedit.models.diffusers_compat import qwenimage21, start21
+from qvedit.models.diffusers_compat import start as start_compat
 from qvedit.models.family.base import Family
 
 
@@ -98,7 +99,7 @@ class Image21(Family):
         return start21.latent_grid(pipe, width, height)
 
     def pack_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
-        return start21.pack(pipe, latents)
+        return start_compat.pack(pipe, latents)  # 2.1's _pack_latents takes what 2509's does (start21's check)
 
     def encode_latents(self, pipe, image: Image.Image, width: int, height: int) -> torch.Tensor:
         return start21.encode_image(pipe, image, width, height)
