@@ -23,7 +23,7 @@ class AnchorSettings:
 
     first_frame_image: bool = setting(False, frames=True, help=(
         "frame 0 goes to the pipeline as a third image: `image=[edge_k, frame k, frame 0]`, with "
-        "`anchor.prompt`"))  # image=[edge_k, frame k, frame 0]
+        "`anchor.prompt`"))
     prompt: str = setting(THREE_IMAGE_PROMPT, frames=True, help=(
         "the prompt of the three-image call (\"deform image 2 into the shape outlined by image 1, keeping the "
         "appearance of image 3: its colours, textures and style\"); used only with `anchor.first_frame_image`"))

@@ -36,7 +36,7 @@ class FramesIO:
     source_frames_dir: Optional[str] = setting(None, frames=True, path="input", help=(
         "`io=frames`: the original frames 0..T-1 the edge maps were made from (frame 0's size), for optical "
         "flow and the colour target; alone, frame 0 and the edge maps come from it; null = flow from the edge"
-        " maps, colour target frame 0's own"))  # the original frames 0..T-1
+        " maps, colour target frame 0's own"))
     edge_op: str = setting("sobel", frames=True, choices=EDGE_OPS, help=(
         "operator (`sobel` or `laplacian`) for edges made from `io.rgb_video` (`io=video`) or "
         "`io.source_frames_dir` (`io=frames`)"))
@@ -89,7 +89,6 @@ class VideoIO:
     edges_dir: Optional[str] = setting(None, path="output", help=(
         "where made edges are saved; null = `<run dir>/edges`"))
     keep_frames: bool = setting(True, help="`io=video`: false deletes the PNG frames once the mp4 is written")
-    # the rgb video's sound, cut to the frames made
     audio: str = setting("keep", choices=AUDIO_MODES, help=(
         "`io=video`: `keep` gives the mp4 the sound of `io.rgb_video`, cut to the frames made (copied without"
         " re-encoding where an mp4 holds its codec, else AAC); `drop`: no sound"))
